@@ -1,0 +1,80 @@
+//! The client subcommands: `wait` (long-poll a relay for one state) and `healthcheck`.
+
+use crate::config::{HealthcheckArgs, WaitArgs};
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub fn wait(args: WaitArgs) -> ExitCode {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let base = args.server.trim_end_matches('/');
+    let state: String =
+        percent_encoding::utf8_percent_encode(&args.state, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!("oauth-relay wait: timed out waiting for the callback");
+            return ExitCode::from(1);
+        }
+        let wait = left.as_secs().clamp(1, 60);
+        let url = format!("{base}/api/callback/{state}?wait={wait}");
+        let agent = crate::outbound::agent(Duration::from_secs(wait + 10));
+        let mut request = agent.get(&url);
+        if let Some(token) = &args.api_token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let (status, body) = match request.call() {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(e) => {
+                eprintln!("oauth-relay wait: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1).min(left));
+                continue;
+            }
+        };
+        match status {
+            200 => {
+                println!("{body}");
+                let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                return if json.get("error").is_some_and(|e| !e.is_null()) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            404 => continue,
+            503 => std::thread::sleep(Duration::from_secs(1).min(left)),
+            _ => {
+                let message = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("message").and_then(Value::as_str).map(String::from))
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                eprintln!("oauth-relay wait: {message}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+}
+
+pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+    let url = args
+        .url
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}/health", args.port));
+    match crate::outbound::agent(Duration::from_secs(3))
+        .get(&url)
+        .call()
+    {
+        Ok(r) if r.status().as_u16() == 200 => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: HTTP {}", r.status().as_u16());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

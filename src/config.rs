@@ -1,0 +1,247 @@
+//! Command line and environment, parsed by clap and validated into `Config`. Every default is
+//! in `defaults` (and `impl Default for Config`); handlers never read the environment.
+
+use crate::logging::Level;
+use crate::secret::Secret;
+use crate::server;
+use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
+pub mod defaults {
+    pub const HOST: &str = "0.0.0.0";
+    pub const PORT: u16 = 8000;
+    pub const TTL_SECS: u64 = 600;
+    pub const MAX_PENDING: usize = 100_000;
+    pub const MAX_URL_BYTES: usize = 8 * 1024;
+    pub const MAX_WAIT_SECS: u64 = 60;
+    pub const MAX_WAITERS: usize = 10_000;
+    pub const WORKERS: usize = 8;
+    pub const READ_TIMEOUT_SECS: u64 = 10;
+    pub const SHUTDOWN_GRACE_SECS: u64 = 5;
+    pub const LOG_LEVEL: &str = "info";
+    pub const SERVER_URL: &str = "http://127.0.0.1:8000";
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "oauth-relay",
+    version,
+    about = "Relays OAuth redirects to programs that cannot receive them.",
+    long_about = "Relays OAuth redirects to programs that cannot receive them. Without a subcommand, serves.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the relay (the default).
+    Serve(ServeArgs),
+    /// Wait for the callback of STATE on a running relay and print it as JSON.
+    ///
+    /// Exit status: 0 when a code arrived, 2 when the provider sent an error instead,
+    /// 1 on timeout or any other failure.
+    Wait(WaitArgs),
+    /// Exit 0 when the local server answers /health, 1 otherwise (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "OAUTH_CALLBACK_HOST", default_value = defaults::HOST)]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "OAUTH_CALLBACK_PORT", default_value_t = defaults::PORT)]
+    pub port: u16,
+    /// Seconds anything pending (a callback, a registered state) is kept.
+    #[arg(long, env = "OAUTH_RELAY_TTL_SECS", default_value_t = defaults::TTL_SECS)]
+    pub ttl_secs: u64,
+    /// Most callbacks and registered states held at once; past it /callback answers 503.
+    #[arg(long, env = "OAUTH_RELAY_MAX_PENDING", default_value_t = defaults::MAX_PENDING)]
+    pub max_pending: usize,
+    /// Bearer token required on /api/... (off when unset). Prefer the environment variable:
+    /// command lines are visible to other users of the machine.
+    #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Accept /callback only for states registered beforehand with POST /api/states
+    /// (needs OAUTH_RELAY_API_TOKEN).
+    #[arg(long, env = "OAUTH_RELAY_REQUIRE_REGISTERED_STATE")]
+    pub require_registered_state: bool,
+    /// Longest request URL in bytes; longer ones get 414.
+    #[arg(long, env = "OAUTH_RELAY_MAX_URL_BYTES", default_value_t = defaults::MAX_URL_BYTES)]
+    pub max_url_bytes: usize,
+    /// Longest long-poll in seconds (?wait= is capped to it).
+    #[arg(long, env = "OAUTH_RELAY_MAX_WAIT_SECS", default_value_t = defaults::MAX_WAIT_SECS)]
+    pub max_wait_secs: u64,
+    /// Most long-polls waiting at once; past it they get 503.
+    #[arg(long, env = "OAUTH_RELAY_MAX_WAITERS", default_value_t = defaults::MAX_WAITERS)]
+    pub max_waiters: usize,
+    /// Worker threads handling requests.
+    #[arg(long, env = "OAUTH_RELAY_WORKERS", default_value_t = defaults::WORKERS)]
+    pub workers: usize,
+    /// Seconds a client may stay silent mid-request (or not read) before it is disconnected.
+    #[arg(long, env = "OAUTH_RELAY_READ_TIMEOUT_SECS", default_value_t = defaults::READ_TIMEOUT_SECS)]
+    pub read_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "OAUTH_RELAY_SHUTDOWN_GRACE_SECS", default_value_t = defaults::SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: u64,
+    /// debug, info (one line per request), warn, error or off.
+    #[arg(long, env = "OAUTH_RELAY_LOG_LEVEL", default_value = defaults::LOG_LEVEL)]
+    pub log_level: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// The state the OAuth flow was started with.
+    pub state: String,
+    /// Base URL of the relay.
+    #[arg(long, env = "OAUTH_RELAY_SERVER", default_value = defaults::SERVER_URL)]
+    pub server: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = defaults::TTL_SECS)]
+    pub timeout_secs: u64,
+    /// Bearer token, when the relay requires one.
+    #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HealthcheckArgs {
+    /// Port of the local server.
+    #[arg(long, env = "OAUTH_CALLBACK_PORT", default_value_t = defaults::PORT)]
+    pub port: u16,
+    /// Full URL to check instead of http://127.0.0.1:PORT/health.
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub ttl: Duration,
+    pub max_pending: usize,
+    pub api_token: Option<Secret>,
+    pub require_registered_state: bool,
+    pub max_wait: Duration,
+    pub max_waiters: usize,
+    pub log_level: Level,
+    pub server: server::Options,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: defaults::HOST.into(),
+            port: defaults::PORT,
+            ttl: Duration::from_secs(defaults::TTL_SECS),
+            max_pending: defaults::MAX_PENDING,
+            api_token: None,
+            require_registered_state: false,
+            max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
+            max_waiters: defaults::MAX_WAITERS,
+            log_level: Level::Info,
+            server: server::Options {
+                workers: defaults::WORKERS,
+                read_timeout: Duration::from_secs(defaults::READ_TIMEOUT_SECS),
+                max_url_bytes: defaults::MAX_URL_BYTES,
+                shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
+                ..server::Options::default()
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting; the error names the variable to fix.
+    pub fn from_args(a: ServeArgs) -> Result<Config, String> {
+        fn positive(name: &str, v: u64) -> Result<u64, String> {
+            if v == 0 {
+                Err(format!("{name} must be at least 1"))
+            } else {
+                Ok(v)
+            }
+        }
+        let api_token = match a.api_token {
+            None => None,
+            Some(t) if t.trim().len() < 16 || t.trim() != t => return Err(
+                "OAUTH_RELAY_API_TOKEN must be at least 16 characters, without surrounding spaces"
+                    .into(),
+            ),
+            Some(t) => Some(Secret::new(t)),
+        };
+        if a.require_registered_state && api_token.is_none() {
+            return Err("OAUTH_RELAY_REQUIRE_REGISTERED_STATE needs OAUTH_RELAY_API_TOKEN (registration is authenticated)".into());
+        }
+        if a.max_url_bytes < 256 {
+            return Err("OAUTH_RELAY_MAX_URL_BYTES must be at least 256".into());
+        }
+        let log_level = Level::parse(&a.log_level)
+            .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
+        Ok(Config {
+            host: a.host,
+            port: a.port,
+            ttl: Duration::from_secs(positive("OAUTH_RELAY_TTL_SECS", a.ttl_secs)?),
+            max_pending: positive("OAUTH_RELAY_MAX_PENDING", a.max_pending as u64)? as usize,
+            api_token,
+            require_registered_state: a.require_registered_state,
+            max_wait: Duration::from_secs(a.max_wait_secs),
+            max_waiters: a.max_waiters,
+            log_level,
+            server: server::Options {
+                workers: positive("OAUTH_RELAY_WORKERS", a.workers as u64)? as usize,
+                read_timeout: Duration::from_secs(positive(
+                    "OAUTH_RELAY_READ_TIMEOUT_SECS",
+                    a.read_timeout_secs,
+                )?),
+                max_url_bytes: a.max_url_bytes,
+                shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+                ..Config::default().server
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["oauth-relay"];
+        argv.extend_from_slice(args);
+        Config::from_args(Cli::try_parse_from(argv).map_err(|e| e.to_string())?.serve)
+    }
+
+    #[test]
+    fn defaults_match_config_default() {
+        let c = parse(&[]).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.host, c.port, c.ttl, c.max_pending),
+            (d.host, d.port, d.ttl, d.max_pending)
+        );
+        assert_eq!(c.server.read_timeout, d.server.read_timeout);
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        assert!(parse(&["--ttl-secs", "0"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_TTL_SECS"));
+        assert!(parse(&["--api-token", "short"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_API_TOKEN"));
+        assert!(parse(&["--require-registered-state"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_API_TOKEN"));
+        assert!(parse(&["--log-level", "loud"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_LOG_LEVEL"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The socket-free request and response types that handlers see. The server converts tiny_http
+//! requests into `HttpRequest` (with bounded URL and body) and `Response` back, so handlers and
+//! their unit tests never touch a socket.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub struct HttpRequest {
+    pub method: String,
+    /// The path without the query string, still percent-encoded.
+    pub path: String,
+    /// The raw query string without the `?` (empty when absent).
+    pub query: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub remote: Option<SocketAddr>,
+}
+
+impl HttpRequest {
+    /// Builds a request from a method and a URL such as `/callback?code=x`.
+    pub fn new(method: &str, url: &str) -> Self {
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        HttpRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            remote: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter, decoded as browsers encode forms (`+` is a space).
+    /// A blank value counts as absent, as in the Python server (`parse_qs` drops blanks).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The bearer token of an `Authorization: Bearer ...` header.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.header("authorization")?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// Percent-decodes one path segment (no `+` rule: that is for query strings).
+pub fn decode_segment(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    /// For the access log: which route answered, and the hash of the state it concerned.
+    pub route: &'static str,
+    pub subject: Option<String>,
+}
+
+pub const JSON: &str = "application/json";
+pub const HTML: &str = "text/html; charset=utf-8";
+
+impl Response {
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Response::new(status, JSON, value.to_string().into_bytes())
+    }
+
+    /// A page for a person: never cached, never leaks the URL (which may hold a code) as a
+    /// referrer, runs no script and loads nothing.
+    pub fn html(status: u16, body: String) -> Self {
+        Response::new(status, HTML, body.into_bytes())
+            .with_header("Cache-Control", "no-store")
+            .with_header("Referrer-Policy", "no-referrer")
+            .with_header(
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            )
+            .with_header("X-Frame-Options", "DENY")
+    }
+
+    fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type,
+            headers: vec![("X-Content-Type-Options", "nosniff".into())],
+            body,
+            route: "-",
+            subject: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Tags the response for the access log.
+    pub fn tagged(mut self, route: &'static str, state: Option<&str>) -> Self {
+        self.route = route;
+        self.subject = state.map(crate::secret::short_hash);
+        self
+    }
+
+    pub fn body_text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap_or("")
+    }
+}
+
+/// What a handler wants done: answer now, or park the request until `key` is notified or the
+/// deadline passes, then answer with `answer()`.
+pub enum Reply {
+    Now(Response),
+    Wait(Wait),
+}
+
+pub struct Wait {
+    pub key: String,
+    pub deadline: Instant,
+    /// Checked once the request is parked, so a value that landed between the handler's first
+    /// look and the parking is not missed.
+    pub ready: Box<dyn FnOnce() -> bool + Send>,
+    pub answer: Box<dyn FnOnce() -> Response + Send>,
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Self {
+        Reply::Now(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding_matches_browsers() {
+        let r = HttpRequest::new("GET", "/callback?code=a%2Fb%2Bc+d&state=s&code=second&e=");
+        assert_eq!(r.query_param("code").as_deref(), Some("a/b+c d"));
+        assert_eq!(r.query_param("state").as_deref(), Some("s"));
+        assert_eq!(r.query_param("e"), None);
+        assert_eq!(r.query_param("missing"), None);
+        assert_eq!(r.path, "/callback");
+    }
+
+    #[test]
+    fn bearer_token_parsing() {
+        let r = HttpRequest::new("GET", "/").with_header("Authorization", "Bearer  abc ");
+        assert_eq!(r.bearer_token(), Some("abc"));
+        let r = HttpRequest::new("GET", "/").with_header("authorization", "Basic abc");
+        assert_eq!(r.bearer_token(), None);
+        let r = HttpRequest::new("GET", "/").with_header("authorization", "Bearer ");
+        assert_eq!(r.bearer_token(), None);
+    }
+
+    #[test]
+    fn segments_decode_without_plus_rule() {
+        assert_eq!(decode_segment("a%2Fb+c").as_deref(), Some("a/b+c"));
+        assert_eq!(decode_segment("%FF"), None);
+    }
+}

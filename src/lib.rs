@@ -1,0 +1,78 @@
+//! oauth-relay: receives OAuth redirects for programs that cannot, and hands each code out once.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod outbound;
+pub mod pages;
+pub mod relay;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod waiters;
+
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
+pub fn serve(config: config::Config) -> Result<(), String> {
+    logging::init(config.log_level);
+    logging::install_panic_hook();
+    let listener = server::bind(&config.host, config.port, config.server.read_timeout)
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let store: Arc<dyn store::Store> = Arc::new(store::memory::MemoryStore::new(
+        config.ttl,
+        config.max_pending,
+    ));
+    let waiters = waiters::Waiters::start(config.max_waiters);
+    {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("sweeper".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                store.sweep();
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    let app = Arc::new(app::App {
+        config: config.clone(),
+        store,
+        waiters: waiters.clone(),
+    });
+    let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
+    let running = server::start(listener, config.server.clone(), handler, waiters)
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    logging::info(
+        "listening",
+        json!({
+            "addr": running.addr().to_string(),
+            "ttl_secs": config.ttl.as_secs(),
+            "max_pending": config.max_pending,
+            "api_token": config.api_token.is_some(),
+            "require_registered_state": config.require_registered_state,
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    let stopper = running.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                logging::info("signal", json!({ "signal": signal }));
+                stopper.stop();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    running.wait()
+}

@@ -1,0 +1,189 @@
+//! The Python-compatible relay: `/callback` stores what the provider sent, `/api/callback/{state}`
+//! hands it out once (optionally long-polling), `/api/states` registers states ahead of time,
+//! `/health` reports. Every answer here is the Python server's shape unless the README's
+//! "Differences" says otherwise.
+
+use crate::app::App;
+use crate::error::Error;
+use crate::http::{decode_segment, HttpRequest, Reply, Response, Wait};
+use crate::logging;
+use crate::pages;
+use crate::secret::{short_hash, Secret};
+use crate::store::{Callback, Put, Register, Take, Unavailable};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// States longer than this are refused at registration (callbacks are bounded by the URL cap).
+pub const MAX_STATE_BYTES: usize = 1024;
+
+impl From<Unavailable> for Error {
+    fn from(e: Unavailable) -> Self {
+        logging::error("store_unavailable", json!({ "error": e.0 }));
+        Error::Unavailable
+    }
+}
+
+pub fn health(app: &App) -> Result<Response, Error> {
+    Ok(Response::json(
+        200,
+        &json!({
+            "status": "healthy",
+            "service": "oauth-callback-server",
+            "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            "active_callbacks": app.store.active_callbacks()?,
+        }),
+    ))
+}
+
+pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
+    let state = req.query_param("state").ok_or(Error::MissingState)?;
+    let callback = Callback {
+        state: state.clone(),
+        code: req.query_param("code").map(Secret::new),
+        error: req.query_param("error"),
+        error_description: req.query_param("error_description"),
+    };
+    let page = match &callback.error {
+        None => pages::relay_success(),
+        Some(e) => pages::relay_failure(Some(e), callback.error_description.as_deref()),
+    };
+    let outcome = if callback.error.is_some() {
+        "provider_error"
+    } else {
+        "code"
+    };
+    match app
+        .store
+        .put_callback(callback, app.config.require_registered_state)?
+    {
+        Put::Stored => {
+            logging::info(
+                "callback_stored",
+                json!({ "state": short_hash(&state), "outcome": outcome }),
+            );
+            app.waiters.notify(&state);
+        }
+        // A person reloading the page: same page, nothing changes.
+        Put::Repeated => {}
+        Put::Conflict => {
+            logging::warn("callback_conflict", json!({ "state": short_hash(&state) }));
+            return Err(Error::StateConflict);
+        }
+        Put::NotRegistered => {
+            logging::warn(
+                "callback_unregistered",
+                json!({ "state": short_hash(&state) }),
+            );
+            return Err(Error::StateNotRegistered);
+        }
+        Put::Full => {
+            logging::warn(
+                "store_full",
+                json!({ "max_pending": app.config.max_pending }),
+            );
+            return Err(Error::StoreFull);
+        }
+    }
+    Ok(Response::html(200, page))
+}
+
+pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Reply, Error> {
+    app.authorize(req)?;
+    let state = decode_segment(raw_state)
+        .filter(|s| !s.is_empty())
+        .ok_or(Error::CallbackNotFound)?;
+    let wait = match req.query_param("wait") {
+        None => Duration::ZERO,
+        Some(w) => Duration::from_secs(
+            w.parse::<u64>()
+                .map_err(|_| Error::BadRequest("wait must be a whole number of seconds"))?,
+        )
+        .min(app.config.max_wait),
+    };
+    let response = take(app, &state)?;
+    if response.status != 404 || wait.is_zero() {
+        return Ok(Reply::Now(response));
+    }
+    let (ready_app, answer_app) = (app.clone(), app.clone());
+    let (ready_state, answer_state) = (state.clone(), state.clone());
+    Ok(Reply::Wait(Wait {
+        key: state,
+        deadline: Instant::now() + wait,
+        ready: Box::new(move || ready_app.store.has_callback(&ready_state).unwrap_or(true)),
+        answer: Box::new(move || {
+            take(&answer_app, &answer_state)
+                .unwrap_or_else(|e| e.into_response())
+                .tagged("/api/callback/{state}", Some(&answer_state))
+        }),
+    }))
+}
+
+/// One retrieval attempt, answered as the Python server answers it.
+fn take(app: &App, state: &str) -> Result<Response, Error> {
+    match app.store.take_callback(state)? {
+        Take::Taken(cb) => {
+            logging::info("callback_retrieved", json!({ "state": short_hash(state) }));
+            Ok(Response::json(
+                200,
+                &json!({
+                    "status": "success",
+                    "auth_code": cb.code.as_ref().map(Secret::expose),
+                    "state": cb.state,
+                    "error": cb.error,
+                    "error_description": cb.error_description,
+                }),
+            )
+            .with_header("Access-Control-Allow-Origin", "*")
+            .with_header("Cache-Control", "no-store"))
+        }
+        Take::AlreadyTaken => Err(Error::CallbackGone),
+        Take::Missing => Err(Error::CallbackNotFound),
+    }
+    .or_else(|e| match e {
+        Error::CallbackGone | Error::CallbackNotFound => Ok(e.into_response()),
+        other => Err(other),
+    })
+}
+
+pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
+    if app.config.api_token.is_none() {
+        return Err(Error::RegistrationDisabled);
+    }
+    app.authorize(req)?;
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
+    let state = body
+        .get("state")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_BYTES)
+        .ok_or(Error::BadRequest(
+            "state must be a non-empty string of at most 1024 bytes",
+        ))?;
+    let ttl = match body.get("ttl_secs") {
+        None | Some(Value::Null) => app.config.ttl,
+        Some(v) => Duration::from_secs(v.as_u64().filter(|n| *n > 0).ok_or(Error::BadRequest(
+            "ttl_secs must be a positive whole number",
+        ))?)
+        .min(app.config.ttl),
+    };
+    match app.store.register_state(state, ttl)? {
+        Register::Registered { expires_at } => {
+            logging::info(
+                "state_registered",
+                json!({ "state": short_hash(state), "ttl_secs": ttl.as_secs() }),
+            );
+            Ok(Response::json(
+                201,
+                &json!({
+                    "status": "registered",
+                    "state": state,
+                    "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
+                }),
+            )
+            .with_header("Access-Control-Allow-Origin", "*"))
+        }
+        Register::Exists => Err(Error::StateExists),
+        Register::Full => Err(Error::StoreFull),
+    }
+}
