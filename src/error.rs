@@ -36,7 +36,7 @@ pub enum Face {
 
 impl Face {
     pub fn for_path(path: &str) -> Face {
-        if path.starts_with("/api/") || path == "/health" {
+        if path.starts_with("/api/") || path == "/health" || path == "/metrics" {
             Face::Api
         } else {
             Face::Page

@@ -109,6 +109,10 @@ impl Response {
             .with_header("X-Frame-Options", "DENY")
     }
 
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Self {
+        Response::new(status, content_type, body.into_bytes())
+    }
+
     fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
         Response {
             status,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod outbound;
 pub mod pages;
 pub mod relay;

@@ -221,7 +221,7 @@ fn spawn_generation(
         workers.push(
             std::thread::Builder::new()
                 .name(format!("worker-{id}-{n}"))
-                .spawn(move || work(g, s))?,
+                .spawn(move || work(g, s, n))?,
         );
     }
     shared.current_generation.store(id, Ordering::SeqCst);
@@ -235,41 +235,28 @@ fn supervise(
     events: mpsc::Receiver<Event>,
 ) -> Result<(), String> {
     let (mut current, mut workers) = first;
-    // Failures less than this apart form one outage; an outage longer than `give_up_after`
-    // ends the process.
-    let streak_gap = Duration::from_secs(5);
-    let mut outage_started: Option<Instant> = None;
-    let mut last_failure = Instant::now();
-    let mut backoff = Duration::from_millis(10);
+    let mut outage = Outage::default();
     while let Ok(Event::AcceptLost { generation, error }) = events.recv() {
         if generation != current.id || shared.stopping.load(Ordering::SeqCst) {
             continue;
         }
         current.stale.store(true, Ordering::SeqCst);
-        let idle_timeout = matches!(
+        if matches!(
             error.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        );
-        if idle_timeout {
+        ) {
+            // An idle accept() timed out (SO_RCVTIMEO): nothing is wrong, start again at once.
             logging::event(
                 logging::Level::Debug,
                 "accept_idle_timeout",
                 json!({ "generation": generation }),
             );
         } else {
-            if last_failure.elapsed() > streak_gap {
-                outage_started = None;
-                backoff = Duration::from_millis(10);
+            outage.failed(&error.to_string(), generation);
+            if outage.too_long(shared.opts.give_up_after) {
+                return Err(outage.give_up(&error.to_string()));
             }
-            let started = *outage_started.get_or_insert_with(Instant::now);
-            logging::error(
-                "accept_failed",
-                json!({ "generation": generation, "error": error.to_string(),
-                        "action": "starting a new listener thread",
-                        "outage_secs": started.elapsed().as_secs() }),
-            );
-            last_failure = Instant::now();
-            std::thread::sleep(backoff);
+            std::thread::sleep(outage.backoff);
         }
         loop {
             if shared.stopping.load(Ordering::SeqCst) {
@@ -277,37 +264,112 @@ fn supervise(
             }
             match spawn_generation(&listener, current.id + 1, &shared) {
                 Ok((g, w)) => {
-                    if !idle_timeout {
-                        logging::warn("accept_resumed", json!({ "generation": g.id }));
-                    }
+                    crate::metrics::ACCEPT_RESTARTS.fetch_add(1, Ordering::Relaxed);
+                    outage.resumed(g.id);
                     current = g;
                     workers.retain(|h| !h.is_finished());
                     workers.extend(w);
                     break;
                 }
                 Err(e) => {
-                    let started = *outage_started.get_or_insert_with(Instant::now);
-                    if started.elapsed() >= shared.opts.give_up_after {
-                        logging::error(
-                            "accept_gave_up",
-                            json!({ "error": e.to_string(), "outage_secs": started.elapsed().as_secs(),
-                                    "action": "exiting so the process can be restarted" }),
-                        );
-                        return Err(format!("could not accept connections again: {e}"));
+                    outage.failed(&e.to_string(), current.id);
+                    if outage.too_long(shared.opts.give_up_after) {
+                        return Err(outage.give_up(&e.to_string()));
                     }
-                    logging::warn(
-                        "accept_retry",
-                        json!({ "error": e.to_string(), "retry_in_ms": backoff.as_millis() as u64 }),
-                    );
-                    last_failure = Instant::now();
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    std::thread::sleep(outage.backoff);
                 }
             }
         }
     }
     shut_down(&listener, &shared, workers);
     Ok(())
+}
+
+/// A run of accept failures less than `GAP` apart. Back-off doubles along it, log lines are
+/// limited to one per `LOG_EVERY`, and an outage longer than `give_up_after` ends the process.
+struct Outage {
+    started: Option<Instant>,
+    last_failure: Instant,
+    last_logged: Option<Instant>,
+    failures: u64,
+    resumes: u64,
+    backoff: Duration,
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Outage {
+            started: None,
+            last_failure: Instant::now(),
+            last_logged: None,
+            failures: 0,
+            resumes: 0,
+            backoff: Duration::ZERO,
+        }
+    }
+}
+
+impl Outage {
+    const GAP: Duration = Duration::from_secs(5);
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+
+    fn failed(&mut self, error: &str, generation: u64) {
+        if self.started.is_none() || self.last_failure.elapsed() > Self::GAP {
+            *self = Outage {
+                started: Some(Instant::now()),
+                backoff: Duration::from_millis(10),
+                ..Outage::default()
+            };
+        } else {
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        }
+        self.failures += 1;
+        self.last_failure = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= Self::LOG_EVERY)
+        {
+            self.last_logged = Some(Instant::now());
+            logging::error(
+                "accept_failed",
+                json!({ "generation": generation, "error": error, "failures": self.failures,
+                        "outage_secs": self.started.map(|t| t.elapsed().as_secs()),
+                        "action": "starting a new accept thread" }),
+            );
+        }
+    }
+
+    fn resumed(&mut self, generation: u64) {
+        // The first restart of an outage is always told; repeats share the failures' budget.
+        if self.resumes > 0
+            && self
+                .last_logged
+                .is_some_and(|t| t.elapsed() < Self::LOG_EVERY)
+        {
+            self.resumes += 1;
+            return;
+        }
+        self.resumes += 1;
+        self.last_logged = Some(Instant::now());
+        logging::warn(
+            "accept_resumed",
+            json!({ "generation": generation, "failures": self.failures }),
+        );
+    }
+
+    fn too_long(&self, limit: Duration) -> bool {
+        self.started.is_some_and(|t| t.elapsed() >= limit)
+    }
+
+    fn give_up(&self, error: &str) -> String {
+        let secs = self.started.map(|t| t.elapsed().as_secs()).unwrap_or(0);
+        logging::error(
+            "accept_gave_up",
+            json!({ "error": error, "failures": self.failures, "outage_secs": secs,
+                    "action": "exiting non-zero so the process is restarted" }),
+        );
+        format!("could not accept connections for {secs} s: {error}")
+    }
 }
 
 fn shut_down(listener: &TcpListener, shared: &Shared, workers: Workers) {
@@ -332,7 +394,10 @@ fn shut_down(listener: &TcpListener, shared: &Shared, workers: Workers) {
     );
 }
 
-fn work(generation: Arc<Generation>, shared: Arc<Shared>) {
+/// Serves one generation. Once it is replaced, worker 0 stays to finish what its connections
+/// still send (until idle for longer than a client may stay silent); the others leave at once,
+/// so a long outage with many replacements does not pile up threads.
+fn work(generation: Arc<Generation>, shared: Arc<Shared>, index: usize) {
     let poll = Duration::from_millis(200);
     let linger_ms = (shared.opts.read_timeout + Duration::from_secs(2)).as_millis() as u64;
     loop {
@@ -348,7 +413,7 @@ fn work(generation: Arc<Generation>, shared: Arc<Shared>) {
                     return;
                 }
                 let idle = shared.now_ms() - generation.last_active_ms.load(Ordering::Relaxed);
-                if generation.stale.load(Ordering::SeqCst) && idle > linger_ms {
+                if generation.stale.load(Ordering::SeqCst) && (index > 0 || idle > linger_ms) {
                     return;
                 }
             }
@@ -447,6 +512,10 @@ fn read_request(rq: &mut tiny_http::Request, opts: &Options) -> Result<HttpReque
 
 fn send(rq: tiny_http::Request, response: Response, meta: &Meta) {
     let status = response.status;
+    crate::metrics::REQUESTS.fetch_add(1, Ordering::Relaxed);
+    if status >= 500 {
+        crate::metrics::SERVER_ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
     let (route, subject) = (response.route, response.subject.clone());
     let mut out = tiny_http::Response::from_data(response.body).with_status_code(status);
     let content_type = tiny_http::Header::from_bytes("Content-Type", response.content_type);
@@ -486,9 +555,11 @@ fn watchdog(addr: SocketAddr, shared: Arc<Shared>) {
         }
         _ => addr,
     };
+    // Often enough that accept() never idles into its SO_RCVTIMEO; a healthy server answers
+    // this in well under a millisecond, so two misses of two seconds is a dead accept thread.
     let interval =
-        (shared.opts.read_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(3));
-    let patience = (shared.opts.read_timeout / 2).max(Duration::from_secs(1));
+        (shared.opts.read_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let patience = Duration::from_secs(2);
     let mut misses = 0;
     while !shared.stopping.load(Ordering::SeqCst) {
         std::thread::sleep(interval);
