@@ -11,6 +11,8 @@ pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub waiters: Arc<Waiters>,
+    /// Present in broker mode.
+    pub broker: Option<crate::broker::Broker>,
 }
 
 impl App {

@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the relay (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Wait for the callback of STATE on a running relay and print it as JSON.
     ///
     /// Exit status: 0 when a code arrived, 2 when the provider sent an error instead,
@@ -93,6 +93,8 @@ pub struct ServeArgs {
     /// debug, info (one line per request), warn, error or off.
     #[arg(long, env = "OAUTH_RELAY_LOG_LEVEL", default_value = defaults::LOG_LEVEL)]
     pub log_level: String,
+    #[command(flatten)]
+    pub broker: crate::broker_config::BrokerArgs,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +135,8 @@ pub struct Config {
     pub max_waiters: usize,
     pub log_level: Level,
     pub server: server::Options,
+    /// Broker mode, when its settings are present.
+    pub broker: Option<crate::broker_config::BrokerConfig>,
 }
 
 impl Default for Config {
@@ -154,6 +158,7 @@ impl Default for Config {
                 shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
                 ..server::Options::default()
             },
+            broker: None,
         }
     }
 }
@@ -204,6 +209,7 @@ impl Config {
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
                 ..Config::default().server
             },
+            broker: crate::broker_config::BrokerConfig::from_args(a.broker)?,
         })
     }
 }

@@ -20,6 +20,7 @@ pub enum Error {
     RegistrationDisabled,
     StateExists,
     StoreFull,
+    WriteScope,
     TooManyWaiters,
     UrlTooLong,
     BodyTooLarge,
@@ -36,7 +37,11 @@ pub enum Face {
 
 impl Face {
     pub fn for_path(path: &str) -> Face {
-        if path.starts_with("/api/") || path == "/health" || path == "/metrics" {
+        let api_prefixes = ["/api/", "/status/", "/token/", "/m365/sessions"];
+        if api_prefixes.iter().any(|p| path.starts_with(p))
+            || path == "/health"
+            || path == "/metrics"
+        {
             Face::Api
         } else {
             Face::Page
@@ -49,7 +54,10 @@ impl Error {
         match self {
             Error::NotFound | Error::CallbackNotFound | Error::RegistrationDisabled => 404,
             Error::MethodNotAllowed(_) => 405,
-            Error::BadRequest(_) | Error::MissingState | Error::StateNotRegistered => 400,
+            Error::BadRequest(_)
+            | Error::MissingState
+            | Error::StateNotRegistered
+            | Error::WriteScope => 400,
             Error::StateConflict | Error::StateExists => 409,
             Error::Unauthorized => 401,
             Error::CallbackGone => 410,
@@ -77,6 +85,7 @@ impl Error {
             }
             Error::StateExists => "State already registered or used",
             Error::StoreFull => "Too many pending callbacks; try again later",
+            Error::WriteScope => "Only read-only Microsoft Graph scopes are allowed",
             Error::TooManyWaiters => "Too many waiting clients; try again later",
             Error::UrlTooLong => "Request URL too long",
             Error::BodyTooLarge => "Request body too large",

@@ -153,6 +153,8 @@ impl Response {
 pub enum Reply {
     Now(Response),
     Wait(Wait),
+    /// Slow work (calls to an identity provider): run on its own thread, off the workers.
+    Later(Box<dyn FnOnce() -> Response + Send>),
 }
 
 pub struct Wait {

@@ -1,6 +1,10 @@
 //! oauth-relay: receives OAuth redirects for programs that cannot, and hands each code out once.
 
 pub mod app;
+pub mod audit;
+pub mod broker;
+pub mod broker_config;
+pub mod broker_pages;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -9,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod pages;
+pub mod provider;
 pub mod relay;
 pub mod routes;
 pub mod secret;
@@ -41,10 +46,15 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
     }
+    let broker = config.broker.clone().map(|b| {
+        let provider = Arc::new(provider::microsoft::Microsoft::new(&b));
+        broker::Broker::new(b, provider)
+    });
     let app = Arc::new(app::App {
         config: config.clone(),
         store,
         waiters: waiters.clone(),
+        broker,
     });
     let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
     let running = server::start(listener, config.server.clone(), handler, waiters)
@@ -57,6 +67,13 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "max_pending": config.max_pending,
             "api_token": config.api_token.is_some(),
             "require_registered_state": config.require_registered_state,
+            "broker": config.broker.as_ref().map(|b| json!({
+                "redirect_uri": b.redirect_uri,
+                "tenant": b.tenant,
+                "confidential_client": b.client_secret.is_some(),
+                "scopes": b.scopes.join(" "),
+                "handle_only_access": b.handle_only,
+            })),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     );

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Wait(args)) => oauth_relay::cli::wait(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
 }

@@ -93,14 +93,7 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
     let state = decode_segment(raw_state)
         .filter(|s| !s.is_empty())
         .ok_or(Error::CallbackNotFound)?;
-    let wait = match req.query_param("wait") {
-        None => Duration::ZERO,
-        Some(w) => Duration::from_secs(
-            w.parse::<u64>()
-                .map_err(|_| Error::BadRequest("wait must be a whole number of seconds"))?,
-        )
-        .min(app.config.max_wait),
-    };
+    let wait = wait_param(app, req)?;
     let response = take(app, &state)?;
     if response.status != 404 || wait.is_zero() {
         return Ok(Reply::Now(response));
@@ -117,6 +110,18 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
                 .tagged("/api/callback/{state}", Some(&answer_state))
         }),
     }))
+}
+
+/// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent.
+pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
+    Ok(match req.query_param("wait") {
+        None => Duration::ZERO,
+        Some(w) => Duration::from_secs(
+            w.parse::<u64>()
+                .map_err(|_| Error::BadRequest("wait must be a whole number of seconds"))?,
+        )
+        .min(app.config.max_wait),
+    })
 }
 
 /// One retrieval attempt, answered as the Python server answers it.

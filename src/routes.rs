@@ -3,10 +3,13 @@
 use crate::app::App;
 use crate::error::{Error, Face};
 use crate::http::{HttpRequest, Reply};
-use crate::relay;
+use crate::{broker, relay};
 use std::sync::Arc;
 
 const CALLBACK_PREFIX: &str = "/api/callback/";
+const START_PREFIX: &str = "/m365/start/";
+const STATUS_PREFIX: &str = "/status/";
+const TOKEN_PREFIX: &str = "/token/";
 
 pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
     let path = req.path.clone();
@@ -19,15 +22,43 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
             "/api/callback/{state}",
             relay::retrieve(app, &req, &p[CALLBACK_PREFIX.len()..]),
         ),
+        ("POST", "/m365/sessions") => (
+            "/m365/sessions",
+            broker::create_session(app, &req).map(Reply::Now),
+        ),
+        ("GET", p) if p.starts_with(START_PREFIX) => (
+            "/m365/start/{link}",
+            broker::start(app, &req, &p[START_PREFIX.len()..]).map(Reply::Now),
+        ),
+        ("GET", "/m365/callback") => ("/m365/callback", broker::callback(app, &req)),
+        ("GET", p) if p.starts_with(STATUS_PREFIX) => (
+            "/status/{state}",
+            broker::status(app, &req, &p[STATUS_PREFIX.len()..]).map(Reply::Now),
+        ),
+        ("GET", p) if p.starts_with(TOKEN_PREFIX) => (
+            "/token/{state}",
+            broker::token(app, &req, &p[TOKEN_PREFIX.len()..]),
+        ),
         ("POST", "/api/states") => ("/api/states", relay::register(app, &req).map(Reply::Now)),
         (_, "/health" | "/callback" | "/metrics") => ("-", Err(Error::MethodNotAllowed("GET"))),
         (_, p) if p.starts_with(CALLBACK_PREFIX) => ("-", Err(Error::MethodNotAllowed("GET"))),
-        (_, "/api/states") => ("-", Err(Error::MethodNotAllowed("POST"))),
+        (_, "/api/states" | "/m365/sessions") => ("-", Err(Error::MethodNotAllowed("POST"))),
+        (_, p)
+            if ["/m365/callback", START_PREFIX, STATUS_PREFIX, TOKEN_PREFIX]
+                .iter()
+                .any(|prefix| p.starts_with(prefix)) =>
+        {
+            ("-", Err(Error::MethodNotAllowed("GET")))
+        }
         _ => ("-", Err(Error::NotFound)),
     };
     let subject = match name {
         "/callback" => req.query_param("state"),
         "/api/callback/{state}" => crate::http::decode_segment(&path[CALLBACK_PREFIX.len()..]),
+        "/m365/callback" => req.query_param("state"),
+        "/status/{state}" => crate::http::decode_segment(&path[STATUS_PREFIX.len()..]),
+        "/token/{state}" => crate::http::decode_segment(&path[TOKEN_PREFIX.len()..]),
+        "/m365/start/{link}" => crate::http::decode_segment(&path[START_PREFIX.len()..]),
         _ => None,
     };
     match result {

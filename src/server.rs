@@ -451,6 +451,25 @@ fn handle(shared: &Arc<Shared>, mut rq: tiny_http::Request) {
         .unwrap_or_else(|_| Reply::Now(crate::error::Error::Internal.into_response()));
     match reply {
         Reply::Now(response) => send(rq, response, &meta),
+        Reply::Later(job) => {
+            let (rq, meta) = (Mutex::new(Some(rq)), Arc::new(meta));
+            let (rq, meta2) = (Arc::new(rq), meta.clone());
+            let rq2 = rq.clone();
+            let spawned = std::thread::Builder::new()
+                .name("background".into())
+                .spawn(move || {
+                    let response = catch_unwind(AssertUnwindSafe(job))
+                        .unwrap_or_else(|_| crate::error::Error::Internal.into_response());
+                    if let Some(rq) = rq2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        send(rq, response, &meta2);
+                    }
+                });
+            if spawned.is_err() {
+                if let Some(rq) = rq.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    send(rq, crate::error::Error::Unavailable.into_response(), &meta);
+                }
+            }
+        }
         Reply::Wait(wait) => {
             let answer = wait.answer;
             let wake: crate::waiters::Wake = Box::new(move |refused| {

@@ -1,7 +1,10 @@
 //! The in-memory store: one mutex over a map, a min-heap of expiries for live entries, and a
 //! FIFO of retrieved markers. Everything is bounded by `max_pending`.
 
-use super::{Callback, Put, Register, Store, StoreResult, Take};
+use super::{
+    Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
+    TokenTake, Tokens,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -50,8 +53,38 @@ struct Inner {
     retrieved_count: usize,
 }
 
+/// Broker sessions: few (people clicking links), so expiry is a linear sweep.
+#[derive(Default)]
+struct Sessions {
+    by_handle: HashMap<String, SessionEntry>,
+    link_to_handle: HashMap<String, String>,
+    state_to_handle: HashMap<String, String>,
+}
+
+struct SessionEntry {
+    session: Session,
+    state_taken: bool,
+    status: SessionStatus,
+    tokens: Option<Tokens>,
+    expires: Instant,
+}
+
+impl Sessions {
+    fn live(&self, handle: &str, now: Instant) -> Option<&SessionEntry> {
+        self.by_handle.get(handle).filter(|e| e.expires > now)
+    }
+
+    fn remove(&mut self, handle: &str) {
+        if let Some(e) = self.by_handle.remove(handle) {
+            self.link_to_handle.remove(&e.session.link_id);
+            self.state_to_handle.remove(&e.session.oauth_state);
+        }
+    }
+}
+
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    sessions: Mutex<Sessions>,
     ttl: Duration,
     max_pending: usize,
 }
@@ -60,9 +93,14 @@ impl MemoryStore {
     pub fn new(ttl: Duration, max_pending: usize) -> Self {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
+            sessions: Mutex::new(Sessions::default()),
             ttl,
             max_pending,
         }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -211,7 +249,125 @@ impl Store for MemoryStore {
             .count())
     }
 
+    fn create_session(&self, session: Session) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut s = self.sessions();
+        if s.by_handle.len() >= self.max_pending {
+            s.by_handle.retain(|_, e| e.expires > now);
+            if s.by_handle.len() >= self.max_pending {
+                return Ok(false);
+            }
+        }
+        let expires = now
+            + session
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        s.link_to_handle
+            .insert(session.link_id.clone(), session.handle.clone());
+        s.state_to_handle
+            .insert(session.oauth_state.clone(), session.handle.clone());
+        s.by_handle.insert(
+            session.handle.clone(),
+            SessionEntry {
+                session,
+                state_taken: false,
+                status: SessionStatus::Pending,
+                tokens: None,
+                expires,
+            },
+        );
+        Ok(true)
+    }
+
+    fn session_by_link(&self, link_id: &str) -> StoreResult<Option<(Session, SessionStatus)>> {
+        let s = self.sessions();
+        // Expired but not yet swept sessions are returned too, so the person is told the
+        // link expired rather than that it never existed.
+        Ok(s.link_to_handle
+            .get(link_id)
+            .and_then(|h| s.by_handle.get(h))
+            .map(|e| (e.session.clone(), e.status.clone())))
+    }
+
+    fn take_oauth_state(&self, oauth_state: &str) -> StoreResult<StateTake> {
+        let now = Instant::now();
+        let mut s = self.sessions();
+        let Some(handle) = s.state_to_handle.get(oauth_state).cloned() else {
+            return Ok(StateTake::Unknown);
+        };
+        let Some(entry) = s.by_handle.get_mut(&handle) else {
+            return Ok(StateTake::Unknown);
+        };
+        if entry.expires <= now {
+            return Ok(StateTake::Expired);
+        }
+        if entry.state_taken {
+            return Ok(StateTake::Reused(entry.status.clone()));
+        }
+        entry.state_taken = true;
+        let session = entry.session.clone();
+        // The verifier is single-use: nothing but this taker ever sees it again.
+        entry.session.verifier = crate::secret::Secret::new("");
+        Ok(StateTake::Taken(session))
+    }
+
+    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()> {
+        let mut s = self.sessions();
+        if let Some(entry) = s.by_handle.get_mut(handle) {
+            match outcome {
+                Ok(tokens) => {
+                    entry.status = SessionStatus::Ready;
+                    entry.tokens = Some(tokens);
+                    // The caller gets a full lifetime to collect them.
+                    entry.expires = Instant::now() + self.ttl;
+                }
+                Err(reason) => entry.status = SessionStatus::Failed(reason),
+            }
+        }
+        Ok(())
+    }
+
+    fn session_status(&self, handle: &str) -> StoreResult<Option<(Session, SessionStatus)>> {
+        let s = self.sessions();
+        Ok(s.live(handle, Instant::now())
+            .map(|e| (e.session.clone(), e.status.clone())))
+    }
+
+    fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake> {
+        let now = Instant::now();
+        let mut s = self.sessions();
+        let Some(entry) = s.by_handle.get_mut(handle).filter(|e| e.expires > now) else {
+            return Ok(TokenTake::NotFound);
+        };
+        Ok(match &entry.status {
+            SessionStatus::Pending => TokenTake::Pending,
+            SessionStatus::Consumed => TokenTake::Consumed,
+            SessionStatus::Failed(r) => TokenTake::Failed(r.clone()),
+            SessionStatus::Ready => {
+                entry.status = SessionStatus::Consumed;
+                match entry.tokens.take() {
+                    Some(t) => TokenTake::Taken(t),
+                    None => TokenTake::Consumed,
+                }
+            }
+        })
+    }
+
     fn sweep(&self) {
+        {
+            let now = Instant::now();
+            let mut s = self.sessions();
+            let expired: Vec<String> = s
+                .by_handle
+                .iter()
+                .filter(|(_, e)| e.expires <= now)
+                .map(|(h, _)| h.clone())
+                .collect();
+            for handle in expired {
+                s.remove(&handle);
+            }
+        }
         let now = Instant::now();
         let mut inner = self.lock();
         while let Some(Reverse((at, _))) = inner.live_expiries.peek() {

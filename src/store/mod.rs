@@ -56,6 +56,74 @@ pub enum Register {
     Full,
 }
 
+/// A broker login session: three unrelated random values (link id, OAuth state, retrieval
+/// handle) so that whoever sees one of them cannot use the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub handle: String,
+    pub link_id: String,
+    pub oauth_state: String,
+    pub verifier: Secret,
+    pub expected_email: String,
+    pub force_consent: bool,
+    pub scopes: Vec<String>,
+    pub expires_at: SystemTime,
+}
+
+/// What a successful sign-in yields, waiting to be handed to the caller once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    pub access_token: Secret,
+    pub refresh_token: Secret,
+    pub id_token: Option<Secret>,
+    pub token_type: String,
+    pub scope: String,
+    pub expiry: SystemTime,
+    pub email: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// Created; the person has not finished signing in (or the exchange is running).
+    Pending,
+    /// Tokens are waiting for the caller.
+    Ready,
+    /// The caller has the tokens.
+    Consumed,
+    /// Failed closed, with a reason code.
+    Failed(String),
+}
+
+impl SessionStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SessionStatus::Pending => "pending",
+            SessionStatus::Ready => "ready",
+            SessionStatus::Consumed => "consumed",
+            SessionStatus::Failed(_) => "failed",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateTake {
+    /// First use of this OAuth state: the session (with its verifier) for the code exchange.
+    Taken(Session),
+    /// The state was used before; the session's current status.
+    Reused(SessionStatus),
+    Expired,
+    Unknown,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenTake {
+    Taken(Tokens),
+    Pending,
+    Consumed,
+    Failed(String),
+    NotFound,
+}
+
 /// The backend could not answer (a shared store unreachable). Never a reason to guess.
 #[derive(Debug)]
 pub struct Unavailable(pub String);
@@ -79,6 +147,24 @@ pub trait Store: Send + Sync {
 
     /// Callbacks received and not yet expired, retrieved or not (the Python server's count).
     fn active_callbacks(&self) -> StoreResult<usize>;
+
+    /// Stores a new broker session; `false` when the cap is reached.
+    fn create_session(&self, session: Session) -> StoreResult<bool>;
+
+    /// The session behind a login link, while it lives (opening a link does not use it up).
+    fn session_by_link(&self, link_id: &str) -> StoreResult<Option<(Session, SessionStatus)>>;
+
+    /// Takes the OAuth state once: the first caller gets the session and its verifier.
+    fn take_oauth_state(&self, oauth_state: &str) -> StoreResult<StateTake>;
+
+    /// Records the outcome of a taken state: tokens to hand out, or a failure reason.
+    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()>;
+
+    /// The session behind a retrieval handle, while it lives.
+    fn session_status(&self, handle: &str) -> StoreResult<Option<(Session, SessionStatus)>>;
+
+    /// Hands the tokens out once.
+    fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake>;
 
     /// Drops what has expired. Backends that expire by themselves do nothing.
     fn sweep(&self) {}
