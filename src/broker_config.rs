@@ -147,9 +147,11 @@ pub fn checked_url(value: &str, name: &str) -> Result<String, String> {
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if loopback => {}
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "{name} must be an https:// URL (http:// only on 127.0.0.1 or localhost): {value:?}"
-        )),
+        ))
+        }
     }
     if uri.query().is_some() {
         return Err(format!("{name} must not have a query string"));

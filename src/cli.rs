@@ -1,6 +1,6 @@
 //! The client subcommands: `wait` (long-poll a relay for one state) and `healthcheck`.
 
-use crate::config::{HealthcheckArgs, WaitArgs};
+use crate::config::{HealthcheckArgs, LoginLinkArgs, WaitArgs};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -57,6 +57,91 @@ pub fn wait(args: WaitArgs) -> ExitCode {
             }
         }
     }
+}
+
+pub fn login_link(args: LoginLinkArgs) -> ExitCode {
+    let base = args.server.trim_end_matches('/');
+    let auth = format!("Bearer {}", args.broker_token);
+    let body =
+        serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent });
+    let created = crate::outbound::agent(Duration::from_secs(30))
+        .post(&format!("{base}/m365/sessions"))
+        .header("Authorization", &auth)
+        .content_type("application/json")
+        .send(body.to_string());
+    let (status, session) = match created {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap_or_default())
+                .unwrap_or(Value::Null),
+        ),
+        Err(e) => {
+            eprintln!("oauth-relay login-link: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if status != 200 {
+        eprintln!("oauth-relay login-link: {}", message_of(status, &session));
+        return ExitCode::from(1);
+    }
+    for key in ["login_url", "expected_email", "expires_at"] {
+        println!("{key}: {}", session[key].as_str().unwrap_or_default());
+    }
+    if !args.wait {
+        return ExitCode::SUCCESS;
+    }
+    let handle = session["state"].as_str().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!("oauth-relay login-link: timed out waiting for the sign-in");
+            return ExitCode::from(1);
+        }
+        let wait = left.as_secs().clamp(1, 60);
+        let response = crate::outbound::agent(Duration::from_secs(wait + 10))
+            .get(&format!("{base}/token/{handle}?wait={wait}"))
+            .header("Authorization", &auth)
+            .call();
+        let (status, body) = match response {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(e) => {
+                eprintln!("oauth-relay login-link: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1).min(left));
+                continue;
+            }
+        };
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        match status {
+            200 => {
+                println!("{body}");
+                return ExitCode::SUCCESS;
+            }
+            202 => continue,
+            409 => {
+                eprintln!(
+                    "oauth-relay login-link: the sign-in failed: {}",
+                    json["reason"].as_str().unwrap_or("unknown")
+                );
+                return ExitCode::from(2);
+            }
+            503 => std::thread::sleep(Duration::from_secs(1).min(left)),
+            _ => {
+                eprintln!("oauth-relay login-link: {}", message_of(status, &json));
+                return ExitCode::from(1);
+            }
+        }
+    }
+}
+
+fn message_of(status: u16, body: &Value) -> String {
+    body["message"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| format!("HTTP {status}"))
 }
 
 pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {

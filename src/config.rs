@@ -46,6 +46,12 @@ pub enum Command {
     /// Exit status: 0 when a code arrived, 2 when the provider sent an error instead,
     /// 1 on timeout or any other failure.
     Wait(WaitArgs),
+    /// Ask a broker for a one-click Microsoft 365 login link for EMAIL and print it.
+    ///
+    /// Prints `login_url: ...`, `expected_email: ...` and `expires_at: ...` lines at once; with
+    /// --wait, then waits for the person to sign in and prints the tokens as one JSON line.
+    /// Exit status: 0 on success, 2 when the sign-in failed (reason on stderr), 1 otherwise.
+    LoginLink(LoginLinkArgs),
     /// Exit 0 when the local server answers /health, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
 }
@@ -110,6 +116,27 @@ pub struct WaitArgs {
     /// Bearer token, when the relay requires one.
     #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginLinkArgs {
+    /// The e-mail address of the person who must sign in.
+    pub email: String,
+    /// Base URL of the broker.
+    #[arg(long, env = "WK_CALLBACK_SERVER", default_value = defaults::SERVER_URL)]
+    pub server: String,
+    /// The broker's bearer secret.
+    #[arg(long, env = "WK_M365_BROKER_TOKEN", hide_env_values = true)]
+    pub broker_token: String,
+    /// Ask Microsoft to show the consent screen again.
+    #[arg(long)]
+    pub force_consent: bool,
+    /// Wait for the sign-in and print the tokens.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = defaults::TTL_SECS)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Wait(args)) => oauth_relay::cli::wait(args),
+        Some(Command::LoginLink(args)) => oauth_relay::cli::login_link(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
