@@ -6,9 +6,10 @@
 #   CARGO_TARGET_DIR=/x scripts/build-static.sh   # an existing CARGO_TARGET_DIR is respected
 #
 # Static glibc (+crt-static on the gnu target) rather than musl: no extra target or C toolchain
-# to install, and glibc's allocator and string functions are faster than musl's. The relay only
-# ever resolves IP literals (--host, healthcheck's 127.0.0.1), so glibc's static-NSS caveat
-# (looking up host *names* wants shared NSS libraries) does not bite in an empty image.
+# to install, and glibc's allocator and string functions are faster than musl's. Host names
+# (the broker's login.microsoftonline.com) still resolve: glibc >= 2.34 has the `files` and
+# `dns` NSS modules built in, so a static binary reads /etc/hosts and /etc/resolv.conf without
+# shared NSS libraries (checked in a chroot holding only /etc/hosts).
 # The release profile in Cargo.toml already sets opt-level z, lto, codegen-units 1 and strip.
 set -eu
 
