@@ -62,7 +62,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                 "callback_stored",
                 json!({ "state": short_hash(&state), "outcome": outcome }),
             );
-            app.waiters.notify(&state);
+            app.waiters.notify(&waiter_key(&state));
         }
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}
@@ -101,7 +101,7 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
     let (ready_app, answer_app) = (app.clone(), app.clone());
     let (ready_state, answer_state) = (state.clone(), state.clone());
     Ok(Reply::Wait(Wait {
-        key: state,
+        key: waiter_key(&state),
         deadline: Instant::now() + wait,
         ready: Box::new(move || ready_app.store.has_callback(&ready_state).unwrap_or(true)),
         answer: Box::new(move || {
@@ -122,6 +122,11 @@ pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
         )
         .min(app.config.max_wait),
     })
+}
+
+/// Long-polls of the relay and of the broker share one registry; prefixes keep them apart.
+fn waiter_key(state: &str) -> String {
+    format!("relay:{state}")
 }
 
 /// One retrieval attempt, answered as the Python server answers it.
