@@ -116,8 +116,12 @@ pub fn create_session(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             ))
         }
     };
-    if !scopes.iter().any(|s| s == "offline_access") {
-        scopes.insert(0, "offline_access".into());
+    // offline_access brings the refresh token; openid brings the id_token whose `tid` the
+    // tenant check reads. Both are sign-in scopes, not data access.
+    for needed in ["openid", "offline_access"] {
+        if !scopes.iter().any(|s| s == needed) {
+            scopes.insert(0, needed.into());
+        }
     }
     let expires_at = SystemTime::now() + app.config.ttl;
     let session = Session {

@@ -34,8 +34,11 @@ impl Relay {
                 command.env_remove(key);
             }
         }
+        command.args(["--host", "127.0.0.1"]);
+        if !args.contains(&"--port") {
+            command.args(["--port", "0"]);
+        }
         command
-            .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -248,4 +251,16 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
         headers,
         body: raw[split + 4..].to_vec(),
     }
+}
+
+pub mod fake_microsoft;
+
+/// A port that was free a moment ago, for a service whose own URL must be known before it
+/// starts (the broker's public base URL).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

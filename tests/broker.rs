@@ -1,0 +1,796 @@
+//! Broker mode end to end: the real binary against the fake Microsoft identity platform and
+//! Graph in tests/support, which enforce the exact redirect URI, PKCE, client authentication
+//! and one-time codes. Every success and failure path, races, expiry and a slow provider.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::fake_microsoft::{self as fake, FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
+use support::{free_port, HttpResponse, Relay};
+
+const BROKER_TOKEN: &str = "broker-token-0123456789abcdef";
+const EMAIL: &str = "ana.silva@contoso.example";
+
+struct Setup {
+    fake: FakeMicrosoft,
+    relay: Relay,
+}
+
+/// A fake Microsoft and a broker wired to each other. `tweak` adjusts the fake; `env` adds or
+/// overrides broker settings.
+fn setup(tweak: impl FnOnce(&mut FakeConfig), env: &[(&str, &str)]) -> Setup {
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut cfg = FakeConfig {
+        redirect_uris: vec![format!("{public}/m365/callback")],
+        ..FakeConfig::default()
+    };
+    tweak(&mut cfg);
+    let fake = FakeMicrosoft::start_with(cfg.clone());
+    let base = fake.base_url();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("WK_PUBLIC_BASE_URL", &public),
+        ("WK_M365_CLIENT_ID", &cfg.client_id),
+        ("WK_M365_TENANT_ID", DEFAULT_TENANT_ID),
+        ("WK_M365_BROKER_TOKEN", BROKER_TOKEN),
+        ("WK_M365_LOGIN_BASE_URL", &base),
+        ("WK_M365_GRAPH_BASE_URL", &base),
+    ];
+    let secret = cfg.client_secret.clone().unwrap_or_default();
+    if cfg.client_secret.is_some() {
+        vars.push(("WK_M365_CLIENT_SECRET", &secret));
+    }
+    for (k, v) in env {
+        vars.retain(|(key, _)| key != k);
+        vars.push((k, v));
+    }
+    let port = port.to_string();
+    let relay = Relay::start_env(&["--port", &port], &vars);
+    Setup { fake, relay }
+}
+
+fn auth() -> String {
+    format!("Bearer {BROKER_TOKEN}")
+}
+
+impl Setup {
+    fn create(&self, body: Value) -> HttpResponse {
+        let auth = auth();
+        self.relay.request(
+            "POST",
+            "/m365/sessions",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn session(&self) -> Value {
+        let res = self.create(json!({ "expected_email": EMAIL }));
+        assert_eq!(res.status, 200, "{}", res.text());
+        res.json()
+    }
+
+    /// Follows the login link to Microsoft and back, as a browser would, without the final
+    /// request: returns the callback path Microsoft redirected to.
+    fn click(&self, session: &Value) -> String {
+        let start = path_of(session["login_url"].as_str().unwrap());
+        let res = self.relay.get(&start);
+        assert_eq!(res.status, 302, "{}", res.text());
+        let authorize = res.header("Location").unwrap().to_string();
+        let res = get_url(&authorize);
+        assert_eq!(
+            res.status,
+            302,
+            "the fake refused the authorize request: {}",
+            res.text()
+        );
+        path_of(res.header("Location").unwrap())
+    }
+
+    fn sign_in(&self, session: &Value) -> HttpResponse {
+        let callback = self.click(session);
+        self.relay.get(&callback)
+    }
+
+    fn token(&self, session: &Value) -> HttpResponse {
+        let path = format!("/token/{}", session["state"].as_str().unwrap());
+        self.relay.get_auth(&path, BROKER_TOKEN)
+    }
+
+    fn status(&self, session: &Value) -> Value {
+        let path = format!("/status/{}", session["state"].as_str().unwrap());
+        self.relay.get_auth(&path, BROKER_TOKEN).json()
+    }
+}
+
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    format!("/{}", rest.split_once('/').map(|(_, p)| p).unwrap_or(""))
+}
+
+fn get_url(url: &str) -> HttpResponse {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    support::http(host.parse().unwrap(), "GET", &format!("/{path}"), &[], b"")
+}
+
+#[test]
+fn a_person_signs_in_and_the_caller_gets_the_tokens_once() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    for key in [
+        "state",
+        "expected_email",
+        "login_url",
+        "status_url",
+        "expires_at",
+    ] {
+        assert!(session[key].is_string(), "{key} missing: {session}");
+    }
+    assert_eq!(session["expected_email"], EMAIL);
+    assert!(session.get("code_verifier").is_none() && !session.to_string().contains("verifier"));
+    assert_eq!(s.status(&session)["status"], "pending");
+    assert_eq!(s.token(&session).status, 202);
+
+    let page = s.sign_in(&session);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("Microsoft 365 connected (read-only)"),
+        "{}",
+        page.text()
+    );
+    assert_eq!(page.header("Cache-Control"), Some("no-store"));
+    assert_eq!(page.header("Referrer-Policy"), Some("no-referrer"));
+    assert!(page
+        .header("Content-Security-Policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert_eq!(s.status(&session)["status"], "ready");
+
+    let tokens = s.token(&session);
+    assert_eq!(tokens.status, 200);
+    let t = tokens.json();
+    for key in ["access_token", "refresh_token", "token_type", "expiry"] {
+        assert!(t[key].as_str().is_some_and(|v| !v.is_empty()), "{key}: {t}");
+    }
+    assert_eq!(t["token_type"], "Bearer");
+    assert!(t["expiry"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(s.token(&session).status, 410);
+    assert_eq!(s.status(&session)["status"], "consumed");
+    assert_eq!(s.fake.redeemed_codes(), 1);
+    assert_eq!(s.fake.graph_calls(), 1);
+    // Nothing secret on the page.
+    let text = page.text();
+    for secret in [
+        t["access_token"].as_str().unwrap(),
+        t["refresh_token"].as_str().unwrap(),
+        session["state"].as_str().unwrap(),
+    ] {
+        assert!(!text.contains(secret));
+    }
+}
+
+#[test]
+fn the_authorize_request_is_exactly_what_microsoft_expects() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    s.sign_in(&session);
+    let sent = &s.fake.authorize_requests()[0];
+    let p = |k| fake::param(sent, k).map(str::to_string);
+    assert_eq!(p("response_type").as_deref(), Some("code"));
+    assert_eq!(p("code_challenge_method").as_deref(), Some("S256"));
+    assert_eq!(
+        p("redirect_uri"),
+        Some(format!("http://{}/m365/callback", s.relay.addr))
+    );
+    assert_eq!(p("login_hint").as_deref(), Some(EMAIL));
+    assert_eq!(p("prompt"), None);
+    let scopes = p("scope").unwrap();
+    for expected in ["offline_access", "User.Read", "Mail.Read", "Calendars.Read"] {
+        assert!(scopes.split(' ').any(|s| s == expected), "{scopes}");
+    }
+    assert_no_write_scope(&scopes);
+    // The three values are distinct and long: seeing the link gives nothing else away.
+    let link_id = session["login_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let handle = session["state"].as_str().unwrap().to_string();
+    let oauth_state = p("state").unwrap();
+    assert!(link_id != handle && handle != oauth_state && link_id != oauth_state);
+    for id in [&link_id, &handle, &oauth_state] {
+        assert!(id.len() >= 22, "fewer than 128 bits: {id}");
+    }
+    // PKCE: the verifier the broker sent hashes to the challenge (the fake enforces it too).
+    let form = &s.fake.token_requests()[0];
+    let verifier = fake::param(form, "code_verifier").unwrap();
+    assert_eq!(fake::pkce_challenge(verifier), p("code_challenge").unwrap());
+    assert_eq!(
+        fake::param(form, "client_secret"),
+        None,
+        "a public client sent a secret"
+    );
+}
+
+fn assert_no_write_scope(scopes: &str) {
+    let lower = scopes.to_lowercase();
+    assert!(
+        !lower.contains("write") && !lower.contains("send"),
+        "write scope requested: {scopes}"
+    );
+}
+
+#[test]
+fn write_scopes_are_refused_everywhere() {
+    let s = setup(|_| {}, &[]);
+    for scopes in [
+        json!("Mail.Send"),
+        json!(["User.Read", "Mail.ReadWrite"]),
+        json!("Calendars.ReadWrite"),
+    ] {
+        let res = s.create(json!({ "expected_email": EMAIL, "scopes": scopes }));
+        assert_eq!(res.status, 400, "{scopes}");
+        assert_eq!(
+            res.json()["message"],
+            "Only read-only Microsoft Graph scopes are allowed"
+        );
+    }
+    let ok = s
+        .create(json!({ "expected_email": EMAIL, "scopes": "User.Read Mail.Read" }))
+        .json();
+    s.click(&ok);
+    for sent in s.fake.authorize_requests() {
+        assert_no_write_scope(fake::param(&sent, "scope").unwrap());
+    }
+    let out = std::process::Command::new(support::BIN)
+        .env("WK_PUBLIC_BASE_URL", "https://relay.example")
+        .env("WK_M365_CLIENT_ID", "x")
+        .env("WK_M365_BROKER_TOKEN", BROKER_TOKEN)
+        .env("WK_M365_SCOPES", "offline_access Mail.Read Mail.Send")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WK_M365_SCOPES"));
+}
+
+#[test]
+fn broken_settings_stop_start_up_naming_the_variable() {
+    let base = [
+        ("WK_PUBLIC_BASE_URL", "https://relay.example"),
+        ("WK_M365_CLIENT_ID", "client"),
+        ("WK_M365_BROKER_TOKEN", BROKER_TOKEN),
+    ];
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        ("WK_M365_CLIENT_ID", None, "WK_M365_CLIENT_ID"),
+        ("WK_M365_BROKER_TOKEN", None, "WK_M365_BROKER_TOKEN"),
+        (
+            "WK_M365_BROKER_TOKEN",
+            Some("short"),
+            "WK_M365_BROKER_TOKEN",
+        ),
+        (
+            "WK_PUBLIC_BASE_URL",
+            Some("http://relay.example"),
+            "WK_PUBLIC_BASE_URL",
+        ),
+        (
+            "WK_M365_LOGIN_BASE_URL",
+            Some("http://login.example"),
+            "WK_M365_LOGIN_BASE_URL",
+        ),
+        (
+            "WK_M365_GRAPH_BASE_URL",
+            Some("not a url"),
+            "WK_M365_GRAPH_BASE_URL",
+        ),
+    ];
+    for (var, value, named) in cases {
+        let mut cmd = std::process::Command::new(support::BIN);
+        cmd.envs(base).env_remove(var);
+        if let Some(v) = value {
+            cmd.env(var, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}={value:?} started");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{var}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn callers_need_the_broker_token() {
+    let s = setup(|_| {}, &[]);
+    let no_auth = s.relay.request(
+        "POST",
+        "/m365/sessions",
+        &[],
+        br#"{"expected_email":"a@b.c"}"#,
+    );
+    assert_eq!(no_auth.status, 401);
+    let wrong = s.relay.request(
+        "POST",
+        "/m365/sessions",
+        &[("Authorization", "Bearer wrong-token-0123456789abcdef")],
+        br#"{"expected_email":"a@b.c"}"#,
+    );
+    assert_eq!(wrong.status, 401);
+    let session = s.session();
+    let handle = session["state"].as_str().unwrap();
+    assert_eq!(s.relay.get(&format!("/token/{handle}")).status, 401);
+    assert_eq!(s.relay.get(&format!("/status/{handle}")).status, 401);
+    for bad in [
+        json!({}),
+        json!({"expected_email": "not-an-email"}),
+        json!({"expected_email": EMAIL, "force_consent": "yes"}),
+    ] {
+        assert_eq!(s.create(bad.clone()).status, 400, "{bad}");
+    }
+}
+
+#[test]
+fn handle_only_access_is_an_explicit_choice() {
+    let s = setup(|_| {}, &[("OAUTH_RELAY_BROKER_HANDLE_ONLY", "true")]);
+    let session = s.session();
+    let handle = session["state"].as_str().unwrap();
+    assert_eq!(
+        s.relay.get(&format!("/status/{handle}")).json()["status"],
+        "pending"
+    );
+    s.sign_in(&session);
+    assert_eq!(s.relay.get(&format!("/token/{handle}")).status, 200);
+    // Creating sessions still needs the token.
+    assert_eq!(
+        s.relay
+            .request(
+                "POST",
+                "/m365/sessions",
+                &[],
+                br#"{"expected_email":"a@b.c"}"#
+            )
+            .status,
+        401
+    );
+}
+
+#[test]
+fn opening_the_link_does_not_use_it_up() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    let start = path_of(session["login_url"].as_str().unwrap());
+    for _ in 0..3 {
+        assert_eq!(
+            s.relay.get(&start).status,
+            302,
+            "a preview fetch used the link up"
+        );
+    }
+    assert_eq!(s.sign_in(&session).status, 200);
+    // After success the link says so instead of starting again.
+    let again = s.relay.get(&start);
+    assert_eq!(again.status, 200);
+    assert!(again.text().contains("Already connected"));
+}
+
+#[test]
+fn force_consent_asks_for_the_consent_screen() {
+    let s = setup(|_| {}, &[]);
+    let session = s
+        .create(json!({ "expected_email": EMAIL, "force_consent": true }))
+        .json();
+    s.sign_in(&session);
+    assert_eq!(
+        fake::param(&s.fake.authorize_requests()[0], "prompt"),
+        Some("consent")
+    );
+}
+
+#[test]
+fn a_confidential_client_authenticates_and_a_missing_secret_is_explained() {
+    let s = setup(|c| c.client_secret = Some("s3cret-value".into()), &[]);
+    let session = s.session();
+    assert_eq!(s.sign_in(&session).status, 200);
+    assert_eq!(
+        fake::param(&s.fake.token_requests()[0], "client_secret"),
+        Some("s3cret-value")
+    );
+
+    // The same app registration, but the operator forgot WK_M365_CLIENT_SECRET.
+    let s = setup(
+        |c| c.client_secret = Some("s3cret-value".into()),
+        &[("WK_M365_CLIENT_SECRET", "")],
+    );
+    let session = s.session();
+    let page = s.sign_in(&session);
+    assert_eq!(page.status, 502);
+    assert!(page.text().contains("could not connect"));
+    assert!(
+        !page.text().contains("AADSTS"),
+        "raw provider text on a page"
+    );
+    assert_eq!(s.status(&session)["reason"], "exchange_failed");
+    let line = s.relay.wait_for_log("callback_failed");
+    assert!(
+        line.contains("AADSTS7000218") && line.contains("WK_M365_CLIENT_SECRET"),
+        "{line}"
+    );
+    assert!(!s.relay.logs().iter().any(|l| l.contains("s3cret-value")));
+}
+
+/// Signs in with the fake configured by `tweak`, expecting failure `reason` and `status`.
+fn fails(
+    tweak: impl FnOnce(&mut FakeConfig),
+    env: &[(&str, &str)],
+    reason: &str,
+    status: u16,
+    words: &str,
+) {
+    let s = setup(tweak, env);
+    let session = s.session();
+    let page = s.sign_in(&session);
+    assert_eq!(page.status, status, "{reason}: {}", page.text());
+    assert!(page.text().contains(words), "{reason}: {}", page.text());
+    assert_eq!(page.header("Cache-Control"), Some("no-store"));
+    let st = s.status(&session);
+    assert_eq!(
+        (st["status"].as_str(), st["reason"].as_str()),
+        (Some("failed"), Some(reason))
+    );
+    let token = s.token(&session);
+    assert_eq!(
+        (token.status, token.json()["reason"].as_str()),
+        (409, Some(reason))
+    );
+    let line = s.relay.wait_for_log("callback_failed");
+    assert!(line.contains(reason), "{line}");
+}
+
+#[test]
+fn the_person_cancels() {
+    fails(
+        |c| c.cancel = true,
+        &[],
+        "access_denied",
+        200,
+        "You cancelled the Microsoft sign-in",
+    );
+}
+
+#[test]
+fn no_refresh_token_fails_closed() {
+    fails(
+        |c| c.omit_refresh_token = true,
+        &[],
+        "no_refresh_token",
+        502,
+        "could not connect",
+    );
+}
+
+#[test]
+fn graph_failure_fails_closed() {
+    fails(
+        |c| c.graph_fail = true,
+        &[],
+        "graph_failed",
+        502,
+        "could not connect",
+    );
+}
+
+#[test]
+fn the_wrong_account_fails_closed() {
+    fails(
+        |c| {
+            c.user_mail = Some("someone.else@contoso.example".into());
+            c.user_upn = "someone.else@contoso.example".into();
+        },
+        &[],
+        "email_mismatch",
+        403,
+        "different Microsoft account",
+    );
+}
+
+#[test]
+fn the_wrong_tenant_fails_closed() {
+    fails(
+        |c| c.user_tid = Some("99999999-9999-9999-9999-999999999999".into()),
+        &[],
+        "tenant_mismatch",
+        403,
+        "different organization",
+    );
+}
+
+#[test]
+fn a_failed_code_exchange_fails_closed() {
+    fails(
+        |c| {
+            c.token_error = Some((
+                400,
+                "invalid_grant".into(),
+                "AADSTS50011: The redirect URI does not match".into(),
+            ))
+        },
+        &[],
+        "exchange_failed",
+        502,
+        "could not connect",
+    );
+}
+
+#[test]
+fn mail_falls_back_to_the_user_principal_name_case_insensitively() {
+    let s = setup(
+        |c| {
+            c.user_mail = None;
+            c.user_upn = "Ana.Silva@Contoso.Example".into();
+        },
+        &[],
+    );
+    let session = s.session();
+    assert_eq!(s.sign_in(&session).status, 200);
+    assert_eq!(s.token(&session).json()["email"], EMAIL);
+}
+
+#[test]
+fn without_a_pinned_tenant_any_tenant_may_sign_in() {
+    let s = setup(
+        |c| c.user_tid = Some("99999999-9999-9999-9999-999999999999".into()),
+        &[("WK_M365_TENANT_ID", "organizations")],
+    );
+    let session = s.session();
+    assert_eq!(s.sign_in(&session).status, 200);
+}
+
+#[test]
+fn bad_states_fail_closed_with_their_own_reason() {
+    let s = setup(|_| {}, &[]);
+    let missing = s.relay.get("/m365/callback?code=x");
+    assert_eq!(missing.status, 404);
+    assert!(missing.text().contains("not valid"));
+    let unknown = s.relay.get("/m365/callback?code=x&state=never-issued");
+    assert_eq!(unknown.status, 404);
+    // Reuse: the same redirect again after success changes nothing and reassures the person.
+    let session = s.session();
+    let callback = s.click(&session);
+    assert_eq!(s.relay.get(&callback).status, 200);
+    let reload = s.relay.get(&callback);
+    assert!(
+        reload.text().contains("Already connected"),
+        "{}",
+        reload.text()
+    );
+    assert_eq!(
+        s.fake.redeemed_codes(),
+        1,
+        "a reused state redeemed a code again"
+    );
+    assert_eq!(s.token(&session).status, 200);
+    for reason in ["state_missing", "state_unknown", "state_reused"] {
+        s.relay.wait_for_log(reason);
+    }
+}
+
+#[test]
+fn an_expired_session_fails_closed() {
+    let s = setup(|_| {}, &[("OAUTH_RELAY_TTL_SECS", "1")]);
+    let session = s.session();
+    let callback = s.click(&session);
+    std::thread::sleep(Duration::from_millis(1200));
+    let page = s.relay.get(&callback);
+    assert!(matches!(page.status, 404 | 410), "{}", page.status);
+    assert!(page.text().contains("expired") || page.text().contains("not valid"));
+    assert_eq!(s.fake.redeemed_codes(), 0);
+    assert_eq!(s.token(&session).status, 404);
+}
+
+#[test]
+fn two_callbacks_racing_for_one_state_yield_one_exchange() {
+    let s = setup(|c| c.token_delay = Duration::from_millis(300), &[]);
+    for _ in 0..5 {
+        let session = s.session();
+        let callback = s.click(&session);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| s.relay.get(&callback)))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap().status).collect()
+        });
+        let successes = statuses.iter().filter(|s| **s == 200).count();
+        // One exchange; the others are told the link was already used (409) or, if they came
+        // after the winner finished, that it is already connected (200).
+        assert!(
+            successes >= 1 && statuses.iter().all(|s| *s == 200 || *s == 409),
+            "{statuses:?}"
+        );
+        assert_eq!(s.token(&session).status, 200);
+        assert_eq!(s.token(&session).status, 410);
+    }
+    assert_eq!(s.fake.redeemed_codes(), 5);
+    assert_eq!(
+        s.fake.token_requests().len(),
+        5,
+        "a state was exchanged twice"
+    );
+}
+
+#[test]
+fn a_slow_identity_provider_holds_up_nothing_else() {
+    let s = setup(
+        |c| c.token_delay = Duration::from_secs(3),
+        &[("OAUTH_RELAY_WORKERS", "2")],
+    );
+    let sessions: Vec<Value> = (0..6).map(|_| s.session()).collect();
+    let callbacks: Vec<String> = sessions.iter().map(|x| s.click(x)).collect();
+    std::thread::scope(|scope| {
+        let pending: Vec<_> = callbacks
+            .iter()
+            .map(|c| scope.spawn(|| s.relay.get(c)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // Six exchanges are stuck and only two workers exist; the workers are still free.
+        for _ in 0..20 {
+            assert_eq!(s.relay.get("/health").status, 200);
+        }
+        assert!(
+            pending.iter().all(|h| !h.is_finished()),
+            "the provider was not slow"
+        );
+        for h in pending {
+            assert_eq!(h.join().unwrap().status, 200);
+        }
+    });
+}
+
+#[test]
+fn an_identity_provider_that_never_answers_times_out() {
+    let s = setup(
+        |c| c.token_delay = Duration::from_secs(30),
+        &[("OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS", "1")],
+    );
+    let session = s.session();
+    let page = s.sign_in(&session);
+    assert_eq!(page.status, 502);
+    assert_eq!(s.status(&session)["reason"], "exchange_failed");
+}
+
+#[test]
+fn token_long_poll_is_answered_when_the_sign_in_completes() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    let handle = session["state"].as_str().unwrap().to_string();
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            s.relay
+                .get_auth(&format!("/token/{handle}?wait=30"), BROKER_TOKEN)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished());
+        s.sign_in(&session);
+        let res = waiter.join().unwrap();
+        assert_eq!(res.status, 200);
+        assert!(res.json()["refresh_token"].is_string());
+    });
+    let failed = setup(|c| c.cancel = true, &[]);
+    let session = failed.session();
+    let handle = session["state"].as_str().unwrap().to_string();
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            failed
+                .relay
+                .get_auth(&format!("/token/{handle}?wait=30"), BROKER_TOKEN)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        failed.sign_in(&session);
+        assert_eq!(waiter.join().unwrap().status, 409);
+    });
+}
+
+#[test]
+fn pages_speak_brazilian_portuguese_when_asked() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    let callback = s.click(&session);
+    let page = s.relay.request(
+        "GET",
+        &callback,
+        &[("Accept-Language", "pt-BR,pt;q=0.9,en;q=0.5")],
+        b"",
+    );
+    assert!(
+        page.text()
+            .contains("Microsoft 365 conectado (somente leitura)"),
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("lang=\"pt-BR\""));
+    let unknown = s.relay.request(
+        "GET",
+        "/m365/start/nope",
+        &[("Accept-Language", "pt-BR")],
+        b"",
+    );
+    assert!(unknown.text().contains("Este link não é válido"));
+    let cancelled = setup(|c| c.cancel = true, &[]);
+    let session = cancelled.session();
+    let callback = cancelled.click(&session);
+    let page = cancelled
+        .relay
+        .request("GET", &callback, &[("Accept-Language", "pt-BR")], b"");
+    assert!(page.text().contains("Você cancelou o login da Microsoft"));
+}
+
+#[test]
+fn audit_events_are_logged_without_secrets() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    s.sign_in(&session);
+    let tokens = s.token(&session).json();
+    for event in [
+        "link_created",
+        "link_opened",
+        "callback_succeeded",
+        "tokens_retrieved",
+    ] {
+        s.relay.wait_for_log(&format!("\"event\":\"{event}\""));
+    }
+    let form = &s.fake.token_requests()[0];
+    let secrets = [
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+        fake::param(form, "code").unwrap(),
+        fake::param(form, "code_verifier").unwrap(),
+        session["state"].as_str().unwrap(),
+        BROKER_TOKEN,
+        EMAIL,
+    ];
+    for line in s.relay.logs() {
+        for secret in secrets {
+            assert!(!line.contains(secret), "secret in log: {line}");
+        }
+    }
+    assert!(s
+        .relay
+        .logs()
+        .iter()
+        .any(|l| l.contains("a***@contoso.example")));
+}
+
+#[test]
+fn the_login_link_command_does_it_all_in_one() {
+    use std::io::{BufRead, BufReader};
+    let s = setup(|_| {}, &[]);
+    let mut child = std::process::Command::new(support::BIN)
+        .args(["login-link", EMAIL, "--wait", "--timeout-secs", "60"])
+        .env("WK_CALLBACK_SERVER", s.relay.url(""))
+        .env("WK_M365_BROKER_TOKEN", BROKER_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let login_url = lines.next().unwrap().unwrap();
+    let login_url = login_url
+        .strip_prefix("login_url: ")
+        .expect("first line is the link")
+        .to_string();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        format!("expected_email: {EMAIL}")
+    );
+    assert!(lines.next().unwrap().unwrap().starts_with("expires_at: "));
+    s.sign_in(&json!({ "login_url": login_url }));
+    let tokens: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(tokens["access_token"].is_string() && tokens["refresh_token"].is_string());
+    assert!(child.wait().unwrap().success());
+}
