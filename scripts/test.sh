@@ -9,6 +9,7 @@ need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need prlimit util-linux   # runs the relay with few file descriptors (robustness test)
 need chroot coreutils     # runs the static binary in an empty root (container test)
 need unshare util-linux
+need chromium chromium     # a real browser follows a login link (tests/broker.rs)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

@@ -33,7 +33,7 @@ pub fn page_in(lang: &str, title: &str, heading: &str, paragraphs: &[String], ok
         "<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title><style>\
-body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f8fa;color:#1f2328}}\
+body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:0 1rem;background:#f6f8fa;color:#1f2328}}\
 main{{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 1px 3px rgba(0,0,0,.12)}}\
 h1{{font-size:1.4rem;color:{accent};margin-top:0}}p{{line-height:1.5}}</style></head>\
 <body><main><h1>{heading}</h1>{body}</main></body></html>\n",

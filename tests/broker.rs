@@ -794,3 +794,58 @@ fn the_login_link_command_does_it_all_in_one() {
     assert!(tokens["access_token"].is_string() && tokens["refresh_token"].is_string());
     assert!(child.wait().unwrap().success());
 }
+
+/// Runs Debian's headless Chromium on `url`, following every redirect, and returns the DOM of
+/// the page it ends on. Fails (never skips) when Chromium is missing: scripts/test.sh installs it.
+fn chromium_dom(url: &str, extra: &[&str]) -> String {
+    let profile =
+        std::env::temp_dir().join(format!("oauth-relay-chromium-{}", support::free_port()));
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .args(["--dump-dom", url])
+        .output()
+        .expect("chromium is not installed: run scripts/test.sh, which installs it");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_real_browser_goes_from_the_link_to_the_success_page() {
+    let s = setup(|_| {}, &[]);
+    let session = s.session();
+    let dom = chromium_dom(session["login_url"].as_str().unwrap(), &[]);
+    assert!(dom.contains("Microsoft 365 connected (read-only)"), "{dom}");
+    // The browser went through the fake Microsoft sign-in exactly once.
+    assert_eq!(s.fake.authorize_requests().len(), 1);
+    assert_eq!(s.fake.redeemed_codes(), 1);
+    let tokens = s.token(&session);
+    assert_eq!(tokens.status, 200);
+    assert!(!dom.contains(tokens.json()["access_token"].as_str().unwrap()));
+    assert_eq!(s.token(&session).status, 410);
+
+    let session = s.session();
+    let dom = chromium_dom(
+        session["login_url"].as_str().unwrap(),
+        &["--accept-lang=pt-BR"],
+    );
+    assert!(
+        dom.contains("Microsoft 365 conectado (somente leitura)"),
+        "{dom}"
+    );
+}
