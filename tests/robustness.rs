@@ -223,3 +223,51 @@ fn healthcheck_exit_codes() {
         .unwrap();
     assert_eq!(down.code(), Some(1));
 }
+
+#[test]
+fn a_burst_of_connections_is_served_at_once() {
+    // A bare tiny_http server (no watchdog whose probes would start extra pool threads and so
+    // hide the problem): its pool starts with four threads and each serves one keep-alive
+    // connection for its whole life. Unpatched, a burst queued behind them until one of them
+    // closed, which here is never, so a stalled connection shows as a missing answer.
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let answering = server.clone();
+    std::thread::spawn(move || {
+        for rq in answering.incoming_requests() {
+            let _ = rq.respond(tiny_http::Response::from_string("ok"));
+        }
+    });
+    // The stall needs the notified pool threads to be slow to wake, as on a busy machine.
+    let spinning = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let spinning = spinning.clone();
+            std::thread::spawn(move || {
+                while spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        let mut conns: Vec<TcpStream> =
+            (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        for c in &mut conns {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).unwrap_or_else(|e| {
+                panic!("round {round}: connection {i} of a burst got no answer: {e}")
+            });
+            assert_eq!(&buf, b"HTTP/1.1 200");
+        }
+    }
+    spinning.store(false, std::sync::atomic::Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    server.unblock();
+}
