@@ -81,6 +81,10 @@ pub fn bind(host: &str, port: u16, read_timeout: Duration) -> io::Result<TcpList
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
+    // Inherited by accepted sockets, like the timeouts: tiny_http writes a response larger than
+    // its 1 KiB buffer in two parts, and Nagle's algorithm would hold the second until the
+    // client's delayed ACK (about 40 ms per page).
+    socket.set_tcp_nodelay(true)?;
     socket.set_read_timeout(Some(read_timeout))?;
     socket.set_write_timeout(Some(read_timeout))?;
     Ok(socket.into())

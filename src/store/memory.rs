@@ -128,6 +128,21 @@ impl Inner {
         }
     }
 
+    /// Retrieved entries leave their expiry behind in the heap until it comes due. Under steady
+    /// callback-then-retrieve traffic those stale items would outnumber the live ones by far
+    /// (one per retrieval within the TTL), so drop them once they are the majority: amortised
+    /// O(1) per retrieval, and the heap stays within twice the live entries.
+    fn compact_expiries(&mut self) {
+        if self.live_expiries.len() > 2 * self.live + 64 {
+            let entries = &self.entries;
+            self.live_expiries.retain(|Reverse((at, key))| {
+                entries
+                    .get(key)
+                    .is_some_and(|e| e.is_live() && e.expires() == *at)
+            });
+        }
+    }
+
     fn insert_live(&mut self, state: &str, entry: Entry) {
         self.live_expiries
             .push(Reverse((entry.expires(), state.to_string())));
@@ -198,6 +213,7 @@ impl Store for MemoryStore {
         };
         inner.live -= 1;
         inner.retrieved_count += 1;
+        inner.compact_expiries();
         inner.retrieved.push_back((expires, state.to_string()));
         // Markers are bounded too: past the cap the oldest is forgotten (it would answer 404
         // instead of 410; the code itself is long gone either way).
@@ -427,6 +443,24 @@ mod tests {
         assert!(inner.entries.is_empty());
         assert_eq!((inner.live, inner.retrieved_count), (0, 0));
         assert!(inner.live_expiries.is_empty() && inner.retrieved.is_empty());
+    }
+
+    #[test]
+    fn retrieval_traffic_does_not_grow_the_expiry_heap() {
+        let s = MemoryStore::new(Duration::from_secs(600), 100);
+        for i in 0..10_000 {
+            let state = format!("p{i}");
+            s.put_callback(cb(&state, "c"), false).unwrap();
+            assert!(matches!(s.take_callback(&state).unwrap(), Take::Taken(_)));
+        }
+        let inner = s.lock();
+        assert!(
+            inner.live_expiries.len() <= 64,
+            "{} stale expiries kept",
+            inner.live_expiries.len()
+        );
+        assert!(inner.retrieved.len() <= 100 + 1);
+        assert_eq!(inner.retrieved_count, 100);
     }
 
     #[test]
