@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Regression check for the connection-burst stall: open N keep-alive connections at once,
+then send one GET /health on each and time every answer.
+
+  burst.py PORT [N] [WAIT_SECS]
+
+With tiny_http 0.12.0 as published, some of these answers came seconds late (one about every
+2 s) or not at all within 10 s: its TaskPool started a new thread for a connection only when no
+thread was waiting, and a thread just handed a connection still counted as waiting until it ran,
+so part of a burst was queued behind keep-alive connections and served only when another
+connection ended (the relay's watchdog probe, every ~2 s). The vendored copy in vendor/tiny_http
+fixes that (commit 3383e4d); every answer should now come at once.
+Prints `BURST n=... answered=... within_100ms=... slowest=... unanswered=...`.
+"""
+
+import select
+import socket
+import sys
+import time
+
+
+def main():
+    port = int(sys.argv[1])
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    wait_secs = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5.0) for _ in range(n)]
+    t0 = time.monotonic()
+    for s in socks:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    pending = {s.fileno(): s for s in socks}
+    times = []
+    while pending and time.monotonic() - t0 < wait_secs:
+        ready, _, _ = select.select(list(pending.values()), [], [], 0.1)
+        for s in ready:
+            s.recv(65536)
+            times.append(time.monotonic() - t0)
+            del pending[s.fileno()]
+    for s in socks:
+        s.close()
+    print(
+        "BURST n=%d answered=%d within_100ms=%d slowest=%.2f unanswered=%d wait=%.0f answers_s=%s"
+        % (n, len(times), sum(1 for t in times if t < 0.1), max(times) if times else float("nan"),
+           len(pending), wait_secs, [round(t, 2) for t in times])
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

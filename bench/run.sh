@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Benchmarks for oauth-relay, all against 127.0.0.1 only, each on a fresh server.
+#
+#   bench/run.sh                 run everything (about 2 minutes)
+#   bench/run.sh pairs longpoll  run only the named benchmarks
+#
+# Benchmarks: size pairs slow memory longpoll burst (see bench/README.md).
+# Prints a Markdown table and writes it to bench/out/results.md; raw tool output goes to
+# bench/out/*.txt and the servers' stderr to bench/out/server.log.
+# Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ALL=(size pairs slow memory longpoll burst)
+PAIRS_SECS=${PAIRS_SECS:-5}
+HEALTH_SECS=${HEALTH_SECS:-10}
+CHURN_SECS=${CHURN_SECS:-15}
+PAIRS_SETTINGS=(2 4 8 16) # wrk threads = connections (see pairs.lua for why they are equal)
+
+BIN=target/release/oauth-relay
+OUT=bench/out
+UTIL=(python3 bench/util.py)
+# The helpers import bench/httpc.py; keep bench/ free of __pycache__ (it is not git-ignored).
+export PYTHONDONTWRITEBYTECODE=1
+
+if [ $# -eq 0 ]; then
+    SELECTED=("${ALL[@]}")
+else
+    SELECTED=("$@")
+    for b in "${SELECTED[@]}"; do
+        [[ " ${ALL[*]} " == *" $b "* ]] || { echo "unknown benchmark '$b' (choose from: ${ALL[*]})" >&2; exit 2; }
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every one started here is recorded and ended on exit, however the script ends.
+SERVER_PID=""
+CLIENT_PID=""
+cleanup() {
+    local pid
+    for pid in "$CLIENT_PID" "$SERVER_PID"; do
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a fresh server on a free loopback port (extra flags are passed on); sets PORT.
+start_server() {
+    PORT=$("${UTIL[@]}" free-port)
+    echo "--- server on port $PORT $*" >>"$OUT/server.log"
+    "$BIN" --host 127.0.0.1 --port "$PORT" --log-level warn "$@" 2>>"$OUT/server.log" &
+    SERVER_PID=$!
+    "${UTIL[@]}" wait-ready "$PORT" 10
+}
+
+stop_server() {
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" || true
+    SERVER_PID=""
+}
+
+rss_mib() { awk '{printf "%.1f", $1 / 1024}' <<<"$("${UTIL[@]}" rss "$SERVER_PID")"; }
+threads_of() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
+
+# key=value fields from the machine-readable lines the helper scripts print.
+field() { sed -n "s/.*[[:space:]]$1=\([^ ]*\).*/\1/p" <<<"$2" | head -n1; }
+
+# wrk prints latencies as 83.00us, 1.63ms, 1.07s or 1.00m; this turns one into milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : -1
+        if (f < 0) print "?"; else printf (n * f < 1 ? "%.3f" : "%.2f"), n * f
+    }'
+}
+wrk_pct() { to_ms "$(awk -v p="$1%" '$1 == p {print $2}' "$2")"; }
+wrk_max() { to_ms "$(awk '$1 == "Latency" && NF >= 4 {print $4; exit}' "$1")"; }
+wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
+wrk_timeouts() { sed -n 's/.*timeout \([0-9]*\).*/\1/p' "$1" | head -n1 | grep . || echo 0; }
+
+ROWS=()
+NOTES=()
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); }
+note() { NOTES+=("$1"); }
+
+# ---------------------------------------------------------------------------------------------
+bench_size() {
+    local bytes
+    bytes=$(stat -c %s "$BIN")
+    row size "release binary size" "$(awk -v b="$bytes" 'BEGIN {printf "%.2f MiB (%d bytes)", b / 1048576, b}')" \
+        "-" "opt-level z, LTO, stripped"
+}
+
+bench_pairs() {
+    local n file rps pairs line non200 wrong timeouts p50 p99 max rss best=0 best_n="" best_rps best_bad
+    note ""
+    note "**pairs by wrk setting** (${PAIRS_SECS} s each, fresh server each; wrk and the server share the machine's $(nproc) cores):"
+    note ""
+    note "| wrk | requests/s | pairs/s | non-200 | wrong code | wrk timeouts | p50 ms | p99 ms | max ms | server RSS after |"
+    note "|---|---|---|---|---|---|---|---|---|---|"
+    for n in "${PAIRS_SETTINGS[@]}"; do
+        start_server
+        file="$OUT/pairs-t$n-c$n.txt"
+        wrk -t"$n" -c"$n" -d"${PAIRS_SECS}s" --latency -s bench/pairs.lua "http://127.0.0.1:$PORT/" >"$file"
+        rss=$(rss_mib)
+        stop_server
+        rps=$(wrk_rps "$file")
+        pairs=$(awk -v r="$rps" 'BEGIN {printf "%d", r / 2}')
+        line=$(grep '^PAIRS ' "$file")
+        non200=$(field non200 "$line")
+        wrong=$(field wrong_code "$line")
+        timeouts=$(wrk_timeouts "$file")
+        p50=$(wrk_pct 50 "$file")
+        p99=$(wrk_pct 99 "$file")
+        max=$(wrk_max "$file")
+        note "| -t$n -c$n | $rps | $pairs | $non200 | $wrong | $timeouts | $p50 | $p99 | $max | $rss MiB |"
+        if [ "$pairs" -gt "$best" ]; then
+            best=$pairs best_n=$n best_rps=$rps best_bad="non-200: $non200, wrong code: $wrong"
+        fi
+    done
+    row pairs "callback-then-retrieve pairs/s, unique states" "**$best**/s ($best_rps req/s)" ">= 20,000/s" \
+        "best of -t/-c ${PAIRS_SETTINGS[*]}: wrk -t$best_n -c$best_n -d${PAIRS_SECS}s; $best_bad; wrk and server share $(nproc) cores"
+}
+
+# /health latency with wrk; prints "p50 p99 max rps timeouts".
+health_latency() {
+    local file=$1
+    wrk -t1 -c8 -d"${HEALTH_SECS}s" --latency "http://127.0.0.1:$PORT/health" >"$file"
+    echo "$(wrk_pct 50 "$file") $(wrk_pct 99 "$file") $(wrk_max "$file") $(wrk_rps "$file") $(wrk_timeouts "$file")"
+}
+
+bench_slow() {
+    local base loaded result open threads ready=""
+    # 1,000 client sockets here plus 1,000 in the server, plus threads' descriptors.
+    if [ "$(ulimit -n)" -lt 4096 ]; then ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
+
+    start_server
+    read -r -a base <<<"$(health_latency "$OUT/slow-baseline.txt")"
+    stop_server
+
+    start_server
+    python3 bench/slow_clients.py "$PORT" 1000 3 120 >"$OUT/slow-clients.txt" &
+    CLIENT_PID=$!
+    for _ in $(seq 300); do
+        if grep -q '^READY' "$OUT/slow-clients.txt"; then ready=1; break; fi
+        kill -0 "$CLIENT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$ready" ] || { echo "slow clients did not connect" >&2; exit 1; }
+    read -r -a loaded <<<"$(health_latency "$OUT/slow-loaded.txt")"
+    threads=$(threads_of "$SERVER_PID")
+    kill -USR1 "$CLIENT_PID"
+    wait "$CLIENT_PID" || true
+    CLIENT_PID=""
+    stop_server
+    result=$(grep '^SLOW ' "$OUT/slow-clients.txt")
+    open=$(field open "$result")
+
+    row slow "/health p50 / p99, no slow clients" "${base[0]} ms / ${base[1]} ms" "-" \
+        "wrk -t1 -c8 -d${HEALTH_SECS}s --latency; max ${base[2]} ms, ${base[3]} req/s, wrk timeouts ${base[4]}"
+    row slow "/health p50 / p99, 1,000 slow clients connected" "**${loaded[0]} ms / ${loaded[1]} ms**" "-" \
+        "same wrk run; max ${loaded[2]} ms, ${loaded[3]} req/s, wrk timeouts ${loaded[4]}; server had $threads threads"
+    row slow "slow clients still connected at the end" "**$open / 1000**" "1000" \
+        "a header byte every 3 s (read timeout 10 s); closed by server: $(field closed "$result"), answered early: $(field answered "$result"), held $(field held_secs "$result") s"
+}
+
+bench_memory() {
+    local idle full active fill churn_file line churn_rss
+    start_server
+    sleep 1
+    idle=$(rss_mib)
+    fill=$(python3 bench/fill.py "$PORT" 100000 4 | tee "$OUT/memory-fill.txt")
+    active=$("${UTIL[@]}" active "$PORT")
+    sleep 1
+    full=$(rss_mib)
+    stop_server
+    row memory "RSS idle" "**$idle MiB**" "< 5 MB" "VmRSS after start-up and one /health"
+    row memory "RSS with 100,000 pending callbacks" "**$full MiB**" "< 64 MB" \
+        "/health active_callbacks: $active; callbacks non-200: $(field non200 "$fill") of $(field sent "$fill") (filled in $(field secs "$fill") s)"
+
+    # Churn: callbacks that are retrieved at once should cost nothing lasting beyond the
+    # max_pending retrieved markers; this shows whether memory stays bounded under that load.
+    start_server
+    churn_file="$OUT/memory-churn.txt"
+    wrk -t4 -c4 -d"${CHURN_SECS}s" -s bench/pairs.lua "http://127.0.0.1:$PORT/" >"$churn_file"
+    churn_rss=$(rss_mib)
+    stop_server
+    line=$(grep '^PAIRS ' "$churn_file")
+    row memory "RSS after ${CHURN_SECS} s of pairs (all retrieved)" "$churn_rss MiB" "-" \
+        "$(field retrieved "$line") pairs (wrk -t4 -c4, pairs.lua), non-200: $(field non200 "$line"); retrieved markers are capped at max_pending (100,000)"
+}
+
+bench_longpoll() {
+    local line
+    start_server
+    line=$(python3 bench/longpoll.py "$PORT" 200 | tee "$OUT/longpoll.txt")
+    stop_server
+    row longpoll "callback answered -> waiter answered, p50 / p99 / max" \
+        "**$(field resp_p50 "$line") / $(field resp_p99 "$line") / $(field resp_max "$line") ms**" "< 5 ms" \
+        "$(field n "$line") long-polls, failures: $(field failures "$line"); negative = waiter answered first (min $(field resp_min "$line") ms)"
+    row longpoll "callback sent -> waiter answered, p50 / p99 / max" \
+        "$(field sent_p50 "$line") / $(field sent_p99 "$line") / $(field sent_max "$line") ms" "-" \
+        "includes the callback's own round trip"
+}
+
+bench_burst() {
+    local line
+    start_server
+    line=$(python3 bench/burst.py "$PORT" 16 10 | tee "$OUT/burst.txt")
+    stop_server
+    row burst "16 connections opened at once, each sends GET /health" \
+        "$(field within_100ms "$line")/16 answered within 100 ms; slowest $(field slowest "$line") s; unanswered after 10 s: $(field unanswered "$line")" \
+        "- (all fast)" "fresh server; regression check for the vendored tiny_http pool fix (3383e4d), see bench/burst.py"
+}
+
+# ---------------------------------------------------------------------------------------------
+mkdir -p "$OUT"
+: >"$OUT/server.log"
+command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y wrk >&2; }
+echo "building release binary" >&2
+cargo build --release --quiet >&2
+
+for b in "${SELECTED[@]}"; do
+    echo "running $b" >&2
+    "bench_$b"
+done
+
+{
+    echo "## oauth-relay benchmarks"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes'); load generators run on the same machine"
+    echo
+    echo "| Benchmark | Figure | Result | Aim | Settings / notes |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    [ ${#NOTES[@]} -eq 0 ] || printf '%s\n' "${NOTES[@]}"
+} | tee "$OUT/results.md"
