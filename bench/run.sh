@@ -4,14 +4,14 @@
 #   bench/run.sh                 run everything (about 2 minutes)
 #   bench/run.sh pairs longpoll  run only the named benchmarks
 #
-# Benchmarks: size pairs slow memory longpoll burst (see bench/README.md).
+# Benchmarks: size pairs slow memory longpoll burst broker (see bench/README.md).
 # Prints a Markdown table and writes it to bench/out/results.md; raw tool output goes to
 # bench/out/*.txt and the servers' stderr to bench/out/server.log.
 # Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(size pairs slow memory longpoll burst)
+ALL=(size pairs slow memory longpoll burst broker)
 PAIRS_SECS=${PAIRS_SECS:-5}
 HEALTH_SECS=${HEALTH_SECS:-10}
 CHURN_SECS=${CHURN_SECS:-15}
@@ -36,9 +36,10 @@ fi
 # Processes: every one started here is recorded and ended on exit, however the script ends.
 SERVER_PID=""
 CLIENT_PID=""
+IDP_PID=""
 cleanup() {
     local pid
-    for pid in "$CLIENT_PID" "$SERVER_PID"; do
+    for pid in "$CLIENT_PID" "$SERVER_PID" "$IDP_PID"; do
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
@@ -205,6 +206,65 @@ bench_longpoll() {
     row longpoll "callback sent -> waiter answered, p50 / p99 / max" \
         "$(field sent_p50 "$line") / $(field sent_p99 "$line") / $(field sent_max "$line") ms" "-" \
         "includes the callback's own round trip"
+}
+
+# Broker mode against bench/slow_idp.py (a token endpoint that answers after IDP_DELAY s).
+export BROKER_TOKEN=bench-broker-token-0123456789
+start_broker() {
+    local idp_port=$1
+    shift
+    PORT=$("${UTIL[@]}" free-port)
+    echo "--- broker on port $PORT $*" >>"$OUT/server.log"
+    WK_PUBLIC_BASE_URL="http://127.0.0.1:$PORT" WK_M365_CLIENT_ID=bench \
+        WK_M365_TENANT_ID=11111111-2222-3333-4444-555555555555 WK_M365_BROKER_TOKEN="$BROKER_TOKEN" \
+        WK_M365_LOGIN_BASE_URL="http://127.0.0.1:$idp_port" WK_M365_GRAPH_BASE_URL="http://127.0.0.1:$idp_port" \
+        "$BIN" --host 127.0.0.1 --port "$PORT" --log-level warn "$@" 2>>"$OUT/server.log" &
+    SERVER_PID=$!
+    "${UTIL[@]}" wait-ready "$PORT" 10
+}
+
+bench_broker() {
+    local idp_port file rps bad line idle full
+    idp_port=$("${UTIL[@]}" free-port)
+    python3 bench/slow_idp.py "$idp_port" 10 ana.silva@contoso.example &
+    IDP_PID=$!
+    sleep 0.5
+
+    start_broker "$idp_port" --max-pending 1000000
+    file="$OUT/broker-sessions.txt"
+    wrk -t2 -c8 -d"${PAIRS_SECS}s" -s bench/sessions.lua "http://127.0.0.1:$PORT/" >"$file"
+    rps=$(wrk_rps "$file")
+    bad=$(awk '/^NON200/ {print $2}' "$file")
+    stop_server
+    row broker "sessions created per second" "**$rps/s**" "-" \
+        "wrk -t2 -c8 -d${PAIRS_SECS}s POST /m365/sessions (bench/sessions.lua); non-200: $bad"
+
+    start_broker "$idp_port" --exchange-timeout-secs 30
+    python3 bench/broker.py stuck "$PORT" 50 >"$OUT/broker-stuck.txt" &
+    CLIENT_PID=$!
+    sleep 2
+    file="$OUT/broker-health.txt"
+    wrk -t1 -c8 -d5s --latency "http://127.0.0.1:$PORT/health" >"$file"
+    wait "$CLIENT_PID"
+    CLIENT_PID=""
+    stop_server
+    line=$(tr '\n' ' ' <"$OUT/broker-stuck.txt")
+    row broker "/health p50 / p99 while 50 sign-ins wait on a 10 s identity provider" \
+        "**$(wrk_pct 50 "$file") ms / $(wrk_pct 99 "$file") ms**" "< 5 ms" \
+        "wrk -t1 -c8 -d5s --latency, started 2 s into the stall; max $(wrk_max "$file") ms, $(wrk_rps "$file") req/s; sign-ins: $line"
+
+    start_broker "$idp_port" --max-pending 1000000
+    sleep 1
+    idle=$(rss_mib)
+    python3 bench/broker.py fill "$PORT" 10000 >"$OUT/broker-fill.txt"
+    sleep 1
+    full=$(rss_mib)
+    stop_server
+    row broker "RSS idle / with 10,000 open sessions" "$idle MiB / **$full MiB**" "-" \
+        "$(cat "$OUT/broker-fill.txt") (one keep-alive connection)"
+    kill "$IDP_PID" 2>/dev/null || true
+    wait "$IDP_PID" 2>/dev/null || true
+    IDP_PID=""
 }
 
 bench_burst() {

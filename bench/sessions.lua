@@ -1,6 +1,7 @@
 -- wrk: POST /m365/sessions as fast as possible (broker token from the BROKER_TOKEN variable).
 -- Counts non-200 answers, which must stay 0 (a 503 would mean the session cap was reached).
 wrk.method = "POST"
+wrk.path = "/m365/sessions"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BROKER_TOKEN")
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"expected_email":"ana.silva@contoso.example"}'
