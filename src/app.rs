@@ -2,10 +2,11 @@
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::http::HttpRequest;
+use crate::http::{HttpRequest, Reply, Response, Wait};
 use crate::store::Store;
 use crate::waiters::Waiters;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct App {
     pub config: Config,
@@ -26,4 +27,22 @@ impl App {
             },
         }
     }
+}
+
+/// A long-poll: park the request under `key` for `wait`; `ready` tells whether the value has
+/// landed already (checked once parked), `answer` builds the reply when woken.
+pub fn long_poll(
+    app: &Arc<App>,
+    key: String,
+    wait: Duration,
+    ready: impl FnOnce(&App) -> bool + Send + 'static,
+    answer: impl FnOnce(&App) -> Response + Send + 'static,
+) -> Reply {
+    let (ready_app, answer_app) = (app.clone(), app.clone());
+    Reply::Wait(Wait {
+        key,
+        deadline: Instant::now() + wait,
+        ready: Box::new(move || ready(&ready_app)),
+        answer: Box::new(move || answer(&answer_app)),
+    })
 }

@@ -8,7 +8,7 @@ use crate::audit;
 use crate::broker_config::{read_only_scopes, BrokerConfig};
 use crate::broker_pages::{self, Lang};
 use crate::error::Error;
-use crate::http::{decode_segment, HttpRequest, Reply, Response, Wait};
+use crate::http::{decode_segment, HttpRequest, Reply, Response};
 use crate::provider::{AuthorizeRequest, Failure, Provider};
 use crate::secret::{short_hash, Secret};
 use crate::store::{Session, SessionStatus, StateTake, TokenTake, Tokens};
@@ -391,23 +391,23 @@ pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Erro
     if response.status != 202 || wait.is_zero() {
         return Ok(Reply::Now(response));
     }
-    let (ready_app, answer_app) = (app.clone(), app.clone());
-    let (ready_handle, answer_handle) = (handle.clone(), handle.clone());
-    Ok(Reply::Wait(Wait {
-        key: waiter_key(&handle),
-        deadline: Instant::now() + wait,
-        ready: Box::new(move || {
+    let ready_handle = handle.clone();
+    Ok(crate::app::long_poll(
+        app,
+        waiter_key(&handle),
+        wait,
+        move |app| {
             !matches!(
-                ready_app.store.session_status(&ready_handle),
+                app.store.session_status(&ready_handle),
                 Ok(Some((_, SessionStatus::Pending)))
             )
-        }),
-        answer: Box::new(move || {
-            take_tokens(&answer_app, &answer_handle)
+        },
+        move |app| {
+            take_tokens(app, &handle)
                 .unwrap_or_else(|e| e.into_response())
-                .tagged("/token/{state}", Some(&answer_handle))
-        }),
-    }))
+                .tagged("/token/{state}", Some(&handle))
+        },
+    ))
 }
 
 fn take_tokens(app: &App, handle: &str) -> Result<Response, Error> {

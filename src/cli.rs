@@ -11,49 +11,63 @@ pub fn wait(args: WaitArgs) -> ExitCode {
     let state: String =
         percent_encoding::utf8_percent_encode(&args.state, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
+    let auth = args.api_token.map(|t| format!("Bearer {t}"));
+    let answer = poll("oauth-relay wait", deadline, 404, auth.as_deref(), |wait| {
+        format!("{base}/api/callback/{state}?wait={wait}")
+    });
+    match answer {
+        None => {
+            eprintln!("oauth-relay wait: timed out waiting for the callback");
+            ExitCode::from(1)
+        }
+        Some((200, body, json)) => {
+            println!("{body}");
+            if json.get("error").is_some_and(|e| !e.is_null()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Some((status, _, json)) => {
+            eprintln!("oauth-relay wait: {}", message_of(status, &json));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Long-polls `url(wait_secs)` until it answers something other than `pending` (or 503) or
+/// the deadline passes (`None`). Connection errors are reported and retried.
+fn poll(
+    label: &str,
+    deadline: Instant,
+    pending: u16,
+    auth: Option<&str>,
+    url: impl Fn(u64) -> String,
+) -> Option<(u16, String, Value)> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            eprintln!("oauth-relay wait: timed out waiting for the callback");
-            return ExitCode::from(1);
+            return None;
         }
         let wait = left.as_secs().clamp(1, 60);
-        let url = format!("{base}/api/callback/{state}?wait={wait}");
-        let agent = crate::outbound::agent(Duration::from_secs(wait + 10));
-        let mut request = agent.get(&url);
-        if let Some(token) = &args.api_token {
-            request = request.header("Authorization", &format!("Bearer {token}"));
+        let mut request = crate::outbound::agent(Duration::from_secs(wait + 10)).get(&url(wait));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
         }
-        let (status, body) = match request.call() {
-            Ok(mut r) => (
-                r.status().as_u16(),
-                r.body_mut().read_to_string().unwrap_or_default(),
-            ),
+        match request.call() {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                if status == 503 {
+                    std::thread::sleep(Duration::from_secs(1).min(left));
+                } else if status != pending {
+                    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    return Some((status, body, json));
+                }
+            }
             Err(e) => {
-                eprintln!("oauth-relay wait: {e}; retrying");
+                eprintln!("{label}: {e}; retrying");
                 std::thread::sleep(Duration::from_secs(1).min(left));
-                continue;
-            }
-        };
-        match status {
-            200 => {
-                println!("{body}");
-                let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                return if json.get("error").is_some_and(|e| !e.is_null()) {
-                    ExitCode::from(2)
-                } else {
-                    ExitCode::SUCCESS
-                };
-            }
-            404 => continue,
-            503 => std::thread::sleep(Duration::from_secs(1).min(left)),
-            _ => {
-                let message = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("message").and_then(Value::as_str).map(String::from))
-                    .unwrap_or_else(|| format!("HTTP {status}"));
-                eprintln!("oauth-relay wait: {message}");
-                return ExitCode::from(1);
             }
         }
     }
@@ -92,47 +106,32 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     }
     let handle = session["state"].as_str().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    let answer = poll(
+        "oauth-relay login-link",
+        deadline,
+        202,
+        Some(&auth),
+        |wait| format!("{base}/token/{handle}?wait={wait}"),
+    );
+    match answer {
+        None => {
             eprintln!("oauth-relay login-link: timed out waiting for the sign-in");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-        let wait = left.as_secs().clamp(1, 60);
-        let response = crate::outbound::agent(Duration::from_secs(wait + 10))
-            .get(&format!("{base}/token/{handle}?wait={wait}"))
-            .header("Authorization", &auth)
-            .call();
-        let (status, body) = match response {
-            Ok(mut r) => (
-                r.status().as_u16(),
-                r.body_mut().read_to_string().unwrap_or_default(),
-            ),
-            Err(e) => {
-                eprintln!("oauth-relay login-link: {e}; retrying");
-                std::thread::sleep(Duration::from_secs(1).min(left));
-                continue;
-            }
-        };
-        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        match status {
-            200 => {
-                println!("{body}");
-                return ExitCode::SUCCESS;
-            }
-            202 => continue,
-            409 => {
-                eprintln!(
-                    "oauth-relay login-link: the sign-in failed: {}",
-                    json["reason"].as_str().unwrap_or("unknown")
-                );
-                return ExitCode::from(2);
-            }
-            503 => std::thread::sleep(Duration::from_secs(1).min(left)),
-            _ => {
-                eprintln!("oauth-relay login-link: {}", message_of(status, &json));
-                return ExitCode::from(1);
-            }
+        Some((200, body, _)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Some((409, _, json)) => {
+            eprintln!(
+                "oauth-relay login-link: the sign-in failed: {}",
+                json["reason"].as_str().unwrap_or("unknown")
+            );
+            ExitCode::from(2)
+        }
+        Some((status, _, json)) => {
+            eprintln!("oauth-relay login-link: {}", message_of(status, &json));
+            ExitCode::from(1)
         }
     }
 }

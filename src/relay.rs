@@ -5,14 +5,14 @@
 
 use crate::app::App;
 use crate::error::Error;
-use crate::http::{decode_segment, HttpRequest, Reply, Response, Wait};
+use crate::http::{decode_segment, HttpRequest, Reply, Response};
 use crate::logging;
 use crate::pages;
 use crate::secret::{short_hash, Secret};
 use crate::store::{Callback, Put, Register, Take, Unavailable};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// States longer than this are refused at registration (callbacks are bounded by the URL cap).
 pub const MAX_STATE_BYTES: usize = 1024;
@@ -98,18 +98,19 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
     if response.status != 404 || wait.is_zero() {
         return Ok(Reply::Now(response));
     }
-    let (ready_app, answer_app) = (app.clone(), app.clone());
-    let (ready_state, answer_state) = (state.clone(), state.clone());
-    Ok(Reply::Wait(Wait {
-        key: waiter_key(&state),
-        deadline: Instant::now() + wait,
-        ready: Box::new(move || ready_app.store.has_callback(&ready_state).unwrap_or(true)),
-        answer: Box::new(move || {
-            take(&answer_app, &answer_state)
+    let key = waiter_key(&state);
+    let ready_state = state.clone();
+    Ok(crate::app::long_poll(
+        app,
+        key,
+        wait,
+        move |app| app.store.has_callback(&ready_state).unwrap_or(true),
+        move |app| {
+            take(app, &state)
                 .unwrap_or_else(|e| e.into_response())
-                .tagged("/api/callback/{state}", Some(&answer_state))
-        }),
-    }))
+                .tagged("/api/callback/{state}", Some(&state))
+        },
+    ))
 }
 
 /// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent.
