@@ -10,6 +10,8 @@ need prlimit util-linux   # runs the relay with few file descriptors (robustness
 need chroot coreutils     # runs the static binary in an empty root (container test)
 need unshare util-linux
 need chromium chromium     # a real browser follows a login link (tests/broker.rs)
+need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
+need redis-cli redis-tools
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

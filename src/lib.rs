@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod keyring;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;

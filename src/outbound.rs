@@ -6,11 +6,16 @@ use std::time::Duration;
 
 static PROVIDER: Once = Once::new();
 
-pub fn agent(timeout: Duration) -> ureq::Agent {
+/// Makes ring the process's TLS crypto provider (for ureq and for Redis over TLS).
+pub fn install_crypto_provider() {
     PROVIDER.call_once(|| {
         // Fails only if a provider is already installed, which is just as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    install_crypto_provider();
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)

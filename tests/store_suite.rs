@@ -1,11 +1,18 @@
 //! The store's contract, written once against `&dyn Store` and run for every backend, so a new
 //! backend (Redis, for several replicas) must give exactly the same guarantees.
 
+mod support;
+
+use oauth_relay::keyring::Keyring;
 use oauth_relay::secret::Secret;
 use oauth_relay::store::memory::MemoryStore;
-use oauth_relay::store::{Callback, Put, Register, Store, Take};
+use oauth_relay::store::redis::{RedisOptions, RedisStore};
+use oauth_relay::store::{
+    Callback, Put, Register, Session, SessionStatus, StateTake, Store, Take, TokenTake, Tokens,
+};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 
 fn cb(state: &str, code: &str) -> Callback {
     Callback {
@@ -153,7 +160,130 @@ fn provider_errors_round_trip(new: Factory) {
     assert_eq!(s.take_callback("p").unwrap(), Take::Taken(c));
 }
 
+fn session(n: usize, ttl: Duration) -> Session {
+    Session {
+        handle: format!("handle-{n}"),
+        link_id: format!("link-{n}"),
+        oauth_state: format!("ostate-{n}"),
+        verifier: Secret::new(format!("verifier-{n}")),
+        expected_email: "ana@contoso.example".into(),
+        force_consent: false,
+        scopes: vec!["offline_access".into(), "Mail.Read".into()],
+        expires_at: SystemTime::now() + ttl,
+    }
+}
+
+fn tokens() -> Tokens {
+    Tokens {
+        access_token: Secret::new("at"),
+        refresh_token: Secret::new("rt"),
+        id_token: None,
+        token_type: "Bearer".into(),
+        scope: "Mail.Read".into(),
+        expiry: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),
+        email: "ana@contoso.example".into(),
+    }
+}
+
+fn sessions_state_and_tokens_are_taken_once(new: Factory) {
+    let ttl = Duration::from_secs(60);
+    let s = new(ttl, 100);
+    assert!(s.create_session(session(1, ttl)).unwrap());
+    let (by_link, status) = s.session_by_link("link-1").unwrap().unwrap();
+    assert_eq!(
+        (by_link.handle.as_str(), status),
+        ("handle-1", SessionStatus::Pending)
+    );
+    assert!(s.session_by_link("link-x").unwrap().is_none());
+    assert_eq!(s.take_oauth_state("nope").unwrap(), StateTake::Unknown);
+    let takes: Vec<StateTake> = std::thread::scope(|scope| {
+        (0..8)
+            .map(|_| scope.spawn(|| s.take_oauth_state("ostate-1").unwrap()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect()
+    });
+    let taken: Vec<&Session> = takes
+        .iter()
+        .filter_map(|t| match t {
+            StateTake::Taken(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(taken.len(), 1, "{takes:?}");
+    assert_eq!(taken[0].verifier.expose(), "verifier-1");
+    assert_eq!(taken[0].scopes, vec!["offline_access", "Mail.Read"]);
+    assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::Pending);
+    s.finish_session("handle-1", Ok(tokens())).unwrap();
+    assert_eq!(
+        s.session_status("handle-1").unwrap().unwrap().1,
+        SessionStatus::Ready
+    );
+    assert_eq!(
+        s.take_oauth_state("ostate-1").unwrap(),
+        StateTake::Reused(SessionStatus::Ready)
+    );
+    let got: Vec<TokenTake> = std::thread::scope(|scope| {
+        (0..8)
+            .map(|_| scope.spawn(|| s.take_tokens("handle-1").unwrap()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(
+        got.iter()
+            .filter(|t| matches!(t, TokenTake::Taken(_)))
+            .count(),
+        1,
+        "{got:?}"
+    );
+    assert!(got.contains(&TokenTake::Taken(tokens())));
+    assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::Consumed);
+    assert_eq!(
+        s.session_status("handle-1").unwrap().unwrap().1,
+        SessionStatus::Consumed
+    );
+
+    assert!(s.create_session(session(2, ttl)).unwrap());
+    assert!(matches!(
+        s.take_oauth_state("ostate-2").unwrap(),
+        StateTake::Taken(_)
+    ));
+    s.finish_session("handle-2", Err("email_mismatch".into()))
+        .unwrap();
+    assert_eq!(
+        s.take_tokens("handle-2").unwrap(),
+        TokenTake::Failed("email_mismatch".into())
+    );
+    assert_eq!(s.take_tokens("unknown").unwrap(), TokenTake::NotFound);
+}
+
+fn sessions_expire_and_are_bounded(new: Factory) {
+    let ttl = Duration::from_millis(1500);
+    let s = new(ttl, 2);
+    assert!(s
+        .create_session(session(1, Duration::from_millis(100)))
+        .unwrap());
+    assert!(s.create_session(session(2, ttl)).unwrap());
+    assert!(
+        !s.create_session(session(3, ttl)).unwrap(),
+        "the cap let a session in"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // Expired but remembered: the person is told it expired, not that it never existed.
+    assert!(matches!(
+        s.take_oauth_state("ostate-1").unwrap(),
+        StateTake::Expired | StateTake::Unknown
+    ));
+    assert!(s.session_status("handle-1").unwrap().is_none());
+    assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::NotFound);
+}
+
 fn run_suite(new: Factory) {
+    sessions_state_and_tokens_are_taken_once(new);
+    sessions_expire_and_are_bounded(new);
     first_callback_wins(new);
     taken_once(new);
     taken_once_under_concurrency(new);
@@ -167,4 +297,52 @@ fn run_suite(new: Factory) {
 #[test]
 fn memory_store_keeps_the_contract() {
     run_suite(&|ttl, max| Arc::new(MemoryStore::new(ttl, max)));
+}
+
+fn redis_store(
+    server: &support::RedisServer,
+    prefix: &str,
+    ttl: Duration,
+    max: usize,
+) -> Arc<dyn Store> {
+    let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let options = RedisOptions {
+        url: server.url(),
+        password: None,
+        prefix: prefix.to_string(),
+        timeout: Duration::from_secs(2),
+    };
+    Arc::new(RedisStore::new(options, Keyring::parse(key).unwrap(), ttl, max).unwrap())
+}
+
+#[test]
+fn redis_store_keeps_the_contract() {
+    let server = support::RedisServer::start();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    run_suite(&|ttl, max| {
+        // A fresh prefix per check: the same isolation as a fresh memory store.
+        let prefix = format!("t{}:", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        redis_store(&server, &prefix, ttl, max)
+    });
+}
+
+#[test]
+fn redis_holds_nothing_usable_in_the_clear() {
+    let server = support::RedisServer::start();
+    let s = redis_store(&server, "scan:", Duration::from_secs(60), 100);
+    s.put_callback(cb("STATE-visible-1", "CODE-secret-1"), false)
+        .unwrap();
+    s.put_callback(cb("STATE-visible-2", "CODE-secret-2"), false)
+        .unwrap();
+    s.take_callback("STATE-visible-2").unwrap();
+    s.register_state("STATE-registered-3", Duration::from_secs(60))
+        .unwrap();
+    let dump = server.dump();
+    assert!(!dump.is_empty());
+    for needle in ["STATE-", "CODE-", "secret", "visible"] {
+        assert!(
+            !dump.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} stored in the clear"
+        );
+    }
 }

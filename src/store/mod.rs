@@ -3,6 +3,7 @@
 //! expiring by itself, bounded in count.
 
 pub mod memory;
+pub mod redis;
 
 use crate::secret::Secret;
 use std::time::{Duration, SystemTime};

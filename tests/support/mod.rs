@@ -264,3 +264,74 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A real `redis-server` on a free port, with no persistence, stopped on Drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run scripts/test.sh, which installs it");
+        let server = RedisServer { child, port };
+        eventually("redis-server to answer PING", || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"PING\r\n").ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        });
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Every key and value in the database (for scanning what is stored in the clear).
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw", "--scan"])
+            .output()
+            .expect("redis-cli");
+        let mut all = out.stdout.clone();
+        for key in String::from_utf8_lossy(&out.stdout).lines() {
+            for cmd in [
+                vec!["GET", key],
+                vec!["HGETALL", key],
+                vec!["ZRANGE", key, "0", "-1"],
+            ] {
+                let v = Command::new("redis-cli")
+                    .args(["-p", &self.port.to_string(), "--raw"])
+                    .args(&cmd)
+                    .output()
+                    .unwrap();
+                all.extend(v.stdout);
+            }
+        }
+        all
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

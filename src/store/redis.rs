@@ -1,0 +1,556 @@
+//! The Redis store, for several replicas sharing state. Every create-once and take-once step is
+//! one Lua script, so two replicas racing cannot both win, and nothing is ever retried: if a
+//! reply is lost after Redis ran a take, the value is gone and the request fails closed.
+//!
+//! At rest, codes, tokens, verifiers, sessions and handles are sealed with the keyring (the
+//! store key is the associated data), and key names are keyed hashes of states, handles and
+//! link ids, so reading Redis alone yields nothing usable.
+
+use super::{
+    Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
+    TokenTake, Tokens, Unavailable,
+};
+use crate::keyring::Keyring;
+use crate::secret::Secret;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+
+const PUT: &str = "
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if string.sub(cur, 2, 33) == ARGV[2] then return 'repeated' end
+  return 'conflict'
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('ZREM', KEYS[3], KEYS[2])
+elseif ARGV[4] == '1' then
+  return 'not_registered'
+elseif redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
+  return 'full'
+end
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZADD', KEYS[4], now + ttl, KEYS[1])
+return 'stored'";
+
+const TAKE: &str = "
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {'missing'} end
+if string.sub(cur, 1, 1) == 'T' then return {'taken'} end
+local ttl = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], 'T' .. string.sub(cur, 2, 33), 'PX', ttl)
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
+return {'ok', string.sub(cur, 34)}";
+
+const REGISTER: &str = "
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), KEYS[2])
+return 'ok'";
+
+const ACTIVE: &str = "
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])";
+
+const CREATE_SESSION: &str = "
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'verifier', ARGV[2], 'status', 'pending', 'taken', '0', 'exp', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[6])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), KEYS[1])
+return 1";
+
+const TAKE_STATE: &str = "
+local exp = redis.call('HGET', KEYS[1], 'exp')
+if not exp then return {'unknown'} end
+if now >= tonumber(exp) then return {'expired'} end
+if redis.call('HGET', KEYS[1], 'taken') == '1' then
+  return {'reused', redis.call('HGET', KEYS[1], 'status')}
+end
+redis.call('HSET', KEYS[1], 'taken', '1')
+local verifier = redis.call('HGET', KEYS[1], 'verifier')
+redis.call('HDEL', KEYS[1], 'verifier')
+return {'ok', redis.call('HGET', KEYS[1], 'data'), verifier}";
+
+const FINISH: &str = "
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == 'ready' then
+  redis.call('HSET', KEYS[1], 'status', 'ready', 'tokens', ARGV[2], 'exp', now + tonumber(ARGV[3]))
+  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
+else
+  redis.call('HSET', KEYS[1], 'status', ARGV[1])
+end
+return 1";
+
+const TAKE_TOKENS: &str = "
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'notfound'} end
+if now >= tonumber(redis.call('HGET', KEYS[1], 'exp')) then return {'notfound'} end
+if st == 'ready' then
+  local tokens = redis.call('HGET', KEYS[1], 'tokens')
+  redis.call('HDEL', KEYS[1], 'tokens')
+  redis.call('HSET', KEYS[1], 'status', 'consumed')
+  return {'ok', tokens}
+end
+return {st}";
+
+struct Scripts {
+    put: redis::Script,
+    take: redis::Script,
+    register: redis::Script,
+    active: redis::Script,
+    create_session: redis::Script,
+    take_state: redis::Script,
+    finish: redis::Script,
+    take_tokens: redis::Script,
+}
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{NOW}{body}"))
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    idle: Mutex<Vec<redis::Connection>>,
+    timeout: Duration,
+    prefix: String,
+    keys: Keyring,
+    ttl: Duration,
+    max_pending: usize,
+    scripts: Scripts,
+}
+
+/// How the store reaches Redis.
+pub struct RedisOptions {
+    pub url: String,
+    pub password: Option<String>,
+    pub prefix: String,
+    /// Connect, read and write timeout of every Redis call.
+    pub timeout: Duration,
+}
+
+impl RedisStore {
+    pub fn new(
+        o: RedisOptions,
+        keys: Keyring,
+        ttl: Duration,
+        max_pending: usize,
+    ) -> Result<Self, String> {
+        crate::outbound::install_crypto_provider();
+        let mut info =
+            redis::IntoConnectionInfo::into_connection_info(o.url.as_str()).map_err(|e| {
+                format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
+            })?;
+        if let Some(password) = o.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client =
+            redis::Client::open(info).map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))?;
+        Ok(RedisStore {
+            client,
+            idle: Mutex::new(Vec::new()),
+            timeout: o.timeout,
+            prefix: o.prefix,
+            keys,
+            ttl,
+            max_pending,
+            scripts: Scripts {
+                put: script(PUT),
+                take: script(TAKE),
+                register: script(REGISTER),
+                active: script(ACTIVE),
+                create_session: script(CREATE_SESSION),
+                take_state: script(TAKE_STATE),
+                finish: script(FINISH),
+                take_tokens: script(TAKE_TOKENS),
+            },
+        })
+    }
+
+    /// Runs `f` on a pooled connection. A connection that saw an error is dropped, never reused,
+    /// and the call is not retried.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> StoreResult<T> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut con = match pooled {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .client
+                    .get_connection_with_timeout(self.timeout)
+                    .map_err(|e| Unavailable(format!("redis: {e}")))?;
+                c.set_read_timeout(Some(self.timeout))
+                    .map_err(|e| Unavailable(format!("redis: {e}")))?;
+                c.set_write_timeout(Some(self.timeout))
+                    .map_err(|e| Unavailable(format!("redis: {e}")))?;
+                c
+            }
+        };
+        match f(&mut con) {
+            Ok(v) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < 64 {
+                    idle.push(con);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(Unavailable(format!("redis: {e}"))),
+        }
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{}", self.prefix, self.keys.name(kind, id))
+    }
+
+    fn set(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    fn seal_json(&self, context: &str, v: &Value) -> Vec<u8> {
+        self.keys.seal(context.as_bytes(), v.to_string().as_bytes())
+    }
+
+    fn open_json(&self, context: &str, sealed: &[u8]) -> StoreResult<Value> {
+        self.keys
+            .open(context.as_bytes(), sealed)
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| {
+                Unavailable(
+                    "redis: a value did not decrypt (wrong OAUTH_RELAY_ENCRYPTION_KEY?)".into(),
+                )
+            })
+    }
+
+    fn open_text(&self, context: &str, sealed: &[u8]) -> StoreResult<String> {
+        self.keys
+            .open(context.as_bytes(), sealed)
+            .and_then(|p| String::from_utf8(p).ok())
+            .ok_or_else(|| {
+                Unavailable(
+                    "redis: a value did not decrypt (wrong OAUTH_RELAY_ENCRYPTION_KEY?)".into(),
+                )
+            })
+    }
+
+    fn session_key(&self, handle: &str) -> String {
+        self.key("s", handle)
+    }
+
+    /// The handle a link id or OAuth state points to.
+    fn handle_for(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {
+        let key = self.key(kind, id);
+        let sealed: Option<Vec<u8>> = self.with(|c| redis::cmd("GET").arg(&key).query(c))?;
+        sealed.map(|s| self.open_text(&key, &s)).transpose()
+    }
+
+    fn load_session(&self, handle: &str) -> StoreResult<Option<(Session, SessionStatus, u64)>> {
+        let key = self.session_key(handle);
+        let (data, status, exp): (Option<Vec<u8>>, Option<String>, Option<u64>) =
+            self.with(|c| {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("data")
+                    .arg("status")
+                    .arg("exp")
+                    .query(c)
+            })?;
+        let (Some(data), Some(status), Some(exp)) = (data, status, exp) else {
+            return Ok(None);
+        };
+        let v = self.open_json(&format!("{key}/data"), &data)?;
+        Ok(Some((
+            session_from_json(&v, Secret::new("")),
+            parse_status(&status),
+            exp,
+        )))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn from_unix_secs(v: &Value) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(v.as_u64().unwrap_or(0))
+}
+
+fn parse_status(s: &str) -> SessionStatus {
+    match s {
+        "pending" => SessionStatus::Pending,
+        "ready" => SessionStatus::Ready,
+        "consumed" => SessionStatus::Consumed,
+        other => SessionStatus::Failed(other.strip_prefix("failed:").unwrap_or(other).to_string()),
+    }
+}
+
+fn session_to_json(s: &Session) -> Value {
+    json!({
+        "handle": s.handle, "link_id": s.link_id, "oauth_state": s.oauth_state,
+        "expected_email": s.expected_email, "force_consent": s.force_consent, "scopes": s.scopes,
+        "expires_at": s.expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+    })
+}
+
+fn session_from_json(v: &Value, verifier: Secret) -> Session {
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Session {
+        handle: text("handle"),
+        link_id: text("link_id"),
+        oauth_state: text("oauth_state"),
+        verifier,
+        expected_email: text("expected_email"),
+        force_consent: v["force_consent"].as_bool().unwrap_or(false),
+        scopes: v["scopes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        expires_at: from_unix_secs(&v["expires_at"]),
+    }
+}
+
+fn callback_to_json(cb: &Callback) -> Value {
+    json!({ "state": cb.state, "code": cb.code.as_ref().map(Secret::expose),
+            "error": cb.error, "error_description": cb.error_description })
+}
+
+fn callback_from_json(v: &Value) -> Callback {
+    let opt = |k: &str| v[k].as_str().map(String::from);
+    Callback {
+        state: opt("state").unwrap_or_default(),
+        code: opt("code").map(Secret::new),
+        error: opt("error"),
+        error_description: opt("error_description"),
+    }
+}
+
+fn tokens_to_json(t: &Tokens) -> Value {
+    json!({
+        "access_token": t.access_token.expose(), "refresh_token": t.refresh_token.expose(),
+        "id_token": t.id_token.as_ref().map(Secret::expose), "token_type": t.token_type,
+        "scope": t.scope, "email": t.email,
+        "expiry": t.expiry.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+    })
+}
+
+fn tokens_from_json(v: &Value) -> Tokens {
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Tokens {
+        access_token: Secret::new(text("access_token")),
+        refresh_token: Secret::new(text("refresh_token")),
+        id_token: v["id_token"].as_str().map(Secret::new),
+        token_type: text("token_type"),
+        scope: text("scope"),
+        expiry: from_unix_secs(&v["expiry"]),
+        email: text("email"),
+    }
+}
+
+impl Store for RedisStore {
+    fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put> {
+        let key = self.key("c", &cb.state);
+        let fp = self.keys.mac(&cb.fingerprint());
+        let mut value = b"L".to_vec();
+        value.extend_from_slice(&fp);
+        value.extend(self.seal_json(&key, &callback_to_json(&cb)));
+        let outcome: String = self.with(|c| {
+            self.scripts
+                .put
+                .key(&key)
+                .key(self.key("r", &cb.state))
+                .key(self.set("pending"))
+                .key(self.set("active"))
+                .arg(value)
+                .arg(&fp[..])
+                .arg(self.ttl_ms())
+                .arg(if require_registered { "1" } else { "0" })
+                .arg(self.max_pending)
+                .invoke(c)
+        })?;
+        Ok(match outcome.as_str() {
+            "stored" => Put::Stored,
+            "repeated" => Put::Repeated,
+            "conflict" => Put::Conflict,
+            "not_registered" => Put::NotRegistered,
+            _ => Put::Full,
+        })
+    }
+
+    fn take_callback(&self, state: &str) -> StoreResult<Take> {
+        let key = self.key("c", state);
+        let reply: Vec<Vec<u8>> = self.with(|c| {
+            self.scripts
+                .take
+                .key(&key)
+                .key(self.set("pending"))
+                .key(self.set("active"))
+                .arg(self.ttl_ms())
+                .invoke(c)
+        })?;
+        match reply.first().map(Vec::as_slice) {
+            Some(b"ok") => {
+                let v =
+                    self.open_json(&key, reply.get(1).map(Vec::as_slice).unwrap_or_default())?;
+                Ok(Take::Taken(callback_from_json(&v)))
+            }
+            Some(b"taken") => Ok(Take::AlreadyTaken),
+            _ => Ok(Take::Missing),
+        }
+    }
+
+    fn has_callback(&self, state: &str) -> StoreResult<bool> {
+        let key = self.key("c", state);
+        self.with(|c| redis::cmd("EXISTS").arg(&key).query(c))
+    }
+
+    fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register> {
+        let outcome: String = self.with(|c| {
+            self.scripts
+                .register
+                .key(self.key("c", state))
+                .key(self.key("r", state))
+                .key(self.set("pending"))
+                .arg(ttl.as_millis() as u64)
+                .arg(self.max_pending)
+                .invoke(c)
+        })?;
+        Ok(match outcome.as_str() {
+            "ok" => Register::Registered {
+                expires_at: SystemTime::now() + ttl,
+            },
+            "exists" => Register::Exists,
+            _ => Register::Full,
+        })
+    }
+
+    fn active_callbacks(&self) -> StoreResult<usize> {
+        self.with(|c| self.scripts.active.key(self.set("active")).invoke(c))
+    }
+
+    fn create_session(&self, s: Session) -> StoreResult<bool> {
+        let key = self.session_key(&s.handle);
+        let (link, state) = (self.key("l", &s.link_id), self.key("o", &s.oauth_state));
+        let keep = self.ttl_ms() * 2;
+        let created: i64 = self.with(|c| {
+            self.scripts
+                .create_session
+                .key(&key)
+                .key(&link)
+                .key(&state)
+                .key(self.set("sessions"))
+                .arg(self.seal_json(&format!("{key}/data"), &session_to_json(&s)))
+                .arg(self.keys.seal(
+                    format!("{key}/verifier").as_bytes(),
+                    s.verifier.expose().as_bytes(),
+                ))
+                .arg(self.keys.seal(link.as_bytes(), s.handle.as_bytes()))
+                .arg(self.keys.seal(state.as_bytes(), s.handle.as_bytes()))
+                .arg(unix_ms(s.expires_at))
+                .arg(keep)
+                .arg(self.max_pending)
+                .invoke(c)
+        })?;
+        Ok(created == 1)
+    }
+
+    fn session_by_link(&self, link_id: &str) -> StoreResult<Option<(Session, SessionStatus)>> {
+        let Some(handle) = self.handle_for("l", link_id)? else {
+            return Ok(None);
+        };
+        Ok(self.load_session(&handle)?.map(|(s, st, _)| (s, st)))
+    }
+
+    fn take_oauth_state(&self, oauth_state: &str) -> StoreResult<StateTake> {
+        let Some(handle) = self.handle_for("o", oauth_state)? else {
+            return Ok(StateTake::Unknown);
+        };
+        let key = self.session_key(&handle);
+        let reply: Vec<Vec<u8>> = self.with(|c| self.scripts.take_state.key(&key).invoke(c))?;
+        let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
+        match field(0) {
+            b"ok" => {
+                let data = self.open_json(&format!("{key}/data"), field(1))?;
+                let verifier = self.open_text(&format!("{key}/verifier"), field(2))?;
+                Ok(StateTake::Taken(session_from_json(
+                    &data,
+                    Secret::new(verifier),
+                )))
+            }
+            b"reused" => Ok(StateTake::Reused(parse_status(&String::from_utf8_lossy(
+                field(1),
+            )))),
+            b"expired" => Ok(StateTake::Expired),
+            _ => Ok(StateTake::Unknown),
+        }
+    }
+
+    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()> {
+        let key = self.session_key(handle);
+        let (status, tokens) = match &outcome {
+            Ok(t) => (
+                "ready".to_string(),
+                self.seal_json(&format!("{key}/tokens"), &tokens_to_json(t)),
+            ),
+            Err(reason) => (format!("failed:{reason}"), Vec::new()),
+        };
+        self.with(|c| {
+            self.scripts
+                .finish
+                .key(&key)
+                .arg(status)
+                .arg(tokens)
+                .arg(self.ttl_ms())
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn session_status(&self, handle: &str) -> StoreResult<Option<(Session, SessionStatus)>> {
+        let now = unix_ms(SystemTime::now());
+        Ok(self
+            .load_session(handle)?
+            .filter(|(_, _, exp)| *exp > now)
+            .map(|(s, st, _)| (s, st)))
+    }
+
+    fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake> {
+        let key = self.session_key(handle);
+        let reply: Vec<Vec<u8>> = self.with(|c| self.scripts.take_tokens.key(&key).invoke(c))?;
+        let first = String::from_utf8_lossy(reply.first().map(Vec::as_slice).unwrap_or_default())
+            .to_string();
+        Ok(match first.as_str() {
+            "ok" => {
+                let v = self.open_json(
+                    &format!("{key}/tokens"),
+                    reply.get(1).map(Vec::as_slice).unwrap_or_default(),
+                )?;
+                TokenTake::Taken(tokens_from_json(&v))
+            }
+            "pending" => TokenTake::Pending,
+            "consumed" => TokenTake::Consumed,
+            "notfound" => TokenTake::NotFound,
+            other => TokenTake::Failed(other.strip_prefix("failed:").unwrap_or(other).to_string()),
+        })
+    }
+}
