@@ -17,6 +17,13 @@ pub struct App {
 }
 
 impl App {
+    /// Wakes long-polls waiting for `id` of `kind`, here and (through the store) on every replica.
+    pub fn notify(&self, kind: &str, id: &str) {
+        let key = self.store.waiter_key(kind, id);
+        self.waiters.notify(&key);
+        self.store.publish(&key);
+    }
+
     /// Requires `Authorization: Bearer <OAUTH_RELAY_API_TOKEN>` when a token is configured.
     pub fn authorize(&self, req: &HttpRequest) -> Result<(), Error> {
         match &self.config.api_token {

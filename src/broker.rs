@@ -346,7 +346,7 @@ fn finish(app: &App, session: &Session, outcome: Result<Tokens, Failure>, lang: 
             )
         }
     };
-    app.waiters.notify(&waiter_key(handle));
+    app.notify("broker", handle);
     match stored {
         Ok(()) => page,
         Err(e) => {
@@ -354,10 +354,6 @@ fn finish(app: &App, session: &Session, outcome: Result<Tokens, Failure>, lang: 
             broker_pages::failure(lang, "unavailable")
         }
     }
-}
-
-fn waiter_key(handle: &str) -> String {
-    format!("broker:{handle}")
 }
 
 /// `GET /status/{handle}`
@@ -394,7 +390,7 @@ pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Erro
     let ready_handle = handle.clone();
     Ok(crate::app::long_poll(
         app,
-        waiter_key(&handle),
+        app.store.waiter_key("broker", &handle),
         wait,
         move |app| {
             !matches!(

@@ -20,6 +20,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE_SECS: u64 = 5;
     pub const LOG_LEVEL: &str = "info";
     pub const SERVER_URL: &str = "http://127.0.0.1:8000";
+    pub const REDIS_PREFIX: &str = "oauth-relay:";
+    pub const REDIS_TIMEOUT_MS: u64 = 500;
 }
 
 #[derive(Parser, Debug)]
@@ -99,6 +101,22 @@ pub struct ServeArgs {
     /// debug, info (one line per request), warn, error or off.
     #[arg(long, env = "OAUTH_RELAY_LOG_LEVEL", default_value = defaults::LOG_LEVEL)]
     pub log_level: String,
+    /// Redis for state shared by several replicas (`redis://` or `rediss://`); unset: in memory.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// File holding the Redis password (a mounted Kubernetes Secret), instead of the URL.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// AEAD keys for secrets at rest in Redis: `KID:BASE64` (32 bytes) entries, comma-separated;
+    /// the first encrypts, all decrypt. Required with Redis.
+    #[arg(long, env = "OAUTH_RELAY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX)]
+    pub redis_prefix: String,
+    /// Milliseconds a Redis call may take (connect, read, write) before the request gets 503.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS)]
+    pub redis_timeout_ms: u64,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
 }
@@ -164,6 +182,60 @@ pub struct Config {
     pub server: server::Options,
     /// Broker mode, when its settings are present.
     pub broker: Option<crate::broker_config::BrokerConfig>,
+    /// Shared state in Redis; `None`: in memory.
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub password: Option<Secret>,
+    pub encryption_key: Secret,
+    pub prefix: String,
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    fn from_args(a: &ServeArgs) -> Result<Option<RedisConfig>, String> {
+        let Some(url) = a
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err("OAUTH_RELAY_REDIS_URL must start with redis:// or rediss://".into());
+        }
+        let key = a
+            .encryption_key
+            .clone()
+            .filter(|k| !k.trim().is_empty())
+            .ok_or("OAUTH_RELAY_REDIS_URL needs OAUTH_RELAY_ENCRYPTION_KEY: secrets are never stored in Redis in the clear")?;
+        crate::keyring::Keyring::parse(&key)?;
+        let password = match &a.redis_password_file {
+            None => None,
+            Some(path) => Some(Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!("OAUTH_RELAY_REDIS_PASSWORD_FILE {}: {e}", path.display())
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            )),
+        };
+        if a.redis_timeout_ms == 0 {
+            return Err("OAUTH_RELAY_REDIS_TIMEOUT_MS must be at least 1".into());
+        }
+        Ok(Some(RedisConfig {
+            url: Secret::new(url),
+            password,
+            encryption_key: Secret::new(key),
+            prefix: a.redis_prefix.clone(),
+            timeout: Duration::from_millis(a.redis_timeout_ms),
+        }))
+    }
 }
 
 impl Default for Config {
@@ -186,6 +258,7 @@ impl Default for Config {
                 ..server::Options::default()
             },
             broker: None,
+            redis: None,
         }
     }
 }
@@ -193,6 +266,7 @@ impl Default for Config {
 impl Config {
     /// Checks every setting; the error names the variable to fix.
     pub fn from_args(a: ServeArgs) -> Result<Config, String> {
+        let redis = RedisConfig::from_args(&a)?;
         fn positive(name: &str, v: u64) -> Result<u64, String> {
             if v == 0 {
                 Err(format!("{name} must be at least 1"))
@@ -217,6 +291,7 @@ impl Config {
         let log_level = Level::parse(&a.log_level)
             .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
         Ok(Config {
+            redis,
             host: a.host,
             port: a.port,
             ttl: Duration::from_secs(positive("OAUTH_RELAY_TTL_SECS", a.ttl_secs)?),

@@ -41,6 +41,7 @@ impl Face {
         if api_prefixes.iter().any(|p| path.starts_with(p))
             || path == "/health"
             || path == "/metrics"
+            || path == "/ready"
         {
             Face::Api
         } else {

@@ -32,11 +32,37 @@ pub fn serve(config: config::Config) -> Result<(), String> {
     logging::install_panic_hook();
     let listener = server::bind(&config.host, config.port, config.server.read_timeout)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    let store: Arc<dyn store::Store> = Arc::new(store::memory::MemoryStore::new(
-        config.ttl,
-        config.max_pending,
-    ));
     let waiters = waiters::Waiters::start(config.max_waiters);
+    let store: Arc<dyn store::Store> = match &config.redis {
+        None => Arc::new(store::memory::MemoryStore::new(
+            config.ttl,
+            config.max_pending,
+        )),
+        Some(r) => {
+            let keys = keyring::Keyring::parse(r.encryption_key.expose())?;
+            let options = store::redis::RedisOptions {
+                url: r.url.expose().to_string(),
+                password: r.password.as_ref().map(|p| p.expose().to_string()),
+                prefix: r.prefix.clone(),
+                timeout: r.timeout,
+            };
+            let redis = Arc::new(store::redis::RedisStore::new(
+                options,
+                keys,
+                config.ttl,
+                config.max_pending,
+            )?);
+            let w = waiters.clone();
+            redis.start_background(move |key| w.notify(key));
+            if let Err(e) = store::Store::ping(redis.as_ref()) {
+                logging::warn(
+                    "redis_unreachable",
+                    json!({ "error": e.0, "effect": "/ready answers 503 until Redis answers" }),
+                );
+            }
+            redis
+        }
+    };
     {
         let store = store.clone();
         std::thread::Builder::new()
@@ -68,6 +94,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "max_pending": config.max_pending,
             "api_token": config.api_token.is_some(),
             "require_registered_state": config.require_registered_state,
+            "store": if config.redis.is_some() { "redis" } else { "memory" },
             "broker": config.broker.as_ref().map(|b| json!({
                 "redirect_uri": b.redirect_uri,
                 "tenant": b.tenant,

@@ -24,16 +24,33 @@ impl From<Unavailable> for Error {
     }
 }
 
+/// Liveness: answers 200 without waiting on the store. With a shared store out of reach the
+/// status is `degraded` and the count `null`; `/ready` is what takes the replica out of service.
 pub fn health(app: &App) -> Result<Response, Error> {
+    let active = app.store.active_callbacks_now();
     Ok(Response::json(
         200,
         &json!({
-            "status": "healthy",
+            "status": if active.is_some() { "healthy" } else { "degraded" },
             "service": "oauth-callback-server",
             "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            "active_callbacks": app.store.active_callbacks()?,
+            "active_callbacks": active,
         }),
     ))
+}
+
+/// Readiness: 200 while the store answers, 503 otherwise.
+pub fn ready(app: &App) -> Result<Response, Error> {
+    match app.store.ping() {
+        Ok(()) => Ok(Response::json(200, &json!({ "status": "ready" }))),
+        Err(e) => {
+            logging::warn("not_ready", json!({ "error": e.0 }));
+            Ok(Response::json(
+                503,
+                &json!({ "status": "unavailable", "message": "State storage is unavailable" }),
+            ))
+        }
+    }
 }
 
 pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
@@ -62,7 +79,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                 "callback_stored",
                 json!({ "state": short_hash(&state), "outcome": outcome }),
             );
-            app.waiters.notify(&waiter_key(&state));
+            app.notify("relay", &state);
         }
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}
@@ -98,7 +115,7 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
     if response.status != 404 || wait.is_zero() {
         return Ok(Reply::Now(response));
     }
-    let key = waiter_key(&state);
+    let key = app.store.waiter_key("relay", &state);
     let ready_state = state.clone();
     Ok(crate::app::long_poll(
         app,
@@ -123,11 +140,6 @@ pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
         )
         .min(app.config.max_wait),
     })
-}
-
-/// Long-polls of the relay and of the broker share one registry; prefixes keep them apart.
-fn waiter_key(state: &str) -> String {
-    format!("relay:{state}")
 }
 
 /// One retrieval attempt, answered as the Python server answers it.

@@ -16,6 +16,7 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
     let method = req.method.as_str();
     let (name, result): (&'static str, Result<Reply, Error>) = match (method, path.as_str()) {
         ("GET", "/health") => ("/health", relay::health(app).map(Reply::Now)),
+        ("GET", "/ready") => ("/ready", relay::ready(app).map(Reply::Now)),
         ("GET", "/metrics") => ("/metrics", crate::metrics::render(app).map(Reply::Now)),
         ("GET", "/callback") => ("/callback", relay::callback(app, &req).map(Reply::Now)),
         ("GET", p) if p.starts_with(CALLBACK_PREFIX) => (
@@ -40,7 +41,9 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
             broker::token(app, &req, &p[TOKEN_PREFIX.len()..]),
         ),
         ("POST", "/api/states") => ("/api/states", relay::register(app, &req).map(Reply::Now)),
-        (_, "/health" | "/callback" | "/metrics") => ("-", Err(Error::MethodNotAllowed("GET"))),
+        (_, "/health" | "/ready" | "/callback" | "/metrics") => {
+            ("-", Err(Error::MethodNotAllowed("GET")))
+        }
         (_, p) if p.starts_with(CALLBACK_PREFIX) => ("-", Err(Error::MethodNotAllowed("GET"))),
         (_, "/api/states" | "/m365/sessions") => ("-", Err(Error::MethodNotAllowed("POST"))),
         (_, p)

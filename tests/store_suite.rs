@@ -194,6 +194,8 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
         (by_link.handle.as_str(), status),
         ("handle-1", SessionStatus::Pending)
     );
+    // The link needs the verifier to compute the PKCE challenge, on any replica.
+    assert_eq!(by_link.verifier.expose(), "verifier-1");
     assert!(s.session_by_link("link-x").unwrap().is_none());
     assert_eq!(s.take_oauth_state("nope").unwrap(), StateTake::Unknown);
     let takes: Vec<StateTake> = std::thread::scope(|scope| {

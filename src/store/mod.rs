@@ -167,6 +167,26 @@ pub trait Store: Send + Sync {
     /// Hands the tokens out once.
     fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake>;
 
+    /// Whether the backend answers (`/ready`).
+    fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// `active_callbacks` for `/health`, which must never wait on a backend: a shared backend
+    /// answers from a count refreshed in the background, `None` when it is unreachable.
+    fn active_callbacks_now(&self) -> Option<usize> {
+        self.active_callbacks().ok()
+    }
+
+    /// The name long-polls wait under for `id` (a state or handle) of `kind`. A shared backend
+    /// hashes it, since the name crosses the network to other replicas.
+    fn waiter_key(&self, kind: &str, id: &str) -> String {
+        format!("{kind}:{id}")
+    }
+
+    /// Tells the other replicas that `waiter_key` has news.
+    fn publish(&self, _waiter_key: &str) {}
+
     /// Drops what has expired. Backends that expire by themselves do nothing.
     fn sweep(&self) {}
 }

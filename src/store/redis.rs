@@ -13,7 +13,8 @@ use super::{
 use crate::keyring::Keyring;
 use crate::secret::Secret;
 use serde_json::{json, Value};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
@@ -129,6 +130,8 @@ pub struct RedisStore {
     ttl: Duration,
     max_pending: usize,
     scripts: Scripts,
+    /// `active_callbacks` as last counted by the background thread; -1: Redis unreachable.
+    active_cache: AtomicI64,
 }
 
 /// How the store reaches Redis.
@@ -176,7 +179,54 @@ impl RedisStore {
                 finish: script(FINISH),
                 take_tokens: script(TAKE_TOKENS),
             },
+            active_cache: AtomicI64::new(-1),
         })
+    }
+
+    fn channel(&self) -> String {
+        self.set("notify")
+    }
+
+    /// Starts the two background threads a serving replica needs: one refreshes the count
+    /// `/health` reports (so `/health` never waits on Redis), one listens for other replicas'
+    /// news and hands each waiter key to `on_notify`. Both reconnect by themselves.
+    pub fn start_background(self: &Arc<Self>, on_notify: impl Fn(&str) + Send + 'static) {
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("redis-count".into())
+            .spawn(move || loop {
+                let n = store.active_callbacks().map(|n| n as i64).unwrap_or(-1);
+                store.active_cache.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_secs(1));
+            })
+            .expect("spawn redis-count thread");
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("redis-subscriber".into())
+            .spawn(move || loop {
+                if let Err(e) = store.listen(&on_notify) {
+                    crate::logging::warn(
+                        "redis_subscriber",
+                        json!({ "error": e.to_string(), "action": "reconnecting in 1 s" }),
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            })
+            .expect("spawn redis-subscriber thread");
+    }
+
+    fn listen(&self, on_notify: &impl Fn(&str)) -> redis::RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(self.timeout)?;
+        // Blocking reads: a closed or restarted Redis ends them with an error, and we reconnect.
+        con.set_read_timeout(None)?;
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(self.channel())?;
+        loop {
+            let message = pubsub.get_message()?;
+            if let Ok(key) = message.get_payload::<String>() {
+                on_notify(&key);
+            }
+        }
     }
 
     /// Runs `f` on a pooled connection. A connection that saw an error is dropped, never reused,
@@ -263,21 +313,32 @@ impl RedisStore {
 
     fn load_session(&self, handle: &str) -> StoreResult<Option<(Session, SessionStatus, u64)>> {
         let key = self.session_key(handle);
-        let (data, status, exp): (Option<Vec<u8>>, Option<String>, Option<u64>) =
-            self.with(|c| {
-                redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("data")
-                    .arg("status")
-                    .arg("exp")
-                    .query(c)
-            })?;
+        type Fields = (
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<u64>,
+            Option<Vec<u8>>,
+        );
+        let (data, status, exp, verifier): Fields = self.with(|c| {
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("data")
+                .arg("status")
+                .arg("exp")
+                .arg("verifier")
+                .query(c)
+        })?;
         let (Some(data), Some(status), Some(exp)) = (data, status, exp) else {
             return Ok(None);
         };
         let v = self.open_json(&format!("{key}/data"), &data)?;
+        // Present until the OAuth state is taken: the link's PKCE challenge is derived from it.
+        let verifier = match verifier {
+            Some(sealed) => self.open_text(&format!("{key}/verifier"), &sealed)?,
+            None => String::new(),
+        };
         Ok(Some((
-            session_from_json(&v, Secret::new("")),
+            session_from_json(&v, Secret::new(verifier)),
             parse_status(&status),
             exp,
         )))
@@ -446,6 +507,31 @@ impl Store for RedisStore {
 
     fn active_callbacks(&self) -> StoreResult<usize> {
         self.with(|c| self.scripts.active.key(self.set("active")).invoke(c))
+    }
+
+    fn active_callbacks_now(&self) -> Option<usize> {
+        usize::try_from(self.active_cache.load(Ordering::Relaxed)).ok()
+    }
+
+    fn ping(&self) -> StoreResult<()> {
+        self.with(|c| redis::cmd("PING").query::<String>(c))
+            .map(|_| ())
+    }
+
+    fn waiter_key(&self, kind: &str, id: &str) -> String {
+        format!("{kind}:{}", self.keys.name(kind, id))
+    }
+
+    fn publish(&self, waiter_key: &str) {
+        let channel = self.channel();
+        // Best effort: a replica that misses this answers its long-poll at the deadline
+        // instead, and the client's next poll finds the value.
+        let _ = self.with(|c| {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(waiter_key)
+                .query::<i64>(c)
+        });
     }
 
     fn create_session(&self, s: Session) -> StoreResult<bool> {

@@ -273,7 +273,10 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = free_port();
+        RedisServer::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -302,6 +305,19 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (as a crash would: state in it is lost).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        *self = RedisServer::start_on(port);
     }
 
     /// Every key and value in the database (for scanning what is stored in the clear).
