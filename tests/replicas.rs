@@ -73,7 +73,7 @@ fn a_long_poll_on_one_replica_is_answered_by_a_callback_on_another() {
         std::thread::sleep(Duration::from_millis(300));
         assert!(!waiter.is_finished());
         assert_eq!(c.get("/callback?code=far-away&state=lp-x").status, 200);
-        let mut statuses = vec![waiter.join().unwrap(), other.join().unwrap()];
+        let mut statuses = [waiter.join().unwrap(), other.join().unwrap()];
         statuses.sort_by_key(|r| r.status);
         assert_eq!(statuses[0].status, 200, "{}", statuses[0].text());
         assert_eq!(statuses[0].json()["auth_code"], "far-away");

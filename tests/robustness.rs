@@ -7,7 +7,7 @@ mod support;
 use oauth_relay::http::{Reply, Response};
 use oauth_relay::server;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,9 +201,31 @@ fn shutdown_finishes_in_flight_requests_then_stops_accepting() {
 fn the_bound_port_is_released_on_exit() {
     let mut relay = Relay::start(&[]);
     let addr = relay.addr;
+    assert!(is_listening(addr.port()));
     relay.signal("TERM");
     assert!(relay.wait_exit().success());
-    TcpListener::bind(addr).expect("port still held after exit");
+    // Not `bind`: with the suite's many client connections, another test's socket may use the
+    // same number as its source port. What matters is that nothing listens there any more.
+    assert!(
+        !is_listening(addr.port()),
+        "port {} still listening after exit",
+        addr.port()
+    );
+}
+
+/// Whether a socket is in LISTEN state on `port` (from /proc/net/tcp and tcp6).
+fn is_listening(port: u16) -> bool {
+    let hex_port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                cols.len() > 3 && cols[1].ends_with(&hex_port) && cols[3] == "0A"
+            })
+    })
 }
 
 #[test]
