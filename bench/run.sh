@@ -4,14 +4,14 @@
 #   bench/run.sh                 run everything (about 2 minutes)
 #   bench/run.sh pairs longpoll  run only the named benchmarks
 #
-# Benchmarks: size pairs slow memory longpoll burst broker (see bench/README.md).
+# Benchmarks: size pairs slow memory longpoll burst broker replicas (see bench/README.md).
 # Prints a Markdown table and writes it to bench/out/results.md; raw tool output goes to
 # bench/out/*.txt and the servers' stderr to bench/out/server.log.
 # Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(size pairs slow memory longpoll burst broker)
+ALL=(size pairs slow memory longpoll burst broker replicas)
 PAIRS_SECS=${PAIRS_SECS:-5}
 HEALTH_SECS=${HEALTH_SECS:-10}
 CHURN_SECS=${CHURN_SECS:-15}
@@ -37,9 +37,11 @@ fi
 SERVER_PID=""
 CLIENT_PID=""
 IDP_PID=""
+REDIS_PID=""
+REPLICA_PIDS=()
 cleanup() {
     local pid
-    for pid in "$CLIENT_PID" "$SERVER_PID" "$IDP_PID"; do
+    for pid in "$CLIENT_PID" "$SERVER_PID" "$IDP_PID" "${REPLICA_PIDS[@]}" "$REDIS_PID"; do
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
@@ -265,6 +267,84 @@ bench_broker() {
     kill "$IDP_PID" 2>/dev/null || true
     wait "$IDP_PID" 2>/dev/null || true
     IDP_PID=""
+}
+
+# Several replicas sharing one Redis (Debian's redis-server, started here on a free port).
+REDIS_KEY="k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+start_replica() {
+    local port
+    port=$("${UTIL[@]}" free-port)
+    OAUTH_RELAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" OAUTH_RELAY_ENCRYPTION_KEY="$REDIS_KEY" \
+        "$BIN" --host 127.0.0.1 --port "$port" --log-level warn "$@" 2>>"$OUT/server.log" &
+    REPLICA_PIDS+=("$!")
+    "${UTIL[@]}" wait-ready "$port" 10
+    REPLICA_PORTS+=("$port")
+}
+
+bench_replicas() {
+    command -v redis-server >/dev/null || { apt-get install -y -qq redis-server redis-tools >&2; }
+    local file total bad p mem_p50 redis_p50 line
+    REDIS_PORT=$("${UTIL[@]}" free-port)
+    # DEBUG SLEEP (the stall below) needs the debug command enabled for local clients.
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --enable-debug-command local >/dev/null 2>&1 &
+    REDIS_PID=$!
+    sleep 0.5
+    REPLICA_PORTS=()
+    start_replica; start_replica; start_replica
+
+    # Three wrk processes, one per replica, all storing in and taking from the same Redis.
+    total=0; bad=0
+    for p in "${REPLICA_PORTS[@]}"; do
+        PAIRS_PREFIX="r$p-" wrk -t2 -c2 -d"${PAIRS_SECS}s" -s bench/pairs.lua "http://127.0.0.1:$p/" >"$OUT/replicas-$p.txt" &
+    done
+    wait $(jobs -p | grep -v -e "$REDIS_PID" $(printf -- "-e %s " "${REPLICA_PIDS[@]}")) 2>/dev/null || true
+    for p in "${REPLICA_PORTS[@]}"; do
+        file="$OUT/replicas-$p.txt"
+        total=$(awk -v t="$total" '/^Requests\/sec:/ {printf "%.0f", t + $2 / 2}' "$file")
+        line=$(grep '^PAIRS ' "$file" || true)
+        bad=$((bad + $(field non200 "$line")))
+    done
+    row replicas "callback-then-retrieve pairs/s, 3 replicas + 1 Redis" "**$total/s**" "-" \
+        "three wrk -t2 -c2 -d${PAIRS_SECS}s, one per replica, at once; non-200: $bad; compare the single in-memory replica above; everything (3 replicas, Redis, 3 wrk) on 2 cores"
+
+    # One store round trip: a take of an unknown state, one connection, memory vs Redis.
+    file="$OUT/replicas-rtt-redis.txt"
+    wrk -t1 -c1 -d3s --latency "http://127.0.0.1:${REPLICA_PORTS[0]}/api/callback/unknown" >"$file"
+    redis_p50=$(wrk_pct 50 "$file")
+    start_server
+    file="$OUT/replicas-rtt-memory.txt"
+    wrk -t1 -c1 -d3s --latency "http://127.0.0.1:$PORT/api/callback/unknown" >"$file"
+    mem_p50=$(wrk_pct 50 "$file")
+    stop_server
+    row replicas "one store round trip (GET /api/callback/unknown p50, Redis vs memory)" \
+        "**$redis_p50 ms vs $mem_p50 ms**" "-" "wrk -t1 -c1 -d3s --latency; the difference is one Lua take on Redis"
+
+    # A one-second Redis stall (DEBUG SLEEP 1) in the middle of a /health measurement.
+    file="$OUT/replicas-stall.txt"
+    (sleep 1; redis-cli -p "$REDIS_PORT" DEBUG SLEEP 1 >/dev/null) &
+    wrk -t1 -c4 -d3s --latency "http://127.0.0.1:${REPLICA_PORTS[0]}/health" >"$file"
+    line=$(python3 - "${REPLICA_PORTS[1]}" "$REDIS_PORT" <<'PY'
+import subprocess, sys, time, urllib.request, urllib.error
+port, redis_port = sys.argv[1], sys.argv[2]
+stall = subprocess.Popen(["redis-cli", "-p", redis_port, "DEBUG", "SLEEP", "1"], stdout=subprocess.DEVNULL)
+time.sleep(0.1)
+t = time.monotonic()
+try:
+    status = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/callback/x", timeout=5).status
+except urllib.error.HTTPError as e:
+    status = e.code
+print(f"a request needing Redis during the stall: HTTP {status} after {(time.monotonic() - t) * 1000:.0f} ms")
+stall.wait()
+PY
+)
+    row replicas "/health p50 / p99 / max with a 1 s Redis stall mid-run" \
+        "**$(wrk_pct 50 "$file") / $(wrk_pct 99 "$file") / $(wrk_max "$file") ms**" "-" \
+        "wrk -t1 -c4 -d3s --latency, DEBUG SLEEP 1 after 1 s; /health reads a count refreshed in the background; $line (OAUTH_RELAY_REDIS_TIMEOUT_MS 500)"
+    for p in "${REPLICA_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    REPLICA_PIDS=()
+    kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=""
 }
 
 bench_burst() {

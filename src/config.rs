@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// File holding the Redis password (a mounted Kubernetes Secret), instead of the URL.
     #[arg(long, env = "OAUTH_RELAY_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a private
+    /// CA); unset: the public web roots.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// AEAD keys for secrets at rest in Redis: `KID:BASE64` (32 bytes) entries, comma-separated;
     /// the first encrypts, all decrypt. Required with Redis.
     #[arg(long, env = "OAUTH_RELAY_ENCRYPTION_KEY", hide_env_values = true)]
@@ -190,6 +194,7 @@ pub struct Config {
 pub struct RedisConfig {
     pub url: Secret,
     pub password: Option<Secret>,
+    pub ca_pem: Option<Vec<u8>>,
     pub encryption_key: Secret,
     pub prefix: String,
     pub timeout: Duration,
@@ -225,12 +230,20 @@ impl RedisConfig {
                     .to_string(),
             )),
         };
+        let ca_pem = match &a.redis_ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("OAUTH_RELAY_REDIS_CA_FILE {}: {e}", path.display()))?,
+            ),
+        };
         if a.redis_timeout_ms == 0 {
             return Err("OAUTH_RELAY_REDIS_TIMEOUT_MS must be at least 1".into());
         }
         Ok(Some(RedisConfig {
             url: Secret::new(url),
             password,
+            ca_pem,
             encryption_key: Secret::new(key),
             prefix: a.redis_prefix.clone(),
             timeout: Duration::from_millis(a.redis_timeout_ms),

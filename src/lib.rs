@@ -43,6 +43,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             let options = store::redis::RedisOptions {
                 url: r.url.expose().to_string(),
                 password: r.password.as_ref().map(|p| p.expose().to_string()),
+                ca_pem: r.ca_pem.clone(),
                 prefix: r.prefix.clone(),
                 timeout: r.timeout,
             };

@@ -310,3 +310,162 @@ fn redis_without_an_encryption_key_is_refused_at_start_up() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("OAUTH_RELAY_ENCRYPTION_KEY"));
 }
+
+/// Runs `redis-server` with extra arguments on a free port; killed on drop.
+struct CustomRedis(std::process::Child);
+
+impl Drop for CustomRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn custom_redis(args: &[&str]) -> CustomRedis {
+    CustomRedis(
+        std::process::Command::new("redis-server")
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    )
+}
+
+fn relay_on(url: &str, extra: &[(&str, &str)]) -> Relay {
+    let mut env = vec![
+        ("OAUTH_RELAY_REDIS_URL", url),
+        ("OAUTH_RELAY_ENCRYPTION_KEY", KEY),
+    ];
+    env.extend_from_slice(extra);
+    Relay::start_env(&[], &env)
+}
+
+#[test]
+fn the_redis_password_can_come_from_a_file() {
+    let port = free_port().to_string();
+    let _redis = custom_redis(&["--port", &port, "--requirepass", "pa55-word"]);
+    let dir = std::env::temp_dir().join(format!("oauth-relay-pw-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    std::fs::write(&good, "pa55-word\n").unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let ok = relay_on(
+        &url,
+        &[("OAUTH_RELAY_REDIS_PASSWORD_FILE", good.to_str().unwrap())],
+    );
+    eventually("ready with the right password", || {
+        (ok.get("/ready").status == 200).then_some(())
+    });
+    assert_eq!(ok.get("/callback?code=c&state=pw").status, 200);
+    let refused = relay_on(
+        &url,
+        &[("OAUTH_RELAY_REDIS_PASSWORD_FILE", bad.to_str().unwrap())],
+    );
+    assert_eq!(refused.get("/ready").status, 503);
+    assert!(
+        !refused
+            .logs()
+            .iter()
+            .any(|l| l.contains("wrong") || l.contains("pa55")),
+        "password logged"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("oauth-relay-tls-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let port = free_port().to_string();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (path("srv.pem"), path("srv.key"), path("ca.pem"));
+    let _redis = custom_redis(&[
+        "--port",
+        "0",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{port}/0");
+    let trusted = relay_on(&url, &[("OAUTH_RELAY_REDIS_CA_FILE", ca.as_str())]);
+    eventually("ready over TLS", || {
+        (trusted.get("/ready").status == 200).then_some(())
+    });
+    assert_eq!(trusted.get("/callback?code=c&state=tls").status, 200);
+    assert_eq!(trusted.get("/api/callback/tls").json()["auth_code"], "c");
+    // Without the CA, the server's certificate is not trusted: fail closed.
+    let untrusted = relay_on(&url, &[]);
+    assert_eq!(untrusted.get("/ready").status, 503);
+    untrusted.wait_for_log("UnknownIssuer");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -311,6 +311,7 @@ fn redis_store(
     let options = RedisOptions {
         url: server.url(),
         password: None,
+        ca_pem: None,
         prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
     };

@@ -138,6 +138,8 @@ pub struct RedisStore {
 pub struct RedisOptions {
     pub url: String,
     pub password: Option<String>,
+    /// PEM roots for `rediss://` with a private CA.
+    pub ca_pem: Option<Vec<u8>>,
     pub prefix: String,
     /// Connect, read and write timeout of every Redis call.
     pub timeout: Duration,
@@ -159,8 +161,17 @@ impl RedisStore {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client =
-            redis::Client::open(info).map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))?;
+        let client = match o.ca_pem {
+            None => redis::Client::open(info),
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+        }
+        .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))?;
         Ok(RedisStore {
             client,
             idle: Mutex::new(Vec::new()),
