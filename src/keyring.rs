@@ -3,9 +3,10 @@
 //! state, handle or link id.
 //!
 //! `OAUTH_RELAY_ENCRYPTION_KEY` holds `KID:BASE64` entries separated by commas (a bare BASE64 is
-//! the key `0`). The first key encrypts; every listed key decrypts. Key *names* are derived from
-//! the last key, so adding a new key in front of an old one changes no name: rotate by putting
-//! the new key first, and drop the old one only after a TTL has passed.
+//! the key `0`). The first key encrypts; every listed key decrypts. Key *names* come from the
+//! entry with the reserved id `names` when there is one (it never encrypts), else from the first
+//! key. Before a first rotation, add `names:<the current key>`: names then never change, and the
+//! encryption keys can rotate in two steps (`old,new` everywhere, then `new,old`).
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -28,7 +29,8 @@ impl Keyring {
     pub fn parse(spec: &str) -> Result<Keyring, String> {
         const VAR: &str = "OAUTH_RELAY_ENCRYPTION_KEY";
         let mut keys = Vec::new();
-        let mut last_raw = Vec::new();
+        let mut names_raw: Option<Vec<u8>> = None;
+        let mut first_raw: Option<Vec<u8>> = None;
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (id, b64) = entry.split_once(':').unwrap_or(("0", entry));
             if id.is_empty()
@@ -53,16 +55,21 @@ impl Keyring {
                     raw.len()
                 ));
             }
+            if id == "names" {
+                names_raw = Some(raw);
+                continue;
+            }
+            first_raw.get_or_insert_with(|| raw.clone());
             let key = UnboundKey::new(&AES_256_GCM, &raw)
                 .map_err(|_| format!("{VAR}: key {id} is unusable"))?;
             keys.push((id.to_string(), LessSafeKey::new(key)));
-            last_raw = raw;
         }
-        if keys.is_empty() {
-            return Err(format!("{VAR} holds no key"));
-        }
+        let Some(first_raw) = first_raw else {
+            return Err(format!("{VAR} holds no encryption key"));
+        };
+        let names_raw = names_raw.unwrap_or(first_raw);
         let names_key = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, &last_raw),
+            &hmac::Key::new(hmac::HMAC_SHA256, &names_raw),
             b"oauth-relay key names v1",
         );
         Ok(Keyring {
@@ -147,8 +154,14 @@ mod tests {
             "value moved under another key opened"
         );
         assert!(!String::from_utf8_lossy(&sealed_new).contains("tok"));
-        // Names survive adding a key in front.
-        assert_eq!(old.name("cb", "state-1"), both.name("cb", "state-1"));
+        // Names come from the first key unless a `names` entry pins them.
+        let pinned = format!("names:{},new:{},old:{}", key(1), key(2), key(1));
+        let pinned = Keyring::parse(&pinned).unwrap();
+        assert_eq!(old.name("cb", "state-1"), pinned.name("cb", "state-1"));
+        assert_ne!(old.name("cb", "state-1"), both.name("cb", "state-1"));
+        // The `names` entry never encrypts: `new` does.
+        assert!(old.open(b"k1", &pinned.seal(b"k1", b"x")).is_none());
+        assert_eq!(pinned.open(b"k1", &sealed_old).unwrap(), b"code-123");
         assert_ne!(old.name("cb", "state-1"), old.name("cb", "state-2"));
         assert!(!old.name("cb", "state-1").contains("state"));
     }
@@ -156,6 +169,7 @@ mod tests {
     #[test]
     fn bad_keys_are_refused_without_echoing_them() {
         for spec in [
+            &format!("names:{}", key(1)),
             "",
             "k:notbase64!",
             &format!(
