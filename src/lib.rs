@@ -39,17 +39,8 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             config.max_pending,
         )),
         Some(r) => {
-            let keys = keyring::Keyring::parse(r.encryption_key.expose())?;
-            let options = store::redis::RedisOptions {
-                url: r.url.expose().to_string(),
-                password: r.password.as_ref().map(|p| p.expose().to_string()),
-                ca_pem: r.ca_pem.clone(),
-                prefix: r.prefix.clone(),
-                timeout: r.timeout,
-            };
             let redis = Arc::new(store::redis::RedisStore::new(
-                options,
-                keys,
+                r,
                 config.ttl,
                 config.max_pending,
             )?);

@@ -7,7 +7,7 @@ mod support;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::fake_microsoft::{self as fake, FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
-use support::{free_port, HttpResponse, Relay};
+use support::{free_port, get_url, path_of, HttpResponse, Relay};
 
 const BROKER_TOKEN: &str = "broker-token-0123456789abcdef";
 const EMAIL: &str = "ana.silva@contoso.example";
@@ -105,17 +105,6 @@ impl Setup {
         let path = format!("/status/{}", session["state"].as_str().unwrap());
         self.relay.get_auth(&path, BROKER_TOKEN).json()
     }
-}
-
-fn path_of(url: &str) -> String {
-    let rest = url.split_once("://").unwrap().1;
-    format!("/{}", rest.split_once('/').map(|(_, p)| p).unwrap_or(""))
-}
-
-fn get_url(url: &str) -> HttpResponse {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    support::http(host.parse().unwrap(), "GET", &format!("/{path}"), &[], b"")
 }
 
 #[test]

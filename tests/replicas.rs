@@ -7,7 +7,7 @@ mod support;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::fake_microsoft::{self as fake, FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
-use support::{eventually, free_port, HttpResponse, RedisServer, Relay};
+use support::{eventually, free_port, get_url, path_of, HttpResponse, RedisServer, Relay};
 
 const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const BROKER_TOKEN: &str = "broker-token-0123456789abcdef";
@@ -140,11 +140,6 @@ fn brokers(redis: &RedisServer) -> BrokerSetup {
     BrokerSetup { fake, replicas }
 }
 
-fn path_of(url: &str) -> String {
-    let rest = url.split_once("://").unwrap().1;
-    format!("/{}", rest.split_once('/').map(|(_, p)| p).unwrap_or(""))
-}
-
 fn create(r: &Relay) -> Value {
     let auth = format!("Bearer {BROKER_TOKEN}");
     let res = r.request(
@@ -161,10 +156,7 @@ fn create(r: &Relay) -> Value {
 fn click(r: &Relay, session: &Value) -> String {
     let res = r.get(&path_of(session["login_url"].as_str().unwrap()));
     assert_eq!(res.status, 302, "{}", res.text());
-    let authorize = res.header("Location").unwrap();
-    let rest = authorize.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let res = support::http(host.parse().unwrap(), "GET", &format!("/{path}"), &[], b"");
+    let res = get_url(res.header("Location").unwrap());
     assert_eq!(res.status, 302);
     path_of(res.header("Location").unwrap())
 }

@@ -3,10 +3,10 @@
 
 mod support;
 
-use oauth_relay::keyring::Keyring;
+use oauth_relay::config::RedisConfig;
 use oauth_relay::secret::Secret;
 use oauth_relay::store::memory::MemoryStore;
-use oauth_relay::store::redis::{RedisOptions, RedisStore};
+use oauth_relay::store::redis::RedisStore;
 use oauth_relay::store::{
     Callback, Put, Register, Session, SessionStatus, StateTake, Store, Take, TokenTake, Tokens,
 };
@@ -307,15 +307,15 @@ fn redis_store(
     ttl: Duration,
     max: usize,
 ) -> Arc<dyn Store> {
-    let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let options = RedisOptions {
-        url: server.url(),
+    let config = RedisConfig {
+        url: Secret::new(server.url()),
         password: None,
         ca_pem: None,
+        encryption_key: Secret::new("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
         prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
     };
-    Arc::new(RedisStore::new(options, Keyring::parse(key).unwrap(), ttl, max).unwrap())
+    Arc::new(RedisStore::new(&config, ttl, max).unwrap())
 }
 
 #[test]

@@ -134,40 +134,33 @@ pub struct RedisStore {
     active_cache: AtomicI64,
 }
 
-/// How the store reaches Redis.
-pub struct RedisOptions {
-    pub url: String,
-    pub password: Option<String>,
-    /// PEM roots for `rediss://` with a private CA.
-    pub ca_pem: Option<Vec<u8>>,
-    pub prefix: String,
-    /// Connect, read and write timeout of every Redis call.
-    pub timeout: Duration,
-}
-
 impl RedisStore {
+    /// Connects lazily: an unreachable Redis makes calls fail (503), not start-up.
     pub fn new(
-        o: RedisOptions,
-        keys: Keyring,
+        o: &crate::config::RedisConfig,
         ttl: Duration,
         max_pending: usize,
     ) -> Result<Self, String> {
         crate::outbound::install_crypto_provider();
+        let keys = Keyring::parse(o.encryption_key.expose())?;
         let mut info =
-            redis::IntoConnectionInfo::into_connection_info(o.url.as_str()).map_err(|e| {
+            redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
                 format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
             })?;
-        if let Some(password) = o.password {
-            let settings = info.redis_settings().clone().set_password(password);
+        if let Some(password) = &o.password {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
             info = info.set_redis_settings(settings);
         }
-        let client = match o.ca_pem {
+        let client = match &o.ca_pem {
             None => redis::Client::open(info),
             Some(pem) => redis::Client::build_with_tls(
                 info,
                 redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(pem),
+                    root_cert: Some(pem.clone()),
                 },
             ),
         }
@@ -176,7 +169,7 @@ impl RedisStore {
             client,
             idle: Mutex::new(Vec::new()),
             timeout: o.timeout,
-            prefix: o.prefix,
+            prefix: o.prefix.clone(),
             keys,
             ttl,
             max_pending,

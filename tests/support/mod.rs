@@ -351,3 +351,16 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// The path (with query) of an absolute URL: what a load balancer forwards to any replica.
+pub fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    format!("/{}", rest.split_once('/').map(|(_, p)| p).unwrap_or(""))
+}
+
+/// GET an absolute `http://` URL (a fake upstream's), without following redirects.
+pub fn get_url(url: &str) -> HttpResponse {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    http(host.parse().unwrap(), "GET", &format!("/{path}"), &[], b"")
+}
