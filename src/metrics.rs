@@ -14,6 +14,7 @@ pub static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
 pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 pub fn render(app: &App) -> Result<Response, Error> {
+    // (Result kept so the router treats every handler alike.)
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = write!(
@@ -21,12 +22,22 @@ pub fn render(app: &App) -> Result<Response, Error> {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
     };
+    // Never waits on a shared store: an outage is exactly when these must still be readable.
+    let active = app.store.active_callbacks_now();
     metric(
-        "oauth_relay_active_callbacks",
+        "oauth_relay_store_up",
         "gauge",
-        "Callbacks held, retrieved or not, until they expire.",
-        app.store.active_callbacks()? as u64,
+        "1 when the state store answered its last count, 0 otherwise.",
+        active.is_some() as u64,
     );
+    if let Some(active) = active {
+        metric(
+            "oauth_relay_active_callbacks",
+            "gauge",
+            "Callbacks held, retrieved or not, until they expire.",
+            active as u64,
+        );
+    }
     metric(
         "oauth_relay_waiting_clients",
         "gauge",

@@ -279,6 +279,13 @@ fn redis_going_away_means_quick_503s_a_failing_ready_and_then_recovery() {
         (h.json()["status"] == "degraded").then_some(h)
     });
     assert_eq!(health.status, 200);
+    let metrics = r.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("oauth_relay_store_up 0"),
+        "{}",
+        metrics.text()
+    );
     assert!(r.child.try_wait().unwrap().is_none(), "the replica died");
     redis.restart();
     eventually("/ready to recover", || {
