@@ -49,7 +49,10 @@ struct Inner {
     /// Retrieved markers in retrieval order. Their lifetime starts at retrieval and is the same
     /// for all, so this order is also expiry order and the oldest can be evicted at the cap.
     retrieved: VecDeque<(Instant, String)>,
+    /// Registered and received entries (what the cap counts).
     live: usize,
+    /// Of those, registered states still waiting for their callback.
+    registered: usize,
     retrieved_count: usize,
 }
 
@@ -120,6 +123,9 @@ impl Inner {
 
     fn remove(&mut self, state: &str) {
         if let Some(e) = self.entries.remove(state) {
+            if matches!(e, Entry::Registered { .. }) {
+                self.registered -= 1;
+            }
             if e.is_live() {
                 self.live -= 1;
             } else {
@@ -144,9 +150,15 @@ impl Inner {
     }
 
     fn insert_live(&mut self, state: &str, entry: Entry) {
+        if matches!(entry, Entry::Registered { .. }) {
+            self.registered += 1;
+        }
         self.live_expiries
             .push(Reverse((entry.expires(), state.to_string())));
         if let Some(old) = self.entries.insert(state.to_string(), entry) {
+            if matches!(old, Entry::Registered { .. }) {
+                self.registered -= 1;
+            }
             if !old.is_live() {
                 self.retrieved_count -= 1;
                 self.live += 1;
@@ -255,14 +267,10 @@ impl Store for MemoryStore {
     }
 
     fn active_callbacks(&self) -> StoreResult<usize> {
-        let now = Instant::now();
+        // O(1) for /health: counters, not a scan under the lock. Entries past their expiry
+        // count until the next sweep (at most a second later).
         let inner = self.lock();
-        // Swept once a second; count precisely anyway so /health never reports the dead.
-        Ok(inner
-            .entries
-            .values()
-            .filter(|e| !matches!(e, Entry::Registered { .. }) && e.expires() > now)
-            .count())
+        Ok(inner.live - inner.registered + inner.retrieved_count)
     }
 
     fn create_session(&self, session: Session) -> StoreResult<bool> {
@@ -441,7 +449,10 @@ mod tests {
         s.sweep();
         let inner = s.lock();
         assert!(inner.entries.is_empty());
-        assert_eq!((inner.live, inner.retrieved_count), (0, 0));
+        assert_eq!(
+            (inner.live, inner.registered, inner.retrieved_count),
+            (0, 0, 0)
+        );
         assert!(inner.live_expiries.is_empty() && inner.retrieved.is_empty());
     }
 
@@ -461,6 +472,36 @@ mod tests {
         );
         assert!(inner.retrieved.len() <= 100 + 1);
         assert_eq!(inner.retrieved_count, 100);
+    }
+
+    #[test]
+    fn counters_match_a_full_scan() {
+        let s = MemoryStore::new(Duration::from_secs(60), 50);
+        for i in 0..200 {
+            let state = format!("s{}", i % 37);
+            match i % 5 {
+                0 => drop(s.register_state(&state, Duration::from_secs(60))),
+                1 | 2 => drop(s.put_callback(cb(&state, &format!("c{i}")), i % 2 == 0)),
+                _ => drop(s.take_callback(&state)),
+            }
+            let inner = s.lock();
+            let scan = |f: fn(&Entry) -> bool| inner.entries.values().filter(|e| f(e)).count();
+            assert_eq!(
+                inner.registered,
+                scan(|e| matches!(e, Entry::Registered { .. }))
+            );
+            assert_eq!(inner.live, scan(|e| e.is_live()));
+            assert_eq!(inner.retrieved_count, scan(|e| !e.is_live()));
+            drop(inner);
+            assert_eq!(
+                s.active_callbacks().unwrap(),
+                s.lock()
+                    .entries
+                    .values()
+                    .filter(|e| !matches!(e, Entry::Registered { .. }))
+                    .count()
+            );
+        }
     }
 
     #[test]
