@@ -27,7 +27,8 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
             "/m365/sessions",
             broker::create_session(app, &req).map(Reply::Now),
         ),
-        ("GET", p) if p.starts_with(START_PREFIX) => (
+        // HEAD too: some link-preview bots ask before they fetch (tiny_http drops the body).
+        ("GET" | "HEAD", p) if p.starts_with(START_PREFIX) => (
             "/m365/start/{link}",
             broker::start(app, &req, &p[START_PREFIX.len()..]).map(Reply::Now),
         ),

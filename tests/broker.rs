@@ -363,6 +363,9 @@ fn opening_the_link_does_not_use_it_up() {
             "a preview fetch used the link up"
         );
     }
+    let head = s.relay.request("HEAD", &start, &[], b"");
+    assert_eq!(head.status, 302);
+    assert!(head.header("Location").is_some() && head.body.is_empty());
     assert_eq!(s.sign_in(&session).status, 200);
     // After success the link says so instead of starting again.
     let again = s.relay.get(&start);
