@@ -195,7 +195,8 @@ pub struct RedisConfig {
     pub url: Secret,
     pub password: Option<Secret>,
     pub ca_pem: Option<Vec<u8>>,
-    pub encryption_key: Secret,
+    /// Parsed once, here: validating the setting and using it are the same work.
+    pub keys: std::sync::Arc<crate::keyring::Keyring>,
     pub prefix: String,
     pub timeout: Duration,
 }
@@ -218,7 +219,7 @@ impl RedisConfig {
             .clone()
             .filter(|k| !k.trim().is_empty())
             .ok_or("OAUTH_RELAY_REDIS_URL needs OAUTH_RELAY_ENCRYPTION_KEY: secrets are never stored in Redis in the clear")?;
-        crate::keyring::Keyring::parse(&key)?;
+        let keys = std::sync::Arc::new(crate::keyring::Keyring::parse(&key)?);
         let password = match &a.redis_password_file {
             None => None,
             Some(path) => Some(Secret::new(
@@ -244,7 +245,7 @@ impl RedisConfig {
             url: Secret::new(url),
             password,
             ca_pem,
-            encryption_key: Secret::new(key),
+            keys,
             prefix: a.redis_prefix.clone(),
             timeout: Duration::from_millis(a.redis_timeout_ms),
         }))

@@ -61,15 +61,14 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         error: req.query_param("error"),
         error_description: req.query_param("error_description"),
     };
-    let page = match &callback.error {
-        None => pages::relay_success(),
-        Some(e) => pages::relay_failure(Some(e), callback.error_description.as_deref()),
-    };
     let outcome = if callback.error.is_some() {
         "provider_error"
     } else {
         "code"
     };
+    // The page is rendered only when shown, from what this request carries (a reload shows the
+    // same page); the callback itself moves into the store.
+    let (error, description) = (callback.error.clone(), callback.error_description.clone());
     match app
         .store
         .put_callback(callback, app.config.require_registered_state)?
@@ -102,6 +101,10 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             return Err(Error::StoreFull);
         }
     }
+    let page = match error {
+        None => pages::relay_success(),
+        Some(e) => pages::relay_failure(Some(&e), description.as_deref()),
+    };
     Ok(Response::html(200, page))
 }
 

@@ -28,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -111,7 +111,7 @@ struct Shared {
     waiters: Arc<Waiters>,
     opts: Options,
     stopping: AtomicBool,
-    events: Mutex<mpsc::Sender<Event>>,
+    events: mpsc::Sender<Event>,
     epoch: Instant,
     watchdog_path: String,
     current_generation: AtomicU64,
@@ -119,11 +119,7 @@ struct Shared {
 
 impl Shared {
     fn report(&self, event: Event) {
-        let _ = self
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(event);
+        let _ = self.events.send(event);
     }
 
     fn now_ms(&self) -> u64 {
@@ -179,7 +175,7 @@ pub fn start(
         waiters,
         opts,
         stopping: AtomicBool::new(false),
-        events: Mutex::new(tx.clone()),
+        events: tx.clone(),
         epoch: Instant::now(),
         watchdog_path: format!("/__oauth-relay-watchdog/{}", crate::secret::hex(&token)),
         current_generation: AtomicU64::new(0),
@@ -456,22 +452,17 @@ fn handle(shared: &Arc<Shared>, mut rq: tiny_http::Request) {
     match reply {
         Reply::Now(response) => send(rq, response, &meta),
         Reply::Later(job) => {
-            let (rq, meta) = (Mutex::new(Some(rq)), Arc::new(meta));
-            let (rq, meta2) = (Arc::new(rq), meta.clone());
-            let rq2 = rq.clone();
             let spawned = std::thread::Builder::new()
                 .name("background".into())
                 .spawn(move || {
                     let response = catch_unwind(AssertUnwindSafe(job))
                         .unwrap_or_else(|_| crate::error::Error::Internal.into_response());
-                    if let Some(rq) = rq2.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        send(rq, response, &meta2);
-                    }
+                    send(rq, response, &meta)
                 });
-            if spawned.is_err() {
-                if let Some(rq) = rq.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    send(rq, crate::error::Error::Unavailable.into_response(), &meta);
-                }
+            // Out of threads: the request went down with the closure, and tiny_http answers a
+            // dropped request with 500.
+            if let Err(e) = spawned {
+                logging::error("spawn_failed", json!({ "error": e.to_string() }));
             }
         }
         Reply::Wait(wait) => {

@@ -4,6 +4,7 @@
 mod support;
 
 use oauth_relay::config::RedisConfig;
+use oauth_relay::keyring::Keyring;
 use oauth_relay::secret::Secret;
 use oauth_relay::store::memory::MemoryStore;
 use oauth_relay::store::redis::RedisStore;
@@ -311,7 +312,7 @@ fn redis_store(
         url: Secret::new(server.url()),
         password: None,
         ca_pem: None,
-        encryption_key: Secret::new("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        keys: Arc::new(Keyring::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()),
         prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
     };

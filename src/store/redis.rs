@@ -126,7 +126,7 @@ pub struct RedisStore {
     idle: Mutex<Vec<redis::Connection>>,
     timeout: Duration,
     prefix: String,
-    keys: Keyring,
+    keys: Arc<Keyring>,
     ttl: Duration,
     max_pending: usize,
     scripts: Scripts,
@@ -142,7 +142,7 @@ impl RedisStore {
         max_pending: usize,
     ) -> Result<Self, String> {
         crate::outbound::install_crypto_provider();
-        let keys = Keyring::parse(o.encryption_key.expose())?;
+        let keys = o.keys.clone();
         let mut info =
             redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
                 format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
