@@ -4,14 +4,14 @@
 #   bench/run.sh                 run everything (about 2 minutes)
 #   bench/run.sh pairs longpoll  run only the named benchmarks
 #
-# Benchmarks: size pairs slow memory longpoll burst broker replicas (see bench/README.md).
+# Benchmarks: size pairs slow memory longpoll burst fdrecovery broker replicas (see bench/README.md).
 # Prints a Markdown table and writes it to bench/out/results.md; raw tool output goes to
 # bench/out/*.txt and the servers' stderr to bench/out/server.log.
 # Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(size pairs slow memory longpoll burst broker replicas)
+ALL=(size pairs slow memory longpoll burst fdrecovery broker replicas)
 PAIRS_SECS=${PAIRS_SECS:-5}
 HEALTH_SECS=${HEALTH_SECS:-10}
 CHURN_SECS=${CHURN_SECS:-15}
@@ -345,6 +345,23 @@ PY
     REPLICA_PIDS=()
     kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true
     REDIS_PID=""
+}
+
+# The relay with 64 file descriptors, flooded past them and then released (prlimit execs the
+# relay, so SERVER_PID is the relay itself).
+bench_fdrecovery() {
+    local line
+    PORT=$("${UTIL[@]}" free-port)
+    echo "--- fdrecovery on port $PORT" >>"$OUT/server.log"
+    prlimit --nofile=64:64 "$BIN" --host 127.0.0.1 --port "$PORT" --log-level warn \
+        --read-timeout-secs 60 --workers 2 2>>"$OUT/server.log" &
+    SERVER_PID=$!
+    "${UTIL[@]}" wait-ready "$PORT" 10
+    line=$(python3 bench/fd_recovery.py "$PORT" 200 3 | tee "$OUT/fdrecovery.txt")
+    stop_server
+    row fdrecovery "seconds until /health answers after 200 connections on 64 descriptors close" \
+        "**max $(field max "$line") s**" "recovers" \
+        "3 rounds, each: 200 connections held 3 s, then closed; per round: $(sed 's/.*secs=\(\[[^]]*\]\).*/\1/' <<<"$line")"
 }
 
 bench_burst() {
