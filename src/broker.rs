@@ -9,6 +9,7 @@ use crate::broker_config::{read_only_scopes, BrokerConfig};
 use crate::broker_pages::{self, Lang};
 use crate::error::Error;
 use crate::http::{decode_segment, HttpRequest, Reply, Response};
+use crate::logging;
 use crate::provider::{AuthorizeRequest, Failure, Provider};
 use crate::secret::{short_hash, Secret};
 use crate::store::{Session, SessionStatus, StateTake, TokenTake, Tokens};
@@ -350,7 +351,7 @@ fn finish(app: &App, session: &Session, outcome: Result<Tokens, Failure>, lang: 
     match stored {
         Ok(()) => page,
         Err(e) => {
-            let _ = Error::from(e);
+            logging::error("store_unavailable", json!({ "error": e.0 }));
             broker_pages::failure(lang, "unavailable")
         }
     }

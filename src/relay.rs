@@ -163,13 +163,10 @@ fn take(app: &App, state: &str) -> Result<Response, Error> {
             .with_header("Access-Control-Allow-Origin", "*")
             .with_header("Cache-Control", "no-store"))
         }
-        Take::AlreadyTaken => Err(Error::CallbackGone),
-        Take::Missing => Err(Error::CallbackNotFound),
+        // The Python server's answers, not failures of this request.
+        Take::AlreadyTaken => Ok(Error::CallbackGone.into_response()),
+        Take::Missing => Ok(Error::CallbackNotFound.into_response()),
     }
-    .or_else(|e| match e {
-        Error::CallbackGone | Error::CallbackNotFound => Ok(e.into_response()),
-        other => Err(other),
-    })
 }
 
 pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
