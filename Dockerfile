@@ -19,8 +19,6 @@ WORKDIR /src
 # cached, and nothing else from the work tree (.git, target/, secrets) can reach the image.
 COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
-# tiny_http with one thread-pool fix, used through [patch.crates-io] (vendor/tiny_http/PATCHED.md).
-COPY vendor/ vendor/
 COPY scripts/ scripts/
 
 # The same script tests/container.rs runs, so the image and the test cannot build different

@@ -49,6 +49,7 @@ pub fn long_poll(
     Reply::Wait(Wait {
         key,
         deadline: Instant::now() + wait,
+        blocking: app.store.blocks(),
         ready: Box::new(move || ready(&ready_app)),
         answer: Box::new(move || answer(&answer_app)),
     })

@@ -269,11 +269,11 @@ pub fn callback(app: &Arc<App>, req: &HttpRequest) -> Result<Reply, Error> {
         return Ok(Reply::Now(finish(app, &session, Err(failure), lang)));
     };
     let app = app.clone();
-    Ok(Reply::Later(Box::new(move || {
+    Ok(Reply::later(move || {
         let _slot = slot;
         let outcome = redeem(&app, &session, &Secret::new(code));
         finish(&app, &session, outcome, lang)
-    })))
+    }))
 }
 
 /// Code exchange and identity checks, within the configured total time.

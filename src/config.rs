@@ -14,8 +14,13 @@ pub mod defaults {
     pub const MAX_PENDING: usize = 100_000;
     pub const MAX_URL_BYTES: usize = 8 * 1024;
     pub const MAX_WAIT_SECS: u64 = 60;
-    pub const MAX_WAITERS: usize = 10_000;
-    pub const WORKERS: usize = 8;
+    pub const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
+    pub const MAX_WAITERS: usize = 4_096;
+    pub const MAX_CONNECTIONS: usize = 4_096;
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    pub const MAX_HEADERS: usize = 64;
+    pub const MAX_BODY_BYTES: usize = 4 * 1024;
+    pub const BLOCKING_THREADS: usize = 64;
     pub const READ_TIMEOUT_SECS: u64 = 10;
     pub const SHUTDOWN_GRACE_SECS: u64 = 5;
     pub const LOG_LEVEL: &str = "info";
@@ -80,19 +85,42 @@ pub struct ServeArgs {
     /// (needs OAUTH_RELAY_API_TOKEN).
     #[arg(long, env = "OAUTH_RELAY_REQUIRE_REGISTERED_STATE")]
     pub require_registered_state: bool,
+    /// Most bytes of callback data (state, code, error texts) held at once; past it /callback
+    /// answers 503, like past OAUTH_RELAY_MAX_PENDING. Bounds memory whatever the entries' size.
+    #[arg(long, env = "OAUTH_RELAY_MAX_PENDING_BYTES", default_value_t = defaults::MAX_PENDING_BYTES)]
+    pub max_pending_bytes: usize,
     /// Longest request URL in bytes; longer ones get 414.
     #[arg(long, env = "OAUTH_RELAY_MAX_URL_BYTES", default_value_t = defaults::MAX_URL_BYTES)]
     pub max_url_bytes: usize,
+    /// Most bytes of request line and headers; more gets 431 (414 when the request line alone
+    /// is longer).
+    #[arg(long, env = "OAUTH_RELAY_MAX_HEADER_BYTES", default_value_t = defaults::MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more gets 431.
+    #[arg(long, env = "OAUTH_RELAY_MAX_HEADERS", default_value_t = defaults::MAX_HEADERS)]
+    pub max_headers: usize,
+    /// Longest request body in bytes; longer gets 413.
+    #[arg(long, env = "OAUTH_RELAY_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Most open connections; at the cap the longest-idle one is closed to make room, and a
+    /// newcomer gets 503 when none is idle.
+    #[arg(long, env = "OAUTH_RELAY_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Longest long-poll in seconds (?wait= is capped to it).
     #[arg(long, env = "OAUTH_RELAY_MAX_WAIT_SECS", default_value_t = defaults::MAX_WAIT_SECS)]
     pub max_wait_secs: u64,
     /// Most long-polls waiting at once; past it they get 503.
     #[arg(long, env = "OAUTH_RELAY_MAX_WAITERS", default_value_t = defaults::MAX_WAITERS)]
     pub max_waiters: usize,
-    /// Worker threads handling requests.
-    #[arg(long, env = "OAUTH_RELAY_WORKERS", default_value_t = defaults::WORKERS)]
-    pub workers: usize,
-    /// Seconds a client may stay silent mid-request (or not read) before it is disconnected.
+    /// Event-loop threads (default: one per CPU).
+    #[arg(long, env = "OAUTH_RELAY_WORKERS")]
+    pub workers: Option<usize>,
+    /// Most threads doing blocking work at once (Redis calls, calls to identity providers).
+    #[arg(long, env = "OAUTH_RELAY_BLOCKING_THREADS", default_value_t = defaults::BLOCKING_THREADS)]
+    pub blocking_threads: usize,
+    /// Seconds a request (headers and body) may take to arrive, counted from when the
+    /// connection is ready for it; also how long an idle keep-alive connection, or one that
+    /// does not read its answer, is kept.
     #[arg(long, env = "OAUTH_RELAY_READ_TIMEOUT_SECS", default_value_t = defaults::READ_TIMEOUT_SECS)]
     pub read_timeout_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.
@@ -178,6 +206,7 @@ pub struct Config {
     pub port: u16,
     pub ttl: Duration,
     pub max_pending: usize,
+    pub max_pending_bytes: usize,
     pub api_token: Option<Secret>,
     pub require_registered_state: bool,
     pub max_wait: Duration,
@@ -259,15 +288,20 @@ impl Default for Config {
             port: defaults::PORT,
             ttl: Duration::from_secs(defaults::TTL_SECS),
             max_pending: defaults::MAX_PENDING,
+            max_pending_bytes: defaults::MAX_PENDING_BYTES,
             api_token: None,
             require_registered_state: false,
             max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
             max_waiters: defaults::MAX_WAITERS,
             log_level: Level::Info,
             server: server::Options {
-                workers: defaults::WORKERS,
                 read_timeout: Duration::from_secs(defaults::READ_TIMEOUT_SECS),
                 max_url_bytes: defaults::MAX_URL_BYTES,
+                max_header_bytes: defaults::MAX_HEADER_BYTES,
+                max_headers: defaults::MAX_HEADERS,
+                max_body_bytes: defaults::MAX_BODY_BYTES,
+                max_connections: defaults::MAX_CONNECTIONS,
+                blocking_threads: defaults::BLOCKING_THREADS,
                 shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
                 ..server::Options::default()
             },
@@ -302,6 +336,9 @@ impl Config {
         if a.max_url_bytes < 256 {
             return Err("OAUTH_RELAY_MAX_URL_BYTES must be at least 256".into());
         }
+        if a.max_header_bytes < a.max_url_bytes + 256 {
+            return Err("OAUTH_RELAY_MAX_HEADER_BYTES must be at least OAUTH_RELAY_MAX_URL_BYTES + 256 (the request line is part of the head)".into());
+        }
         let log_level = Level::parse(&a.log_level)
             .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
         Ok(Config {
@@ -310,13 +347,30 @@ impl Config {
             port: a.port,
             ttl: Duration::from_secs(positive("OAUTH_RELAY_TTL_SECS", a.ttl_secs)?),
             max_pending: positive("OAUTH_RELAY_MAX_PENDING", a.max_pending as u64)? as usize,
+            max_pending_bytes: positive(
+                "OAUTH_RELAY_MAX_PENDING_BYTES",
+                a.max_pending_bytes as u64,
+            )? as usize,
             api_token,
             require_registered_state: a.require_registered_state,
             max_wait: Duration::from_secs(a.max_wait_secs),
             max_waiters: a.max_waiters,
             log_level,
             server: server::Options {
-                workers: positive("OAUTH_RELAY_WORKERS", a.workers as u64)? as usize,
+                workers: match a.workers {
+                    None => Config::default().server.workers,
+                    Some(n) => positive("OAUTH_RELAY_WORKERS", n as u64)? as usize,
+                },
+                blocking_threads: positive(
+                    "OAUTH_RELAY_BLOCKING_THREADS",
+                    a.blocking_threads as u64,
+                )? as usize,
+                max_header_bytes: a.max_header_bytes,
+                max_headers: positive("OAUTH_RELAY_MAX_HEADERS", a.max_headers as u64)? as usize,
+                max_body_bytes: positive("OAUTH_RELAY_MAX_BODY_BYTES", a.max_body_bytes as u64)?
+                    as usize,
+                max_connections: positive("OAUTH_RELAY_MAX_CONNECTIONS", a.max_connections as u64)?
+                    as usize,
                 read_timeout: Duration::from_secs(positive(
                     "OAUTH_RELAY_READ_TIMEOUT_SECS",
                     a.read_timeout_secs,

@@ -24,6 +24,7 @@ pub enum Error {
     TooManyWaiters,
     UrlTooLong,
     BodyTooLarge,
+    RequestTimeout,
     Unavailable,
     Internal,
 }
@@ -65,6 +66,7 @@ impl Error {
             Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => 503,
             Error::UrlTooLong => 414,
             Error::BodyTooLarge => 413,
+            Error::RequestTimeout => 408,
             Error::Internal => 500,
         }
     }
@@ -90,6 +92,7 @@ impl Error {
             Error::TooManyWaiters => "Too many waiting clients; try again later",
             Error::UrlTooLong => "Request URL too long",
             Error::BodyTooLarge => "Request body too large",
+            Error::RequestTimeout => "The request did not arrive in time",
             Error::Unavailable => "State storage is unavailable; try again shortly",
             Error::Internal => "Internal server error",
         }

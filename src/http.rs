@@ -1,6 +1,6 @@
-//! The socket-free request and response types that handlers see. The server converts tiny_http
-//! requests into `HttpRequest` (with bounded URL and body) and `Response` back, so handlers and
-//! their unit tests never touch a socket.
+//! The socket-free request and response types that handlers see. The server converts hyper
+//! requests into `HttpRequest` (with bounded URL, headers and body) and `Response` back, so
+//! handlers and their unit tests never touch a socket.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -149,21 +149,33 @@ impl Response {
 }
 
 /// What a handler wants done: answer now, or park the request until `key` is notified or the
-/// deadline passes, then answer with `answer()`.
+/// deadline passes, then answer with `answer()`, or run blocking work off the event loop.
 pub enum Reply {
     Now(Response),
     Wait(Wait),
-    /// Slow work (calls to an identity provider): run on its own thread, off the workers.
-    Later(Box<dyn FnOnce() -> Response + Send>),
+    /// Blocking work (a shared store, an identity provider): run on the bounded blocking pool,
+    /// never on the event loop; what it returns is handled like any reply.
+    Later(Box<dyn FnOnce() -> Reply + Send>),
+}
+
+impl Reply {
+    /// Blocking work whose result is a response.
+    pub fn later(job: impl FnOnce() -> Response + Send + 'static) -> Reply {
+        Reply::Later(Box::new(move || Reply::Now(job())))
+    }
 }
 
 pub struct Wait {
     pub key: String,
     pub deadline: Instant,
     /// Checked once the request is parked, so a value that landed between the handler's first
-    /// look and the parking is not missed.
+    /// look and the parking is not missed. May block (a shared store): run off the event loop.
     pub ready: Box<dyn FnOnce() -> bool + Send>,
+    /// Builds the answer when woken or at the deadline. May block, like `ready`.
     pub answer: Box<dyn FnOnce() -> Response + Send>,
+    /// Whether `ready` and `answer` block (a shared store), so the server runs them on the
+    /// blocking pool; in memory they are a map look-up and run in place.
+    pub blocking: bool,
 }
 
 impl From<Response> for Reply {

@@ -30,9 +30,9 @@ use std::time::Duration;
 pub fn serve(config: config::Config) -> Result<(), String> {
     logging::init(config.log_level);
     logging::install_panic_hook();
-    let listener = server::bind(&config.host, config.port, config.server.read_timeout)
+    let listener = server::bind(&config.host, config.port)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    let waiters = waiters::Waiters::start(config.max_waiters);
+    let waiters = waiters::Waiters::new(config.max_waiters);
     let store: Arc<dyn store::Store> = match &config.redis {
         None => Arc::new(store::memory::MemoryStore::new(
             config.ttl,
@@ -98,19 +98,22 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         }),
     );
     let stopper = running.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                logging::info("signal", json!({ "signal": signal }));
-                stopper.stop();
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = running.runtime().enter();
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        term.and_then(|t| int.map(|i| (t, i)))
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?
+    };
+    running.runtime().spawn(async move {
+        let (mut term, mut int) = signals;
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        logging::info("signal", json!({ "signal": name }));
+        stopper.stop();
+    });
     running.wait()
 }

@@ -6,8 +6,14 @@ use crate::http::Response;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Times the listener had to be restarted after its accept thread died.
-pub static ACCEPT_RESTARTS: AtomicU64 = AtomicU64::new(0);
+/// Failed `accept` calls (descriptors exhausted, say); each is retried after a back-off.
+pub static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// Connections open now.
+pub static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Idle connections closed to make room for new ones at the connection cap.
+pub static CONNECTIONS_SHED: AtomicU64 = AtomicU64::new(0);
+/// Connections answered 503 at the cap because none was idle.
+pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
 /// Requests answered with a 5xx status (a panic in a handler included).
 pub static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
 /// Requests answered, by any status.
@@ -57,10 +63,28 @@ pub fn render(app: &App) -> Result<Response, Error> {
         SERVER_ERRORS.load(Ordering::Relaxed),
     );
     metric(
-        "oauth_relay_accept_restarts_total",
+        "oauth_relay_accept_errors_total",
         "counter",
-        "Listener restarts after tiny_http's accept thread died.",
-        ACCEPT_RESTARTS.load(Ordering::Relaxed),
+        "Failed accepts (descriptors exhausted, say), each retried after a back-off.",
+        ACCEPT_ERRORS.load(Ordering::Relaxed),
+    );
+    metric(
+        "oauth_relay_open_connections",
+        "gauge",
+        "Connections open now.",
+        OPEN_CONNECTIONS.load(Ordering::Relaxed),
+    );
+    metric(
+        "oauth_relay_connections_shed_total",
+        "counter",
+        "Idle connections closed to make room at the connection cap.",
+        CONNECTIONS_SHED.load(Ordering::Relaxed),
+    );
+    metric(
+        "oauth_relay_connections_refused_total",
+        "counter",
+        "Connections answered 503 at the cap because none was idle.",
+        CONNECTIONS_REFUSED.load(Ordering::Relaxed),
     );
     Ok(Response::text(200, "text/plain; version=0.0.4", out))
 }

@@ -11,7 +11,18 @@ const START_PREFIX: &str = "/m365/start/";
 const STATUS_PREFIX: &str = "/status/";
 const TOKEN_PREFIX: &str = "/token/";
 
+/// Routes a request. With a store that blocks (Redis), every route that may touch it runs on the
+/// blocking pool; `/health` and `/metrics` never wait on the store and always run in place, so a
+/// slow Redis cannot make the liveness probe fail.
 pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
+    if app.store.blocks() && !matches!(req.path.as_str(), "/health" | "/metrics") {
+        let app = app.clone();
+        return Reply::Later(Box::new(move || route_in_place(&app, req)));
+    }
+    route_in_place(app, req)
+}
+
+fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
     let path = req.path.clone();
     let method = req.method.as_str();
     let (name, result): (&'static str, Result<Reply, Error>) = match (method, path.as_str()) {
@@ -27,7 +38,7 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
             "/m365/sessions",
             broker::create_session(app, &req).map(Reply::Now),
         ),
-        // HEAD too: some link-preview bots ask before they fetch (tiny_http drops the body).
+        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
         ("GET" | "HEAD", p) if p.starts_with(START_PREFIX) => (
             "/m365/start/{link}",
             broker::start(app, &req, &p[START_PREFIX.len()..]).map(Reply::Now),

@@ -1,72 +1,101 @@
-//! The tiny_http accept loop made robust: several workers, panics turned into 500s, bounded
-//! URLs and bodies, parked long-polls, graceful shutdown, and recovery when tiny_http's accept
-//! thread dies.
-//!
-//! tiny_http's accept thread ends for good on any `accept` error (and can even panic when file
-//! descriptors run out, since it unwraps a `try_clone`), after which the server looks alive but
-//! never answers again. We therefore own the listening socket, hand tiny_http a duplicate of it,
-//! and treat each tiny_http server as a replaceable *generation*:
-//! - a worker that gets an error from `recv` reports it, and a watchdog thread sends a real
-//!   request through the listener every few seconds and reports a generation that stops
-//!   answering;
-//! - the supervisor then starts a new generation on a fresh duplicate of the socket (retrying
-//!   with back-off while descriptors are exhausted), while the old generation's workers finish
-//!   the requests already read and exit once idle;
-//! - if no generation can be started for `give_up_after`, the process exits non-zero with a
-//!   log line saying why, so an orchestrator restarts it.
-//!
-//! Slow clients: the listener carries `SO_RCVTIMEO`/`SO_SNDTIMEO`, which Linux copies to every
-//! accepted socket, so a client that sends nothing for `read_timeout` is disconnected. The same
-//! option makes an idle `accept` fail with `WouldBlock`; the watchdog's requests keep `accept`
-//! from idling that long, and a `WouldBlock` that slips through only starts a new generation.
+//! The front door: hyper's HTTP/1.1 connections on a tokio runtime, plus every bound hyper leaves
+//! to us. hyper parses strictly (one request at a time per connection, malformed framing refused)
+//! and bounds header bytes, header count and the time to receive a head; here we add the rest:
+//! - a total deadline for each request, head and body (hyper's head timer and ours start at the
+//!   same moment: when the connection becomes ready for the request), and a body-size limit,
+//!   refused unread when the declared length is already too large;
+//! - a connection cap: when it is reached, the connection idle the longest is closed to make room,
+//!   so new clients and the kubelet's probes still get in; with nothing idle, a short 503;
+//! - `Content-Length` together with `Transfer-Encoding` is refused and the connection closed;
+//! - writes that stall (a client that never reads) end the connection after the read timeout;
+//! - long-polls park as futures, not threads, and leave the moment hyper drops them (client gone);
+//! - blocking work runs on tokio's bounded blocking pool, never on the event loop;
+//! - a panicking handler becomes a 500 for that request alone;
+//! - accept errors (descriptors exhausted) shed an idle connection, back off and retry; a long
+//!   outage ends the process non-zero with a log line saying why;
+//! - SIGTERM (via `Stopper`) stops accepting, answers every long-poll, lets in-flight requests
+//!   finish within the grace period, and returns.
 
-use crate::http::{HttpRequest, Reply, Response};
+use crate::error::{Error, Face};
+use crate::http::{HttpRequest, Reply, Response, Wait};
 use crate::logging;
 use crate::waiters::Waiters;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
 
 pub type Handler = Arc<dyn Fn(HttpRequest) -> Reply + Send + Sync>;
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Threads calling `recv()`. Defaults to 8.
+    /// Event-loop threads. Defaults to the number of CPUs.
     pub workers: usize,
-    /// A client that sends nothing (or reads nothing) for this long is disconnected.
-    /// Defaults to 10 seconds.
+    /// Most threads running blocking work at once (Redis calls, code exchanges); more wait their
+    /// turn. Defaults to 64.
+    pub blocking_threads: usize,
+    /// A request's head and body must arrive within this long of the connection being ready for
+    /// it; an idle keep-alive connection is closed after it, and so is one whose writes stall
+    /// this long. Defaults to 10 seconds.
     pub read_timeout: Duration,
     /// Longer request targets get 414. Defaults to 8 KiB.
     pub max_url_bytes: usize,
+    /// Request line and headers together; more gets 431 (414 when the request line alone does
+    /// not fit). Defaults to 16 KiB.
+    pub max_header_bytes: usize,
+    /// More header fields get 431. Defaults to 64.
+    pub max_headers: usize,
     /// Longer bodies get 413. Defaults to 4 KiB.
     pub max_body_bytes: usize,
+    /// Open connections at most; past it the longest-idle one is closed, or the newcomer gets
+    /// 503 when none is idle. Defaults to 1,024.
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish after a shutdown request.
     /// Defaults to 5 seconds.
     pub shutdown_grace: Duration,
-    /// How long to keep trying to accept again before exiting non-zero. Defaults to 60 seconds.
+    /// How long to keep retrying a failing accept before exiting non-zero. Defaults to 60 seconds.
     pub give_up_after: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            workers: 8,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            blocking_threads: 64,
             read_timeout: Duration::from_secs(10),
             max_url_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
             max_body_bytes: 4 * 1024,
+            max_connections: 1024,
             shutdown_grace: Duration::from_secs(5),
             give_up_after: Duration::from_secs(60),
         }
     }
 }
 
-/// Binds the listening socket with the options every accepted connection inherits.
-pub fn bind(host: &str, port: u16, read_timeout: Duration) -> io::Result<TcpListener> {
+/// hyper refuses a `max_buf_size` below this (its minimum read buffer).
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Binds the listening socket. `SO_REUSEADDR` so a restart does not wait out TIME_WAIT; a deep
+/// backlog so a burst of connections waits in the kernel rather than being refused.
+pub fn bind(host: &str, port: u16) -> io::Result<std::net::TcpListener> {
     let addr = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -81,65 +110,24 @@ pub fn bind(host: &str, port: u16, read_timeout: Duration) -> io::Result<TcpList
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    // Inherited by accepted sockets, like the timeouts: tiny_http writes a response larger than
-    // its 1 KiB buffer in two parts, and Nagle's algorithm would hold the second until the
-    // client's delayed ACK (about 40 ms per page).
-    socket.set_tcp_nodelay(true)?;
-    socket.set_read_timeout(Some(read_timeout))?;
-    socket.set_write_timeout(Some(read_timeout))?;
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-enum Event {
-    /// The generation's accept thread is gone (an error from `recv`, or the watchdog).
-    AcceptLost {
-        generation: u64,
-        error: io::Error,
-    },
-    Shutdown,
-}
-
-struct Generation {
-    id: u64,
-    server: tiny_http::Server,
-    stale: AtomicBool,
-    last_active_ms: AtomicU64,
-}
-
-struct Shared {
-    handler: Handler,
-    waiters: Arc<Waiters>,
-    opts: Options,
-    stopping: AtomicBool,
-    events: mpsc::Sender<Event>,
-    epoch: Instant,
-    watchdog_path: String,
-    current_generation: AtomicU64,
-}
-
-impl Shared {
-    fn report(&self, event: Event) {
-        let _ = self.events.send(event);
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
 }
 
 /// A running server. Dropping it does not stop it; call `stopper().stop()` and `wait()`.
 pub struct Running {
     addr: SocketAddr,
-    events: mpsc::Sender<Event>,
-    supervisor: JoinHandle<Result<(), String>>,
+    stop: Arc<watch::Sender<bool>>,
+    runtime: tokio::runtime::Handle,
+    thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
 #[derive(Clone)]
-pub struct Stopper(mpsc::Sender<Event>);
+pub struct Stopper(Arc<watch::Sender<bool>>);
 
 impl Stopper {
     pub fn stop(&self) {
-        let _ = self.0.send(Event::Shutdown);
+        self.0.send_replace(true);
     }
 }
 
@@ -149,140 +137,480 @@ impl Running {
     }
 
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.events.clone())
+        Stopper(self.stop.clone())
+    }
+
+    /// The runtime the server runs on, for tasks that belong with it (signal handling).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Blocks until the server has shut down (Ok) or given up accepting (Err).
     pub fn wait(self) -> Result<(), String> {
-        self.supervisor
+        self.thread
             .join()
-            .unwrap_or_else(|_| Err("supervisor panicked".into()))
+            .unwrap_or_else(|_| Err("the server thread panicked".into()))
     }
 }
 
+/// Starts serving `listener` on a runtime of its own, on a thread of its own.
 pub fn start(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     opts: Options,
     handler: Handler,
     waiters: Arc<Waiters>,
 ) -> io::Result<Running> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers.max(1))
+        .max_blocking_threads(opts.blocking_threads.max(1))
+        .thread_name("worker")
+        .enable_all()
+        .build()?;
+    listener.set_nonblocking(true)?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
     let addr = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel();
-    let mut token = [0u8; 16];
-    getrandom::fill(&mut token).map_err(|e| io::Error::other(e.to_string()))?;
+    let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         handler,
         waiters,
         opts,
-        stopping: AtomicBool::new(false),
-        events: tx.clone(),
+        conns: Mutex::new(HashMap::new()),
+        live: AtomicUsize::new(0),
+        next_id: AtomicU64::new(0),
         epoch: Instant::now(),
-        watchdog_path: format!("/__oauth-relay-watchdog/{}", crate::secret::hex(&token)),
-        current_generation: AtomicU64::new(0),
     });
-    let first = spawn_generation(&listener, 1, &shared)?;
-    let supervisor = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("supervisor".into())
-            .spawn(move || supervise(listener, first, shared, rx))?
-    };
-    {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || watchdog(addr, shared))?;
-    }
+    let handle = runtime.handle().clone();
+    let thread = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || {
+            let result = runtime.block_on(accept_loop(listener, shared, stopped));
+            // Blocking work still running (a stuck Redis call) must not hold the exit.
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            result
+        })?;
     Ok(Running {
         addr,
-        events: tx,
-        supervisor,
+        stop: Arc::new(stop),
+        runtime: handle,
+        thread,
     })
 }
 
-type Workers = Vec<JoinHandle<()>>;
-
-fn spawn_generation(
-    listener: &TcpListener,
-    id: u64,
-    shared: &Arc<Shared>,
-) -> io::Result<(Arc<Generation>, Workers)> {
-    let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let generation = Arc::new(Generation {
-        id,
-        server,
-        stale: AtomicBool::new(false),
-        last_active_ms: AtomicU64::new(shared.now_ms()),
-    });
-    let mut workers = Vec::with_capacity(shared.opts.workers);
-    for n in 0..shared.opts.workers {
-        let (g, s) = (generation.clone(), shared.clone());
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("worker-{id}-{n}"))
-                .spawn(move || work(g, s, n))?,
-        );
-    }
-    shared.current_generation.store(id, Ordering::SeqCst);
-    Ok((generation, workers))
+struct Shared {
+    handler: Handler,
+    waiters: Arc<Waiters>,
+    opts: Options,
+    conns: Mutex<HashMap<u64, Arc<Slot>>>,
+    live: AtomicUsize,
+    next_id: AtomicU64,
+    epoch: Instant,
 }
 
-fn supervise(
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the connection idle the longest to close. False when every connection is busy.
+    fn shed_one_idle(&self) -> bool {
+        let conns = self.conns();
+        let victim = conns
+            .values()
+            .filter(|s| {
+                s.in_flight.load(Ordering::Acquire) == 0 && !s.closing.load(Ordering::Acquire)
+            })
+            .min_by_key(|s| s.ready_since_ms.load(Ordering::Relaxed));
+        match victim {
+            Some(slot) => {
+                slot.closing.store(true, Ordering::Release);
+                slot.close.notify_one();
+                crate::metrics::CONNECTIONS_SHED.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One connection's state, as the accept loop and its requests see it.
+struct Slot {
+    /// Requests whose answer is being worked on (0 or 1: hyper serves one at a time).
+    in_flight: AtomicU32,
+    /// When the connection became ready for its next request (accepted, or its last answer
+    /// done): the start of that request's deadline, and what "idle the longest" compares.
+    ready_since_ms: AtomicU64,
+    /// Asked to close (shed at the cap, or shutdown).
+    closing: AtomicBool,
+    close: Notify,
+}
+
+async fn accept_loop(
     listener: TcpListener,
-    first: (Arc<Generation>, Workers),
     shared: Arc<Shared>,
-    events: mpsc::Receiver<Event>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (mut current, mut workers) = first;
     let mut outage = Outage::default();
-    while let Ok(Event::AcceptLost { generation, error }) = events.recv() {
-        if generation != current.id || shared.stopping.load(Ordering::SeqCst) {
-            continue;
-        }
-        current.stale.store(true, Ordering::SeqCst);
-        if matches!(
-            error.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            // An idle accept() timed out (SO_RCVTIMEO): nothing is wrong, start again at once.
-            logging::event(
-                logging::Level::Debug,
-                "accept_idle_timeout",
-                json!({ "generation": generation }),
-            );
-        } else {
-            outage.failed(&error.to_string(), generation);
-            if outage.too_long(shared.opts.give_up_after) {
-                return Err(outage.give_up(&error.to_string()));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = until_stopped(&mut stop) => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                outage.resumed();
+                admit(&shared, stream, peer);
             }
-            std::thread::sleep(outage.backoff);
-        }
-        loop {
-            if shared.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            match spawn_generation(&listener, current.id + 1, &shared) {
-                Ok((g, w)) => {
-                    crate::metrics::ACCEPT_RESTARTS.fetch_add(1, Ordering::Relaxed);
-                    outage.resumed(g.id);
-                    current = g;
-                    workers.retain(|h| !h.is_finished());
-                    workers.extend(w);
-                    break;
+            // The client gave up between SYN and accept: nothing wrong with the listener.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                crate::metrics::ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
+                // Out of descriptors: an idle connection's is the one we can give back.
+                shared.shed_one_idle();
+                outage.failed(&e.to_string());
+                if outage.too_long(shared.opts.give_up_after) {
+                    return Err(outage.give_up(&e.to_string()));
                 }
-                Err(e) => {
-                    outage.failed(&e.to_string(), current.id);
-                    if outage.too_long(shared.opts.give_up_after) {
-                        return Err(outage.give_up(&e.to_string()));
-                    }
-                    std::thread::sleep(outage.backoff);
+                tokio::select! {
+                    _ = until_stopped(&mut stop) => break,
+                    _ = tokio::time::sleep(outage.backoff) => {}
                 }
             }
         }
     }
-    shut_down(&listener, &shared, workers);
+    // New connections are refused from here on, not left waiting in the backlog.
+    drop(listener);
+    drain(&shared).await;
     Ok(())
+}
+
+/// Resolves once a stop is asked for; never if every `Stopper` is gone (nobody can ask).
+async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"status\":\"error\",\"message\":\"Too many connections; try again later\"}";
+
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if shared.live.load(Ordering::Acquire) >= shared.opts.max_connections && !shared.shed_one_idle()
+    {
+        // Every connection is busy: a short answer written without waiting (a fresh socket's
+        // send buffer is empty), then closed.
+        crate::metrics::CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.try_write(REFUSED);
+        return;
+    }
+    // Small answers go out at once instead of waiting for the client's delayed ACK.
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let slot = Arc::new(Slot {
+        in_flight: AtomicU32::new(0),
+        ready_since_ms: AtomicU64::new(shared.now_ms()),
+        closing: AtomicBool::new(false),
+        close: Notify::new(),
+    });
+    shared.conns().insert(id, slot.clone());
+    shared.live.fetch_add(1, Ordering::AcqRel);
+    crate::metrics::OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(serve_connection(shared.clone(), stream, peer, id, slot));
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    slot: Arc<Slot>,
+) {
+    let opts = &shared.opts;
+    let io = Guarded::new(stream, opts.read_timeout);
+    let service = {
+        let (shared, slot) = (shared.clone(), slot.clone());
+        hyper::service::service_fn(move |req| {
+            serve_request(shared.clone(), slot.clone(), peer, req)
+        })
+    };
+    let header_bytes = opts.max_header_bytes.max(MIN_HEADER_BYTES);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.read_timeout)
+        .max_buf_size(header_bytes)
+        .max_header_size(opts.max_header_bytes)
+        .max_headers(opts.max_headers)
+        .keep_alive(true)
+        // A client's EOF ends the connection and drops a parked long-poll with it.
+        .half_close(false)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut asked_to_close = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    logging::event(
+                        logging::Level::Debug,
+                        "connection_error",
+                        json!({ "error": e.to_string(), "peer": peer.ip().to_string() }),
+                    );
+                }
+                break;
+            }
+            _ = slot.close.notified(), if !asked_to_close => {
+                asked_to_close = true;
+                if slot.in_flight.load(Ordering::Acquire) == 0 {
+                    // Between requests: nothing is lost by closing now.
+                    break;
+                }
+                // Finish the request being answered, then close.
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    shared.conns().remove(&id);
+    shared.live.fetch_sub(1, Ordering::AcqRel);
+    crate::metrics::OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Marks the connection busy while a request is answered (or parked), and ready again after.
+/// Dropped with the request's future when the client hangs up, too.
+struct Busy<'a> {
+    slot: &'a Slot,
+    shared: &'a Shared,
+}
+
+impl<'a> Busy<'a> {
+    fn new(slot: &'a Slot, shared: &'a Shared) -> Self {
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy { slot, shared }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.slot
+            .ready_since_ms
+            .store(self.shared.now_ms(), Ordering::Relaxed);
+        self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn serve_request(
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    peer: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let _busy = Busy::new(&slot, &shared);
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let deadline = shared.epoch
+        + Duration::from_millis(slot.ready_since_ms.load(Ordering::Relaxed))
+        + shared.opts.read_timeout;
+    let response = match read_request(&shared.opts, peer, deadline, req).await {
+        Ok(req) => answer(&shared, req).await,
+        Err(refusal) => refusal,
+    };
+    let status = response.status;
+    crate::metrics::REQUESTS.fetch_add(1, Ordering::Relaxed);
+    if status >= 500 {
+        crate::metrics::SERVER_ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
+    if logging::enabled(logging::Level::Info) {
+        logging::info(
+            "request",
+            json!({
+                "method": method,
+                "route": response.route,
+                "state": response.subject,
+                "status": status,
+                "ms": (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                "peer": peer.ip().to_string(),
+            }),
+        );
+    }
+    Ok(into_hyper(response))
+}
+
+/// Turns a hyper request into our socket-free one, within every bound. `Err` is the answer to
+/// send instead (the connection is closed after it where the rest of the stream can't be
+/// trusted).
+async fn read_request(
+    opts: &Options,
+    peer: SocketAddr,
+    deadline: Instant,
+    req: hyper::Request<Incoming>,
+) -> Result<HttpRequest, Response> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let face = Face::for_path(target);
+    let refuse = |e: Error| Err(e.into_response_for(face).with_header("Connection", "close"));
+    if target.len() > opts.max_url_bytes {
+        return refuse(Error::UrlTooLong);
+    }
+    let headers = req.headers();
+    // hyper decodes such a request as chunked; a proxy in front may have used the length.
+    // Where two parsers can disagree about where a request ends, refuse it and close.
+    if headers.contains_key(hyper::header::CONTENT_LENGTH)
+        && headers.contains_key(hyper::header::TRANSFER_ENCODING)
+    {
+        return refuse(Error::BadRequest(
+            "Content-Length together with Transfer-Encoding is not accepted",
+        ));
+    }
+    let mut out = HttpRequest::new(req.method().as_str(), target);
+    out.remote = Some(peer);
+    out.headers = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = req.into_body();
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(out);
+    }
+    if hyper::body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > opts.max_body_bytes as u64)
+    {
+        // Refused unread: the connection closes rather than drain what was declared.
+        return refuse(Error::BodyTooLarge);
+    }
+    let collect = Limited::new(body, opts.max_body_bytes).collect();
+    match tokio::time::timeout_at(deadline.into(), collect).await {
+        Ok(Ok(collected)) => {
+            out.body = collected.to_bytes().to_vec();
+            Ok(out)
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => refuse(Error::BodyTooLarge),
+        Ok(Err(_)) => refuse(Error::BadRequest("Could not read the request body")),
+        Err(_) => refuse(Error::RequestTimeout),
+    }
+}
+
+/// Runs the handler and whatever it asks for: blocking work on the pool, a long-poll parked.
+async fn answer(shared: &Shared, req: HttpRequest) -> Response {
+    let handler = &shared.handler;
+    let mut reply = catch_unwind(AssertUnwindSafe(|| handler(req)))
+        .unwrap_or_else(|_| Reply::Now(Error::Internal.into_response()));
+    loop {
+        reply = match reply {
+            Reply::Now(response) => return response,
+            Reply::Later(job) => off_the_loop(job).await.unwrap_or_else(internal_reply),
+            Reply::Wait(wait) => return long_poll(&shared.waiters, wait).await,
+        }
+    }
+}
+
+fn internal_reply(_: ()) -> Reply {
+    Reply::Now(Error::Internal.into_response())
+}
+
+/// Runs blocking work on tokio's bounded blocking pool; `Err` when it panicked. If the client
+/// leaves meanwhile the work still completes (a code exchange must not be cut in half).
+async fn off_the_loop<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ()> {
+    tokio::task::spawn_blocking(move || catch_unwind(AssertUnwindSafe(job)).map_err(|_| ()))
+        .await
+        .map_err(|_| ())
+        .and_then(|r| r)
+}
+
+/// Runs `job` in place, or off the loop when it may block.
+async fn run<T: Send + 'static>(
+    blocking: bool,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ()> {
+    if blocking {
+        off_the_loop(job).await
+    } else {
+        catch_unwind(AssertUnwindSafe(job)).map_err(|_| ())
+    }
+}
+
+async fn long_poll(waiters: &Arc<Waiters>, wait: Wait) -> Response {
+    let Wait {
+        key,
+        deadline,
+        ready,
+        answer,
+        blocking,
+    } = wait;
+    let Ok(mut parked) = waiters.park(&key) else {
+        return Error::TooManyWaiters.into_response();
+    };
+    // A value that landed while the handler was parking us must not be missed.
+    if !run(blocking, ready).await.unwrap_or(true) {
+        tokio::select! {
+            _ = parked.woken() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+    drop(parked);
+    run(blocking, answer)
+        .await
+        .unwrap_or_else(|_| Error::Internal.into_response())
+}
+
+fn into_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
+    *out.status_mut() = hyper::StatusCode::from_u16(response.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(response.content_type),
+    );
+    for (name, value) in response.headers {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            headers.append(name, value);
+        }
+    }
+    out
+}
+
+/// On SIGTERM: long-polls answer now with what they have, idle connections close, busy ones
+/// finish their request (within the grace period) and close.
+async fn drain(shared: &Shared) {
+    logging::info(
+        "shutdown_started",
+        json!({ "waiting_clients": shared.waiters.len(), "connections": shared.live.load(Ordering::Acquire) }),
+    );
+    shared.waiters.shutdown();
+    for slot in shared.conns().values() {
+        slot.closing.store(true, Ordering::Release);
+        slot.close.notify_one();
+    }
+    let deadline = Instant::now() + shared.opts.shutdown_grace;
+    while shared.live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    logging::info(
+        "shutdown_complete",
+        json!({ "unfinished_connections": shared.live.load(Ordering::Acquire) }),
+    );
 }
 
 /// A run of accept failures less than `GAP` apart. Back-off doubles along it, log lines are
@@ -292,7 +620,6 @@ struct Outage {
     last_failure: Instant,
     last_logged: Option<Instant>,
     failures: u64,
-    resumes: u64,
     backoff: Duration,
 }
 
@@ -303,7 +630,6 @@ impl Default for Outage {
             last_failure: Instant::now(),
             last_logged: None,
             failures: 0,
-            resumes: 0,
             backoff: Duration::ZERO,
         }
     }
@@ -313,7 +639,7 @@ impl Outage {
     const GAP: Duration = Duration::from_secs(5);
     const LOG_EVERY: Duration = Duration::from_secs(5);
 
-    fn failed(&mut self, error: &str, generation: u64) {
+    fn failed(&mut self, error: &str) {
         if self.started.is_none() || self.last_failure.elapsed() > Self::GAP {
             *self = Outage {
                 started: Some(Instant::now()),
@@ -332,29 +658,19 @@ impl Outage {
             self.last_logged = Some(Instant::now());
             logging::error(
                 "accept_failed",
-                json!({ "generation": generation, "error": error, "failures": self.failures,
+                json!({ "error": error, "failures": self.failures,
                         "outage_secs": self.started.map(|t| t.elapsed().as_secs()),
-                        "action": "starting a new accept thread" }),
+                        "action": "closing an idle connection and retrying" }),
             );
         }
     }
 
-    fn resumed(&mut self, generation: u64) {
-        // The first restart of an outage is always told; repeats share the failures' budget.
-        if self.resumes > 0
-            && self
-                .last_logged
-                .is_some_and(|t| t.elapsed() < Self::LOG_EVERY)
-        {
-            self.resumes += 1;
-            return;
+    /// A connection was accepted: an outage in progress is over.
+    fn resumed(&mut self) {
+        if self.started.take().is_some() {
+            logging::warn("accept_resumed", json!({ "failures": self.failures }));
+            self.failures = 0;
         }
-        self.resumes += 1;
-        self.last_logged = Some(Instant::now());
-        logging::warn(
-            "accept_resumed",
-            json!({ "generation": generation, "failures": self.failures }),
-        );
     }
 
     fn too_long(&self, limit: Duration) -> bool {
@@ -372,250 +688,134 @@ impl Outage {
     }
 }
 
-fn shut_down(listener: &TcpListener, shared: &Shared, workers: Workers) {
-    shared.stopping.store(true, Ordering::SeqCst);
-    // shutdown(2) on a listening socket stops it listening for every duplicate of it:
-    // new connections are refused and the accept thread wakes up with an error.
-    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read);
-    logging::info(
-        "shutdown_started",
-        json!({ "waiting_clients": shared.waiters.len() }),
-    );
-    // Long-polls answer now with what they have, as on a timeout.
-    shared.waiters.shutdown();
-    let deadline = Instant::now() + shared.opts.shutdown_grace;
-    while workers.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let unfinished = workers.iter().filter(|h| !h.is_finished()).count();
-    logging::info(
-        "shutdown_complete",
-        json!({ "unfinished_workers": unfinished }),
-    );
+/// The socket as hyper sees it, with two things hyper does not do:
+/// - a write that makes no progress for `stall` fails, so a client that never reads its answers
+///   cannot hold a connection (and its buffers) for ever;
+/// - when hyper answers 431 to a head whose request line never ended, the answer becomes 414:
+///   the line that did not fit is the request line. (Which line is being read is tracked from
+///   the bytes; a request body with newlines can only make this say 431 where 414 was due.)
+struct Guarded {
+    inner: TcpStream,
+    stall: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Lines completed in the head being read (0: still in its request line).
+    line_in_head: u32,
+    /// Bytes of the current line, line ends excluded (0 at a blank line: the head ends).
+    line_len: usize,
+    /// A replacement answer being written, and how much of it is out.
+    rewrite: Option<usize>,
 }
 
-/// Serves one generation. Once it is replaced, worker 0 stays to finish what its connections
-/// still send (until idle for longer than a client may stay silent); the others leave at once,
-/// so a long outage with many replacements does not pile up threads.
-fn work(generation: Arc<Generation>, shared: Arc<Shared>, index: usize) {
-    let poll = Duration::from_millis(200);
-    let linger_ms = (shared.opts.read_timeout + Duration::from_secs(2)).as_millis() as u64;
-    loop {
-        match generation.server.recv_timeout(poll) {
-            Ok(Some(rq)) => {
-                generation
-                    .last_active_ms
-                    .store(shared.now_ms(), Ordering::Relaxed);
-                handle(&shared, rq);
-            }
-            Ok(None) => {
-                if shared.stopping.load(Ordering::SeqCst) {
-                    return;
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 52\r\n\r\n{\"status\":\"error\",\"message\":\"Request URL too long\"}";
+
+impl Guarded {
+    fn new(inner: TcpStream, stall: Duration) -> Self {
+        Guarded {
+            inner,
+            stall,
+            stalled: None,
+            line_in_head: 0,
+            line_len: 0,
+            rewrite: None,
+        }
+    }
+
+    fn track(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match b {
+                b'\n' if self.line_len == 0 => self.line_in_head = 0,
+                b'\n' => {
+                    self.line_in_head = self.line_in_head.saturating_add(1);
+                    self.line_len = 0;
                 }
-                let idle = shared.now_ms() - generation.last_active_ms.load(Ordering::Relaxed);
-                if generation.stale.load(Ordering::SeqCst) && (index > 0 || idle > linger_ms) {
-                    return;
-                }
-            }
-            Err(error) => shared.report(Event::AcceptLost {
-                generation: generation.id,
-                error,
-            }),
-        }
-    }
-}
-
-/// What the access log needs about a request after the handler has consumed it.
-struct Meta {
-    method: String,
-    remote: Option<IpAddr>,
-    started: Instant,
-}
-
-fn handle(shared: &Arc<Shared>, mut rq: tiny_http::Request) {
-    let meta = Meta {
-        method: rq.method().as_str().to_string(),
-        remote: rq.remote_addr().map(|a| a.ip()),
-        started: Instant::now(),
-    };
-    if rq.url() == shared.watchdog_path {
-        let _ = rq.respond(tiny_http::Response::empty(204));
-        return;
-    }
-    let req = match read_request(&mut rq, &shared.opts) {
-        Ok(req) => req,
-        Err(response) => return send(rq, response, &meta),
-    };
-    let handler = &shared.handler;
-    let reply = catch_unwind(AssertUnwindSafe(|| handler(req)))
-        .unwrap_or_else(|_| Reply::Now(crate::error::Error::Internal.into_response()));
-    match reply {
-        Reply::Now(response) => send(rq, response, &meta),
-        Reply::Later(job) => {
-            let spawned = std::thread::Builder::new()
-                .name("background".into())
-                .spawn(move || {
-                    let response = catch_unwind(AssertUnwindSafe(job))
-                        .unwrap_or_else(|_| crate::error::Error::Internal.into_response());
-                    send(rq, response, &meta)
-                });
-            // Out of threads: the request went down with the closure, and tiny_http answers a
-            // dropped request with 500.
-            if let Err(e) = spawned {
-                logging::error("spawn_failed", json!({ "error": e.to_string() }));
+                b'\r' => {}
+                _ => self.line_len += 1,
             }
         }
-        Reply::Wait(wait) => {
-            let answer = wait.answer;
-            let wake: crate::waiters::Wake = Box::new(move |refused| {
-                let response = if refused {
-                    crate::error::Error::TooManyWaiters.into_response()
-                } else {
-                    catch_unwind(AssertUnwindSafe(answer))
-                        .unwrap_or_else(|_| crate::error::Error::Internal.into_response())
-                };
-                send(rq, response, &meta)
-            });
-            match shared.waiters.park(wait.key.clone(), wait.deadline, wake) {
-                Ok(_) => {
-                    if catch_unwind(AssertUnwindSafe(wait.ready)).unwrap_or(true) {
-                        shared.waiters.notify(&wait.key);
-                    }
-                }
-                Err(wake) => wake(true),
+    }
+
+    /// `Pending` while no progress is made, an error once that has lasted `stall`.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let stall = self.stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => match self.stalled(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                self.stalled = None;
+                ready
             }
         }
     }
 }
 
-fn read_request(rq: &mut tiny_http::Request, opts: &Options) -> Result<HttpRequest, Response> {
-    use crate::error::Error;
-    let url = rq.url();
-    let face = crate::error::Face::for_path(url);
-    if url.len() > opts.max_url_bytes {
-        return Err(Error::UrlTooLong.into_response_for(face));
-    }
-    let mut req = HttpRequest::new(rq.method().as_str(), url);
-    req.remote = rq.remote_addr().copied();
-    req.headers = rq
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
-    if rq.body_length().is_some_and(|n| n > opts.max_body_bytes) {
-        return Err(Error::BodyTooLarge.into_response_for(face));
-    }
-    let mut body = Vec::new();
-    rq.as_reader()
-        .take(opts.max_body_bytes as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|_| {
-            Error::BadRequest("Could not read the request body").into_response_for(face)
-        })?;
-    if body.len() > opts.max_body_bytes {
-        return Err(Error::BodyTooLarge.into_response_for(face));
-    }
-    req.body = body;
-    Ok(req)
-}
-
-fn send(rq: tiny_http::Request, response: Response, meta: &Meta) {
-    let status = response.status;
-    crate::metrics::REQUESTS.fetch_add(1, Ordering::Relaxed);
-    if status >= 500 {
-        crate::metrics::SERVER_ERRORS.fetch_add(1, Ordering::Relaxed);
-    }
-    let (route, subject) = (response.route, response.subject.clone());
-    let mut out = tiny_http::Response::from_data(response.body).with_status_code(status);
-    let content_type = tiny_http::Header::from_bytes("Content-Type", response.content_type);
-    out.add_header(content_type.expect("static header is valid"));
-    for (name, value) in &response.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            out.add_header(h);
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            this.track(&buf.filled()[before..]);
         }
-    }
-    // The client may have gone away; nothing to do about that but note it.
-    let delivered = rq.respond(out).is_ok();
-    if logging::enabled(logging::Level::Info) {
-        logging::info(
-            "request",
-            json!({
-                "method": meta.method,
-                "route": route,
-                "state": subject,
-                "status": status,
-                "ms": (meta.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                "peer": meta.remote.map(|ip| ip.to_string()),
-                "delivered": delivered,
-            }),
-        );
+        result
     }
 }
 
-/// Sends a real request through the listener every few seconds. A generation that stops
-/// answering it (its accept thread died without telling `recv`) is reported and replaced.
-fn watchdog(addr: SocketAddr, shared: Arc<Shared>) {
-    let target = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.rewrite.is_none()
+            && this.line_in_head == 0
+            && this.line_len > 0
+            && buf.starts_with(b"HTTP/1.1 431 ")
+        {
+            this.rewrite = Some(0);
         }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    };
-    // Often enough that accept() never idles into its SO_RCVTIMEO; a healthy server answers
-    // this in well under a millisecond, so two misses of two seconds is a dead accept thread.
-    let interval =
-        (shared.opts.read_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(2));
-    let patience = Duration::from_secs(2);
-    let mut misses = 0;
-    while !shared.stopping.load(Ordering::SeqCst) {
-        std::thread::sleep(interval);
-        let generation = shared.current_generation.load(Ordering::SeqCst);
-        match probe(target, &shared.watchdog_path, patience) {
-            Probe::Answered => misses = 0,
-            // Out of descriptors ourselves, say: that tells nothing about the accept thread.
-            Probe::CannotTell => {}
-            Probe::NoAnswer if shared.stopping.load(Ordering::SeqCst) => return,
-            Probe::NoAnswer => {
-                misses += 1;
-                if misses >= 2 && generation == shared.current_generation.load(Ordering::SeqCst) {
-                    misses = 0;
-                    shared.report(Event::AcceptLost {
-                        generation,
-                        error: io::Error::other("the listener stopped answering the watchdog"),
-                    });
+        let Some(mut sent) = this.rewrite else {
+            return this.poll_write_inner(cx, buf);
+        };
+        while sent < URI_TOO_LONG.len() {
+            match this.poll_write_inner(cx, &URI_TOO_LONG[sent..]) {
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    this.rewrite = Some(sent);
+                    return Poll::Pending;
                 }
             }
+            this.rewrite = Some(sent);
         }
+        // hyper's own answer is taken as written; it closes the connection next.
+        Poll::Ready(Ok(buf.len()))
     }
-}
 
-enum Probe {
-    Answered,
-    NoAnswer,
-    CannotTell,
-}
-
-fn probe(target: SocketAddr, path: &str, patience: Duration) -> Probe {
-    let Ok(mut stream) = TcpStream::connect_timeout(&target, patience) else {
-        return Probe::CannotTell;
-    };
-    let _ = stream.set_read_timeout(Some(patience));
-    let _ = stream.set_write_timeout(Some(patience));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return Probe::NoAnswer;
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
-    let mut head = [0u8; 12];
-    match stream.read_exact(&mut head) {
-        Ok(()) if head.starts_with(b"HTTP/1.1 204") => Probe::Answered,
-        _ => Probe::NoAnswer,
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

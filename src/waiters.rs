@@ -1,219 +1,195 @@
-//! Long-poll registry. A waiting request is parked here as a closure (holding the tiny_http
-//! request), not as a blocked worker thread, so thousands of waiters cost memory, not threads.
-//! It is woken by `notify(key)` when its value lands, or by the timer thread at its deadline,
-//! or by `shutdown`; whichever comes first runs the closure exactly once.
+//! Long-poll registry. A waiting request holds a `Parked` ticket (no thread) and awaits it; it is
+//! woken by `notify(key)` when its value lands, or by `shutdown`. Its deadline is the caller's
+//! own timer. Dropping the ticket (the client hung up, so hyper dropped the request's future)
+//! frees its place at once, so clients that leave cannot hold the cap.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
-
-/// Runs once: with `true` when the registry refused to park it (full or shut down), so the
-/// caller answers at once instead; with `false` when it is woken.
-pub type Wake = Box<dyn FnOnce(bool) + Send>;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
 #[derive(Default)]
 struct Inner {
     next_id: u64,
-    parked: HashMap<u64, (String, Wake)>,
-    by_key: HashMap<String, Vec<u64>>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Waiters by key; a key has one or a few (several clients polling one state).
+    by_key: HashMap<Box<str>, Vec<(u64, oneshot::Sender<()>)>>,
+    count: usize,
     closed: bool,
 }
 
 pub struct Waiters {
     inner: Mutex<Inner>,
-    timer: Condvar,
     max: usize,
 }
 
+/// The cap is reached or the server is shutting down: answer at once instead.
+#[derive(Debug)]
+pub struct Refused;
+
+/// A parked long-poll. Await `woken()`; drop it to leave.
+pub struct Parked {
+    waiters: Arc<Waiters>,
+    key: Box<str>,
+    id: u64,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Parked {
+    /// Resolves when the key is notified or the registry shuts down.
+    pub async fn woken(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            let _ = rx.await;
+        }
+        self.rx = None;
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.waiters.leave(&self.key, self.id);
+    }
+}
+
 impl Waiters {
-    /// Creates the registry and its timer thread.
-    pub fn start(max: usize) -> Arc<Waiters> {
-        let waiters = Arc::new(Waiters {
+    pub fn new(max: usize) -> Arc<Waiters> {
+        Arc::new(Waiters {
             inner: Mutex::new(Inner::default()),
-            timer: Condvar::new(),
             max,
-        });
-        let w = waiters.clone();
-        std::thread::Builder::new()
-            .name("waiter-timer".into())
-            .spawn(move || w.run_timer())
-            .expect("spawn waiter timer thread");
-        waiters
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every mutation below is a single insert or remove: a poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Parks `wake` under `key` until notified or `deadline`. Refused past the cap or after
-    /// shutdown (the caller answers at once instead).
-    pub fn park(&self, key: String, deadline: Instant, wake: Wake) -> Result<u64, Wake> {
+    /// Parks a waiter under `key`, refused past the cap or after shutdown.
+    pub fn park(self: &Arc<Self>, key: &str) -> Result<Parked, Refused> {
+        let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
-        if inner.closed || inner.parked.len() >= self.max {
-            return Err(wake);
+        if inner.closed || inner.count >= self.max {
+            return Err(Refused);
         }
         inner.next_id += 1;
+        inner.count += 1;
         let id = inner.next_id;
-        inner.by_key.entry(key.clone()).or_default().push(id);
-        inner.parked.insert(id, (key, wake));
-        let earliest = inner
-            .deadlines
-            .peek()
-            .is_none_or(|Reverse((at, _))| deadline < *at);
-        inner.deadlines.push(Reverse((deadline, id)));
+        let key: Box<str> = key.into();
+        inner.by_key.entry(key.clone()).or_default().push((id, tx));
         drop(inner);
-        if earliest {
-            self.timer.notify_one();
-        }
-        Ok(id)
+        Ok(Parked {
+            waiters: self.clone(),
+            key,
+            id,
+            rx: Some(rx),
+        })
     }
 
-    /// Wakes every request parked under `key`. The closures run on the caller's thread, after
-    /// the lock is released.
+    /// Removes one waiter (woken, timed out or gone); a no-op when it was already notified.
+    fn leave(&self, key: &str, id: u64) {
+        let mut inner = self.lock();
+        if let Some(list) = inner.by_key.get_mut(key) {
+            let before = list.len();
+            list.retain(|(i, _)| *i != id);
+            let removed = before - list.len();
+            if list.is_empty() {
+                inner.by_key.remove(key);
+            }
+            inner.count -= removed;
+        }
+    }
+
+    /// Wakes every request parked under `key`. They leave the registry when they resume.
     pub fn notify(&self, key: &str) {
-        let wakes: Vec<Wake> = {
+        let senders = {
             let mut inner = self.lock();
-            let ids = inner.by_key.remove(key).unwrap_or_default();
-            ids.into_iter()
-                .filter_map(|id| inner.parked.remove(&id).map(|(_, w)| w))
-                .collect()
+            let list = inner.by_key.remove(key).unwrap_or_default();
+            inner.count -= list.len();
+            list
         };
-        for wake in wakes {
-            wake(false);
+        for (_, tx) in senders {
+            let _ = tx.send(());
         }
     }
 
     /// Wakes everything now and refuses new waiters (graceful shutdown).
     pub fn shutdown(&self) {
-        let wakes: Vec<Wake> = {
+        let senders: Vec<_> = {
             let mut inner = self.lock();
             inner.closed = true;
-            inner.by_key.clear();
-            inner.deadlines.clear();
-            inner.parked.drain().map(|(_, (_, w))| w).collect()
+            inner.count = 0;
+            inner.by_key.drain().flat_map(|(_, list)| list).collect()
         };
-        self.timer.notify_one();
-        for wake in wakes {
-            wake(false);
+        for (_, tx) in senders {
+            let _ = tx.send(());
         }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().parked.len()
+        self.lock().count
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn run_timer(&self) {
-        let mut inner = self.lock();
-        loop {
-            if inner.closed {
-                return;
-            }
-            let now = Instant::now();
-            let mut due = Vec::new();
-            while let Some(Reverse((at, id))) = inner.deadlines.peek().copied() {
-                if at > now {
-                    break;
-                }
-                inner.deadlines.pop();
-                if let Some((key, wake)) = inner.parked.remove(&id) {
-                    if let Some(ids) = inner.by_key.get_mut(&key) {
-                        ids.retain(|i| *i != id);
-                        if ids.is_empty() {
-                            inner.by_key.remove(&key);
-                        }
-                    }
-                    due.push(wake);
-                }
-            }
-            if !due.is_empty() {
-                drop(inner);
-                for wake in due {
-                    wake(false);
-                }
-                inner = self.lock();
-                continue;
-            }
-            inner = match inner.deadlines.peek() {
-                Some(Reverse((at, _))) => {
-                    let timeout = at.saturating_duration_since(now);
-                    self.timer
-                        .wait_timeout(inner, timeout)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                None => self.timer.wait(inner).unwrap_or_else(|e| e.into_inner()),
-            };
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
-    use std::time::Duration;
 
-    fn sender_wake(tx: &mpsc::Sender<&'static str>, label: &'static str) -> Wake {
-        let tx = tx.clone();
-        Box::new(move |refused| {
-            assert!(!refused);
-            tx.send(label).unwrap()
-        })
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
     fn notify_wakes_only_that_key() {
-        let w = Waiters::start(10);
-        let (tx, rx) = mpsc::channel();
-        let far = Instant::now() + Duration::from_secs(60);
-        w.park("a".into(), far, sender_wake(&tx, "a")).ok().unwrap();
-        w.park("b".into(), far, sender_wake(&tx, "b")).ok().unwrap();
+        let w = Waiters::new(10);
+        let mut a = w.park("a").unwrap();
+        let _b = w.park("b").unwrap();
+        assert_eq!(w.len(), 2);
         w.notify("a");
-        assert_eq!(rx.recv().unwrap(), "a");
+        block_on(a.woken());
         assert_eq!(w.len(), 1);
-        w.notify("a");
-        assert!(rx.try_recv().is_err());
+        drop(a);
+        assert_eq!(w.len(), 1, "a woken waiter that leaves frees nothing twice");
     }
 
     #[test]
-    fn deadline_wakes_in_order() {
-        let w = Waiters::start(10);
-        let (tx, rx) = mpsc::channel();
-        let now = Instant::now();
-        w.park(
-            "x".into(),
-            now + Duration::from_millis(80),
-            sender_wake(&tx, "late"),
-        )
-        .ok()
-        .unwrap();
-        w.park(
-            "y".into(),
-            now + Duration::from_millis(20),
-            sender_wake(&tx, "early"),
-        )
-        .ok()
-        .unwrap();
-        assert_eq!(rx.recv().unwrap(), "early");
-        assert_eq!(rx.recv().unwrap(), "late");
+    fn a_dropped_waiter_frees_its_place_at_once() {
+        let w = Waiters::new(1);
+        let a = w.park("a").unwrap();
+        assert!(w.park("b").is_err(), "the cap is one");
+        drop(a);
+        assert!(w.is_empty());
+        let _b = w
+            .park("b")
+            .expect("the place of a waiter that left is free");
+    }
+
+    #[test]
+    fn several_waiters_on_one_key_are_all_woken() {
+        let w = Waiters::new(10);
+        let mut a = w.park("k").unwrap();
+        let mut b = w.park("k").unwrap();
+        w.notify("k");
+        block_on(async {
+            a.woken().await;
+            b.woken().await;
+        });
         assert!(w.is_empty());
     }
 
     #[test]
-    fn cap_and_shutdown() {
-        let w = Waiters::start(1);
-        let (tx, rx) = mpsc::channel();
-        let far = Instant::now() + Duration::from_secs(60);
-        w.park("a".into(), far, sender_wake(&tx, "a")).ok().unwrap();
-        assert!(w.park("b".into(), far, sender_wake(&tx, "b")).is_err());
+    fn shutdown_wakes_everyone_and_refuses_newcomers() {
+        let w = Waiters::new(10);
+        let mut a = w.park("a").unwrap();
         w.shutdown();
-        assert_eq!(rx.recv().unwrap(), "a");
-        assert!(w.park("c".into(), far, sender_wake(&tx, "c")).is_err());
+        block_on(a.woken());
+        assert!(w.park("c").is_err());
+        drop(a);
+        assert!(w.is_empty());
     }
 }

@@ -377,7 +377,7 @@ fn static_binary_serves_from_an_empty_root() {
 }
 
 /// The Docker build context holds only what the Dockerfile COPYs and .dockerignore lets through;
-/// a file the build needs but neither names (the vendored tiny_http, say) breaks `docker build`
+/// a file the build needs but neither names (a build.rs, say) breaks `docker build`
 /// while every other test passes. Rebuild that context and let cargo resolve it offline.
 #[test]
 fn the_docker_build_context_has_everything_the_build_needs() {

@@ -167,6 +167,12 @@ pub trait Store: Send + Sync {
     /// Hands the tokens out once.
     fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake>;
 
+    /// Whether calls may block on I/O (a shared store across the network): the server then runs
+    /// them on its blocking pool, never on the event loop. In memory they are map look-ups.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     /// Whether the backend answers (`/ready`).
     fn ping(&self) -> StoreResult<()> {
         Ok(())

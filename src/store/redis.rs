@@ -517,6 +517,10 @@ impl Store for RedisStore {
         usize::try_from(self.active_cache.load(Ordering::Relaxed)).ok()
     }
 
+    fn blocks(&self) -> bool {
+        true
+    }
+
     fn ping(&self) -> StoreResult<()> {
         self.with(|c| redis::cmd("PING").query::<String>(c))
             .map(|_| ())

@@ -13,12 +13,14 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+#[path = "fake_http.rs"]
+mod fake_http;
+use fake_http::{FakeReply, FakeRequest, FakeServer};
 
 /// The fake's settings. Set at start (`FakeMicrosoft::start_with`) or later (`FakeMicrosoft::set`).
 #[derive(Clone, Debug)]
@@ -180,11 +182,9 @@ impl Shared {
 /// A running fake on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
 pub struct FakeMicrosoft {
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
+    _server: FakeServer,
 }
 
-const WORKERS: usize = 4;
 const MAX_BODY: usize = 64 * 1024;
 const GRAPH_ID: &str = "00000003-0000-0000-c000-000000000000";
 
@@ -196,8 +196,8 @@ impl FakeMicrosoft {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeConfig) -> FakeMicrosoft {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake Microsoft"));
-        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+        let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 cfg,
@@ -215,20 +215,20 @@ impl FakeMicrosoft {
             stop_cv: Condvar::new(),
             base: format!("http://127.0.0.1:{port}"),
         });
-        let workers = (0..WORKERS)
-            .map(|i| {
-                let server = server.clone();
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("fake-microsoft-{i}"))
-                    .spawn(move || worker(&server, &shared))
-                    .expect("spawn fake Microsoft worker")
+        let server = {
+            let shared = shared.clone();
+            FakeServer::start_on("fake-microsoft", listener, move |request| {
+                let reply = handle(&shared, request);
+                FakeReply {
+                    status: reply.status,
+                    headers: reply.headers,
+                    body: reply.body,
+                }
             })
-            .collect();
+        };
         FakeMicrosoft {
             shared,
-            server,
-            workers,
+            _server: server,
         }
     }
 
@@ -308,14 +308,9 @@ impl FakeMicrosoft {
 
 impl Drop for FakeMicrosoft {
     fn drop(&mut self) {
+        // Replies held back by a configured delay end now.
         *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.shared.stop_cv.notify_all();
-        for _ in 0..self.workers.len() {
-            self.server.unblock();
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }
 
@@ -442,29 +437,8 @@ impl Reply {
     }
 }
 
-fn worker(server: &tiny_http::Server, shared: &Shared) {
-    loop {
-        if *shared.stop.lock().unwrap_or_else(|e| e.into_inner()) {
-            return;
-        }
-        let mut request = match server.recv() {
-            Ok(r) => r,
-            Err(_) => continue, // unblocked (the loop checks the stop flag) or an accept error
-        };
-        let reply = handle(shared, &mut request);
-        let mut response =
-            tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-        for (name, value) in reply.headers {
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response = response.with_header(h);
-            }
-        }
-        let _ = request.respond(response);
-    }
-}
-
-fn handle(shared: &Shared, request: &mut tiny_http::Request) -> Reply {
-    let url = request.url().to_string();
+fn handle(shared: &Shared, request: &FakeRequest) -> Reply {
+    let url = request.url.clone();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
@@ -693,13 +667,13 @@ fn is_pkce_verifier(s: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // /authorize
 
-fn authorize(shared: &Shared, request: &tiny_http::Request, tenant: &str, query: &str) -> Reply {
+fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) -> Reply {
     let params: Params = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     let mut st = shared.lock();
     st.authorize_requests.push(params.clone());
-    if *request.method() != tiny_http::Method::Get {
+    if request.method != "GET" {
         return error_page(
             405,
             "AADSTS900561: The fake accepts only GET at /authorize.",
@@ -845,42 +819,23 @@ fn authorize(shared: &Shared, request: &tiny_http::Request, tenant: &str, query:
 // ---------------------------------------------------------------------------------------------
 // /token
 
-fn token(shared: &Shared, request: &mut tiny_http::Request, tenant: &str) -> Reply {
-    if *request.method() != tiny_http::Method::Post {
+fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> Reply {
+    if request.method != "POST" {
         return sts_error(
             400,
             "invalid_request",
             &format!(
                 "AADSTS900561: The endpoint only accepts POST, OPTIONS requests. Received a {} request.",
-                request.method()
+                request.method
             ),
         );
     }
-    let is_form = request.headers().iter().any(|h| {
-        h.field.equiv("Content-Type")
-            && h.value
-                .as_str()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
+    let is_form = request.header("content-type").is_some_and(|v| {
+        v.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
     });
-    let basic = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| parse_basic(h.value.as_str()));
-    let mut body = Vec::new();
-    if request
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-        .is_err()
-    {
-        return sts_error(
-            400,
-            "invalid_request",
-            "AADSTS90014: The request body could not be read.",
-        );
-    }
+    let basic = request.header("authorization").and_then(parse_basic);
+    let body = &request.body;
     if body.len() > MAX_BODY {
         return sts_error(
             413,
@@ -889,7 +844,7 @@ fn token(shared: &Shared, request: &mut tiny_http::Request, tenant: &str) -> Rep
         );
     }
     let form: Params = if is_form {
-        form_urlencoded::parse(&body).into_owned().collect()
+        form_urlencoded::parse(body).into_owned().collect()
     } else {
         Vec::new()
     };
@@ -1270,14 +1225,14 @@ const ME_READ_SCOPES: &[&str] = &[
     "Directory.ReadWrite.All",
 ];
 
-fn graph_me(shared: &Shared, request: &tiny_http::Request, query: &str) -> Reply {
+fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> Reply {
     let delay = {
         let mut st = shared.lock();
         st.graph_calls += 1;
         st.cfg.graph_delay
     };
     shared.nap(delay);
-    if *request.method() != tiny_http::Method::Get {
+    if request.method != "GET" {
         return graph_error(
             405,
             "Request_BadRequest",
@@ -1292,17 +1247,13 @@ fn graph_me(shared: &Shared, request: &tiny_http::Request, query: &str) -> Reply
             "General exception while processing.",
         );
     }
-    let bearer = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| {
-            let v = h.value.as_str().trim();
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        });
+    let bearer = request.header("authorization").and_then(|v| {
+        let v = v.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
+    });
     let Some(bearer) = bearer.filter(|t| !t.is_empty()) else {
         return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.");
     };
