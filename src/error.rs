@@ -12,6 +12,7 @@ pub enum Error {
     MethodNotAllowed(&'static str),
     BadRequest(&'static str),
     MissingState,
+    StateTooLong,
     StateNotRegistered,
     StateConflict,
     Unauthorized,
@@ -58,6 +59,7 @@ impl Error {
             Error::MethodNotAllowed(_) => 405,
             Error::BadRequest(_)
             | Error::MissingState
+            | Error::StateTooLong
             | Error::StateNotRegistered
             | Error::WriteScope => 400,
             Error::StateConflict | Error::StateExists => 409,
@@ -78,6 +80,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "Method not allowed",
             Error::BadRequest(m) => m,
             Error::MissingState => "The sign-in response has no state parameter",
+            Error::StateTooLong => "The sign-in response's state parameter is longer than 1024 bytes",
             Error::StateNotRegistered => "Unknown or expired sign-in",
             Error::StateConflict => "This sign-in was already completed with a different response",
             Error::Unauthorized => "Missing or invalid API token",
@@ -101,7 +104,7 @@ impl Error {
     /// What a person is told to do about it.
     fn advice(&self) -> &'static str {
         match self {
-            Error::MissingState | Error::StateNotRegistered => {
+            Error::MissingState | Error::StateTooLong | Error::StateNotRegistered => {
                 "Start the sign-in again from the application."
             }
             Error::StateConflict => "You can close this window and return to the application.",

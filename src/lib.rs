@@ -37,6 +37,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         None => Arc::new(store::memory::MemoryStore::new(
             config.ttl,
             config.max_pending,
+            config.max_pending_bytes,
         )),
         Some(r) => {
             let redis = Arc::new(store::redis::RedisStore::new(

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// States longer than this are refused at registration (callbacks are bounded by the URL cap).
+/// States longer than this are refused, at registration and in callbacks (real ones are tens of
+/// bytes): a bound on what a stranger can make us hold per entry.
 pub const MAX_STATE_BYTES: usize = 1024;
 
 impl From<Unavailable> for Error {
@@ -55,6 +56,9 @@ pub fn ready(app: &App) -> Result<Response, Error> {
 
 pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     let state = req.query_param("state").ok_or(Error::MissingState)?;
+    if state.len() > MAX_STATE_BYTES {
+        return Err(Error::StateTooLong);
+    }
     let callback = Callback {
         state: state.clone(),
         code: req.query_param("code").map(Secret::new),

@@ -299,7 +299,7 @@ fn run_suite(new: Factory) {
 
 #[test]
 fn memory_store_keeps_the_contract() {
-    run_suite(&|ttl, max| Arc::new(MemoryStore::new(ttl, max)));
+    run_suite(&|ttl, max| Arc::new(MemoryStore::new(ttl, max, usize::MAX)));
 }
 
 fn redis_store(

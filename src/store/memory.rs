@@ -1,5 +1,7 @@
 //! The in-memory store: one mutex over a map, a min-heap of expiries for live entries, and a
-//! FIFO of retrieved markers. Everything is bounded by `max_pending`.
+//! FIFO of retrieved markers. Everything is bounded by `max_pending` entries and `max_bytes` of
+//! what strangers choose the size of (states, codes, error texts). A state is held once, as an
+//! `Arc<str>` shared by the map, the expiry heap and the marker FIFO.
 
 use super::{
     Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
@@ -7,7 +9,7 @@ use super::{
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 enum Entry {
@@ -15,6 +17,7 @@ enum Entry {
         expires: Instant,
     },
     Received {
+        /// Its `state` is left empty: the map's key holds it.
         callback: Callback,
         fingerprint: [u8; 32],
         expires: Instant,
@@ -38,22 +41,39 @@ impl Entry {
     fn is_live(&self) -> bool {
         !matches!(self, Entry::Retrieved { .. })
     }
+
+    /// The bytes `max_bytes` counts: the state (its key) and what the provider sent.
+    fn bytes(&self, state: &str) -> usize {
+        state.len()
+            + match self {
+                Entry::Received { callback, .. } => payload(callback),
+                _ => 0,
+            }
+    }
+}
+
+fn payload(cb: &Callback) -> usize {
+    cb.code.as_ref().map_or(0, |c| c.expose().len())
+        + cb.error.as_ref().map_or(0, String::len)
+        + cb.error_description.as_ref().map_or(0, String::len)
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Arc<str>, Entry>,
     /// Expiry of registered and received entries. Entries that changed since their push leave
     /// stale items behind; `sweep` skips those.
-    live_expiries: BinaryHeap<Reverse<(Instant, String)>>,
+    live_expiries: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     /// Retrieved markers in retrieval order. Their lifetime starts at retrieval and is the same
     /// for all, so this order is also expiry order and the oldest can be evicted at the cap.
-    retrieved: VecDeque<(Instant, String)>,
+    retrieved: VecDeque<(Instant, Arc<str>)>,
     /// Registered and received entries (what the cap counts).
     live: usize,
     /// Of those, registered states still waiting for their callback.
     registered: usize,
     retrieved_count: usize,
+    /// `Entry::bytes` of every entry.
+    bytes: usize,
 }
 
 /// Broker sessions: few (people clicking links), so expiry is a linear sweep.
@@ -90,15 +110,17 @@ pub struct MemoryStore {
     sessions: Mutex<Sessions>,
     ttl: Duration,
     max_pending: usize,
+    max_bytes: usize,
 }
 
 impl MemoryStore {
-    pub fn new(ttl: Duration, max_pending: usize) -> Self {
+    pub fn new(ttl: Duration, max_pending: usize, max_bytes: usize) -> Self {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             sessions: Mutex::new(Sessions::default()),
             ttl,
             max_pending,
+            max_bytes,
         }
     }
 
@@ -123,6 +145,7 @@ impl Inner {
 
     fn remove(&mut self, state: &str) {
         if let Some(e) = self.entries.remove(state) {
+            self.bytes -= e.bytes(state);
             if matches!(e, Entry::Registered { .. }) {
                 self.registered -= 1;
             }
@@ -149,13 +172,23 @@ impl Inner {
         }
     }
 
+    fn key(&self, state: &str) -> Arc<str> {
+        match self.entries.get_key_value(state) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(state),
+        }
+    }
+
     fn insert_live(&mut self, state: &str, entry: Entry) {
         if matches!(entry, Entry::Registered { .. }) {
             self.registered += 1;
         }
+        let key = self.key(state);
+        self.bytes += entry.bytes(state);
         self.live_expiries
-            .push(Reverse((entry.expires(), state.to_string())));
-        if let Some(old) = self.entries.insert(state.to_string(), entry) {
+            .push(Reverse((entry.expires(), key.clone())));
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.bytes(state);
             if matches!(old, Entry::Registered { .. }) {
                 self.registered -= 1;
             }
@@ -169,13 +202,30 @@ impl Inner {
     }
 }
 
+impl MemoryStore {
+    /// Forgets retrieved markers, oldest first, while they or the bytes are over their bounds
+    /// (a forgotten marker answers 404 instead of 410; its code is long gone either way).
+    fn evict_markers(&self, inner: &mut Inner, extra_bytes: usize) {
+        while inner.retrieved_count > self.max_pending || inner.bytes + extra_bytes > self.max_bytes
+        {
+            let Some((at, key)) = inner.retrieved.pop_front() else {
+                break;
+            };
+            if matches!(inner.entries.get(&key), Some(Entry::Retrieved { expires, .. }) if *expires == at)
+            {
+                inner.remove(&key);
+            }
+        }
+    }
+}
+
 impl Store for MemoryStore {
     fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.expire_one(&cb.state, now);
         let fingerprint = cb.fingerprint();
-        let outcome = match inner.entries.get(&cb.state) {
+        let outcome = match inner.entries.get(cb.state.as_str()) {
             Some(
                 Entry::Received { fingerprint: f, .. } | Entry::Retrieved { fingerprint: f, .. },
             ) => {
@@ -190,7 +240,13 @@ impl Store for MemoryStore {
             None if inner.live >= self.max_pending => return Ok(Put::Full),
             None => Put::Stored,
         };
-        let state = cb.state.clone();
+        let mut cb = cb;
+        let state = std::mem::take(&mut cb.state);
+        let added = state.len() + payload(&cb);
+        self.evict_markers(&mut inner, added);
+        if inner.bytes + added > self.max_bytes {
+            return Ok(Put::Full);
+        }
         inner.insert_live(
             &state,
             Entry::Received {
@@ -216,28 +272,34 @@ impl Store for MemoryStore {
                 callback,
                 fingerprint,
                 ..
-            } => (callback.clone(), *fingerprint),
+            } => (
+                Callback {
+                    state: state.to_string(),
+                    ..std::mem::replace(
+                        callback,
+                        Callback {
+                            state: String::new(),
+                            code: None,
+                            error: None,
+                            error_description: None,
+                        },
+                    )
+                },
+                *fingerprint,
+            ),
         };
         let expires = now + self.ttl;
         *entry = Entry::Retrieved {
             fingerprint,
             expires,
         };
+        inner.bytes -= payload(&callback);
         inner.live -= 1;
         inner.retrieved_count += 1;
         inner.compact_expiries();
-        inner.retrieved.push_back((expires, state.to_string()));
-        // Markers are bounded too: past the cap the oldest is forgotten (it would answer 404
-        // instead of 410; the code itself is long gone either way).
-        while inner.retrieved_count > self.max_pending {
-            let Some((at, key)) = inner.retrieved.pop_front() else {
-                break;
-            };
-            if matches!(inner.entries.get(&key), Some(Entry::Retrieved { expires, .. }) if *expires == at)
-            {
-                inner.remove(&key);
-            }
-        }
+        let key = inner.key(state);
+        inner.retrieved.push_back((expires, key));
+        self.evict_markers(&mut inner, 0);
         Ok(Take::Taken(callback))
     }
 
@@ -257,7 +319,8 @@ impl Store for MemoryStore {
         if inner.entries.contains_key(state) {
             return Ok(Register::Exists);
         }
-        if inner.live >= self.max_pending {
+        self.evict_markers(&mut inner, state.len());
+        if inner.live >= self.max_pending || inner.bytes + state.len() > self.max_bytes {
             return Ok(Register::Full);
         }
         inner.insert_live(state, Entry::Registered { expires: now + ttl });
@@ -440,7 +503,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept_and_counts_follow() {
-        let s = MemoryStore::new(Duration::from_millis(30), 10);
+        let s = MemoryStore::new(Duration::from_millis(30), 10, usize::MAX);
         assert_eq!(s.put_callback(cb("a", "1"), false).unwrap(), Put::Stored);
         assert_eq!(s.put_callback(cb("b", "1"), false).unwrap(), Put::Stored);
         assert!(matches!(s.take_callback("b").unwrap(), Take::Taken(_)));
@@ -458,7 +521,7 @@ mod tests {
 
     #[test]
     fn retrieval_traffic_does_not_grow_the_expiry_heap() {
-        let s = MemoryStore::new(Duration::from_secs(600), 100);
+        let s = MemoryStore::new(Duration::from_secs(600), 100, usize::MAX);
         for i in 0..10_000 {
             let state = format!("p{i}");
             s.put_callback(cb(&state, "c"), false).unwrap();
@@ -476,7 +539,7 @@ mod tests {
 
     #[test]
     fn counters_match_a_full_scan() {
-        let s = MemoryStore::new(Duration::from_secs(60), 50);
+        let s = MemoryStore::new(Duration::from_secs(60), 50, usize::MAX);
         for i in 0..200 {
             let state = format!("s{}", i % 37);
             match i % 5 {
@@ -492,6 +555,8 @@ mod tests {
             );
             assert_eq!(inner.live, scan(|e| e.is_live()));
             assert_eq!(inner.retrieved_count, scan(|e| !e.is_live()));
+            let bytes: usize = inner.entries.iter().map(|(k, e)| e.bytes(k)).sum();
+            assert_eq!(inner.bytes, bytes);
             drop(inner);
             assert_eq!(
                 s.active_callbacks().unwrap(),
@@ -505,8 +570,57 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_bounded_and_a_state_is_held_once() {
+        // Room for two entries of a 1,000-byte state and a 100-byte code.
+        let s = MemoryStore::new(Duration::from_secs(60), 100, 2_300);
+        let state = |i: usize| format!("{i:0>1000}");
+        assert_eq!(
+            s.put_callback(cb(&state(1), &"c".repeat(100)), false)
+                .unwrap(),
+            Put::Stored
+        );
+        assert_eq!(
+            s.put_callback(cb(&state(2), &"c".repeat(100)), false)
+                .unwrap(),
+            Put::Stored
+        );
+        assert_eq!(
+            s.put_callback(cb(&state(3), &"c".repeat(100)), false)
+                .unwrap(),
+            Put::Full
+        );
+        assert_eq!(
+            s.register_state(&state(4), Duration::from_secs(9)).unwrap(),
+            Register::Full
+        );
+        {
+            let inner = s.lock();
+            assert_eq!(inner.bytes, 2 * 1_100);
+            let (key, _) = inner.entries.get_key_value(state(1).as_str()).unwrap();
+            // The map, the expiry heap and nothing else: one allocation of the state.
+            assert_eq!(Arc::strong_count(key), 2);
+        }
+        // Retrieving frees the code's bytes; the marker (state only) gives way to new callbacks.
+        assert!(
+            matches!(s.take_callback(&state(1)).unwrap(), Take::Taken(c) if c.state == state(1))
+        );
+        assert_eq!(s.lock().bytes, 1_000 + 1_100);
+        assert_eq!(
+            s.put_callback(cb(&state(3), &"c".repeat(100)), false)
+                .unwrap(),
+            Put::Stored
+        );
+        assert_eq!(
+            s.take_callback(&state(1)).unwrap(),
+            Take::Missing,
+            "the oldest marker went"
+        );
+        assert!(matches!(s.take_callback(&state(2)).unwrap(), Take::Taken(_)));
+    }
+
+    #[test]
     fn retrieved_markers_are_bounded() {
-        let s = MemoryStore::new(Duration::from_secs(60), 3);
+        let s = MemoryStore::new(Duration::from_secs(60), 3, usize::MAX);
         for i in 0..10 {
             let state = format!("s{i}");
             assert_eq!(s.put_callback(cb(&state, "c"), false).unwrap(), Put::Stored);
