@@ -249,6 +249,10 @@ struct Slot {
     /// Asked to close (shed at the cap, or shutdown).
     closing: AtomicBool,
     close: Notify,
+    /// A head on this connection named both `Content-Length` and `Transfer-Encoding`. hyper
+    /// reads such a request as chunked and drops the length before we see the headers, so the
+    /// socket wrapper (`Guarded`) notices it in the bytes; the request is then refused.
+    framing_conflict: AtomicBool,
 }
 
 async fn accept_loop(
@@ -323,6 +327,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         ready_since_ms: AtomicU64::new(shared.now_ms()),
         closing: AtomicBool::new(false),
         close: Notify::new(),
+        framing_conflict: AtomicBool::new(false),
     });
     shared.conns().insert(id, slot.clone());
     shared.live.fetch_add(1, Ordering::AcqRel);
@@ -338,7 +343,7 @@ async fn serve_connection(
     slot: Arc<Slot>,
 ) {
     let opts = &shared.opts;
-    let io = Guarded::new(stream, opts.read_timeout);
+    let io = Guarded::new(stream, opts.read_timeout, slot.clone());
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         hyper::service::service_fn(move |req| {
@@ -421,7 +426,8 @@ async fn serve_request(
     let deadline = shared.epoch
         + Duration::from_millis(slot.ready_since_ms.load(Ordering::Relaxed))
         + shared.opts.read_timeout;
-    let response = match read_request(&shared.opts, peer, deadline, req).await {
+    let conflict = slot.framing_conflict.load(Ordering::Acquire);
+    let response = match read_request(&shared.opts, peer, deadline, conflict, req).await {
         Ok(req) => answer(&shared, req).await,
         Err(refusal) => refusal,
     };
@@ -453,6 +459,7 @@ async fn read_request(
     opts: &Options,
     peer: SocketAddr,
     deadline: Instant,
+    framing_conflict: bool,
     req: hyper::Request<Incoming>,
 ) -> Result<HttpRequest, Response> {
     let target = req
@@ -465,16 +472,14 @@ async fn read_request(
     if target.len() > opts.max_url_bytes {
         return refuse(Error::UrlTooLong);
     }
-    let headers = req.headers();
     // hyper decodes such a request as chunked; a proxy in front may have used the length.
     // Where two parsers can disagree about where a request ends, refuse it and close.
-    if headers.contains_key(hyper::header::CONTENT_LENGTH)
-        && headers.contains_key(hyper::header::TRANSFER_ENCODING)
-    {
+    if framing_conflict {
         return refuse(Error::BadRequest(
             "Content-Length together with Transfer-Encoding is not accepted",
         ));
     }
+    let headers = req.headers();
     let mut out = HttpRequest::new(req.method().as_str(), target);
     out.remote = Some(peer);
     out.headers = headers
@@ -688,20 +693,29 @@ impl Outage {
     }
 }
 
-/// The socket as hyper sees it, with two things hyper does not do:
+/// The socket as hyper sees it, with what hyper does not do:
 /// - a write that makes no progress for `stall` fails, so a client that never reads its answers
 ///   cannot hold a connection (and its buffers) for ever;
 /// - when hyper answers 431 to a head whose request line never ended, the answer becomes 414:
-///   the line that did not fit is the request line. (Which line is being read is tracked from
-///   the bytes; a request body with newlines can only make this say 431 where 414 was due.)
+///   the line that did not fit is the request line;
+/// - a head naming both `Content-Length` and `Transfer-Encoding` marks the connection, and its
+///   request is refused (hyper would have read it as chunked).
+/// Lines and heads are tracked from the bytes read. A request body is not told apart from a
+/// head, so a body crafted to look like header lines can at worst get its own connection a 400
+/// or a 431 where 414 was due: nothing another client would notice.
 struct Guarded {
     inner: TcpStream,
     stall: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    slot: Arc<Slot>,
     /// Lines completed in the head being read (0: still in its request line).
     line_in_head: u32,
     /// Bytes of the current line, line ends excluded (0 at a blank line: the head ends).
     line_len: usize,
+    /// The current line's first bytes, lower-cased: enough to recognise the two header names.
+    prefix: [u8; 18],
+    head_has_length: bool,
+    head_has_coding: bool,
     /// A replacement answer being written, and how much of it is out.
     rewrite: Option<usize>,
 }
@@ -709,13 +723,17 @@ struct Guarded {
 const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 52\r\n\r\n{\"status\":\"error\",\"message\":\"Request URL too long\"}";
 
 impl Guarded {
-    fn new(inner: TcpStream, stall: Duration) -> Self {
+    fn new(inner: TcpStream, stall: Duration, slot: Arc<Slot>) -> Self {
         Guarded {
             inner,
             stall,
             stalled: None,
+            slot,
             line_in_head: 0,
             line_len: 0,
+            prefix: [0; 18],
+            head_has_length: false,
+            head_has_coding: false,
             rewrite: None,
         }
     }
@@ -723,14 +741,36 @@ impl Guarded {
     fn track(&mut self, bytes: &[u8]) {
         for &b in bytes {
             match b {
-                b'\n' if self.line_len == 0 => self.line_in_head = 0,
+                b'\n' if self.line_len == 0 => {
+                    self.line_in_head = 0;
+                    self.head_has_length = false;
+                    self.head_has_coding = false;
+                }
                 b'\n' => {
+                    self.line_ended();
                     self.line_in_head = self.line_in_head.saturating_add(1);
                     self.line_len = 0;
                 }
                 b'\r' => {}
-                _ => self.line_len += 1,
+                _ => {
+                    if let Some(p) = self.prefix.get_mut(self.line_len) {
+                        *p = b.to_ascii_lowercase();
+                    }
+                    self.line_len += 1;
+                }
             }
+        }
+    }
+
+    fn line_ended(&mut self) {
+        if self.line_in_head == 0 {
+            return;
+        }
+        let line = &self.prefix[..self.line_len.min(self.prefix.len())];
+        self.head_has_length |= line.starts_with(b"content-length:");
+        self.head_has_coding |= line.starts_with(b"transfer-encoding:");
+        if self.head_has_length && self.head_has_coding {
+            self.slot.framing_conflict.store(true, Ordering::Release);
         }
     }
 
