@@ -80,7 +80,9 @@ impl Error {
             Error::MethodNotAllowed(_) => "Method not allowed",
             Error::BadRequest(m) => m,
             Error::MissingState => "The sign-in response has no state parameter",
-            Error::StateTooLong => "The sign-in response's state parameter is longer than 1024 bytes",
+            Error::StateTooLong => {
+                "The sign-in response's state parameter is longer than 1024 bytes"
+            }
             Error::StateNotRegistered => "Unknown or expired sign-in",
             Error::StateConflict => "This sign-in was already completed with a different response",
             Error::Unauthorized => "Missing or invalid API token",

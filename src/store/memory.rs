@@ -615,7 +615,10 @@ mod tests {
             Take::Missing,
             "the oldest marker went"
         );
-        assert!(matches!(s.take_callback(&state(2)).unwrap(), Take::Taken(_)));
+        assert!(matches!(
+            s.take_callback(&state(2)).unwrap(),
+            Take::Taken(_)
+        ));
     }
 
     #[test]
