@@ -45,8 +45,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Wait for the callback of STATE on a running relay and print it as JSON.
     ///
-    /// Exit status: 0 when a code arrived, 2 when the provider sent an error instead,
-    /// 1 on timeout or any other failure.
+    /// Exit status: 0 when a code arrived; 2 when the callback came without one (the provider
+    /// sent an error, or nothing at all); 1 on timeout, a bad --server, or any other failure.
     Wait(WaitArgs),
     /// Ask a broker for a one-click Microsoft 365 login link for EMAIL and print it.
     ///
