@@ -210,3 +210,88 @@ fn wait_does_not_report_a_callback_without_a_code_as_success() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn bad_settings_exit_1_naming_the_variable_and_the_flag() {
+    // From the environment (the inherited Python name), from a flag, through `serve`.
+    let cases: [(Option<(&str, &str)>, &[&str], &str, &str); 5] = [
+        (
+            Some(("OAUTH_CALLBACK_PORT", "abc")),
+            &[],
+            "OAUTH_CALLBACK_PORT",
+            "--port",
+        ),
+        (None, &["--port", "abc"], "OAUTH_CALLBACK_PORT", "--port"),
+        (None, &["--port=70000"], "OAUTH_CALLBACK_PORT", "--port"),
+        (
+            Some(("OAUTH_RELAY_REQUIRE_REGISTERED_STATE", "maybe")),
+            &["serve"],
+            "OAUTH_RELAY_REQUIRE_REGISTERED_STATE",
+            "--require-registered-state",
+        ),
+        (
+            Some(("OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS", "soon")),
+            &[],
+            "OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS",
+            "--exchange-timeout-secs",
+        ),
+    ];
+    for (env, args, variable, flag) in cases {
+        let mut cmd = oauth_relay(args);
+        cmd.envs(env);
+        let out = cmd.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{env:?} {args:?}: {err}");
+        assert!(
+            err.contains(variable) && err.contains(flag),
+            "{env:?} {args:?}: {err}"
+        );
+    }
+    // Help and version are not errors.
+    for flag in ["--help", "--version"] {
+        let out = oauth_relay(&[flag]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert!(!out.stdout.is_empty(), "{flag}");
+    }
+}
+
+#[test]
+fn client_subcommands_name_the_variable_a_bad_value_came_from() {
+    let out = oauth_relay(&["healthcheck"])
+        .env("OAUTH_CALLBACK_PORT", "abc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("OAUTH_CALLBACK_PORT"),
+        "{}",
+        stderr(&out)
+    );
+    // A serve setting in the environment is read for every subcommand.
+    let out = oauth_relay(&["wait", "s1"])
+        .env("OAUTH_RELAY_TTL_SECS", "ten")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("OAUTH_RELAY_TTL_SECS"),
+        "{}",
+        stderr(&out)
+    );
+    // A missing broker token names its variable, and is not exit 2 ("the sign-in failed").
+    let out = oauth_relay(&["login-link", "ana@contoso.example"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("WK_M365_BROKER_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    // A usage error in `wait` is 1 too: 2 means the provider sent an error.
+    let out = oauth_relay(&["wait", "s1", "--timeout-secs", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--timeout-secs"), "{}", stderr(&out));
+}
