@@ -214,7 +214,14 @@ fn wait_does_not_report_a_callback_without_a_code_as_success() {
 #[test]
 fn bad_settings_exit_1_naming_the_variable_and_the_flag() {
     // From the environment (the inherited Python name), from a flag, through `serve`.
-    let cases: [(Option<(&str, &str)>, &[&str], &str, &str); 5] = [
+    // (variable set, arguments, the variable and the flag the message must name)
+    type Case = (
+        Option<(&'static str, &'static str)>,
+        &'static [&'static str],
+        &'static str,
+        &'static str,
+    );
+    let cases: [Case; 5] = [
         (
             Some(("OAUTH_CALLBACK_PORT", "abc")),
             &[],
