@@ -9,6 +9,16 @@
 # bench/out/*.txt and the servers' stderr to bench/out/server.log.
 # Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
 set -euo pipefail
+
+# A relative CARGO_TARGET_DIR means the caller's directory; cargo would read it against the
+# directory we cd to below, so make it absolute first (as scripts/build-static.sh does).
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    case "$CARGO_TARGET_DIR" in
+        /*) ;;
+        *) CARGO_TARGET_DIR="$(pwd)/$CARGO_TARGET_DIR" ;;
+    esac
+    export CARGO_TARGET_DIR
+fi
 cd "$(dirname "$0")/.."
 
 ALL=(size pairs slow memory longpoll burst fdrecovery broker replicas)
@@ -17,7 +27,10 @@ HEALTH_SECS=${HEALTH_SECS:-10}
 CHURN_SECS=${CHURN_SECS:-15}
 PAIRS_SETTINGS=(2 4 8 16) # wrk threads = connections (see pairs.lua for why they are equal)
 
-BIN=target/release/oauth-relay
+# Wherever cargo builds: CARGO_TARGET_DIR, a cargo config's build.target-dir, or target/.
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --locked |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BIN="$TARGET_DIR/release/oauth-relay"
 OUT=bench/out
 UTIL=(python3 bench/util.py)
 # The helpers import bench/httpc.py; keep bench/ free of __pycache__ (it is not git-ignored).

@@ -43,7 +43,7 @@ impl Broker {
         }
         match req.bearer_token() {
             Some(t) if self.config.broker_token.matches(t) => Ok(()),
-            _ => Err(Error::Unauthorized),
+            _ => Err(Error::BrokerUnauthorized),
         }
     }
 }

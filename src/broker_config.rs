@@ -1,5 +1,6 @@
 //! Broker settings (the Workit `WK_*` variables), validated. Broker mode is on when any of the
-//! required variables is set; then all of them must be set and valid.
+//! required variables is set (to something other than blanks); then all of them must be set and
+//! valid, and the error says which variable turned broker mode on.
 
 use crate::secret::Secret;
 use clap::Args;
@@ -66,13 +67,32 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     /// `Ok(None)` when broker mode is off.
     pub fn from_args(a: BrokerArgs) -> Result<Option<BrokerConfig>, String> {
-        if a.public_base_url.is_none() && a.m365_client_id.is_none() && a.broker_token.is_none() {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        let switches = [
+            ("WK_PUBLIC_BASE_URL", set(&a.public_base_url)),
+            ("WK_M365_CLIENT_ID", set(&a.m365_client_id)),
+            ("WK_M365_BROKER_TOKEN", set(&a.broker_token)),
+        ];
+        let on_because: Vec<&str> = switches
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+        if on_because.is_empty() {
             return Ok(None);
         }
+        let on_because = match on_because.split_last() {
+            Some((last, [])) => format!("{last} is set"),
+            Some((last, rest)) => format!("{} and {last} are set", rest.join(", ")),
+            None => unreachable!("checked above"),
+        };
         let required = |v: Option<String>, name: &str| {
             v.map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
-                .ok_or(format!("broker mode needs {name}"))
+                .ok_or(format!(
+                    "broker mode is on because {on_because}, and it also needs {name} \
+                     (unset all three to turn broker mode off)"
+                ))
         };
         let public = required(a.public_base_url, "WK_PUBLIC_BASE_URL")?;
         let public = checked_url(&public, "WK_PUBLIC_BASE_URL")?;
@@ -260,9 +280,32 @@ mod tests {
             m365_scopes: DEFAULT_SCOPES.into(),
             ..BrokerArgs::default()
         };
-        assert!(BrokerConfig::from_args(partial)
-            .unwrap_err()
-            .contains("WK_M365_CLIENT_ID"));
+        let e = BrokerConfig::from_args(partial).unwrap_err();
+        assert!(
+            e.contains("needs WK_M365_CLIENT_ID")
+                && e.contains("because WK_PUBLIC_BASE_URL is set"),
+            "{e}"
+        );
+        let partial = BrokerArgs {
+            m365_client_id: Some("client".into()),
+            broker_token: Some("0123456789abcdef0123".into()),
+            m365_tenant_id: DEFAULT_TENANT.into(),
+            m365_scopes: DEFAULT_SCOPES.into(),
+            ..BrokerArgs::default()
+        };
+        let e = BrokerConfig::from_args(partial).unwrap_err();
+        assert!(
+            e.contains("needs WK_PUBLIC_BASE_URL")
+                && e.contains("because WK_M365_CLIENT_ID and WK_M365_BROKER_TOKEN are set"),
+            "{e}"
+        );
+        // Blank values (an empty variable in a manifest) do not turn broker mode on.
+        let blank = BrokerArgs {
+            public_base_url: Some("".into()),
+            m365_client_id: Some("  ".into()),
+            ..BrokerArgs::default()
+        };
+        assert!(BrokerConfig::from_args(blank).unwrap().is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The client subcommands: `wait` (long-poll a relay for one state) and `healthcheck`.
+//! The client subcommands: `wait` (long-poll a relay for one state), `login-link` (ask a broker
+//! for a login link, optionally wait for the tokens) and `healthcheck`.
 
 use crate::config::{HealthcheckArgs, LoginLinkArgs, WaitArgs};
 use serde_json::Value;
@@ -6,75 +7,180 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub fn wait(args: WaitArgs) -> ExitCode {
+    const LABEL: &str = "oauth-relay wait";
+    let base = match server_url(&args.server, "--server", "OAUTH_RELAY_SERVER") {
+        Ok(base) => base,
+        Err(message) => {
+            eprintln!("{LABEL}: {message}");
+            return ExitCode::from(1);
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let base = args.server.trim_end_matches('/');
     let state: String =
         percent_encoding::utf8_percent_encode(&args.state, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
     let auth = args.api_token.map(|t| format!("Bearer {t}"));
-    let answer = poll("oauth-relay wait", deadline, 404, auth.as_deref(), |wait| {
+    let answer = poll(LABEL, deadline, 404, auth.as_deref(), |wait| {
         format!("{base}/api/callback/{state}?wait={wait}")
     });
     match answer {
-        None => {
-            eprintln!("oauth-relay wait: timed out waiting for the callback");
+        Polled::TimedOut => {
+            eprintln!("{LABEL}: timed out waiting for the callback");
             ExitCode::from(1)
         }
-        Some((200, body, json)) => {
+        Polled::Failed(message) => {
+            eprintln!("{LABEL}: {message}");
+            ExitCode::from(1)
+        }
+        Polled::Answer(200, _, json) if !json.is_object() => {
+            eprintln!("{LABEL}: the answer is not a relay's JSON (is --server the relay?)");
+            ExitCode::from(1)
+        }
+        Polled::Answer(200, body, json) => {
             println!("{body}");
-            if json.get("error").is_some_and(|e| !e.is_null()) {
+            if let Some(error) = json.get("error").filter(|e| !e.is_null()) {
+                eprintln!(
+                    "{LABEL}: the provider sent an error instead of a code: {}",
+                    error.as_str().unwrap_or("(not a string)")
+                );
+                ExitCode::from(2)
+            } else if json
+                .get("auth_code")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                eprintln!("{LABEL}: the callback carried no code (and no error)");
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
             }
         }
-        Some((status, _, json)) => {
-            eprintln!("oauth-relay wait: {}", message_of(status, &json));
+        Polled::Answer(status, _, json) => {
+            eprintln!("{LABEL}: {}", message_of(status, &json));
             ExitCode::from(1)
         }
     }
 }
 
+/// The base URL of the relay or broker, from `--server` or its environment variable: http or
+/// https with a host, no query string or fragment (a path prefix is kept). Returned without a
+/// trailing slash. A value that can never work fails at once instead of being retried.
+pub fn server_url(value: &str, flag: &str, variable: &str) -> Result<String, String> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let usable = trimmed.parse::<http::Uri>().ok().is_some_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+            && uri.query().is_none()
+    }) && !trimmed.contains('#');
+    if usable {
+        Ok(trimmed.to_string())
+    } else {
+        Err(format!(
+            "{flag} (or {variable}) must be an http:// or https:// URL such as {}, not {value:?}",
+            crate::config::defaults::SERVER_URL
+        ))
+    }
+}
+
+/// How a long-poll loop ended.
+#[derive(Debug)]
+enum Polled {
+    /// The deadline passed while the answer still meant "keep waiting".
+    TimedOut,
+    /// A final answer: status, body, and the body as JSON (`Null` when it is not JSON).
+    Answer(u16, String, Value),
+    /// A failure no retry can fix (the request cannot even be made).
+    Failed(String),
+}
+
+/// Pauses between tries when "keep waiting" comes back long before the wait asked for (a server
+/// without long-polls, `OAUTH_RELAY_MAX_WAIT_SECS=0`, a wrong path answering 404, a 503, a
+/// refused connection): 250 ms, doubling up to 5 s; back to the start after a real long-poll.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps for the next pause, never past `deadline`.
+    fn pause(&mut self, deadline: Instant) {
+        let pause = self
+            .next
+            .min(deadline.saturating_duration_since(Instant::now()));
+        self.next = (self.next * 2).min(Self::MAX);
+        std::thread::sleep(pause);
+    }
+}
+
 /// Long-polls `url(wait_secs)` until it answers something other than `pending` (or 503) or
-/// the deadline passes (`None`). Connection errors are reported and retried.
+/// the deadline passes. Connection errors are reported and retried; answers that come back
+/// much sooner than the wait asked for are retried only after a back-off pause.
 fn poll(
     label: &str,
     deadline: Instant,
     pending: u16,
     auth: Option<&str>,
     url: impl Fn(u64) -> String,
-) -> Option<(u16, String, Value)> {
+) -> Polled {
+    let mut backoff = Backoff::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return None;
+            return Polled::TimedOut;
         }
         let wait = left.as_secs().clamp(1, 60);
         let mut request = crate::outbound::agent(Duration::from_secs(wait + 10)).get(&url(wait));
         if let Some(auth) = auth {
             request = request.header("Authorization", auth);
         }
+        let sent = Instant::now();
         match request.call() {
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let body = r.body_mut().read_to_string().unwrap_or_default();
-                if status == 503 {
-                    std::thread::sleep(Duration::from_secs(1).min(left));
-                } else if status != pending {
+                if status != pending && status != 503 {
                     let json = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    return Some((status, body, json));
+                    return Polled::Answer(status, body, json);
                 }
+                // A long-poll that held for at least half its wait was a real one.
+                if sent.elapsed() * 2 >= Duration::from_secs(wait) {
+                    backoff.reset();
+                } else {
+                    backoff.pause(deadline);
+                }
+            }
+            Err(
+                e @ (ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl),
+            ) => {
+                return Polled::Failed(e.to_string());
             }
             Err(e) => {
                 eprintln!("{label}: {e}; retrying");
-                std::thread::sleep(Duration::from_secs(1).min(left));
+                backoff.pause(deadline);
             }
         }
     }
 }
 
 pub fn login_link(args: LoginLinkArgs) -> ExitCode {
-    let base = args.server.trim_end_matches('/');
+    const LABEL: &str = "oauth-relay login-link";
+    let base = match server_url(&args.server, "--server", "WK_CALLBACK_SERVER") {
+        Ok(base) => base,
+        Err(message) => {
+            eprintln!("{LABEL}: {message}");
+            return ExitCode::from(1);
+        }
+    };
     let auth = format!("Bearer {}", args.broker_token);
     let body =
         serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent });
@@ -90,12 +196,12 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
                 .unwrap_or(Value::Null),
         ),
         Err(e) => {
-            eprintln!("oauth-relay login-link: {e}");
+            eprintln!("{LABEL}: {e}");
             return ExitCode::from(1);
         }
     };
     if status != 200 {
-        eprintln!("oauth-relay login-link: {}", message_of(status, &session));
+        eprintln!("{LABEL}: {}", message_of(status, &session));
         return ExitCode::from(1);
     }
     for key in ["login_url", "expected_email", "expires_at"] {
@@ -106,31 +212,31 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     }
     let handle = session["state"].as_str().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let answer = poll(
-        "oauth-relay login-link",
-        deadline,
-        202,
-        Some(&auth),
-        |wait| format!("{base}/token/{handle}?wait={wait}"),
-    );
+    let answer = poll(LABEL, deadline, 202, Some(&auth), |wait| {
+        format!("{base}/token/{handle}?wait={wait}")
+    });
     match answer {
-        None => {
-            eprintln!("oauth-relay login-link: timed out waiting for the sign-in");
+        Polled::TimedOut => {
+            eprintln!("{LABEL}: timed out waiting for the sign-in");
             ExitCode::from(1)
         }
-        Some((200, body, _)) => {
+        Polled::Failed(message) => {
+            eprintln!("{LABEL}: {message}");
+            ExitCode::from(1)
+        }
+        Polled::Answer(200, body, _) => {
             println!("{body}");
             ExitCode::SUCCESS
         }
-        Some((409, _, json)) => {
+        Polled::Answer(409, _, json) => {
             eprintln!(
-                "oauth-relay login-link: the sign-in failed: {}",
+                "{LABEL}: the sign-in failed: {}",
                 json["reason"].as_str().unwrap_or("unknown")
             );
             ExitCode::from(2)
         }
-        Some((status, _, json)) => {
-            eprintln!("oauth-relay login-link: {}", message_of(status, &json));
+        Polled::Answer(status, _, json) => {
+            eprintln!("{LABEL}: {}", message_of(status, &json));
             ExitCode::from(1)
         }
     }
@@ -160,5 +266,56 @@ pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
             eprintln!("unhealthy: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_must_be_usable_http_urls() {
+        for (given, base) in [
+            ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+            ("https://relay.example/", "https://relay.example"),
+            (
+                " https://relay.example/oauth/ ",
+                "https://relay.example/oauth",
+            ),
+            ("http://[::1]:8000", "http://[::1]:8000"),
+        ] {
+            assert_eq!(server_url(given, "--server", "V").unwrap(), base);
+        }
+        for bad in [
+            "not-a-url",
+            "relay.example:8000",
+            "localhost",
+            "",
+            "ftp://relay.example",
+            "http://",
+            "https://relay.example/?x=1",
+            "https://relay.example/#top",
+            "http://exa mple",
+        ] {
+            let e = server_url(bad, "--server", "OAUTH_RELAY_SERVER").unwrap_err();
+            assert!(
+                e.contains("--server") && e.contains("OAUTH_RELAY_SERVER"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_and_never_sleeps_past_the_deadline() {
+        let mut backoff = Backoff::new();
+        let mut seen = Vec::new();
+        let already_passed = Instant::now();
+        for _ in 0..8 {
+            seen.push(backoff.next.as_millis());
+            backoff.pause(already_passed);
+        }
+        assert_eq!(seen, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next, Backoff::FIRST);
     }
 }

@@ -50,8 +50,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Wait for the callback of STATE on a running relay and print it as JSON.
     ///
-    /// Exit status: 0 when a code arrived, 2 when the provider sent an error instead,
-    /// 1 on timeout or any other failure.
+    /// Exit status: 0 when a code arrived; 2 when the callback came without one (the provider
+    /// sent an error, or nothing at all); 1 on timeout, a bad --server, or any other failure.
     Wait(WaitArgs),
     /// Ask a broker for a one-click Microsoft 365 login link for EMAIL and print it.
     ///
@@ -197,6 +197,94 @@ pub struct HealthcheckArgs {
     /// Full URL to check instead of http://127.0.0.1:PORT/health.
     #[arg(long)]
     pub url: Option<String>,
+}
+
+/// A command line (or environment) clap refused, explained for `main`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseFailure {
+    /// The client subcommand (`wait`, `login-link`, `healthcheck`); `None` when serving.
+    pub subcommand: Option<String>,
+    /// The problem in words that name the environment variable and the flag; `None` when the
+    /// argument at fault has no variable (then clap's own message says it best).
+    pub message: Option<String>,
+}
+
+/// Explains a clap error about `argv` (the whole command line, program name first). clap names
+/// only the flag (`--port <PORT>`), even when the bad value came from the environment
+/// (`OAUTH_CALLBACK_PORT=abc`); this finds the argument at fault in the command definition and
+/// names its variable too. Secret values (`hide_env_values`) are not repeated.
+pub fn explain_parse_error(err: &clap::Error, argv: &[std::ffi::OsString]) -> ParseFailure {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    use std::error::Error as _;
+
+    let mut root = Cli::command();
+    root.build();
+    let sub = argv.get(1).and_then(|a| root.find_subcommand(a));
+    let subcommand = sub
+        .map(|s| s.get_name().to_string())
+        .filter(|name| name != "serve");
+    let given = argv.get(if sub.is_some() { 2 } else { 1 }..).unwrap_or(&[]);
+    // The subcommand's own arguments first: the root's serve settings are read from the
+    // environment even when a subcommand runs, so they can be at fault too.
+    let find = |shown: &str| {
+        sub.into_iter()
+            .chain([&root])
+            .flat_map(|c| c.get_arguments())
+            .find(|a| a.to_string() == shown)
+    };
+    let variable_of = |arg: &clap::Arg| arg.get_env().map(|v| v.to_string_lossy().into_owned());
+    let message = match (err.kind(), err.get(ContextKind::InvalidArg)) {
+        (
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue,
+            Some(ContextValue::String(shown)),
+        ) => find(shown).and_then(|arg| {
+            let variable = variable_of(arg)?;
+            let flag = format!("--{}", arg.get_long()?);
+            let on_command_line = given.iter().filter_map(|a| a.to_str()).any(|a| {
+                a == flag
+                    || a.strip_prefix(flag.as_str())
+                        .is_some_and(|r| r.starts_with('='))
+            });
+            let place = if on_command_line {
+                format!("{flag} (environment variable {variable})")
+            } else {
+                format!("{variable} (--{})", &flag[2..])
+            };
+            let value = match err.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) if !arg.is_hide_env_values_set() => {
+                    format!(" '{v}'")
+                }
+                _ => String::new(),
+            };
+            let reason = match err.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(valid)) => {
+                    format!(": possible values: {}", valid.join(", "))
+                }
+                _ => err.source().map(|e| format!(": {e}")).unwrap_or_default(),
+            };
+            Some(format!("invalid value{value} for {place}{reason}"))
+        }),
+        (ErrorKind::MissingRequiredArgument, Some(ContextValue::Strings(missing))) => {
+            let mut any_variable = false;
+            let named: Vec<String> = missing
+                .iter()
+                .map(|shown| match find(shown).and_then(variable_of) {
+                    Some(variable) => {
+                        any_variable = true;
+                        format!("{shown} (or the environment variable {variable})")
+                    }
+                    None => shown.clone(),
+                })
+                .collect();
+            any_variable.then(|| format!("missing {}", named.join(", ")))
+        }
+        _ => None,
+    };
+    ParseFailure {
+        subcommand,
+        message,
+    }
 }
 
 /// The validated configuration of `serve`.
@@ -403,6 +491,39 @@ mod tests {
             (d.host, d.port, d.ttl, d.max_pending)
         );
         assert_eq!(c.server.read_timeout, d.server.read_timeout);
+    }
+
+    fn explain(args: &[&str]) -> ParseFailure {
+        let mut argv = vec!["oauth-relay"];
+        argv.extend_from_slice(args);
+        let err = Cli::try_parse_from(&argv).unwrap_err();
+        let argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+        explain_parse_error(&err, &argv)
+    }
+
+    #[test]
+    fn refused_values_name_the_flag_and_its_variable() {
+        let f = explain(&["--port", "abc"]);
+        assert_eq!(f.subcommand, None);
+        let message = f.message.unwrap();
+        assert!(
+            message.contains("'abc'")
+                && message.contains("--port")
+                && message.contains("OAUTH_CALLBACK_PORT"),
+            "{message}"
+        );
+        let f = explain(&["serve", "--max-waiters=-1"]);
+        assert_eq!(f.subcommand, None);
+        let message = f.message.unwrap();
+        assert!(message.contains("OAUTH_RELAY_MAX_WAITERS"), "{message}");
+        let f = explain(&["healthcheck", "--port=70000"]);
+        assert_eq!(f.subcommand.as_deref(), Some("healthcheck"));
+        assert!(f.message.unwrap().contains("OAUTH_CALLBACK_PORT"));
+        // No variable behind --timeout-secs: clap's own words are kept.
+        let f = explain(&["wait", "s", "--timeout-secs", "abc"]);
+        assert_eq!((f.subcommand.as_deref(), f.message), (Some("wait"), None));
+        let f = explain(&["--no-such-flag"]);
+        assert_eq!((f.subcommand, f.message), (None, None));
     }
 
     #[test]

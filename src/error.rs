@@ -15,7 +15,10 @@ pub enum Error {
     StateTooLong,
     StateNotRegistered,
     StateConflict,
+    /// The relay's `/api/...` without `OAUTH_RELAY_API_TOKEN`.
     Unauthorized,
+    /// The broker's endpoints without `WK_M365_BROKER_TOKEN`.
+    BrokerUnauthorized,
     CallbackNotFound,
     CallbackGone,
     RegistrationDisabled,
@@ -63,7 +66,7 @@ impl Error {
             | Error::StateNotRegistered
             | Error::WriteScope => 400,
             Error::StateConflict | Error::StateExists => 409,
-            Error::Unauthorized => 401,
+            Error::Unauthorized | Error::BrokerUnauthorized => 401,
             Error::CallbackGone => 410,
             Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => 503,
             Error::UrlTooLong => 414,
@@ -85,7 +88,9 @@ impl Error {
             }
             Error::StateNotRegistered => "Unknown or expired sign-in",
             Error::StateConflict => "This sign-in was already completed with a different response",
+            // Word for word as before: existing relay clients may match on it.
             Error::Unauthorized => "Missing or invalid API token",
+            Error::BrokerUnauthorized => "Missing or invalid broker token",
             Error::CallbackNotFound => "Callback not found or expired",
             Error::CallbackGone => "Callback already retrieved",
             Error::RegistrationDisabled => {
@@ -132,7 +137,7 @@ impl Error {
         };
         match self {
             Error::MethodNotAllowed(allow) => response = response.with_header("Allow", allow),
-            Error::Unauthorized => {
+            Error::Unauthorized | Error::BrokerUnauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"oauth-relay\"")
             }
             Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => {
@@ -171,6 +176,25 @@ mod tests {
             json!({"status": "error", "message": "Callback already retrieved"})
         );
         assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"));
+    }
+
+    #[test]
+    fn each_token_is_named_in_its_refusal() {
+        for (error, message) in [
+            (Error::Unauthorized, "Missing or invalid API token"),
+            (Error::BrokerUnauthorized, "Missing or invalid broker token"),
+        ] {
+            let r = error.into_response_for(Face::Api);
+            assert_eq!(r.status, 401);
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["message"],
+                message
+            );
+            assert_eq!(
+                r.header("WWW-Authenticate"),
+                Some("Bearer realm=\"oauth-relay\"")
+            );
+        }
     }
 
     #[test]

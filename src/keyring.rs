@@ -6,7 +6,8 @@
 //! the key `0`). The first key encrypts; every listed key decrypts. Key *names* come from the
 //! entry with the reserved id `names` when there is one (it never encrypts), else from the first
 //! key. Before a first rotation, add `names:<the current key>`: names then never change, and the
-//! encryption keys can rotate in two steps (`old,new` everywhere, then `new,old`).
+//! encryption keys rotate in three roll-outs: `old,new` everywhere, then `new,old`, then, once
+//! the TTL has passed, `new` alone (deploy/ha/README.md).
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};

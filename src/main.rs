@@ -1,11 +1,14 @@
 //! Parse the command line, validate, run.
 
 use clap::Parser;
-use oauth_relay::config::{Cli, Command, Config};
+use oauth_relay::config::{explain_parse_error, Cli, Command, Config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refused(&e),
+    };
     match cli.command {
         Some(Command::Wait(args)) => oauth_relay::cli::wait(args),
         Some(Command::LoginLink(args)) => oauth_relay::cli::login_link(args),
@@ -24,4 +27,27 @@ fn serve(args: oauth_relay::config::ServeArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--help` and `--version` print to stdout and exit 0. Anything else clap refuses exits 1, as
+/// every other bad setting does (for `wait` and `login-link`, 2 means the sign-in itself
+/// failed), with words naming the environment variable when the value came from one: a log
+/// line when serving, a plain line for the client subcommands.
+fn refused(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let failure = explain_parse_error(e, &argv);
+    match (failure.subcommand, failure.message) {
+        (None, Some(message)) => {
+            oauth_relay::logging::error("fatal", serde_json::json!({ "error": message }))
+        }
+        (Some(subcommand), Some(message)) => eprintln!("oauth-relay {subcommand}: {message}"),
+        (_, None) => {
+            let _ = e.print();
+        }
+    }
+    ExitCode::from(1)
 }

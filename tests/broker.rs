@@ -305,18 +305,21 @@ fn callers_need_the_broker_token() {
         &[],
         br#"{"expected_email":"a@b.c"}"#,
     );
-    assert_eq!(no_auth.status, 401);
     let wrong = s.relay.request(
         "POST",
         "/m365/sessions",
         &[("Authorization", "Bearer wrong-token-0123456789abcdef")],
         br#"{"expected_email":"a@b.c"}"#,
     );
-    assert_eq!(wrong.status, 401);
     let session = s.session();
     let handle = session["state"].as_str().unwrap();
-    assert_eq!(s.relay.get(&format!("/token/{handle}")).status, 401);
-    assert_eq!(s.relay.get(&format!("/status/{handle}")).status, 401);
+    let token = s.relay.get(&format!("/token/{handle}"));
+    let status = s.relay.get(&format!("/status/{handle}"));
+    // The refusal names the broker token, not the relay's API token.
+    for refused in [no_auth, wrong, token, status] {
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.json()["message"], "Missing or invalid broker token");
+    }
     for bad in [
         json!({}),
         json!({"expected_email": "not-an-email"}),

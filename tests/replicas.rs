@@ -468,3 +468,101 @@ fn rediss_with_a_private_ca() {
     untrusted.wait_for_log("UnknownIssuer");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `threads` clients at once, each sending `rounds` of every kind of request (store a
+/// callback, take it, `/health`, `/ready`); returns the requests that did not answer 200.
+fn every_kind(r: &Relay, tag: &str, threads: usize, rounds: usize) -> Vec<String> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for i in 0..rounds {
+                        let state = format!("{tag}-{t}-{i}");
+                        for path in [
+                            format!("/callback?code=c-{state}&state={state}"),
+                            format!("/api/callback/{state}"),
+                            "/health".to_string(),
+                            "/ready".to_string(),
+                        ] {
+                            let status = r.get(&path).status;
+                            if status != 200 {
+                                failed.push(format!("{path}: {status}"));
+                            }
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A replica on `redis`, kept busy by 8 clients at once until it pools several connections
+/// (Redis's `normal` clients, less the `redis-cli` asking; the subscription is not one).
+fn with_several_pooled_connections(redis: &RedisServer) -> Relay {
+    let r = replica(redis, None, &[]);
+    let mut round = 0;
+    eventually("the replica to pool several connections", || {
+        round += 1;
+        let failed = every_kind(&r, &format!("fill{round}"), 8, 5);
+        assert!(failed.is_empty(), "{failed:?}");
+        let clients = redis_cli(redis, &["CLIENT", "LIST", "TYPE", "normal"]);
+        (clients.lines().count() > 4).then_some(())
+    });
+    r
+}
+
+#[test]
+fn after_redis_restarts_no_request_fails_on_a_connection_pooled_before() {
+    let mut redis = RedisServer::start();
+    let r = with_several_pooled_connections(&redis);
+    let subscriber_drops = || {
+        r.logs()
+            .iter()
+            .filter(|l| l.contains("\"redis_subscriber\""))
+            .count()
+    };
+    let drops = subscriber_drops();
+    redis.restart();
+    // No request saw the outage; the replica's subscription did. (Waiting for /ready instead
+    // would hide the fault: each /ready that met a dead connection answered 503 and dropped
+    // it, so the poll itself emptied the pool.)
+    eventually("the replica to see its subscription drop", || {
+        (subscriber_drops() > drops).then_some(())
+    });
+    let failed = every_kind(&r, "after", 8, 25);
+    assert!(
+        failed.is_empty(),
+        "{} of 800 requests failed after the restart: {failed:?}",
+        failed.len()
+    );
+}
+
+#[test]
+fn connections_redis_closed_while_idle_are_not_used() {
+    let redis = RedisServer::start();
+    let r = with_several_pooled_connections(&redis);
+    // What Redis's idle `timeout`, a proxy or a NAT does to quiet connections: no outage the
+    // subscription would notice.
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "normal"]);
+    // Longer than the store uses a pooled connection unchecked.
+    std::thread::sleep(Duration::from_millis(1500));
+    let failed = every_kind(&r, "after", 8, 25);
+    assert!(
+        failed.is_empty(),
+        "{} of 800 requests failed: {failed:?}",
+        failed.len()
+    );
+}

@@ -350,3 +350,158 @@ fn redis_holds_nothing_usable_in_the_clear() {
         );
     }
 }
+
+/// A TCP proxy in front of Redis that, once armed, lets the next command naming `armed` reach
+/// Redis and then cuts that connection instead of passing the reply back: Redis ran the
+/// command, the store never hears of it.
+struct LosesAReply {
+    port: u16,
+    armed: Arc<std::sync::Mutex<Option<&'static [u8]>>>,
+}
+
+impl LosesAReply {
+    fn start(redis_port: u16) -> LosesAReply {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<std::sync::Mutex<Option<&'static [u8]>>> = Arc::default();
+        let arm = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let mut client = client.unwrap();
+                let mut server = TcpStream::connect(("127.0.0.1", redis_port)).unwrap();
+                let (mut client_w, mut server_r) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (cut_w, arm) = (cut.clone(), arm.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n @ 1..) = client.read(&mut buf) {
+                        let mut arm = arm.lock().unwrap();
+                        if arm.is_some_and(|c| buf[..n].windows(c.len()).any(|w| w == c)) {
+                            *arm = None;
+                            cut_w.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        drop(arm);
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server.shutdown(Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n @ 1..) = server_r.read(&mut buf) {
+                        if cut.load(std::sync::atomic::Ordering::SeqCst)
+                            || client_w.write_all(&buf[..n]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = client_w.shutdown(Shutdown::Both);
+                    let _ = server_r.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        LosesAReply { port, armed }
+    }
+
+    fn lose_the_reply_to_the_next(&self, command: &'static [u8]) {
+        *self.armed.lock().unwrap() = Some(command);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+fn redis_cli(server: &support::RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// How many times Redis ran `command` (lower case), from its own statistics.
+fn calls(server: &support::RedisServer, command: &str) -> u64 {
+    redis_cli(server, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+fn redis_store_at(url: String) -> Arc<dyn Store> {
+    let config = RedisConfig {
+        url: Secret::new(url),
+        password: None,
+        ca_pem: None,
+        keys: Arc::new(Keyring::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()),
+        prefix: "lost:".to_string(),
+        timeout: Duration::from_secs(2),
+    };
+    Arc::new(RedisStore::new(&config, Duration::from_secs(60), 100).unwrap())
+}
+
+#[test]
+fn a_take_or_a_write_whose_reply_is_lost_fails_closed_and_is_not_sent_again() {
+    let server = support::RedisServer::start();
+    let proxy = LosesAReply::start(server.port);
+    let s = redis_store_at(proxy.url());
+    // Loads both scripts, so below each call is one EVALSHA.
+    s.put_callback(cb("warm", "0"), false).unwrap();
+    s.take_callback("warm").unwrap();
+
+    let before = calls(&server, "evalsha");
+    proxy.lose_the_reply_to_the_next(b"EVALSHA");
+    assert!(s.put_callback(cb("lost", "1"), false).is_err());
+    assert_eq!(
+        calls(&server, "evalsha") - before,
+        1,
+        "the write went out once"
+    );
+    // Redis did store it: the reload finds it.
+    assert_eq!(
+        s.put_callback(cb("lost", "1"), false).unwrap(),
+        Put::Repeated
+    );
+
+    let before = calls(&server, "evalsha");
+    proxy.lose_the_reply_to_the_next(b"EVALSHA");
+    assert!(s.take_callback("lost").is_err());
+    assert_eq!(
+        calls(&server, "evalsha") - before,
+        1,
+        "the take went out once"
+    );
+    // Redis ran the take: the code is gone, and nobody was handed it twice.
+    assert_eq!(s.take_callback("lost").unwrap(), Take::AlreadyTaken);
+}
+
+#[test]
+fn a_read_whose_pooled_connection_dies_is_asked_again_on_a_new_one() {
+    let server = support::RedisServer::start();
+    let proxy = LosesAReply::start(server.port);
+    let s = redis_store_at(proxy.url());
+    s.put_callback(cb("here", "1"), false).unwrap();
+    let before = calls(&server, "exists");
+    proxy.lose_the_reply_to_the_next(b"EXISTS");
+    assert!(s.has_callback("here").unwrap());
+    assert_eq!(calls(&server, "exists") - before, 2);
+}
+
+#[test]
+fn a_pooled_connection_redis_closed_while_idle_is_replaced_before_use() {
+    let server = support::RedisServer::start();
+    let s = redis_store_at(server.url());
+    s.put_callback(cb("before", "1"), false).unwrap();
+    let killed = redis_cli(&server, &["CLIENT", "KILL", "TYPE", "normal"]);
+    assert_eq!(killed.trim(), "1");
+    // Idle longer than the store uses a pooled connection unchecked; nothing else (no
+    // background thread here) tells it the connection is gone.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(matches!(s.take_callback("before").unwrap(), Take::Taken(_)));
+}

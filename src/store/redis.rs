@@ -1,6 +1,12 @@
 //! The Redis store, for several replicas sharing state. Every create-once and take-once step is
-//! one Lua script, so two replicas racing cannot both win, and nothing is ever retried: if a
+//! one Lua script, so two replicas racing cannot both win, and no write is ever retried: if a
 //! reply is lost after Redis ran a take, the value is gone and the request fails closed.
+//!
+//! Pooled connections die with the Redis they were opened to. So that no request is the one to
+//! find out, a pool epoch moves on every connection error (a request's, the count thread's,
+//! the subscriber's), and connections pooled before the move are dropped unused; one that sat
+//! idle is checked with PING first; and an idempotent read that still meets a dead pooled
+//! connection is asked once more on a new one.
 //!
 //! At rest, codes, tokens, verifiers, sessions and handles are sealed with the keyring (the
 //! store key is the associated data), and key names are keyed hashes of states, handles and
@@ -13,9 +19,16 @@ use super::{
 use crate::keyring::Keyring;
 use crate::secret::Secret;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A pooled connection unused for longer than this is checked with PING before a command goes
+/// out on it. Under traffic connections come back within milliseconds and skip the round trip;
+/// a quiet one may have been closed by what the epoch cannot see (Redis's idle `timeout`,
+/// CLIENT KILL, a proxy or NAT). One second also matches the count thread, which takes a
+/// pooled connection every second and so moves the epoch within a second of most outages.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
@@ -121,9 +134,29 @@ fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{NOW}{body}"))
 }
 
+struct Pooled {
+    con: redis::Connection,
+    /// The pool epoch when it was last known to work.
+    epoch: u64,
+    since: Instant,
+}
+
+/// A connection taken for one command.
+struct Checkout {
+    con: redis::Connection,
+    epoch: u64,
+    pooled: bool,
+}
+
+fn unavailable(e: &redis::RedisError) -> Unavailable {
+    Unavailable(format!("redis: {e}"))
+}
+
 pub struct RedisStore {
     client: redis::Client,
-    idle: Mutex<Vec<redis::Connection>>,
+    idle: Mutex<Vec<Pooled>>,
+    /// Moves on every connection error: whatever was pooled before may be dead too.
+    epoch: AtomicU64,
     timeout: Duration,
     prefix: String,
     keys: Arc<Keyring>,
@@ -168,6 +201,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             idle: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
             timeout: o.timeout,
             prefix: o.prefix.clone(),
             keys,
@@ -209,6 +243,9 @@ impl RedisStore {
             .name("redis-subscriber".into())
             .spawn(move || loop {
                 if let Err(e) = store.listen(&on_notify) {
+                    // Its connection was the first to see Redis go: an outage no request
+                    // witnessed still invalidates the pool.
+                    store.saw(&e);
                     crate::logging::warn(
                         "redis_subscriber",
                         json!({ "error": e.to_string(), "action": "reconnecting in 1 s" }),
@@ -233,36 +270,117 @@ impl RedisStore {
         }
     }
 
-    /// Runs `f` on a pooled connection. A connection that saw an error is dropped, never reused,
-    /// and the call is not retried.
+    /// Notes a failed command: an I/O error (reset, refused, closed, timed out) means the
+    /// connections pooled so far are suspect, so the epoch moves. A reply from Redis (a script
+    /// error, OOM) says nothing about the other connections.
+    fn saw(&self, e: &redis::RedisError) {
+        if e.is_io_error() {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn connect(&self) -> StoreResult<redis::Connection> {
+        self.client
+            .get_connection_with_timeout(self.timeout)
+            .and_then(|c| {
+                c.set_read_timeout(Some(self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
+                Ok(c)
+            })
+            .map_err(|e| {
+                self.saw(&e);
+                unavailable(&e)
+            })
+    }
+
+    /// A pooled connection believed alive, or a new one.
+    fn checkout(&self) -> StoreResult<Checkout> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|p| p.epoch >= epoch);
+            idle.pop()
+        };
+        if let Some(mut p) = pooled {
+            // PING changes nothing, so a dead connection may fail it and be replaced; the
+            // command itself goes out once.
+            let checked = if p.since.elapsed() < CHECK_AFTER_IDLE {
+                Ok(())
+            } else {
+                redis::cmd("PING").query::<String>(&mut p.con).map(drop)
+            };
+            match checked {
+                Ok(()) => {
+                    return Ok(Checkout {
+                        con: p.con,
+                        epoch,
+                        pooled: true,
+                    })
+                }
+                Err(e) => {
+                    // The epoch moves: the rest of the pool goes too.
+                    self.saw(&e);
+                    // Redis too slow to answer: a new connection would only wait as long again.
+                    if e.is_timeout() {
+                        return Err(unavailable(&e));
+                    }
+                }
+            }
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        Ok(Checkout {
+            con: self.connect()?,
+            epoch,
+            pooled: false,
+        })
+    }
+
+    /// Pools a connection that answered, tagged with the epoch from before the command went
+    /// out (if the epoch moved since, the next checkout drops it); drops one that failed.
+    fn settle<T>(&self, c: Checkout, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        match &result {
+            Ok(_) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < 64 {
+                    idle.push(Pooled {
+                        con: c.con,
+                        epoch: c.epoch,
+                        since: Instant::now(),
+                    });
+                }
+            }
+            Err(e) => self.saw(e),
+        }
+        result
+    }
+
+    /// Sends `f` once: for takes and every other write. If the reply is lost, Redis may have
+    /// run it, and running it again would answer wrongly (a take "already taken", with the
+    /// code handed to nobody; a store "repeated", so no replica is told it landed), so the
+    /// request fails closed.
     fn with<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> StoreResult<T> {
-        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut con = match pooled {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(|e| Unavailable(format!("redis: {e}")))?;
-                c.set_read_timeout(Some(self.timeout))
-                    .map_err(|e| Unavailable(format!("redis: {e}")))?;
-                c.set_write_timeout(Some(self.timeout))
-                    .map_err(|e| Unavailable(format!("redis: {e}")))?;
-                c
-            }
-        };
-        match f(&mut con) {
-            Ok(v) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < 64 {
-                    idle.push(con);
-                }
-                Ok(v)
-            }
-            Err(e) => Err(Unavailable(format!("redis: {e}"))),
+        let mut c = self.checkout()?;
+        let result = f(&mut c.con);
+        self.settle(c, result).map_err(|e| unavailable(&e))
+    }
+
+    /// For idempotent reads only: a pooled connection found dead (closed, reset; not a
+    /// timeout, which says Redis is slow and would make a second try wait as long again) is
+    /// replaced and the read asked once more. The failure moved the epoch, so the second try
+    /// does not get another connection from before it.
+    fn read<T>(
+        &self,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> StoreResult<T> {
+        let mut c = self.checkout()?;
+        let pooled = c.pooled;
+        let result = f(&mut c.con);
+        match self.settle(c, result) {
+            Err(e) if pooled && e.is_io_error() && !e.is_timeout() => self.with(f),
+            result => result.map_err(|e| unavailable(&e)),
         }
     }
 
@@ -311,7 +429,7 @@ impl RedisStore {
     /// The handle a link id or OAuth state points to.
     fn handle_for(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {
         let key = self.key(kind, id);
-        let sealed: Option<Vec<u8>> = self.with(|c| redis::cmd("GET").arg(&key).query(c))?;
+        let sealed: Option<Vec<u8>> = self.read(|c| redis::cmd("GET").arg(&key).query(c))?;
         sealed.map(|s| self.open_text(&key, &s)).transpose()
     }
 
@@ -323,7 +441,7 @@ impl RedisStore {
             Option<u64>,
             Option<Vec<u8>>,
         );
-        let (data, status, exp, verifier): Fields = self.with(|c| {
+        let (data, status, exp, verifier): Fields = self.read(|c| {
             redis::cmd("HMGET")
                 .arg(&key)
                 .arg("data")
@@ -486,7 +604,7 @@ impl Store for RedisStore {
 
     fn has_callback(&self, state: &str) -> StoreResult<bool> {
         let key = self.key("c", state);
-        self.with(|c| redis::cmd("EXISTS").arg(&key).query(c))
+        self.read(|c| redis::cmd("EXISTS").arg(&key).query(c))
     }
 
     fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register> {
@@ -510,7 +628,8 @@ impl Store for RedisStore {
     }
 
     fn active_callbacks(&self) -> StoreResult<usize> {
-        self.with(|c| self.scripts.active.key(self.set("active")).invoke(c))
+        // Only drops expired entries: running it twice changes nothing.
+        self.read(|c| self.scripts.active.key(self.set("active")).invoke(c))
     }
 
     fn active_callbacks_now(&self) -> Option<usize> {
@@ -522,7 +641,7 @@ impl Store for RedisStore {
     }
 
     fn ping(&self) -> StoreResult<()> {
-        self.with(|c| redis::cmd("PING").query::<String>(c))
+        self.read(|c| redis::cmd("PING").query::<String>(c))
             .map(|_| ())
     }
 
