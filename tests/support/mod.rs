@@ -364,3 +364,63 @@ pub fn get_url(url: &str) -> HttpResponse {
     let (host, path) = rest.split_once('/').unwrap();
     http(host.parse().unwrap(), "GET", &format!("/{path}"), &[], b"")
 }
+
+impl Relay {
+    /// The relay's process id (for its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A kB figure from /proc/<pid>/status (`VmRSS`, `VmHWM`, ...), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable {line:?}"));
+    kib * 1024
+}
+
+/// Raises this process's soft limit on open files to at least `needed` (child processes started
+/// afterwards inherit it), so that a test holding many sockets, and the relay serving them, run
+/// the same on a machine whose default soft limit is 1,024. Fails clearly when the hard limit is
+/// too low. std has no setrlimit, so this asks `prlimit` (util-linux, as robustness.rs does).
+pub fn raise_fd_limit(needed: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut numbers = line.split_whitespace().filter_map(|w| {
+        w.parse::<u64>()
+            .ok()
+            .or((w == "unlimited").then_some(u64::MAX))
+    });
+    let (soft, hard) = (numbers.next().unwrap(), numbers.next().unwrap());
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files; the hard limit is {hard} (raise it, e.g. `ulimit -Hn {needed}`)"
+    );
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={needed}:"),
+        ])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(
+        status.success(),
+        "prlimit could not raise the open-file limit"
+    );
+}
