@@ -13,7 +13,7 @@
         longpoll  `GET /api/callback/<distinct state>?wait=60` (a parked long-poll)
       Prints `READY open=N connect_secs=S` once all are connected and have sent their bytes,
       then at the end checks each one without blocking and prints
-        HOLD open=... closed=... answered=... count=... held_secs=...
+        HOLD open=... closed=... answered=... count=... held_secs=... answer_statuses=503:12,...
       open: neither closed nor answered (for longpoll: still parked); closed: the server closed
       it; answered: the server sent something (an error status, a long-poll answer).
   front.py fill-long PORT COUNT [STATE_BYTES] [CODE_BYTES] [CONNECTIONS]
@@ -88,16 +88,21 @@ def opening_bytes(mode, tag, i, header_bytes):
     raise SystemExit(f"unknown mode {mode!r}")
 
 
-def check(sock):
-    """'open', 'closed' or 'answered', without blocking."""
+def check(sock, statuses):
+    """'open', 'closed' or 'answered', without blocking; counts answers' statuses in `statuses`."""
     sock.setblocking(False)
     try:
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        data = sock.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return "open"
     except OSError:
         return "closed"
-    return "answered" if data else "closed"
+    if not data:
+        return "closed"
+    parts = data.split()
+    status = parts[1].decode(errors="replace") if len(parts) > 1 else "?"
+    statuses[status] = statuses.get(status, 0) + 1
+    return "answered"
 
 
 def hold(port, count, mode, max_secs):
@@ -146,10 +151,13 @@ def hold(port, count, mode, max_secs):
     while not stop and time.monotonic() - held_from < max_secs:
         time.sleep(0.1)
 
-    states = [check(s) for s in socks]
-    print("HOLD open=%d closed=%d answered=%d failed_connect=%d count=%d held_secs=%.1f" % (
-        states.count("open"), states.count("closed"), states.count("answered"),
-        failed_connect, count, time.monotonic() - held_from), flush=True)
+    statuses = {}
+    states = [check(s, statuses) for s in socks]
+    answered = ",".join(f"{k}:{v}" for k, v in sorted(statuses.items())) or "-"
+    print("HOLD open=%d closed=%d answered=%d failed_connect=%d count=%d held_secs=%.1f "
+          "answer_statuses=%s" % (
+              states.count("open"), states.count("closed"), states.count("answered"),
+              failed_connect, count, time.monotonic() - held_from, answered), flush=True)
     for s in socks:
         s.close()
     return 0

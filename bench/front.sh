@@ -263,7 +263,7 @@ stop_holder() {
 }
 
 hold_summary() {
-    echo "at the end $(field open "$HOLD_LINE") still open, $(field closed "$HOLD_LINE") closed by the relay, $(field answered "$HOLD_LINE") answered; $(field failed "$HOLD_READY") failed to connect"
+    echo "at the end $(field open "$HOLD_LINE") still open, $(field closed "$HOLD_LINE") closed by the relay, $(field answered "$HOLD_LINE") answered (statuses $(field answer_statuses "$HOLD_LINE")); $(field failed "$HOLD_READY") failed to connect"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -346,10 +346,12 @@ section_latency() {
         "; each sent \`GET /health HTT\` and nothing more; $(hold_summary)"
 }
 
-# (RSS after COUNT held connections of MODE - RSS before) / COUNT on a fresh relay; adds a row.
+# (RSS after COUNT held connections of MODE - RSS before) / COUNT on a fresh relay started with
+# MAXCONN and any further flags given; adds a row.
 per_connection() {
     local count=$1 mode=$2 label=$3 aim=$4 what=$5 before after fds0
-    start_server "${MAXCONN[@]}"
+    shift 5
+    start_server "${MAXCONN[@]}" "$@"
     sleep 0.5
     before=$(rss_kib)
     fds0=$(fds_of "$SERVER_PID")
@@ -392,7 +394,8 @@ section_memory() {
     per_connection "$IDLE_CONNS" request "per idle keep-alive connection (after one request)" "12 kB" \
         "one GET /health answered, then nothing"
     per_connection "$LONGPOLLS" longpoll "per parked long-poll, connection included" "16 kB" \
-        "GET /api/callback/{distinct state}?wait=60, still parked when measured (answered = not parked)"
+        "GET /api/callback/{distinct state}?wait=60, still parked when measured (answered = not parked); --max-waiters $((LONGPOLLS * 2))" \
+        --max-waiters $((LONGPOLLS * 2))
 
     start_server --max-pending $((LONG_CALLBACKS * 2))
     sleep 0.5
