@@ -14,13 +14,15 @@ pub mod defaults {
     pub const MAX_PENDING: usize = 100_000;
     pub const MAX_URL_BYTES: usize = 8 * 1024;
     pub const MAX_WAIT_SECS: u64 = 60;
-    pub const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
+    pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
+    pub const MAX_SESSIONS: usize = 10_000;
     pub const MAX_WAITERS: usize = 4_096;
-    pub const MAX_CONNECTIONS: usize = 4_096;
+    pub const MAX_CONNECTIONS: usize = 1_024;
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
     pub const MAX_HEADERS: usize = 64;
     pub const MAX_BODY_BYTES: usize = 4 * 1024;
-    pub const BLOCKING_THREADS: usize = 64;
+    /// Room for every broker code exchange (256 at most) plus Redis calls.
+    pub const BLOCKING_THREADS: usize = 320;
     pub const READ_TIMEOUT_SECS: u64 = 10;
     pub const SHUTDOWN_GRACE_SECS: u64 = 5;
     pub const LOG_LEVEL: &str = "info";
@@ -89,6 +91,9 @@ pub struct ServeArgs {
     /// answers 503, like past OAUTH_RELAY_MAX_PENDING. Bounds memory whatever the entries' size.
     #[arg(long, env = "OAUTH_RELAY_MAX_PENDING_BYTES", default_value_t = defaults::MAX_PENDING_BYTES)]
     pub max_pending_bytes: usize,
+    /// Most broker login sessions held at once (in memory); past it session creation gets 503.
+    #[arg(long, env = "OAUTH_RELAY_MAX_SESSIONS", default_value_t = defaults::MAX_SESSIONS)]
+    pub max_sessions: usize,
     /// Longest request URL in bytes; longer ones get 414.
     #[arg(long, env = "OAUTH_RELAY_MAX_URL_BYTES", default_value_t = defaults::MAX_URL_BYTES)]
     pub max_url_bytes: usize,
@@ -295,6 +300,7 @@ pub struct Config {
     pub ttl: Duration,
     pub max_pending: usize,
     pub max_pending_bytes: usize,
+    pub max_sessions: usize,
     pub api_token: Option<Secret>,
     pub require_registered_state: bool,
     pub max_wait: Duration,
@@ -377,6 +383,7 @@ impl Default for Config {
             ttl: Duration::from_secs(defaults::TTL_SECS),
             max_pending: defaults::MAX_PENDING,
             max_pending_bytes: defaults::MAX_PENDING_BYTES,
+            max_sessions: defaults::MAX_SESSIONS,
             api_token: None,
             require_registered_state: false,
             max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
@@ -439,6 +446,7 @@ impl Config {
                 "OAUTH_RELAY_MAX_PENDING_BYTES",
                 a.max_pending_bytes as u64,
             )? as usize,
+            max_sessions: positive("OAUTH_RELAY_MAX_SESSIONS", a.max_sessions as u64)? as usize,
             api_token,
             require_registered_state: a.require_registered_state,
             max_wait: Duration::from_secs(a.max_wait_secs),

@@ -34,11 +34,14 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let waiters = waiters::Waiters::new(config.max_waiters);
     let store: Arc<dyn store::Store> = match &config.redis {
-        None => Arc::new(store::memory::MemoryStore::new(
-            config.ttl,
-            config.max_pending,
-            config.max_pending_bytes,
-        )),
+        None => Arc::new(
+            store::memory::MemoryStore::new(
+                config.ttl,
+                config.max_pending,
+                config.max_pending_bytes,
+            )
+            .with_max_sessions(config.max_sessions),
+        ),
         Some(r) => {
             let redis = Arc::new(store::redis::RedisStore::new(
                 r,

@@ -111,6 +111,7 @@ pub struct MemoryStore {
     ttl: Duration,
     max_pending: usize,
     max_bytes: usize,
+    max_sessions: usize,
 }
 
 impl MemoryStore {
@@ -121,7 +122,15 @@ impl MemoryStore {
             ttl,
             max_pending,
             max_bytes,
+            max_sessions: max_pending,
         }
+    }
+
+    /// Caps broker sessions separately (each costs more than a callback). Defaults to
+    /// `max_pending`.
+    pub fn with_max_sessions(mut self, max_sessions: usize) -> Self {
+        self.max_sessions = max_sessions;
+        self
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
@@ -339,9 +348,9 @@ impl Store for MemoryStore {
     fn create_session(&self, session: Session) -> StoreResult<bool> {
         let now = Instant::now();
         let mut s = self.sessions();
-        if s.by_handle.len() >= self.max_pending {
+        if s.by_handle.len() >= self.max_sessions {
             s.by_handle.retain(|_, e| e.expires > now);
-            if s.by_handle.len() >= self.max_pending {
+            if s.by_handle.len() >= self.max_sessions {
                 return Ok(false);
             }
         }
