@@ -431,15 +431,17 @@ section_memory() {
 # Broker mode (as in run.sh's bench_broker); creating a session contacts no identity provider,
 # and its URLs point at a closed loopback port so nothing could leave the machine anyway.
 broker_session() {
-    local before after line unused
+    local before after line unused flags=(--max-pending 1000000)
+    # Room for all N where sessions have their own cap.
+    if has_flag --max-sessions; then flags+=(--max-sessions $((BROKER_SESSIONS * 2))); fi
     unused=$("${UTIL[@]}" free-port)
     PORT=$("${UTIL[@]}" free-port)
     export BROKER_TOKEN=bench-broker-token-0123456789
-    echo "--- broker on port $PORT" >>"$OUT/front-server.log"
+    echo "--- broker on port $PORT ${flags[*]}" >>"$OUT/front-server.log"
     WK_PUBLIC_BASE_URL="http://127.0.0.1:$PORT" WK_M365_CLIENT_ID=bench \
         WK_M365_TENANT_ID=11111111-2222-3333-4444-555555555555 WK_M365_BROKER_TOKEN="$BROKER_TOKEN" \
         WK_M365_LOGIN_BASE_URL="http://127.0.0.1:$unused" WK_M365_GRAPH_BASE_URL="http://127.0.0.1:$unused" \
-        "$BIN" --host 127.0.0.1 --port "$PORT" --log-level warn --max-pending 1000000 2>>"$OUT/front-server.log" &
+        "$BIN" --host 127.0.0.1 --port "$PORT" --log-level warn "${flags[@]}" 2>>"$OUT/front-server.log" &
     SERVER_PID=$!
     if ! "${UTIL[@]}" wait-ready "$PORT" 10; then
         stop_server
@@ -458,7 +460,7 @@ broker_session() {
     stop_server
     line=$(cat "$OUT/front-memory-broker.txt")
     per_item_row "per broker session" "$before" "$after" "$BROKER_SESSIONS" "-" \
-        "N=$BROKER_SESSIONS POST /m365/sessions on one keep-alive connection (bench/broker.py fill: $line)"
+        "N=$BROKER_SESSIONS POST /m365/sessions on one keep-alive connection (bench/broker.py fill: $line); relay flags: ${flags[*]}"
 }
 
 # ---------------------------------------------------------------------------------------------
