@@ -517,6 +517,17 @@ fn oversized_bodies_get_413_unread_and_a_close() {
     }
     let res = only_response(&exchange(&relay, &bytes), "a growing chunked body");
     assert_eq!(res.status, 413, "{}", res.text());
+    // The limit is a setting (here from its environment variable).
+    let small = Relay::start_env(
+        &["--api-token", TOKEN],
+        &[("OAUTH_RELAY_MAX_BODY_BYTES", "100")],
+    );
+    for (length, status) in [(100, 400), (101, 413)] {
+        let mut bytes = post(&length.to_string()).into_bytes();
+        bytes.extend_from_slice(&vec![b'x'; length]);
+        let res = only_response(&exchange(&small, &bytes), &format!("a body of {length}"));
+        assert_eq!(res.status, status, "a body of {length} over a limit of 100");
+    }
     assert_unharmed(&mut relay, "oversized bodies");
 }
 
