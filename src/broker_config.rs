@@ -10,7 +10,7 @@ pub const DEFAULT_LOGIN_BASE: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_GRAPH_BASE: &str = "https://graph.microsoft.com";
 pub const DEFAULT_TENANT: &str = "organizations";
 pub const DEFAULT_EXCHANGE_TIMEOUT_SECS: u64 = 20;
-pub const DEFAULT_MAX_EXCHANGES: usize = 256;
+pub const DEFAULT_MAX_EXCHANGES: usize = 96;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct BrokerArgs {

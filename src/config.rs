@@ -15,14 +15,14 @@ pub mod defaults {
     pub const MAX_URL_BYTES: usize = 8 * 1024;
     pub const MAX_WAIT_SECS: u64 = 60;
     pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
-    pub const MAX_SESSIONS: usize = 10_000;
-    pub const MAX_WAITERS: usize = 4_096;
+    pub const MAX_SESSIONS: usize = 2_000;
+    pub const MAX_WAITERS: usize = 1_024;
     pub const MAX_CONNECTIONS: usize = 1_024;
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
     pub const MAX_HEADERS: usize = 64;
     pub const MAX_BODY_BYTES: usize = 4 * 1024;
-    /// Room for every broker code exchange (256 at most) plus Redis calls.
-    pub const BLOCKING_THREADS: usize = 320;
+    /// Room for every broker code exchange (96 at most) plus Redis calls.
+    pub const BLOCKING_THREADS: usize = 128;
     pub const READ_TIMEOUT_SECS: u64 = 10;
     pub const SHUTDOWN_GRACE_SECS: u64 = 5;
     pub const LOG_LEVEL: &str = "info";

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod broker;
 pub mod broker_config;
 pub mod broker_pages;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -25,6 +26,30 @@ pub mod waiters;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Logs the worst-case memory of this configuration, and warns when the container's memory
+/// limit is below it: reaching every cap at once would get the pod OOM-killed, losing everything
+/// held in memory.
+fn check_memory_budget(config: &config::Config) {
+    let budget = budget::worst_case(config);
+    let mib = |b: u64| (b as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0;
+    let items: serde_json::Map<String, serde_json::Value> = budget
+        .items
+        .iter()
+        .map(|(name, bytes)| (name.to_string(), json!(mib(*bytes))))
+        .collect();
+    match budget::container_limit() {
+        Some(limit) if limit < budget.total() => logging::warn(
+            "memory_budget_over_limit",
+            json!({ "worst_case_mib": mib(budget.total()), "limit_mib": mib(limit), "items_mib": items,
+                    "action": "lower OAUTH_RELAY_MAX_CONNECTIONS, OAUTH_RELAY_MAX_PENDING(_BYTES), OAUTH_RELAY_MAX_WAITERS or OAUTH_RELAY_MAX_SESSIONS, or raise the limit" }),
+        ),
+        limit => logging::info(
+            "memory_budget",
+            json!({ "worst_case_mib": mib(budget.total()), "limit_mib": limit.map(mib), "items_mib": items }),
+        ),
+    }
+}
 
 /// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
 pub fn serve(config: config::Config) -> Result<(), String> {
@@ -101,6 +126,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "version": env!("CARGO_PKG_VERSION"),
         }),
     );
+    check_memory_budget(&config);
     let stopper = running.stopper();
     let signals = {
         use tokio::signal::unix::{signal, SignalKind};

@@ -48,7 +48,7 @@ pub struct Options {
     /// Event-loop threads. Defaults to the number of CPUs.
     pub workers: usize,
     /// Most threads running blocking work at once (Redis calls, code exchanges); more wait their
-    /// turn. Defaults to 320.
+    /// turn. Defaults to 128.
     pub blocking_threads: usize,
     /// A request's head and body must arrive within this long of the connection being ready for
     /// it; an idle keep-alive connection is closed after it, and so is one whose writes stall
@@ -77,7 +77,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            blocking_threads: 320,
+            blocking_threads: 128,
             read_timeout: Duration::from_secs(10),
             max_url_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,

@@ -1,0 +1,124 @@
+//! The memory budget: what each thing a client can make the process hold costs (measured with
+//! `bench/front.sh memory`, see the README), and the most a configuration can need when every cap
+//! is reached at once. `serve` logs it, and warns when the container's memory limit is lower,
+//! naming the caps to lower; a test checks the Kubernetes manifests against their limits.
+
+use crate::config::Config;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+// Each figure is rounded up from `bench/front.sh memory` (README, "Memory budget"): per item,
+// (RSS with N items - RSS before) / N, N in the thousands.
+
+/// Resident memory of an idle relay, runtime threads included (measured 4.6 MiB).
+pub const BASE: u64 = 6 * MIB;
+/// One open connection between requests: hyper's buffers, the task, our bookkeeping (measured
+/// 11.9 kB before its first request, 12.9 kB after one).
+pub const CONNECTION: u64 = 13 * KIB;
+/// A parked long-poll on top of its connection (measured: a connection with a parked
+/// long-poll, 12.4 kB, costs no more than an idle keep-alive one).
+pub const WAITER: u64 = KIB;
+/// A pending callback besides the bytes it holds: map entry, expiry, allocations' rounding
+/// (measured 358 bytes with a short state and code).
+pub const PENDING_ENTRY: u64 = 384;
+/// A broker session holding its tokens until the caller takes them (measured 1.6 kB before
+/// sign-in; Microsoft's access, refresh and id tokens add up to about 6 kB).
+pub const SESSION: u64 = 8 * KIB;
+/// A blocking-pool thread while it runs a code exchange or a Redis call: stack pages touched,
+/// a TLS connection's buffers.
+pub const BLOCKING_THREAD: u64 = 64 * KIB;
+/// Allocator rounding and fragmentation on what strangers size (headers, bodies, states).
+const SLACK_PERCENT: u64 = 25;
+
+/// The worst case of one configuration, item by item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub items: Vec<(&'static str, u64)>,
+}
+
+impl Budget {
+    pub fn total(&self) -> u64 {
+        self.items.iter().map(|(_, bytes)| bytes).sum()
+    }
+}
+
+fn with_slack(bytes: u64) -> u64 {
+    bytes + bytes * SLACK_PERCENT / 100
+}
+
+/// Every cap reached at once: each connection holding a full head and body, every long-poll
+/// parked, the store full (in memory), every blocking thread busy.
+pub fn worst_case(c: &Config) -> Budget {
+    let s = &c.server;
+    let per_connection = CONNECTION + with_slack((s.max_header_bytes + s.max_body_bytes) as u64);
+    let mut items = vec![
+        ("base", BASE),
+        ("connections", s.max_connections as u64 * per_connection),
+        ("long-polls", c.max_waiters as u64 * WAITER),
+        (
+            "blocking threads",
+            s.blocking_threads as u64 * BLOCKING_THREAD,
+        ),
+    ];
+    if c.redis.is_none() {
+        items.push((
+            "pending callbacks",
+            c.max_pending as u64 * PENDING_ENTRY + with_slack(c.max_pending_bytes as u64),
+        ));
+        if c.broker.is_some() {
+            items.push(("broker sessions", c.max_sessions as u64 * SESSION));
+        }
+    }
+    Budget { items }
+}
+
+/// The container's memory limit (cgroup v2, then v1), when there is one.
+pub fn container_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|text| text.trim().parse::<u64>().ok())
+    // v2 says "max" (not a number) and v1 about 2^63 when there is no limit.
+    .filter(|limit| *limit < 1 << 62)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn the_defaults_fit_the_128_mib_pod_of_deployment_yaml() {
+        let budget = worst_case(&Config::default());
+        assert!(
+            budget.total() <= 128 * MIB,
+            "{budget:?} totals {} MiB",
+            budget.total() / MIB
+        );
+    }
+
+    #[test]
+    fn a_shared_store_holds_nothing_here() {
+        let memory = worst_case(&Config::default());
+        use clap::Parser;
+        let key = format!("k1:{}", base64::prelude::BASE64_STANDARD.encode([7u8; 32]));
+        let cli = crate::config::Cli::try_parse_from([
+            "oauth-relay",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--encryption-key",
+            &key,
+        ])
+        .unwrap();
+        let shared = worst_case(&Config::from_args(cli.serve).unwrap());
+        assert!(shared.total() < memory.total());
+        assert!(!shared
+            .items
+            .iter()
+            .any(|(name, _)| *name == "pending callbacks"));
+    }
+}

@@ -1,0 +1,133 @@
+//! The Kubernetes manifests are consistent with their memory limits: with the settings each one
+//! gives the container, every cap reached at once (`oauth_relay::budget::worst_case`) still fits
+//! the container's `resources.limits.memory`, broker mode included (an operator turns it on by
+//! adding variables, not by resizing the pod).
+
+use clap::{CommandFactory, Parser};
+use oauth_relay::config::{Cli, Config};
+
+/// `name: value` pairs of the container's `env:`; values from Secrets (`valueFrom`) as `None`.
+fn env_of(manifest: &str) -> Vec<(String, Option<String>)> {
+    let mut env = Vec::new();
+    let mut lines = manifest.lines().peekable();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        let Some(name) = trimmed.strip_prefix("- name: ") else {
+            continue;
+        };
+        let next = lines.peek().map(|l| l.trim_start()).unwrap_or("");
+        let value = next
+            .strip_prefix("value: ")
+            .map(|v| v.trim().trim_matches('"').to_string());
+        if value.is_some() || next.starts_with("valueFrom:") {
+            env.push((name.trim().to_string(), value));
+        }
+    }
+    env
+}
+
+/// The container's memory limit in bytes (`limits:` then `memory: 128Mi`).
+fn memory_limit(manifest: &str) -> u64 {
+    let after = manifest
+        .split("limits:")
+        .nth(1)
+        .expect("the manifest sets resource limits");
+    let value = after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .expect("a memory limit");
+    let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap());
+    let number: u64 = number.parse().unwrap();
+    number
+        * match unit {
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            other => panic!("unexpected unit {other}"),
+        }
+}
+
+/// The configuration `serve` builds from these variables: each becomes its flag. Values that
+/// come from Secrets or files here get valid stand-ins, and broker mode is switched on.
+fn config_of(env: &[(String, Option<String>)]) -> Config {
+    let command = Cli::command();
+    let flag_of = |var: &str| {
+        command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == var))
+            .and_then(|a| a.get_long())
+            .map(|long| format!("--{long}"))
+    };
+    let stand_ins = [
+        ("OAUTH_RELAY_API_TOKEN", "a-stand-in-api-token-0123456789"),
+        (
+            "OAUTH_RELAY_ENCRYPTION_KEY",
+            "k1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        ),
+        ("WK_PUBLIC_BASE_URL", "https://relay.example.com"),
+        ("WK_M365_CLIENT_ID", "00000000-0000-0000-0000-000000000000"),
+        ("WK_M365_BROKER_TOKEN", "a-stand-in-broker-token-0123456789"),
+    ];
+    let mut argv = vec!["oauth-relay".to_string()];
+    let mut seen = Vec::new();
+    for (name, value) in env {
+        // Files mounted in the pod are not here; the budget does not depend on them.
+        if name.ends_with("_FILE") {
+            continue;
+        }
+        let value = match value {
+            Some(v) => v.clone(),
+            None => stand_ins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| panic!("no stand-in for the Secret-backed {name}")),
+        };
+        let flag = flag_of(name).unwrap_or_else(|| panic!("{name} is not a setting"));
+        argv.extend([flag, value]);
+        seen.push(name.clone());
+    }
+    for (name, value) in &stand_ins[2..] {
+        if !seen.iter().any(|s| s == name) {
+            argv.extend([flag_of(name).unwrap(), value.to_string()]);
+        }
+    }
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    Config::from_args(cli.serve).unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+}
+
+fn check(path: &str) {
+    let manifest = std::fs::read_to_string(path).unwrap();
+    let config = config_of(&env_of(&manifest));
+    assert!(config.broker.is_some(), "broker mode counted");
+    let limit = memory_limit(&manifest);
+    let budget = oauth_relay::budget::worst_case(&config);
+    assert!(
+        budget.total() <= limit,
+        "{path}: the worst case {:?} totals {} MiB, over the {} MiB limit",
+        budget.items,
+        budget.total() >> 20,
+        limit >> 20
+    );
+}
+
+#[test]
+fn the_single_replica_manifest_fits_its_memory_limit() {
+    check("deployment.yaml");
+}
+
+#[test]
+fn the_replicas_manifest_fits_its_memory_limit() {
+    check("deploy/ha/oauth-relay.yaml");
+}
+
+#[test]
+fn a_manifest_over_its_limit_is_caught() {
+    let manifest = std::fs::read_to_string("deployment.yaml").unwrap();
+    let mut env = env_of(&manifest);
+    env.push(("OAUTH_RELAY_MAX_CONNECTIONS".into(), Some("100000".into())));
+    let budget = oauth_relay::budget::worst_case(&config_of(&env));
+    assert!(budget.total() > memory_limit(&manifest));
+}
