@@ -2,6 +2,8 @@
 //! requests into `HttpRequest` (with bounded URL, headers and body) and `Response` back, so
 //! handlers and their unit tests never touch a socket.
 
+use bytes::Bytes;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -81,8 +83,10 @@ pub fn decode_segment(segment: &str) -> Option<String> {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    /// Mostly fixed values (`Cow::Borrowed`), so a page costs no allocation per header.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    /// `Bytes`, so a page rendered once is sent many times without a copy.
+    pub body: Bytes,
     /// For the access log: which route answered, and the hash of the state it concerned.
     pub route: &'static str,
     pub subject: Option<String>,
@@ -93,13 +97,13 @@ pub const HTML: &str = "text/html; charset=utf-8";
 
 impl Response {
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Response::new(status, JSON, value.to_string().into_bytes())
+        Response::new(status, JSON, value.to_string().into())
     }
 
     /// A page for a person: never cached, never leaks the URL (which may hold a code) as a
     /// referrer, runs no script and loads nothing.
-    pub fn html(status: u16, body: String) -> Self {
-        Response::new(status, HTML, body.into_bytes())
+    pub fn html(status: u16, body: impl Into<Bytes>) -> Self {
+        Response::new(status, HTML, body.into())
             .with_header("Cache-Control", "no-store")
             .with_header("Referrer-Policy", "no-referrer")
             .with_header(
@@ -110,10 +114,10 @@ impl Response {
     }
 
     pub fn text(status: u16, content_type: &'static str, body: String) -> Self {
-        Response::new(status, content_type, body.into_bytes())
+        Response::new(status, content_type, body.into())
     }
 
-    fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+    fn new(status: u16, content_type: &'static str, body: Bytes) -> Self {
         Response {
             status,
             content_type,
@@ -124,7 +128,7 @@ impl Response {
         }
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
@@ -133,13 +137,15 @@ impl Response {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
-    /// Tags the response for the access log.
+    /// Tags the response for the access log (the state's hash only when that log is on).
     pub fn tagged(mut self, route: &'static str, state: Option<&str>) -> Self {
         self.route = route;
-        self.subject = state.map(crate::secret::short_hash);
+        if crate::logging::enabled(crate::logging::Level::Info) {
+            self.subject = state.map(crate::secret::short_hash);
+        }
         self
     }
 

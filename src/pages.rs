@@ -43,13 +43,19 @@ h1{{font-size:1.4rem;color:{accent};margin-top:0}}p{{line-height:1.5}}</style></
     )
 }
 
-pub fn relay_success() -> String {
-    page(
-        "Authentication Successful",
-        "Authentication Successful",
-        &["You can close this window and return to the application.".into()],
-        true,
-    )
+/// Rendered once: it is the page every successful relay callback shows.
+pub fn relay_success() -> bytes::Bytes {
+    static PAGE: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        page(
+            "Authentication Successful",
+            "Authentication Successful",
+            &["You can close this window and return to the application.".into()],
+            true,
+        )
+        .into()
+    })
+    .clone()
 }
 
 pub fn relay_failure(error: Option<&str>, description: Option<&str>) -> String {

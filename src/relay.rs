@@ -107,7 +107,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     }
     let page = match error {
         None => pages::relay_success(),
-        Some(e) => pages::relay_failure(Some(&e), description.as_deref()),
+        Some(e) => pages::relay_failure(Some(&e), description.as_deref()).into(),
     };
     Ok(Response::html(200, page))
 }

@@ -580,7 +580,7 @@ async fn long_poll(waiters: &Arc<Waiters>, wait: Wait) -> Response {
 }
 
 fn into_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
-    let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
+    let mut out = hyper::Response::new(Full::new(response.body));
     *out.status_mut() = hyper::StatusCode::from_u16(response.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
@@ -589,7 +589,11 @@ fn into_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static(response.content_type),
     );
     for (name, value) in response.headers {
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+        let value = match value {
+            std::borrow::Cow::Borrowed(v) => Ok(hyper::header::HeaderValue::from_static(v)),
+            std::borrow::Cow::Owned(v) => hyper::header::HeaderValue::try_from(v),
+        };
+        if let Ok(value) = value {
             headers.append(name, value);
         }
     }
@@ -700,6 +704,7 @@ impl Outage {
 ///   the line that did not fit is the request line;
 /// - a head naming both `Content-Length` and `Transfer-Encoding` marks the connection, and its
 ///   request is refused (hyper would have read it as chunked).
+///
 /// Lines and heads are tracked from the bytes read. A request body is not told apart from a
 /// head, so a body crafted to look like header lines can at worst get its own connection a 400
 /// or a 431 where 414 was due: nothing another client would notice.
