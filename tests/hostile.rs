@@ -799,6 +799,31 @@ fn a_thousand_idle_connections_do_not_stop_service() {
 fn ambiguous_framing_gets_400_a_close_and_smuggles_nothing() {
     let mut relay = Relay::start(&["--api-token", TOKEN]);
     store_canary(&relay);
+    // Strict, not deaf: the same request framed properly either way is served.
+    for (what, framing, body) in [
+        (
+            "chunked",
+            "Transfer-Encoding: chunked\r\n",
+            "f\r\n{\"state\":\"ok1\"}\r\n0\r\n\r\n",
+        ),
+        (
+            "Content-Length",
+            "Content-Length: 15\r\n",
+            "{\"state\":\"ok2\"}",
+        ),
+    ] {
+        let bytes = format!(
+            "POST /api/states HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n{framing}\r\n{body}",
+            auth_header()
+        );
+        let res = only_response(&exchange(&relay, bytes.as_bytes()), what);
+        assert_eq!(
+            res.status,
+            201,
+            "a well-framed {what} request: {}",
+            res.text()
+        );
+    }
     let chunked_body = "5\r\nhello\r\n0\r\n\r\n";
     let cases: &[(&str, &str, &str)] = &[
         (
@@ -826,6 +851,16 @@ fn ambiguous_framing_gets_400_a_close_and_smuggles_nothing() {
             "chunked then gzip in two fields",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
             chunked_body,
+        ),
+        (
+            "gzip then chunked in two fields",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            chunked_body,
+        ),
+        (
+            "a folded Transfer-Encoding",
+            "Content-Length: 5\r\nTransfer-Encoding:\r\n chunked\r\n",
+            "hello",
         ),
         (
             "a space before the colon",
