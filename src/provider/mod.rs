@@ -1,6 +1,7 @@
 //! Identity providers behind one trait. The broker only knows this trait; provider differences
 //! (endpoints, client authentication, how identity is read) live in one file each.
 
+pub mod jwks;
 pub mod microsoft;
 
 use crate::secret::Secret;
