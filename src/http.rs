@@ -53,11 +53,24 @@ impl HttpRequest {
 
     /// The first value of a query parameter, decoded as browsers encode forms (`+` is a space).
     /// A blank value counts as absent, as in the Python server (`parse_qs` drops blanks).
+    /// A value that is not UTF-8 once decoded counts as absent; `query_is_utf8` tells the
+    /// router to refuse such a request before any handler sees it.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
+        self.query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(k, _)| decode_form(k).as_deref() == Some(name))
+            .and_then(|(_, v)| decode_form(v))
             .filter(|v| !v.is_empty())
+    }
+
+    /// Whether every name and value of the query decodes to UTF-8. A lossy decoding would turn
+    /// different invalid states into the same one (U+FFFD), stored but never retrievable.
+    pub fn query_is_utf8(&self) -> bool {
+        self.query
+            .split('&')
+            .flat_map(|pair| pair.split('='))
+            .all(|part| decode_form(part).is_some())
     }
 
     /// The bearer token of an `Authorization: Bearer ...` header.
@@ -69,6 +82,16 @@ impl HttpRequest {
             .then(|| token.trim())
             .filter(|t| !t.is_empty())
     }
+}
+
+/// Decodes one query-string part as browsers encode forms (`+` is a space); `None` when the
+/// bytes are not UTF-8.
+fn decode_form(part: &str) -> Option<String> {
+    let spaced = part.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// Percent-decodes one path segment (no `+` rule: that is for query strings).
@@ -202,6 +225,10 @@ mod tests {
         assert_eq!(r.query_param("e"), None);
         assert_eq!(r.query_param("missing"), None);
         assert_eq!(r.path, "/callback");
+        assert!(r.query_is_utf8());
+        let bad = HttpRequest::new("GET", "/callback?code=c&state=%FF%FE");
+        assert!(!bad.query_is_utf8());
+        assert_eq!(bad.query_param("state"), None);
     }
 
     #[test]

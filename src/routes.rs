@@ -24,6 +24,12 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
 
 fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
     let path = req.path.clone();
+    if !req.query_is_utf8() {
+        return Reply::Now(
+            Error::BadRequest("The query string is not valid UTF-8")
+                .into_response_for(Face::for_path(&path)),
+        );
+    }
     let method = req.method.as_str();
     let (name, result): (&'static str, Result<Reply, Error>) = match (method, path.as_str()) {
         ("GET", "/health") => ("/health", relay::health(app).map(Reply::Now)),

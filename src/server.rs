@@ -480,6 +480,22 @@ async fn read_request(
         ));
     }
     let headers = req.headers();
+    // hyper accepts any codings ending in chunked (`gzip, chunked`) and decodes only the chunks;
+    // we decode no other coding, so anything but exactly `chunked` is refused and the
+    // connection closed (what follows could be read differently by a proxy in front).
+    let mut codings = headers.get_all(hyper::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return refuse(Error::BadRequest(
+                "Only Transfer-Encoding: chunked is accepted",
+            ));
+        }
+    }
     let mut out = HttpRequest::new(req.method().as_str(), target);
     out.remote = Some(peer);
     out.headers = headers
@@ -701,7 +717,8 @@ impl Outage {
 /// - a write that makes no progress for `stall` fails, so a client that never reads its answers
 ///   cannot hold a connection (and its buffers) for ever;
 /// - when hyper answers 431 to a head whose request line never ended, the answer becomes 414:
-///   the line that did not fit is the request line;
+///   the line that did not fit is the request line; to a head whose `Content-Length` it cannot
+///   represent, 413;
 /// - a head naming both `Content-Length` and `Transfer-Encoding` marks the connection, and its
 ///   request is refused (hyper would have read it as chunked).
 ///
@@ -717,15 +734,21 @@ struct Guarded {
     line_in_head: u32,
     /// Bytes of the current line, line ends excluded (0 at a blank line: the head ends).
     line_len: usize,
-    /// The current line's first bytes, lower-cased: enough to recognise the two header names.
-    prefix: [u8; 18],
+    /// The current line's first bytes, lower-cased: enough for the two header names and a
+    /// `Content-Length` value.
+    prefix: [u8; 48],
     head_has_length: bool,
     head_has_coding: bool,
+    /// The head being read, and the last one completed, declared a length hyper cannot
+    /// represent (at least 2^64 - 2): hyper answers 431 to that, and it becomes 413.
+    head_length_unrepresentable: bool,
+    last_length_unrepresentable: bool,
     /// A replacement answer being written, and how much of it is out.
-    rewrite: Option<usize>,
+    rewrite: Option<(&'static [u8], usize)>,
 }
 
 const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 52\r\n\r\n{\"status\":\"error\",\"message\":\"Request URL too long\"}";
+const BODY_TOO_LARGE: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 54\r\n\r\n{\"status\":\"error\",\"message\":\"Request body too large\"}";
 
 impl Guarded {
     fn new(inner: TcpStream, stall: Duration, slot: Arc<Slot>) -> Self {
@@ -736,9 +759,11 @@ impl Guarded {
             slot,
             line_in_head: 0,
             line_len: 0,
-            prefix: [0; 18],
+            prefix: [0; 48],
             head_has_length: false,
             head_has_coding: false,
+            head_length_unrepresentable: false,
+            last_length_unrepresentable: false,
             rewrite: None,
         }
     }
@@ -750,6 +775,8 @@ impl Guarded {
                     self.line_in_head = 0;
                     self.head_has_length = false;
                     self.head_has_coding = false;
+                    self.last_length_unrepresentable = self.head_length_unrepresentable;
+                    self.head_length_unrepresentable = false;
                 }
                 b'\n' => {
                     self.line_ended();
@@ -772,7 +799,17 @@ impl Guarded {
             return;
         }
         let line = &self.prefix[..self.line_len.min(self.prefix.len())];
-        self.head_has_length |= line.starts_with(b"content-length:");
+        if let Some(value) = line.strip_prefix(b"content-length:") {
+            self.head_has_length = true;
+            let digits = value.trim_ascii();
+            let huge = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse::<u128>().ok())
+                .is_some_and(|n| n >= u64::MAX as u128 - 2);
+            // A value longer than the prefix holds is at least that large too.
+            self.head_length_unrepresentable |= huge
+                || (self.line_len > self.prefix.len() && digits.iter().all(u8::is_ascii_digit));
+        }
         self.head_has_coding |= line.starts_with(b"transfer-encoding:");
         if self.head_has_length && self.head_has_coding {
             self.slot.framing_conflict.store(true, Ordering::Release);
@@ -831,26 +868,26 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.rewrite.is_none()
-            && this.line_in_head == 0
-            && this.line_len > 0
-            && buf.starts_with(b"HTTP/1.1 431 ")
-        {
-            this.rewrite = Some(0);
+        if this.rewrite.is_none() && buf.starts_with(b"HTTP/1.1 431 ") {
+            if this.line_in_head == 0 && this.line_len > 0 {
+                this.rewrite = Some((URI_TOO_LONG, 0));
+            } else if this.line_len == 0 && this.last_length_unrepresentable {
+                this.rewrite = Some((BODY_TOO_LARGE, 0));
+            }
         }
-        let Some(mut sent) = this.rewrite else {
+        let Some((answer, mut sent)) = this.rewrite else {
             return this.poll_write_inner(cx, buf);
         };
-        while sent < URI_TOO_LONG.len() {
-            match this.poll_write_inner(cx, &URI_TOO_LONG[sent..]) {
+        while sent < answer.len() {
+            match this.poll_write_inner(cx, &answer[sent..]) {
                 Poll::Ready(Ok(n)) => sent += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    this.rewrite = Some(sent);
+                    this.rewrite = Some((answer, sent));
                     return Poll::Pending;
                 }
             }
-            this.rewrite = Some(sent);
+            this.rewrite = Some((answer, sent));
         }
         // hyper's own answer is taken as written; it closes the connection next.
         Poll::Ready(Ok(buf.len()))
