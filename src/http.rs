@@ -62,6 +62,7 @@ impl HttpRequest {
             .find(|(k, _)| decode_form(k).as_deref() == Some(name))
             .and_then(|(_, v)| decode_form(v))
             .filter(|v| !v.is_empty())
+            .map(Cow::into_owned)
     }
 
     /// Whether every name and value of the query decodes to UTF-8. A lossy decoding would turn
@@ -70,7 +71,7 @@ impl HttpRequest {
         self.query
             .split('&')
             .flat_map(|pair| pair.split('='))
-            .all(|part| decode_form(part).is_some())
+            .all(|part| !part.contains('%') || decode_form(part).is_some())
     }
 
     /// The bearer token of an `Authorization: Bearer ...` header.
@@ -85,13 +86,16 @@ impl HttpRequest {
 }
 
 /// Decodes one query-string part as browsers encode forms (`+` is a space); `None` when the
-/// bytes are not UTF-8.
-fn decode_form(part: &str) -> Option<String> {
+/// bytes are not UTF-8. Borrows when there is nothing to decode (the common case).
+fn decode_form(part: &str) -> Option<Cow<'_, str>> {
+    if !part.contains(['+', '%']) {
+        return Some(Cow::Borrowed(part));
+    }
     let spaced = part.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .ok()
-        .map(|s| s.into_owned())
+        .map(|s| Cow::Owned(s.into_owned()))
 }
 
 /// Percent-decodes one path segment (no `+` rule: that is for query strings).

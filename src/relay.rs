@@ -78,10 +78,13 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         .put_callback(callback, app.config.require_registered_state)?
     {
         Put::Stored => {
-            logging::info(
-                "callback_stored",
-                json!({ "state": short_hash(&state), "outcome": outcome }),
-            );
+            // The fields (a hash among them) are built only when the line is written.
+            if logging::enabled(logging::Level::Info) {
+                logging::info(
+                    "callback_stored",
+                    json!({ "state": short_hash(&state), "outcome": outcome }),
+                );
+            }
             app.notify("relay", &state);
         }
         // A person reloading the page: same page, nothing changes.
@@ -153,7 +156,9 @@ pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
 fn take(app: &App, state: &str) -> Result<Response, Error> {
     match app.store.take_callback(state)? {
         Take::Taken(cb) => {
-            logging::info("callback_retrieved", json!({ "state": short_hash(state) }));
+            if logging::enabled(logging::Level::Info) {
+                logging::info("callback_retrieved", json!({ "state": short_hash(state) }));
+            }
             Ok(Response::json(
                 200,
                 &json!({

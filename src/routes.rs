@@ -73,14 +73,19 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
         }
         _ => ("-", Err(Error::NotFound)),
     };
-    let subject = match name {
-        "/callback" => req.query_param("state"),
-        "/api/callback/{state}" => crate::http::decode_segment(&path[CALLBACK_PREFIX.len()..]),
-        "/m365/callback" => req.query_param("state"),
-        "/status/{state}" => crate::http::decode_segment(&path[STATUS_PREFIX.len()..]),
-        "/token/{state}" => crate::http::decode_segment(&path[TOKEN_PREFIX.len()..]),
-        "/m365/start/{link}" => crate::http::decode_segment(&path[START_PREFIX.len()..]),
-        _ => None,
+    // Only the access log reads it.
+    let subject = if !crate::logging::enabled(crate::logging::Level::Info) {
+        None
+    } else {
+        match name {
+            "/callback" => req.query_param("state"),
+            "/api/callback/{state}" => crate::http::decode_segment(&path[CALLBACK_PREFIX.len()..]),
+            "/m365/callback" => req.query_param("state"),
+            "/status/{state}" => crate::http::decode_segment(&path[STATUS_PREFIX.len()..]),
+            "/token/{state}" => crate::http::decode_segment(&path[TOKEN_PREFIX.len()..]),
+            "/m365/start/{link}" => crate::http::decode_segment(&path[START_PREFIX.len()..]),
+            _ => None,
+        }
     };
     match result {
         Ok(Reply::Now(r)) => Reply::Now(r.tagged(name, subject.as_deref())),
