@@ -422,7 +422,7 @@ async fn serve_request(
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let _busy = Busy::new(&slot, &shared);
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = req.method().clone();
     let deadline = shared.epoch
         + Duration::from_millis(slot.ready_since_ms.load(Ordering::Relaxed))
         + shared.opts.read_timeout;
@@ -440,7 +440,7 @@ async fn serve_request(
         logging::info(
             "request",
             json!({
-                "method": method,
+                "method": method.as_str(),
                 "route": response.route,
                 "state": response.subject,
                 "status": status,
