@@ -89,8 +89,9 @@ pub struct ServeArgs {
     /// command lines are visible to other users of the machine.
     #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Accept /callback only for states registered beforehand with POST /api/states
-    /// (needs OAUTH_RELAY_API_TOKEN).
+    /// Accept /callback only for states registered beforehand with POST /api/states. Clients
+    /// may then register a state with the hash of their own retrieval secret without the API
+    /// token; without an API token every registration must carry one.
     #[arg(long, env = "OAUTH_RELAY_REQUIRE_REGISTERED_STATE")]
     pub require_registered_state: bool,
     /// Most bytes of callback data (state, code, error texts) held at once; past it /callback
@@ -434,9 +435,6 @@ impl Config {
             ),
             Some(t) => Some(Secret::new(t)),
         };
-        if a.require_registered_state && api_token.is_none() {
-            return Err("OAUTH_RELAY_REQUIRE_REGISTERED_STATE needs OAUTH_RELAY_API_TOKEN (registration is authenticated)".into());
-        }
         if a.max_url_bytes < 256 {
             return Err("OAUTH_RELAY_MAX_URL_BYTES must be at least 256".into());
         }
@@ -558,9 +556,9 @@ mod tests {
         assert!(parse(&["--api-token", "short"])
             .unwrap_err()
             .contains("OAUTH_RELAY_API_TOKEN"));
-        assert!(parse(&["--require-registered-state"])
-            .unwrap_err()
-            .contains("OAUTH_RELAY_API_TOKEN"));
+        // Without the API token, registered-states mode takes registrations with a retrieval
+        // hash only (relay::register).
+        assert!(parse(&["--require-registered-state"]).is_ok());
         assert!(parse(&["--internal-addr", "localhost"])
             .unwrap_err()
             .contains("OAUTH_RELAY_INTERNAL_ADDR"));
