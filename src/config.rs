@@ -55,6 +55,13 @@ pub enum Command {
     /// Exit status: 0 when a code arrived; 2 when the callback came without one (the provider
     /// sent an error, or nothing at all); 1 on timeout, a bad --server, or any other failure.
     Wait(WaitArgs),
+    /// Register STATE with the hash of a new random retrieval secret, and print the secret.
+    ///
+    /// Only a retrieval presenting the secret (`wait --retrieval-secret-env` or
+    /// `--retrieval-secret-stdin`, or the X-Retrieval-Secret header) then gets the callback of
+    /// STATE. Prints the secret alone on stdout. Exit status: 0 when registered, 1 otherwise
+    /// (409: the state is already registered or used).
+    Register(RegisterArgs),
     /// Ask a broker for a one-click Microsoft 365 login link for EMAIL and print it.
     ///
     /// Prints `login_url: ...`, `expected_email: ...` and `expires_at: ...` lines at once; with
@@ -176,6 +183,28 @@ pub struct WaitArgs {
     #[arg(long, default_value_t = defaults::TTL_SECS)]
     pub timeout_secs: u64,
     /// Bearer token, when the relay requires one.
+    #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Read the retrieval secret (see `register`) from this environment variable. There is no
+    /// option taking the secret itself: command lines are visible to other users.
+    #[arg(long, value_name = "NAME", conflicts_with = "retrieval_secret_stdin")]
+    pub retrieval_secret_env: Option<String>,
+    /// Read the retrieval secret from the first line of standard input.
+    #[arg(long)]
+    pub retrieval_secret_stdin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// The state the OAuth flow will be started with.
+    pub state: String,
+    /// Base URL of the relay (its internal listener, when it has one).
+    #[arg(long, env = "OAUTH_RELAY_SERVER", default_value = defaults::SERVER_URL)]
+    pub server: String,
+    /// Seconds the registration lives (capped by the relay's OAUTH_RELAY_TTL_SECS).
+    #[arg(long, default_value_t = defaults::TTL_SECS)]
+    pub ttl_secs: u64,
+    /// Bearer token, when the relay requires one for registration.
     #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 }
