@@ -36,9 +36,11 @@ const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 100
 // Values under a callback key: `L` fingerprint sealed-callback (live), `T` fingerprint (taken);
 // for a state registered with a retrieval hash, `G` fingerprint guard sealed-callback and
 // `U` fingerprint guard. The fingerprint (32 bytes) is always at 2..33, so a replica that
-// predates guards still recognises reloads and conflicts; it would read a `G` value as sealed
-// data that does not decrypt and fail closed (503), never hand it out. The guard is the keyed
-// MAC of the retrieval hash (`RedisStore::guard`).
+// predates guards still recognises reloads and conflicts; asked for a `G` value it would read
+// sealed data that does not decrypt and fail closed (503, the code lost), never hand it out.
+// But such a replica would store a callback for an `H` registration unguarded, which is why
+// every replica must run this version before clients register with a retrieval hash (README).
+// The guard is the keyed MAC of the retrieval hash (`RedisStore::guard`).
 // A registration key holds `1`, or `H` guard.
 const PUT: &str = "
 local cur = redis.call('GET', KEYS[1])
