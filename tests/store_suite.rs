@@ -437,9 +437,18 @@ fn retrieval_secrets_are_bounded_and_expire(new: Factory) {
     let s = new(Duration::from_secs(60), 10);
     s.register_guarded("short", Duration::from_millis(200), Some(&h))
         .unwrap();
+    // Asking changes nothing while it lives (Exists); once it has expired the state is free.
     support::eventually("the registration to expire", || {
-        (s.put_callback(cb("short", "1"), true).unwrap() == Put::NotRegistered).then_some(())
+        matches!(
+            s.register_guarded("short", Duration::from_secs(60), None)
+                .unwrap(),
+            Register::Registered { .. }
+        )
+        .then_some(())
     });
+    // What replaced it is unguarded: the expired hash is gone with its registration.
+    assert_eq!(s.put_callback(cb("short", "1"), true).unwrap(), Put::Stored);
+    assert!(matches!(s.take_callback("short").unwrap(), Take::Taken(_)));
 }
 
 fn run_suite(new: Factory) {
