@@ -47,6 +47,7 @@ impl Face {
             || path == "/health"
             || path == "/metrics"
             || path == "/ready"
+            || path == "/openapi.json"
         {
             Face::Api
         } else {

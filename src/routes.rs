@@ -9,7 +9,7 @@
 
 use crate::app::App;
 use crate::error::{Error, Face};
-use crate::http::{HttpRequest, Listener, Reply};
+use crate::http::{HttpRequest, Listener, Reply, Response};
 use crate::{broker, relay};
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub enum Exposure {
     /// Browsers (redirects, login links) and the kubelet's probes: behind the ingress.
     Public,
-    /// Programs: retrieval, registration, session creation, status, tokens, metrics.
+    /// Programs: retrieval, registration, session creation, status, tokens, metrics, the API's
+    /// description (`/openapi.json`).
     Internal,
 }
 
@@ -167,7 +168,24 @@ pub const ROUTES: &[Route] = &[
         handle: |app, req, handle| broker::token(app, req, handle),
         subject: Subject::Tail,
     },
+    Route {
+        name: "/openapi.json",
+        pattern: Pattern::Exact("/openapi.json"),
+        methods: &["GET"],
+        exposure: Internal,
+        handle: |_, _, _| Ok(Reply::Now(openapi())),
+        subject: Subject::None,
+    },
 ];
+
+/// The OpenAPI 3.1 description of every route here (`openapi.json` at the repository root;
+/// tests/openapi.rs keeps the two in step and checks real answers against it).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+fn openapi() -> Response {
+    Response::text(200, crate::http::JSON, OPENAPI.to_owned())
+        .with_header("Cache-Control", "no-cache")
+}
 
 /// The route `path` belongs to, whatever the method or listener.
 pub fn find(path: &str) -> Option<(&'static Route, &str)> {
@@ -177,10 +195,11 @@ pub fn find(path: &str) -> Option<(&'static Route, &str)> {
 }
 
 /// Routes a request. With a store that blocks (Redis), every route that may touch it runs on the
-/// blocking pool; `/health` and `/metrics` never wait on the store and always run in place, so a
-/// slow Redis cannot make the liveness probe fail.
+/// blocking pool; `/health`, `/metrics` and `/openapi.json` never wait on the store and always run
+/// in place, so a slow Redis cannot make the liveness probe fail.
 pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
-    if app.store.blocks() && !matches!(req.path.as_str(), "/health" | "/metrics") {
+    if app.store.blocks() && !matches!(req.path.as_str(), "/health" | "/metrics" | "/openapi.json")
+    {
         let app = app.clone();
         return Reply::Later(Box::new(move || route_in_place(&app, req)));
     }
