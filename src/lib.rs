@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod keyring;
 pub mod logging;
@@ -49,6 +50,24 @@ fn check_memory_budget(config: &config::Config) {
             json!({ "worst_case_mib": mib(budget.total()), "limit_mib": limit.map(mib), "items_mib": items }),
         ),
     }
+}
+
+/// The outbox of completion events (in Redis when the state is, so events outlive a replica)
+/// and its delivery threads.
+fn start_events(
+    webhook: events::config::WebhookConfig,
+    redis: Option<&config::RedisConfig>,
+) -> Result<Arc<events::Events>, String> {
+    let outbox: Arc<dyn events::outbox::Outbox> = match redis {
+        None => Arc::new(events::memory_outbox::MemoryOutbox::new(webhook.max_queue)),
+        Some(r) => Arc::new(events::redis_outbox::RedisOutbox::new(
+            r,
+            webhook.max_queue,
+            webhook.lease(),
+            webhook.max_age,
+        )?),
+    };
+    Ok(Arc::new(events::Events::start(webhook, outbox)))
 }
 
 /// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
@@ -98,11 +117,17 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         let provider = Arc::new(provider::microsoft::Microsoft::new(&b));
         broker::Broker::new(b, provider)
     });
+    let events = config
+        .webhook
+        .clone()
+        .map(|w| start_events(w, config.redis.as_ref()))
+        .transpose()?;
     let app = Arc::new(app::App {
         config: config.clone(),
         store,
         waiters: waiters.clone(),
         broker,
+        events,
     });
     let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
     let running = server::start(listener, config.server.clone(), handler, waiters)
@@ -116,6 +141,12 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "api_token": config.api_token.is_some(),
             "require_registered_state": config.require_registered_state,
             "store": if config.redis.is_some() { "redis" } else { "memory" },
+            "webhook": config.webhook.as_ref().map(|w| json!({
+                "url": w.url,
+                "max_attempts": w.max_attempts,
+                "max_age_secs": w.max_age.as_secs(),
+                "max_queue": w.max_queue,
+            })),
             "broker": config.broker.as_ref().map(|b| json!({
                 "redirect_uri": b.redirect_uri,
                 "tenant": b.tenant,
