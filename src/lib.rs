@@ -43,7 +43,7 @@ fn check_memory_budget(config: &config::Config) {
         Some(limit) if limit < budget.total() => logging::warn(
             "memory_budget_over_limit",
             json!({ "worst_case_mib": mib(budget.total()), "limit_mib": mib(limit), "items_mib": items,
-                    "action": "lower OAUTH_RELAY_MAX_CONNECTIONS, OAUTH_RELAY_MAX_PENDING(_BYTES), OAUTH_RELAY_MAX_WAITERS or OAUTH_RELAY_MAX_SESSIONS, or raise the limit" }),
+                    "action": "lower OAUTH_RELAY_MAX_CONNECTIONS, OAUTH_RELAY_MAX_PENDING(_BYTES), OAUTH_RELAY_MAX_WAITERS, OAUTH_RELAY_MAX_SESSIONS or OAUTH_RELAY_WEBHOOK_MAX_QUEUE, or raise the limit" }),
         ),
         limit => logging::info(
             "memory_budget",
