@@ -128,8 +128,8 @@ pub fn render(app: &App) -> Result<Response, Error> {
                 value,
             );
         }
-        // From the delivery threads' last look: never waits on a shared outbox.
-        if let Ok(n) = u64::try_from(c.queue.load(Ordering::Relaxed)) {
+        // Never waits on a shared outbox.
+        if let Some(n) = events.queue_length() {
             metric(
                 "oauth_relay_webhook_queue_length",
                 "gauge",

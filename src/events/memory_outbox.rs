@@ -138,6 +138,10 @@ impl Outbox for MemoryOutbox {
         Ok(self.lock().entries.len())
     }
 
+    fn count_now(&self) -> Option<usize> {
+        Some(self.lock().entries.len())
+    }
+
     fn wait(&self, at_most: Duration) {
         let inner = self.lock();
         let until_due = inner

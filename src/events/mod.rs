@@ -45,6 +45,8 @@ pub struct Counters {
 pub struct Events {
     outbox: Arc<dyn Outbox>,
     pub counters: Arc<Counters>,
+    /// The Unix second of the last `webhook_dropped` line.
+    last_drop_log: AtomicU64,
 }
 
 impl Events {
@@ -52,7 +54,20 @@ impl Events {
     pub fn start(config: config::WebhookConfig, outbox: Arc<dyn Outbox>) -> Events {
         let counters = Arc::new(Counters::default());
         delivery::start(config, outbox.clone(), counters.clone());
-        Events { outbox, counters }
+        Events {
+            outbox,
+            counters,
+            last_drop_log: AtomicU64::new(0),
+        }
+    }
+
+    /// Events waiting in the outbox, without waiting on a shared one (then as of the delivery
+    /// threads' last look); `None` when that look failed.
+    pub fn queue_length(&self) -> Option<u64> {
+        match self.outbox.count_now() {
+            Some(n) => Some(n as u64),
+            None => u64::try_from(self.counters.queue.load(Ordering::Relaxed)).ok(),
+        }
     }
 
     /// Puts an event in the outbox. Never waits on the receiver; a failure to enqueue (Redis
@@ -82,9 +97,15 @@ impl Events {
                     self.counters
                         .dropped
                         .fetch_add(dropped as u64, Ordering::Relaxed);
+                }
+                // At most one line a second: a receiver down under traffic would otherwise
+                // double the log volume. The counter has every drop.
+                let second = created_ms / 1000;
+                if dropped > 0 && self.last_drop_log.swap(second, Ordering::Relaxed) != second {
                     logging::warn(
                         "webhook_dropped",
-                        json!({ "dropped": dropped, "reason": "the outbox is full (OAUTH_RELAY_WEBHOOK_MAX_QUEUE): the oldest events make room for new ones" }),
+                        json!({ "dropped": dropped, "dropped_total": self.counters.dropped.load(Ordering::Relaxed),
+                                "reason": "the outbox is full (OAUTH_RELAY_WEBHOOK_MAX_QUEUE): the oldest events make room for new ones" }),
                     );
                 }
             }

@@ -39,6 +39,12 @@ pub trait Outbox: Send + Sync {
     /// Events held (due, leased or waiting for a retry).
     fn count(&self) -> Result<usize, OutboxError>;
 
+    /// `count` when it costs no I/O (in memory), for /metrics; `None` for a shared outbox,
+    /// whose count the delivery threads refresh instead.
+    fn count_now(&self) -> Option<usize> {
+        None
+    }
+
     /// Blocks until an event may be due, or `at_most` passes (new events of this process wake
     /// it at once; other replicas' events and expired leases are found at the next look).
     fn wait(&self, at_most: Duration);

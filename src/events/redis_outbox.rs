@@ -14,8 +14,15 @@
 
 use super::outbox::{Claimed, Outbox, OutboxError};
 use crate::keyring::Keyring;
+use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+thread_local! {
+    /// The push count a delivery thread saw when it last looked for events: a push after that
+    /// (while its claim found nothing) must not leave it waiting.
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
@@ -177,11 +184,12 @@ impl Outbox for RedisOutbox {
         })?;
         let (count, wake) = &self.pushed;
         *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        wake.notify_one();
+        wake.notify_all();
         Ok(dropped)
     }
 
     fn claim(&self) -> Result<Option<Claimed>, OutboxError> {
+        SEEN.set(*self.pushed.0.lock().unwrap_or_else(|e| e.into_inner()));
         let mut token = [0u8; 16];
         getrandom::fill(&mut token).expect("the system random source failed");
         let token = crate::secret::hex(&token);
@@ -247,8 +255,8 @@ impl Outbox for RedisOutbox {
 
     fn wait(&self, at_most: Duration) {
         let (count, wake) = &self.pushed;
-        let seen = count.lock().unwrap_or_else(|e| e.into_inner());
-        let before = *seen;
-        let _ = wake.wait_timeout_while(seen, at_most, |n| *n == before);
+        let pushes = count.lock().unwrap_or_else(|e| e.into_inner());
+        let before = SEEN.get();
+        let _ = wake.wait_timeout_while(pushes, at_most, |n| *n == before);
     }
 }
