@@ -172,7 +172,18 @@ def delays_ms(receiver, answered):
     return [(receiver.arrivals[sha256_hex(s)] - t) * 1000 for s, t in answered.items()]
 
 
-def throughput(receiver, ports, n, tag):
+def cpu_secs(pids):
+    """User + system CPU seconds of the processes so far."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def throughput(receiver, ports, n, tag, pids=()):
+    cpu0 = cpu_secs(pids)
     start_t = time.perf_counter()
     answered, bad = load(ports, n, 4, tag)
     load_secs = time.perf_counter() - start_t
@@ -180,8 +191,9 @@ def throughput(receiver, ports, n, tag):
         raise RuntimeError("not every event arrived")
     last = max(receiver.arrivals[sha256_hex(s)] for s in answered)
     d = delays_ms(receiver, answered)
+    cpu = (cpu_secs(pids) - cpu0) / (last - start_t)
     return {"rate": n / (last - start_t), "cb_rate": n / load_secs, "bad": bad,
-            "p50": pct(d, 50), "p99": pct(d, 99)}
+            "p50": pct(d, 50), "p99": pct(d, 99), "cpu": cpu}
 
 
 def one_at_a_time(receiver, port, n, tag):
@@ -263,7 +275,7 @@ def redis_runs(bin_path, receiver, n):
     env = {"OAUTH_RELAY_REDIS_URL": f"redis://127.0.0.1:{rport}/0", "OAUTH_RELAY_ENCRYPTION_KEY": REDIS_KEY}
     a, pa = relay(bin_path, receiver.url(), env)
     b, pb = relay(bin_path, receiver.url(), env)
-    t = throughput(receiver, [pa, pb], n, "redis")
+    t = throughput(receiver, [pa, pb], n, "redis", [a.pid, b.pid, r.pid])
     lat = one_at_a_time(receiver, pa, 200, "redis-one")
     stop(a)
     stop(b)
@@ -305,13 +317,14 @@ def main():
     try:
         p, port = relay(bin_path, receiver.url())
         idle = rss_kib(p.pid)
-        t = throughput(receiver, [port], n, "mem")
+        t = throughput(receiver, [port], n, "mem", [p.pid])
         lat = one_at_a_time(receiver, port, 200, "mem-one")
         stop(p)
         row("events delivered per second (memory outbox)", f"**{t['rate']:,.0f}/s**",
             f"{n:,} callbacks over 4 keep-alive connections ({t['cb_rate']:,.0f} callbacks/s answered, "
             f"non-200: {t['bad']}); first callback sent -> last event received; 2 delivery threads; "
-            f"Python receiver verifying each signature, on the same cores; relay RSS idle {idle / 1024:.1f} MiB")
+            f"relay CPU {t['cpu'] * 100:.0f} % of one core over the run (the Python receiver, verifying each "
+            f"signature on the same cores, is the limit); relay RSS idle {idle / 1024:.1f} MiB")
         row("callback answered -> event received, p50 / p99, under that load",
             f"{t['p50']:.1f} / {t['p99']:.1f} ms", "includes queueing behind the other events")
         row("callback answered -> event received, p50 / p99, one at a time",
@@ -327,7 +340,7 @@ def main():
             rt, rlat, per_event, per_all = redis_runs(bin_path, receiver, n)
             row("events delivered per second (Redis outbox, 2 replicas)", f"**{rt['rate']:,.0f}/s**",
                 f"{n:,} callbacks over 4 connections, 2 per replica ({rt['cb_rate']:,.0f} callbacks/s answered, "
-                f"non-200: {rt['bad']}); 2 delivery threads per replica")
+                f"non-200: {rt['bad']}); 2 delivery threads per replica; replicas + Redis CPU {rt['cpu'] * 100:.0f} % of one core")
             row("callback answered -> event received, p50 / p99 (Redis), under load / one at a time",
                 f"{rt['p50']:.1f} / {rt['p99']:.1f} ms; **{rlat[0]:.2f} / {rlat[1]:.2f} ms**", "")
             row("Redis memory per undelivered event",
