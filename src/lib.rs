@@ -142,7 +142,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "require_registered_state": config.require_registered_state,
             "store": if config.redis.is_some() { "redis" } else { "memory" },
             "webhook": config.webhook.as_ref().map(|w| json!({
-                "url": w.url,
+                "origin": w.origin(),
                 "max_attempts": w.max_attempts,
                 "max_age_secs": w.max_age.as_secs(),
                 "max_queue": w.max_queue,

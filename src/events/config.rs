@@ -130,9 +130,80 @@ impl WebhookConfig {
         }))
     }
 
+    /// Scheme, host and port of the URL, for logs: its path or user part may hold a token (many
+    /// receivers authenticate by a secret URL).
+    pub fn origin(&self) -> String {
+        let uri: http::Uri = self.url.parse().expect("checked at start-up");
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        format!("{}://{host}{port}", uri.scheme_str().unwrap_or_default())
+    }
+
     /// How long a replica on Redis holds a claimed event before another may take it over: an
     /// attempt ends within `timeout`, so a live replica always acknowledges or reschedules first.
     pub fn lease(&self) -> Duration {
         self.timeout * 2 + Duration::from_secs(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        webhook: WebhookArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Option<WebhookConfig>, String> {
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(args);
+        WebhookConfig::from_args(Cli::try_parse_from(argv).unwrap().webhook)
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn urls_are_https_except_on_loopback_and_logged_without_their_path() {
+        let c = parse(&[
+            "--webhook-url",
+            "https://u:p@hooks.example/t0ken",
+            "--webhook-secret",
+            SECRET,
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.origin(), "https://hooks.example");
+        assert!(parse(&[
+            "--webhook-url",
+            "http://127.0.0.1:9/x",
+            "--webhook-secret",
+            SECRET
+        ])
+        .is_ok());
+        let err = parse(&[
+            "--webhook-url",
+            "http://hooks.example/x",
+            "--webhook-secret",
+            SECRET,
+        ])
+        .unwrap_err();
+        assert!(err.contains("OAUTH_RELAY_WEBHOOK_URL"), "{err}");
+        assert!(parse(&[]).unwrap().is_none());
+        assert!(
+            parse(&["--webhook-secret", SECRET]).is_err(),
+            "a secret without a URL"
+        );
+        assert!(parse(&[
+            "--webhook-url",
+            "https://h.example",
+            "--webhook-secret",
+            SECRET,
+            "--webhook-max-queue",
+            "0"
+        ])
+        .is_err());
     }
 }
