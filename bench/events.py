@@ -323,8 +323,9 @@ def main():
         row("events delivered per second (memory outbox)", f"**{t['rate']:,.0f}/s**",
             f"{n:,} callbacks over 4 keep-alive connections ({t['cb_rate']:,.0f} callbacks/s answered, "
             f"non-200: {t['bad']}); first callback sent -> last event received; 2 delivery threads; "
-            f"relay CPU {t['cpu'] * 100:.0f} % of one core over the run (the Python receiver, verifying each "
-            f"signature on the same cores, is the limit); relay RSS idle {idle / 1024:.1f} MiB")
+            f"relay CPU {t['cpu'] * 100:.0f} % of one core over the run, so not the limit: the receiver and "
+            f"the load share one Python process (one core at most), verifying each signature; "
+            f"relay RSS idle {idle / 1024:.1f} MiB")
         row("callback answered -> event received, p50 / p99, under that load",
             f"{t['p50']:.1f} / {t['p99']:.1f} ms", "includes queueing behind the other events")
         row("callback answered -> event received, p50 / p99, one at a time",
