@@ -64,7 +64,10 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     /// `None` when no URL is set; an error naming the variable for anything wrong.
-    pub fn from_args(a: WebhookArgs) -> Result<Option<WebhookConfig>, String> {
+    pub fn from_args(mut a: WebhookArgs) -> Result<Option<WebhookConfig>, String> {
+        // Blank counts as unset, as for the broker's settings (a manifest's `value: ""`).
+        a.webhook_secret = a.webhook_secret.filter(|s| !s.trim().is_empty());
+        a.webhook_secret_file = a.webhook_secret_file.filter(|p| !p.as_os_str().is_empty());
         let Some(url) = a
             .webhook_url
             .as_deref()
