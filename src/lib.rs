@@ -127,7 +127,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         store,
         waiters: waiters.clone(),
         broker,
-        events,
+        events: events.clone(),
     });
     let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
     let running = server::start(listener, config.server.clone(), handler, waiters)
@@ -176,5 +176,10 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         logging::info("signal", json!({ "signal": name }));
         stopper.stop();
     });
-    running.wait()
+    let result = running.wait();
+    // Requests are over; events they produced may still be on their way.
+    if let Some(events) = events {
+        events.drain_before_exit(config.server.shutdown_grace);
+    }
+    result
 }

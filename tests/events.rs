@@ -578,3 +578,55 @@ fn a_replica_killed_mid_delivery_leaves_the_event_to_another_after_its_lease() {
         "a re-delivery keeps its webhook-id"
     );
 }
+
+#[test]
+fn at_sigterm_queued_events_get_the_grace_period_and_what_is_left_is_logged() {
+    // A retry due within the grace period is still made before the process exits.
+    let receiver = Receiver::start(&test_secret());
+    receiver.fail_next(&[500]);
+    let mut relay = relay_with(&receiver, &[("OAUTH_RELAY_WEBHOOK_RETRY_BASE_MS", "1000")]);
+    assert_eq!(relay.get("/callback?code=c&state=st-term").status, 200);
+    relay.wait_for_log("\"webhook_retry\"");
+    relay.signal("TERM");
+    assert!(relay.wait_exit().success());
+    assert_eq!(receiver.accepted().len(), 1);
+    assert!(!relay
+        .logs()
+        .iter()
+        .any(|l| l.contains("webhook_undelivered_at_exit")));
+
+    // One that cannot be delivered in time is reported as lost.
+    let down = Receiver::down(&test_secret());
+    let mut relay = relay_with(
+        &down,
+        &[
+            ("OAUTH_RELAY_WEBHOOK_RETRY_BASE_MS", "600000"),
+            ("OAUTH_RELAY_SHUTDOWN_GRACE_SECS", "1"),
+        ],
+    );
+    assert_eq!(relay.get("/callback?code=c&state=st-lost").status, 200);
+    relay.wait_for_log("\"webhook_retry\"");
+    relay.signal("TERM");
+    assert!(relay.wait_exit().success());
+    let line = relay.wait_for_log("\"webhook_undelivered_at_exit\"");
+    assert!(line.contains("\"events\":1"), "{line}");
+}
+
+#[test]
+fn the_secret_can_come_from_a_file() {
+    let receiver = Receiver::start(&test_secret());
+    let path = std::env::temp_dir().join(format!("oauth-relay-whsec-{}", free_port()));
+    std::fs::write(&path, format!("{}\n", test_secret())).unwrap();
+    let relay = relay_with(
+        &receiver,
+        &[
+            ("OAUTH_RELAY_WEBHOOK_SECRET", ""),
+            ("OAUTH_RELAY_WEBHOOK_SECRET_FILE", path.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(relay.get("/callback?code=c&state=st-file").status, 200);
+    eventually("the event, verified with the same secret", || {
+        (events_for(&receiver, "st-file").len() == 1).then_some(())
+    });
+    let _ = std::fs::remove_file(&path);
+}

@@ -70,6 +70,29 @@ impl Events {
         }
     }
 
+    /// At exit: gives the in-process outbox up to `grace` to empty (the delivery threads keep
+    /// working meanwhile), and logs what is left, which is lost. A shared outbox keeps its
+    /// events for the other replicas, so there is nothing to wait for.
+    pub fn drain_before_exit(&self, grace: std::time::Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let Some(left) = self.outbox.count_now() else {
+                return;
+            };
+            if left == 0 {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                logging::warn(
+                    "webhook_undelivered_at_exit",
+                    json!({ "events": left, "effect": "lost: the outbox is in memory (events outlive a replica only with OAUTH_RELAY_REDIS_URL)" }),
+                );
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Puts an event in the outbox. Never waits on the receiver; a failure to enqueue (Redis
     /// out of reach) is logged and counted, and never fails the request that produced it.
     pub fn emit(&self, kind: &str, data: Value) {
