@@ -630,3 +630,45 @@ fn the_secret_can_come_from_a_file() {
     });
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn after_redis_restarts_events_are_still_queued_and_delivered() {
+    let mut redis = RedisServer::start();
+    let receiver = Receiver::start(&test_secret());
+    let r = replica(&redis, &receiver);
+    assert_eq!(r.get("/callback?code=c&state=st-before").status, 200);
+    eventually("the first event", || {
+        (events_for(&receiver, "st-before").len() == 1).then_some(())
+    });
+    let drops = || {
+        r.logs()
+            .iter()
+            .filter(|l| l.contains("\"redis_subscriber\""))
+            .count()
+    };
+    let before = drops();
+    // Every connection the outbox pooled dies with it.
+    redis.restart();
+    eventually("the replica to see Redis go", || {
+        (drops() > before).then_some(())
+    });
+    eventually("the replica to be ready again", || {
+        (r.get("/ready").status == 200).then_some(())
+    });
+    for i in 0..20 {
+        assert_eq!(
+            r.get(&format!("/callback?code=c&state=st-after-{i}"))
+                .status,
+            200
+        );
+    }
+    eventually("the events produced after the restart", || {
+        (0..20)
+            .all(|i| events_for(&receiver, &format!("st-after-{i}")).len() == 1)
+            .then_some(())
+    });
+    assert_eq!(
+        metric(&r, "oauth_relay_webhook_events_enqueue_failed_total"),
+        0
+    );
+}

@@ -124,32 +124,45 @@ impl RedisOutbox {
         })
     }
 
-    /// Runs `f` on a pooled connection (or a new one); a connection that failed is dropped.
-    /// Nothing is retried: a lost reply after a claim leaves the event leased, and the lease
-    /// brings it back.
+    /// Runs `f` on a pooled connection, or a new one. A pooled connection found dead (Redis
+    /// restarted, or closed it while idle: an I/O error that is not a timeout) empties the pool,
+    /// whose other connections are as old, and `f` runs once more on a new connection. That is
+    /// safe for every step here: a push under the same id rewrites the same event, a claim
+    /// whose reply was lost comes back when its lease ends, and removing or rescheduling checks
+    /// the claim's token.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, OutboxError> {
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut con = match pooled {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(err)?;
-                c.set_read_timeout(Some(self.timeout)).map_err(err)?;
-                c.set_write_timeout(Some(self.timeout)).map_err(err)?;
-                c
+        if let Some(mut con) = pooled {
+            match f(&mut con) {
+                Ok(v) => {
+                    self.give_back(con);
+                    return Ok(v);
+                }
+                Err(e) if e.is_io_error() && !e.is_timeout() => {
+                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+                Err(e) => return Err(err(e)),
             }
-        };
-        let result = f(&mut con).map_err(err)?;
+        }
+        let mut con = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(err)?;
+        con.set_read_timeout(Some(self.timeout)).map_err(err)?;
+        con.set_write_timeout(Some(self.timeout)).map_err(err)?;
+        let v = f(&mut con).map_err(err)?;
+        self.give_back(con);
+        Ok(v)
+    }
+
+    fn give_back(&self, con: redis::Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < 8 {
             idle.push(con);
         }
-        Ok(result)
     }
 
     fn name(&self, n: &str) -> String {
@@ -175,7 +188,7 @@ impl Outbox for RedisOutbox {
                 .key(self.name("events:age"))
                 .key(&hash)
                 .arg(id)
-                .arg(sealed)
+                .arg(&sealed)
                 .arg(created_ms)
                 .arg(self.max)
                 .arg(self.hash_prefix())
