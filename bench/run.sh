@@ -4,10 +4,11 @@
 #   bench/run.sh                 run everything (about 2 minutes)
 #   bench/run.sh pairs longpoll  run only the named benchmarks
 #
-# Benchmarks: size pairs slow memory longpoll burst fdrecovery broker replicas (see bench/README.md).
+# Benchmarks: size pairs slow memory longpoll burst fdrecovery broker replicas events (see bench/README.md).
 # Prints a Markdown table and writes it to bench/out/results.md; raw tool output goes to
 # bench/out/*.txt and the servers' stderr to bench/out/server.log.
-# Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
+# Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15),
+# EVENTS_N (20000 callbacks per completion-event throughput run).
 set -euo pipefail
 
 # A relative CARGO_TARGET_DIR means the caller's directory; cargo would read it against the
@@ -21,7 +22,7 @@ if [ -n "${CARGO_TARGET_DIR:-}" ]; then
 fi
 cd "$(dirname "$0")/.."
 
-ALL=(size pairs slow memory longpoll burst fdrecovery broker replicas)
+ALL=(size pairs slow memory longpoll burst fdrecovery broker replicas events)
 PAIRS_SECS=${PAIRS_SECS:-5}
 HEALTH_SECS=${HEALTH_SECS:-10}
 CHURN_SECS=${CHURN_SECS:-15}
@@ -385,6 +386,15 @@ bench_burst() {
     row burst "16 connections opened at once, each sends GET /health" \
         "$(field within_100ms "$line")/16 answered within 100 ms; slowest $(field slowest "$line") s; unanswered after 10 s: $(field unanswered "$line")" \
         "- (all fast)" "fresh server, see bench/burst.py"
+}
+
+# Completion events: bench/events.py starts its own relays, receiver, Redis and replicas and
+# prints finished rows for the table.
+bench_events() {
+    command -v redis-server >/dev/null || { apt-get install -y -qq redis-server redis-tools >&2; }
+    local line
+    python3 bench/events.py "$BIN" "${EVENTS_N:-20000}" >"$OUT/events.txt"
+    while IFS= read -r line; do ROWS+=("$line"); done < <(grep '^| events |' "$OUT/events.txt")
 }
 
 # ---------------------------------------------------------------------------------------------

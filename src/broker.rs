@@ -326,6 +326,7 @@ fn redeem(app: &App, session: &Session, code: &Secret) -> Result<Tokens, Failure
 fn finish(app: &App, session: &Session, outcome: Result<Tokens, Failure>, lang: Lang) -> Response {
     let handle = &session.handle;
     let email = Some(session.expected_email.as_str());
+    let failed = outcome.as_ref().err().map(|f| f.reason);
     let (stored, page) = match outcome {
         Ok(tokens) => {
             audit::record("callback_succeeded", Some(handle), email, json!({}));
@@ -348,6 +349,10 @@ fn finish(app: &App, session: &Session, outcome: Result<Tokens, Failure>, lang: 
         }
     };
     app.notify("broker", handle);
+    // Completion event for the operator's endpoint (issue 9): queued, never sent from here.
+    if stored.is_ok() {
+        crate::events::sign_in_finished(app, handle, "m365", failed);
+    }
     match stored {
         Ok(()) => page,
         Err(e) => {

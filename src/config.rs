@@ -170,6 +170,8 @@ pub struct ServeArgs {
     pub redis_timeout_ms: u64,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
+    #[command(flatten)]
+    pub webhook: crate::events::config::WebhookArgs,
 }
 
 #[derive(Args, Debug)]
@@ -349,6 +351,8 @@ pub struct Config {
     pub broker: Option<crate::broker_config::BrokerConfig>,
     /// Shared state in Redis; `None`: in memory.
     pub redis: Option<RedisConfig>,
+    /// Signed completion events, when an endpoint is configured.
+    pub webhook: Option<crate::events::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +445,7 @@ impl Default for Config {
             },
             broker: None,
             redis: None,
+            webhook: None,
         }
     }
 }
@@ -449,6 +454,7 @@ impl Config {
     /// Checks every setting; the error names the variable to fix.
     pub fn from_args(a: ServeArgs) -> Result<Config, String> {
         let redis = RedisConfig::from_args(&a)?;
+        let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())?;
         fn positive(name: &str, v: u64) -> Result<u64, String> {
             if v == 0 {
                 Err(format!("{name} must be at least 1"))
@@ -519,6 +525,7 @@ impl Config {
                 ..Config::default().server
             },
             broker: crate::broker_config::BrokerConfig::from_args(a.broker)?,
+            webhook,
         })
     }
 }

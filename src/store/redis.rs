@@ -212,6 +212,34 @@ pub struct RedisStore {
     active_cache: AtomicI64,
 }
 
+/// A client for the configured Redis (password, private CA), for the store and the event
+/// outbox. Connects lazily.
+pub fn client(o: &crate::config::RedisConfig) -> Result<redis::Client, String> {
+    crate::outbound::install_crypto_provider();
+    let mut info =
+        redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
+            format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
+        })?;
+    if let Some(password) = &o.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    match &o.ca_pem {
+        None => redis::Client::open(info),
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+    }
+    .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))
+}
+
 impl RedisStore {
     /// Connects lazily: an unreachable Redis makes calls fail (503), not start-up.
     pub fn new(
@@ -219,30 +247,8 @@ impl RedisStore {
         ttl: Duration,
         max_pending: usize,
     ) -> Result<Self, String> {
-        crate::outbound::install_crypto_provider();
         let keys = o.keys.clone();
-        let mut info =
-            redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
-                format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
-            })?;
-        if let Some(password) = &o.password {
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(settings);
-        }
-        let client = match &o.ca_pem {
-            None => redis::Client::open(info),
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-        }
-        .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))?;
+        let client = client(o)?;
         Ok(RedisStore {
             client,
             idle: Mutex::new(Vec::new()),

@@ -286,6 +286,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 }
 
 pub mod fake_microsoft;
+pub mod webhook_receiver;
 
 /// A port that was free a moment ago, for a service whose own URL must be known before it
 /// starts (the broker's public base URL).
