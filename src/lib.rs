@@ -4,7 +4,6 @@ pub mod app;
 pub mod audit;
 pub mod broker;
 pub mod broker_config;
-pub mod broker_pages;
 pub mod budget;
 pub mod cli;
 pub mod config;

@@ -42,21 +42,21 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
         ),
         ("POST", "/m365/sessions") => (
             "/m365/sessions",
-            broker::create_session(app, &req).map(Reply::Now),
+            broker::sessions::create(app, &req).map(Reply::Now),
         ),
         // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
         ("GET" | "HEAD", p) if p.starts_with(START_PREFIX) => (
             "/m365/start/{link}",
-            broker::start(app, &req, &p[START_PREFIX.len()..]).map(Reply::Now),
+            broker::login::start(app, &req, &p[START_PREFIX.len()..]).map(Reply::Now),
         ),
-        ("GET", "/m365/callback") => ("/m365/callback", broker::callback(app, &req)),
+        ("GET", "/m365/callback") => ("/m365/callback", broker::login::callback(app, &req)),
         ("GET", p) if p.starts_with(STATUS_PREFIX) => (
             "/status/{state}",
-            broker::status(app, &req, &p[STATUS_PREFIX.len()..]).map(Reply::Now),
+            broker::sessions::status(app, &req, &p[STATUS_PREFIX.len()..]).map(Reply::Now),
         ),
         ("GET", p) if p.starts_with(TOKEN_PREFIX) => (
             "/token/{state}",
-            broker::token(app, &req, &p[TOKEN_PREFIX.len()..]),
+            broker::sessions::token(app, &req, &p[TOKEN_PREFIX.len()..]),
         ),
         ("POST", "/api/states") => ("/api/states", relay::register(app, &req).map(Reply::Now)),
         (_, "/health" | "/ready" | "/callback" | "/metrics") => {

@@ -1,8 +1,9 @@
 //! Microsoft identity platform (v2.0 endpoints) and Microsoft Graph `/me`. Base URLs are
 //! configurable for national clouds and tests.
 
-use super::{AuthorizeRequest, Failure, Grant, Identity, Provider};
+use super::{AuthorizeRequest, Grant, Identity, Provider};
 use crate::broker_config::BrokerConfig;
+use crate::error::{Reason, SignInFailure};
 use crate::secret::Secret;
 use base64::Engine;
 use serde_json::Value;
@@ -59,7 +60,7 @@ impl Provider for Microsoft {
         verifier: &Secret,
         scopes: &[String],
         budget: Duration,
-    ) -> Result<Grant, Failure> {
+    ) -> Result<Grant, SignInFailure> {
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("client_id", self.client_id.as_str()),
@@ -77,19 +78,19 @@ impl Provider for Microsoft {
             .post(&self.endpoint("token"))
             .header("Accept", "application/json")
             .send_form(form);
-        let (status, body) = read(response).map_err(|detail| Failure {
-            reason: "exchange_failed",
-            detail,
-            hint: Some("the token endpoint did not answer in time; check WK_M365_LOGIN_BASE_URL and egress"),
+        let (status, body) = read(response).map_err(|detail| {
+            SignInFailure::new(Reason::ExchangeFailed, detail).with_hint(Some(
+                "the token endpoint did not answer in time; check WK_M365_LOGIN_BASE_URL and egress",
+            ))
         })?;
         if status != 200 {
             let error = body["error"].as_str().unwrap_or("unknown");
             let description = body["error_description"].as_str().unwrap_or("");
-            return Err(Failure {
-                reason: "exchange_failed",
-                detail: format!("HTTP {status} {error}: {}", first_line(description)),
-                hint: hint_for(description),
-            });
+            return Err(SignInFailure::new(
+                Reason::ExchangeFailed,
+                format!("HTTP {status} {error}: {}", first_line(description)),
+            )
+            .with_hint(hint_for(description)));
         }
         let token = |name: &str| {
             body[name]
@@ -97,11 +98,10 @@ impl Provider for Microsoft {
                 .filter(|s| !s.is_empty())
                 .map(Secret::new)
         };
-        let access_token = token("access_token").ok_or(Failure {
-            reason: "exchange_failed",
-            detail: "the token response has no access_token".into(),
-            hint: None,
-        })?;
+        let access_token = token("access_token").ok_or(SignInFailure::new(
+            Reason::ExchangeFailed,
+            "the token response has no access_token",
+        ))?;
         Ok(Grant {
             access_token,
             refresh_token: token("refresh_token"),
@@ -112,7 +112,11 @@ impl Provider for Microsoft {
         })
     }
 
-    fn identity(&self, grant: &Grant, budget: Duration) -> Result<Identity, Failure> {
+    fn error_hint(&self, description: &str) -> Option<String> {
+        hint_for(description).map(String::from)
+    }
+
+    fn identity(&self, grant: &Grant, budget: Duration) -> Result<Identity, SignInFailure> {
         let response = crate::outbound::agent(budget)
             .get(&format!("{}/v1.0/me", self.graph_base))
             .header(
@@ -121,23 +125,23 @@ impl Provider for Microsoft {
             )
             .header("Accept", "application/json")
             .call();
-        let (status, me) = read(response).map_err(|detail| Failure {
-            reason: "graph_failed",
-            detail,
-            hint: Some(
+        let (status, me) = read(response).map_err(|detail| {
+            SignInFailure::new(Reason::GraphFailed, detail).with_hint(Some(
                 "Microsoft Graph did not answer in time; check WK_M365_GRAPH_BASE_URL and egress",
-            ),
+            ))
         })?;
         if status != 200 {
-            return Err(Failure {
-                reason: "graph_failed",
-                detail: format!(
+            return Err(SignInFailure::new(
+                Reason::GraphFailed,
+                format!(
                     "GET /v1.0/me answered HTTP {status} {}",
                     me["error"]["code"].as_str().unwrap_or("")
                 ),
-                hint: (status == 401 || status == 403)
+            )
+            .with_hint(
+                (status == 401 || status == 403)
                     .then_some("grant the User.Read delegated permission to the app registration"),
-            });
+            ));
         }
         let email = me["mail"]
             .as_str()

@@ -4,6 +4,7 @@
 pub mod jwks;
 pub mod microsoft;
 
+use crate::error::{Reason, SignInFailure};
 use crate::secret::Secret;
 use std::time::{Duration, SystemTime};
 
@@ -34,13 +35,21 @@ pub struct Identity {
     pub tenant: Option<String>,
 }
 
-/// A failed provider call. `reason` is the stable reason code shown to callers; `detail` and
-/// `hint` are for the operator's log only (never a page) and never contain a token or code.
-#[derive(Debug)]
-pub struct Failure {
-    pub reason: &'static str,
-    pub detail: String,
-    pub hint: Option<&'static str>,
+/// An id_token that does not verify: the person is told `id_token_invalid`; the operator's log
+/// gets the JWKS module's own reason code and words.
+impl From<jwks::IdTokenError> for SignInFailure {
+    fn from(e: jwks::IdTokenError) -> SignInFailure {
+        let hint = match e {
+            jwks::IdTokenError::KeysUnavailable(_) => {
+                Some("the provider's jwks_uri did not answer with a usable key set; check egress")
+            }
+            jwks::IdTokenError::WrongIssuer | jwks::IdTokenError::WrongAudience => {
+                Some("check the configured issuer or tenant and the client id")
+            }
+            _ => None,
+        };
+        SignInFailure::new(Reason::IdTokenInvalid, format!("{}: {e}", e.reason())).with_hint(hint)
+    }
 }
 
 pub trait Provider: Send + Sync {
@@ -52,7 +61,12 @@ pub trait Provider: Send + Sync {
         verifier: &Secret,
         scopes: &[String],
         budget: Duration,
-    ) -> Result<Grant, Failure>;
+    ) -> Result<Grant, SignInFailure>;
     /// Reads who signed in (profile call and id_token claims) within `budget`.
-    fn identity(&self, grant: &Grant, budget: Duration) -> Result<Identity, Failure>;
+    fn identity(&self, grant: &Grant, budget: Duration) -> Result<Identity, SignInFailure>;
+    /// What the operator should fix, for an error description the provider sent (to the
+    /// callback or the token endpoint). For the audit log only.
+    fn error_hint(&self, _description: &str) -> Option<String> {
+        None
+    }
 }

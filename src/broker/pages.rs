@@ -2,6 +2,7 @@
 //! `Accept-Language`. Pages never show tokens, codes, state values or provider error text: each
 //! failure reason maps to a fixed, kind sentence and what to do next.
 
+use crate::error::Reason;
 use crate::http::Response;
 use crate::pages::page_in;
 
@@ -67,35 +68,44 @@ pub fn success(lang: Lang) -> Response {
     )
 }
 
-/// The page for a failure reason code (see the README's list), with its HTTP status.
-pub fn failure(lang: Lang, reason: &str) -> Response {
-    let (status, en, pt): (u16, [&str; 2], [&str; 2]) = match reason {
-        "access_denied" => (200,
+/// The page for a failure reason, with the reason's HTTP status (chosen in `error.rs`). The
+/// match is exhaustive: a new reason needs its words here.
+pub fn failure(lang: Lang, reason: Reason) -> Response {
+    let (en, pt): ([&str; 2], [&str; 2]) = match reason {
+        Reason::AccessDenied => (
             ["Sign-in cancelled", "You cancelled the Microsoft sign-in, so nothing was connected. If that was not what you wanted, ask the assistant for a new link."],
             ["Login cancelado", "Você cancelou o login da Microsoft, então nada foi conectado. Se não era isso que você queria, peça um novo link ao assistente."]),
-        "email_mismatch" => (403,
+        Reason::EmailMismatch | Reason::SubjectMismatch => (
             ["A different account was used", "You signed in with a different Microsoft account than the one this link is for, so nothing was connected. Ask the assistant for a new link and sign in with the right account."],
             ["Outra conta foi usada", "Você entrou com uma conta da Microsoft diferente daquela para a qual este link foi criado, então nada foi conectado. Peça um novo link ao assistente e entre com a conta certa."]),
-        "tenant_mismatch" => (403,
+        Reason::EmailUnverified => (
+            ["This account's e-mail address is not verified", "The account you signed in with has the right e-mail address, but Microsoft does not confirm that it belongs to you, so nothing was connected. Verify the address first, then ask the assistant for a new link."],
+            ["O e-mail desta conta não foi verificado", "A conta com que você entrou tem o e-mail certo, mas a Microsoft não confirma que ele é seu, então nada foi conectado. Verifique o endereço primeiro e depois peça um novo link ao assistente."]),
+        Reason::TenantMismatch | Reason::HostedDomainMismatch => (
             ["This account's organization is not allowed", "The account you signed in with belongs to a different organization, so nothing was connected. Ask the assistant for a new link and sign in with your work account."],
             ["A organização desta conta não é permitida", "A conta com que você entrou pertence a outra organização, então nada foi conectado. Peça um novo link ao assistente e entre com sua conta de trabalho."]),
-        "link_unknown" | "state_unknown" | "state_missing" => (404,
+        Reason::LinkUnknown | Reason::StateUnknown | Reason::StateMissing => (
             ["This link is not valid", "This sign-in link is incomplete or unknown. Ask the assistant for a new link."],
             ["Este link não é válido", "Este link de login está incompleto ou é desconhecido. Peça um novo link ao assistente."]),
-        "link_expired" | "state_expired" => (410,
+        Reason::LinkExpired | Reason::StateExpired => (
             ["This link has expired", "Sign-in links work for a few minutes only. Ask the assistant for a new link."],
             ["Este link expirou", "Os links de login valem só por alguns minutos. Peça um novo link ao assistente."]),
-        "already_connected" => (200,
+        Reason::AlreadyConnected => (
             ["Already connected", "This sign-in is already complete. You can close this window and go back to the chat."],
             ["Já conectado", "Este login já foi concluído. Você já pode fechar esta janela e voltar para a conversa."]),
-        "state_reused" | "link_used" => (409,
+        Reason::StateReused | Reason::LinkUsed => (
             ["This link was already used", "This sign-in link has already been used. If you still need to connect, ask the assistant for a new link."],
             ["Este link já foi usado", "Este link de login já foi usado. Se ainda precisar conectar, peça um novo link ao assistente."]),
-        "unavailable" => (503,
+        Reason::Unavailable => (
             ["Please try again in a minute", "The sign-in service is busy right now. Wait a minute and open the link again."],
             ["Tente de novo em um minuto", "O serviço de login está ocupado agora. Espere um minuto e abra o link de novo."]),
-        // provider_error, exchange_failed, no_refresh_token, graph_failed, and anything new.
-        _ => (502,
+        Reason::ProviderError
+        | Reason::IssuerMismatch
+        | Reason::ExchangeFailed
+        | Reason::NoRefreshToken
+        | Reason::IdTokenInvalid
+        | Reason::GraphFailed
+        | Reason::ProfileFailed => (
             ["We could not connect your account", "Microsoft did not complete the sign-in, so nothing was connected. Ask the assistant for a new link; if it happens again, tell the person who sent it."],
             ["Não foi possível conectar sua conta", "A Microsoft não concluiu o login, então nada foi conectado. Peça um novo link ao assistente; se acontecer de novo, avise quem enviou o link."]),
     };
@@ -104,7 +114,7 @@ pub fn failure(lang: Lang, reason: &str) -> Response {
         Lang::PtBr => pt,
     };
     Response::html(
-        status,
+        reason.status(),
         page_in(lang.code(), title, title, &[text.into()], false),
     )
     .with_header("Content-Language", lang.code())
@@ -138,28 +148,18 @@ mod tests {
 
     #[test]
     fn every_failure_page_is_kind_and_closed() {
-        for reason in [
-            "access_denied",
-            "email_mismatch",
-            "tenant_mismatch",
-            "state_unknown",
-            "state_expired",
-            "state_reused",
-            "exchange_failed",
-            "graph_failed",
-            "no_refresh_token",
-            "unavailable",
-        ] {
+        for reason in Reason::ALL {
             for lang in [Lang::En, Lang::PtBr] {
                 let r = failure(lang, reason);
-                assert!(r.status >= 200 && r.header("Cache-Control") == Some("no-store"));
+                assert_eq!(r.status, reason.status());
+                assert_eq!(r.header("Cache-Control"), Some("no-store"));
                 assert!(
-                    !r.body_text().contains(reason),
+                    !r.body_text().contains(reason.code()),
                     "{reason} shown to a person"
                 );
             }
         }
-        assert!(failure(Lang::PtBr, "access_denied")
+        assert!(failure(Lang::PtBr, Reason::AccessDenied)
             .body_text()
             .contains("lang=\"pt-BR\""));
     }
