@@ -175,7 +175,10 @@ fn redeem(app: &App, session: &Session, code: &Secret) -> Result<Tokens, SignInF
         id_token: grant.id_token,
         token_type: grant.token_type,
         scope: grant.scope,
-        expiry: grant.expiry,
+        // Microsoft always sends expires_in; an hour is what its tokens live.
+        expiry: grant
+            .expiry
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600)),
         email: identity.email,
     })
 }

@@ -1,17 +1,19 @@
 //! Microsoft identity platform (v2.0 endpoints) and Microsoft Graph `/me`. Base URLs are
 //! configurable for national clouds and tests.
 
+use super::oauth::{self, ClientAuth};
 use super::{AuthorizeRequest, Grant, Identity, Provider};
 use crate::broker_config::BrokerConfig;
 use crate::error::{Reason, SignInFailure};
 use crate::secret::Secret;
 use base64::Engine;
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub struct Microsoft {
     client_id: String,
-    client_secret: Option<Secret>,
+    /// A confidential ("Web") registration sends its secret in the form, as Microsoft documents.
+    client_auth: ClientAuth,
     tenant: String,
     login_base: String,
     graph_base: String,
@@ -22,7 +24,10 @@ impl Microsoft {
     pub fn new(c: &BrokerConfig) -> Self {
         Microsoft {
             client_id: c.client_id.clone(),
-            client_secret: c.client_secret.clone(),
+            client_auth: match &c.client_secret {
+                Some(secret) => ClientAuth::SecretPost(secret.clone()),
+                None => ClientAuth::None,
+            },
             tenant: c.tenant.clone(),
             login_base: c.login_base_url.clone(),
             graph_base: c.graph_base_url.clone(),
@@ -61,55 +66,21 @@ impl Provider for Microsoft {
         scopes: &[String],
         budget: Duration,
     ) -> Result<Grant, SignInFailure> {
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("client_id", self.client_id.as_str()),
-            ("code", code),
-            ("redirect_uri", self.redirect_uri.as_str()),
-            ("code_verifier", verifier.expose()),
-        ];
         let scope = scopes.join(" ");
-        form.push(("scope", &scope));
-        if let Some(secret) = &self.client_secret {
-            form.push(("client_secret", secret.expose()));
-        }
-        let sent = SystemTime::now();
-        let response = crate::outbound::agent(budget)
-            .post(&self.endpoint("token"))
-            .header("Accept", "application/json")
-            .send_form(form);
-        let (status, body) = read(response).map_err(|detail| {
-            SignInFailure::new(Reason::ExchangeFailed, detail).with_hint(Some(
-                "the token endpoint did not answer in time; check WK_M365_LOGIN_BASE_URL and egress",
-            ))
-        })?;
-        if status != 200 {
-            let error = body["error"].as_str().unwrap_or("unknown");
-            let description = body["error_description"].as_str().unwrap_or("");
-            return Err(SignInFailure::new(
-                Reason::ExchangeFailed,
-                format!("HTTP {status} {error}: {}", first_line(description)),
-            )
-            .with_hint(hint_for(description)));
-        }
-        let token = |name: &str| {
-            body[name]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(Secret::new)
-        };
-        let access_token = token("access_token").ok_or(SignInFailure::new(
-            Reason::ExchangeFailed,
-            "the token response has no access_token",
-        ))?;
-        Ok(Grant {
-            access_token,
-            refresh_token: token("refresh_token"),
-            id_token: token("id_token"),
-            token_type: body["token_type"].as_str().unwrap_or("Bearer").to_string(),
-            scope: body["scope"].as_str().unwrap_or_default().to_string(),
-            expiry: sent + Duration::from_secs(body["expires_in"].as_u64().unwrap_or(3600)),
-        })
+        oauth::redeem(
+            &oauth::Redemption {
+                token_url: &self.endpoint("token"),
+                client_id: &self.client_id,
+                auth: &self.client_auth,
+                redirect_uri: &self.redirect_uri,
+                code: &Secret::new(code),
+                verifier,
+                // Microsoft's v2.0 endpoint wants the scopes again at redemption.
+                extra: &[("scope", &scope)],
+            },
+            budget,
+            &|description| hint_for(description).map(String::from),
+        )
     }
 
     fn error_hint(&self, description: &str) -> Option<String> {
@@ -168,10 +139,6 @@ fn read(response: Result<http::Response<ureq::Body>, ureq::Error>) -> Result<(u1
         .read_to_string()
         .map_err(|e| e.to_string())?;
     Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
 }
 
 /// The claims of a JWT, without verifying its signature. Only used on an id_token received

@@ -3,6 +3,7 @@
 
 pub mod jwks;
 pub mod microsoft;
+pub mod oauth;
 
 use crate::error::{Reason, SignInFailure};
 use crate::secret::Secret;
@@ -17,14 +18,17 @@ pub struct AuthorizeRequest<'a> {
     pub force_consent: bool,
 }
 
-/// Tokens from the token endpoint, before any identity check.
+/// Tokens from the token endpoint, before any identity check. `Debug` shows no token: they are
+/// `Secret`s.
+#[derive(Debug)]
 pub struct Grant {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
     pub id_token: Option<Secret>,
     pub token_type: String,
     pub scope: String,
-    pub expiry: SystemTime,
+    /// `None`: the token does not expire (no `expires_in`).
+    pub expiry: Option<SystemTime>,
 }
 
 /// Who signed in, as the provider reports it.
