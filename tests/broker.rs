@@ -456,7 +456,7 @@ fn the_person_cancels() {
         &[],
         "access_denied",
         200,
-        "You cancelled the Microsoft sign-in",
+        "You cancelled the Microsoft 365 sign-in",
     );
 }
 
@@ -492,7 +492,7 @@ fn the_wrong_account_fails_closed() {
         &[],
         "email_mismatch",
         403,
-        "different Microsoft account",
+        "different Microsoft 365 account",
     );
 }
 
@@ -723,7 +723,9 @@ fn pages_speak_brazilian_portuguese_when_asked() {
     let page = cancelled
         .relay
         .request("GET", &callback, &[("Accept-Language", "pt-BR")], b"");
-    assert!(page.text().contains("Você cancelou o login da Microsoft"));
+    assert!(page
+        .text()
+        .contains("Você cancelou o login da conta Microsoft 365"));
 }
 
 #[test]

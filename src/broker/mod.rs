@@ -24,18 +24,28 @@ use std::time::SystemTime;
 
 pub struct Broker {
     pub config: BrokerConfig,
-    pub provider: Arc<dyn Provider>,
+    /// Every configured provider, in configuration order (few: a linear search is the map).
+    providers: Vec<Arc<dyn Provider>>,
     /// Code exchanges running now (each on its own thread), bounded by `max_exchanges`.
     exchanges: Arc<AtomicUsize>,
 }
 
 impl Broker {
-    pub fn new(config: BrokerConfig, provider: Arc<dyn Provider>) -> Self {
+    pub fn new(config: BrokerConfig, providers: Vec<Arc<dyn Provider>>) -> Self {
         Broker {
             config,
-            provider,
+            providers,
             exchanges: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The provider of this name.
+    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.iter().find(|p| p.name() == name)
+    }
+
+    pub fn providers(&self) -> &[Arc<dyn Provider>] {
+        &self.providers
     }
 
     /// Callers authenticate with the broker token, except on /status and /token when the
@@ -55,7 +65,7 @@ fn broker(app: &App) -> Result<&Broker, Error> {
     app.broker.as_ref().ok_or(Error::NotFound)
 }
 
-/// 128 random bits, base64url: link ids, OAuth states, retrieval handles.
+/// 128 random bits, base64url: link ids, OAuth states, retrieval handles, nonces.
 fn random_id(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the system random source failed");

@@ -1,11 +1,11 @@
-//! The caller's side of the broker: create a login session (`POST /m365/sessions`), ask how it
-//! is going (`GET /status/{state}`) and take the tokens once (`GET /token/{state}`, with an
-//! optional long-poll).
+//! The caller's side of the broker: create a login session (`POST /sessions`, or
+//! `POST /m365/sessions` for the Microsoft 365 provider), ask how it is going
+//! (`GET /status/{state}`) and take the tokens once (`GET /token/{state}`, with an optional
+//! long-poll).
 
 use super::{broker, random_id, rfc3339};
 use crate::app::App;
 use crate::audit;
-use crate::broker_config::read_only_scopes;
 use crate::error::Error;
 use crate::http::{decode_segment, HttpRequest, Reply, Response};
 use crate::secret::Secret;
@@ -28,34 +28,86 @@ fn plausible_email(e: &str) -> bool {
             .all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()))
 }
 
-/// `POST /m365/sessions`
-pub fn create(app: &App, req: &HttpRequest) -> Result<Response, Error> {
+/// A provider's stable account id as a caller gives it: printable, at most 256 characters.
+fn plausible_subject(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s.chars().all(|c| !c.is_control())
+}
+
+/// Where sessions are created: `POST /sessions` names its provider in the body; an endpoint of
+/// one provider (`POST /m365/sessions`) fixes it and keeps its own link path.
+pub struct Endpoint<'a> {
+    pub provider: Option<&'a str>,
+    /// The login link is `{public}{link_path}{link_id}`.
+    pub link_path: &'a str,
+}
+
+/// `POST /sessions` and `POST /m365/sessions`
+pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Response, Error> {
     let broker = broker(app)?;
     broker.authorize(req, false)?;
     let body: Value = serde_json::from_slice(&req.body)
         .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
-    let email = body["expected_email"]
-        .as_str()
-        .map(str::trim)
-        .filter(|e| plausible_email(e))
-        .ok_or(Error::BadRequest(
-            "expected_email must be an e-mail address",
-        ))?
-        .to_string();
+    if !body.is_object() {
+        return Err(Error::BadRequest("Body must be a JSON object"));
+    }
+    let provider = match (endpoint.provider, &body["provider"]) {
+        (Some(fixed), Value::Null) => broker.provider(fixed).ok_or(Error::NotFound)?,
+        (Some(fixed), Value::String(name)) if name == fixed => {
+            broker.provider(fixed).ok_or(Error::NotFound)?
+        }
+        (Some(_), _) => {
+            return Err(Error::BadRequest(
+                "This endpoint serves one provider; create other sessions with POST /sessions",
+            ))
+        }
+        (None, Value::String(name)) => broker.provider(name).ok_or(Error::UnknownProvider)?,
+        (None, _) => {
+            return Err(Error::BadRequest(
+                "provider must be the name of a configured provider",
+            ))
+        }
+    };
+    let email = match &body["expected_email"] {
+        Value::Null => None,
+        Value::String(e) if plausible_email(e.trim()) => Some(e.trim().to_string()),
+        _ => {
+            return Err(Error::BadRequest(
+                "expected_email must be an e-mail address",
+            ))
+        }
+    };
+    let subject = match &body["expected_subject"] {
+        Value::Null => None,
+        Value::String(s) if plausible_subject(s.trim()) => Some(s.trim().to_string()),
+        _ => {
+            return Err(Error::BadRequest(
+                "expected_subject must be the provider's id of the account (a string)",
+            ))
+        }
+    };
+    if email.is_none() && subject.is_none() {
+        return Err(Error::BadRequest(
+            "expected_email or expected_subject must say who signs in",
+        ));
+    }
     let force_consent = match &body["force_consent"] {
         Value::Null => false,
         Value::Bool(b) => *b,
         _ => return Err(Error::BadRequest("force_consent must be true or false")),
     };
-    let mut scopes = match &body["scopes"] {
-        Value::Null => broker.config.scopes.clone(),
-        Value::String(s) => read_only_scopes(s).map_err(|_| Error::WriteScope)?,
+    let requested: Option<Vec<String>> = match &body["scopes"] {
+        Value::Null => None,
+        Value::String(s) => Some(s.split_whitespace().map(String::from).collect()),
         Value::Array(list) => {
-            let joined: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
-            if joined.len() != list.len() {
+            let scopes: Vec<String> = list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect();
+            if scopes.len() != list.len() {
                 return Err(Error::BadRequest("scopes must be strings"));
             }
-            read_only_scopes(&joined.join(" ")).map_err(|_| Error::WriteScope)?
+            Some(scopes)
         }
         _ => {
             return Err(Error::BadRequest(
@@ -63,20 +115,17 @@ pub fn create(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             ))
         }
     };
-    // offline_access brings the refresh token; openid brings the id_token whose `tid` the
-    // tenant check reads. Both are sign-in scopes, not data access.
-    for needed in ["openid", "offline_access"] {
-        if !scopes.iter().any(|s| s == needed) {
-            scopes.insert(0, needed.into());
-        }
-    }
+    let scopes = provider.scopes(requested.as_deref())?;
     let expires_at = SystemTime::now() + app.config.ttl;
     let session = Session {
         handle: random_id(16),
         link_id: random_id(16),
         oauth_state: random_id(16),
         verifier: Secret::new(random_id(32)),
+        provider: provider.name().to_string(),
+        nonce: random_id(16),
         expected_email: email.clone(),
+        expected_subject: subject.clone(),
         force_consent,
         scopes,
         expires_at,
@@ -88,16 +137,19 @@ pub fn create(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     audit::record(
         "link_created",
         Some(&handle),
-        Some(&email),
-        json!({ "force_consent": force_consent }),
+        email.as_deref(),
+        json!({ "provider": provider.name(), "force_consent": force_consent,
+                "expected_subject": subject.is_some() }),
     );
     let base = &broker.config.public_base_url;
     Ok(Response::json(
         200,
         &json!({
             "state": handle,
+            "provider": provider.name(),
             "expected_email": email,
-            "login_url": format!("{base}/m365/start/{link_id}"),
+            "expected_subject": subject,
+            "login_url": format!("{base}{}{link_id}", endpoint.link_path),
             "status_url": format!("{base}/status/{handle}"),
             "expires_at": rfc3339(expires_at),
         }),
@@ -115,7 +167,9 @@ pub fn status(app: &App, req: &HttpRequest, raw: &str) -> Result<Response, Error
             let mut body = json!({
                 "state": handle,
                 "status": status.name(),
+                "provider": session.provider,
                 "expected_email": session.expected_email,
+                "expected_subject": session.expected_subject,
                 "expires_at": rfc3339(session.expires_at),
             });
             if let SessionStatus::Failed(reason) = &status {
@@ -158,19 +212,29 @@ pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Erro
 fn take_tokens(app: &App, handle: &str) -> Result<Response, Error> {
     Ok(match app.store.take_tokens(handle)? {
         TokenTake::Taken(t) => {
-            audit::record("tokens_retrieved", Some(handle), Some(&t.email), json!({}));
-            Response::json(
-                200,
-                &json!({
-                    "access_token": t.access_token.expose(),
-                    "refresh_token": t.refresh_token.expose(),
-                    "id_token": t.id_token.as_ref().map(Secret::expose),
-                    "token_type": t.token_type,
-                    "expiry": humantime::format_rfc3339_seconds(t.expiry).to_string(),
-                    "scope": t.scope,
-                    "email": t.email,
-                }),
-            )
+            audit::record(
+                "tokens_retrieved",
+                Some(handle),
+                t.email.as_deref(),
+                json!({ "provider": t.provider }),
+            );
+            let mut body = json!({
+                "access_token": t.access_token.expose(),
+                "refresh_token": t.refresh_token.as_ref().map(Secret::expose),
+                "id_token": t.id_token.as_ref().map(Secret::expose),
+                "token_type": t.token_type,
+                "expiry": t.expiry.map(rfc3339),
+                "scope": t.scope,
+                "email": t.email,
+                "email_verified": t.email_verified,
+                "provider": t.provider,
+                "subject": t.subject,
+            });
+            // Only providers with tenants have the field.
+            if let Some(tenant) = &t.tenant {
+                body["tenant"] = json!(tenant);
+            }
+            Response::json(200, &body)
         }
         TokenTake::Pending => Response::json(202, &json!({ "status": "pending" })),
         TokenTake::Consumed => Response::json(
@@ -192,6 +256,17 @@ fn take_tokens(app: &App, handle: &str) -> Result<Response, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_plausibility() {
+        assert!(plausible_subject("5830144"));
+        assert!(plausible_subject(
+            "11111111-2222-3333-4444-555555555555/aaaa"
+        ));
+        assert!(!plausible_subject(""));
+        assert!(!plausible_subject("a\nb"));
+        assert!(!plausible_subject(&"x".repeat(257)));
+    }
 
     #[test]
     fn email_plausibility() {
