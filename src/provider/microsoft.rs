@@ -1,7 +1,18 @@
 //! Microsoft identity platform (v2.0 endpoints) and Microsoft Graph `/me`, read-only. Base URLs
 //! are configurable for national clouds and tests. Microsoft's quirks live here: only read-only
-//! Graph scopes, `scope` repeated at redemption, the tenant in the id_token's `tid`, `mail` else
-//! `userPrincipalName` from Graph, and AADSTS error hints.
+//! Graph scopes, `scope` repeated at redemption, `mail` else `userPrincipalName` from Graph, and
+//! AADSTS error hints.
+//!
+//! Who signed in: the subject is `{tid}/{oid}` (the tenant's GUID and the account's object id
+//! in it: an `oid` is unique only within its tenant, and the pair never changes, unlike `mail`
+//! or the UPN). A pinned tenant (a GUID, or a domain such as `contoso.onmicrosoft.com`, which
+//! is resolved to its GUID through the tenant's OpenID configuration) must be the id_token's
+//! `tid`, and its directory vouches for the e-mail. With `organizations` or `common` any
+//! tenant's admin can set any `mail`, so an e-mail counts as verified only when the id_token's
+//! `xms_edov` claim (an optional claim: "the e-mail's domain owner is verified") is true.
+//!
+//! The id_token comes straight from the token endpoint over TLS, so its claims are read
+//! without checking its signature (OpenID Connect Core 3.1.3.7, item 6).
 
 use super::oauth::{self, ClientAuth};
 use super::{with_scopes, AuthorizeRequest, Grant, Identity, Provider};
@@ -10,6 +21,7 @@ use crate::providers_config::ProviderSettings;
 use crate::secret::Secret;
 use base64::Engine;
 use serde_json::{json, Value};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub const DEFAULT_SCOPES: &str = "offline_access User.Read Mail.Read Calendars.Read";
@@ -59,6 +71,9 @@ pub struct Microsoft {
     /// A confidential ("Web") registration sends its secret in the form, as Microsoft documents.
     client_auth: ClientAuth,
     tenant: String,
+    /// The pinned tenant's GUID: the configured GUID, or a domain's once resolved; `None` for
+    /// `organizations` and `common`.
+    pinned: Pinned,
     login_base: String,
     graph_base: String,
     redirect_uri: String,
@@ -71,9 +86,33 @@ pub struct Microsoft {
     scopes_var: String,
 }
 
+/// Whether sign-ins are pinned to one tenant, and its GUID.
+enum Pinned {
+    /// `organizations`, `common`, `consumers`: any tenant.
+    No,
+    Guid(String),
+    /// A domain, resolved to its tenant's GUID at start-up or, if that failed, at first use.
+    Domain(Mutex<Option<String>>),
+}
+
+/// The multi-tenant aliases of the identity platform.
+fn is_alias(tenant: &str) -> bool {
+    ["organizations", "common", "consumers"]
+        .iter()
+        .any(|a| tenant.eq_ignore_ascii_case(a))
+}
+
 impl Microsoft {
-    pub fn new(s: &ProviderSettings, _budget: Duration) -> Self {
-        Microsoft {
+    pub fn new(s: &ProviderSettings, budget: Duration) -> Self {
+        let tenant = s.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into());
+        let pinned = if is_alias(&tenant) {
+            Pinned::No
+        } else if is_guid(&tenant) {
+            Pinned::Guid(tenant.to_lowercase())
+        } else {
+            Pinned::Domain(Mutex::new(None))
+        };
+        let m = Microsoft {
             name: s.name.clone(),
             display_name: s
                 .display_name
@@ -84,7 +123,8 @@ impl Microsoft {
                 Some(secret) => ClientAuth::SecretPost(secret.clone()),
                 None => ClientAuth::None,
             },
-            tenant: s.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into()),
+            tenant,
+            pinned,
             login_base: s
                 .login_url
                 .clone()
@@ -100,17 +140,71 @@ impl Microsoft {
             tenant_var: s.var("TENANT"),
             client_id_var: s.var("CLIENT_ID"),
             scopes_var: s.var("SCOPES"),
+        };
+        if let Pinned::Domain(_) = m.pinned {
+            // Not fatal: the identity platform may be unreachable for a moment at start-up;
+            // the first sign-in tries again, and fails closed if it still cannot resolve.
+            match m.pinned_tenant(budget) {
+                Ok(guid) => crate::logging::info(
+                    "tenant_resolved",
+                    json!({ "provider": m.name, "tenant": m.tenant, "tid": guid }),
+                ),
+                Err(f) => crate::logging::warn(
+                    "tenant_unresolved",
+                    json!({ "provider": m.name, "tenant": m.tenant, "error": f.detail,
+                            "effect": "resolved again at the first sign-in" }),
+                ),
+            }
         }
+        m
     }
 
     fn endpoint(&self, name: &str) -> String {
         format!("{}/{}/oauth2/v2.0/{name}", self.login_base, self.tenant)
     }
 
-    /// A tenant id pins sign-ins to that tenant; `organizations`, `common` or a domain do not
-    /// (a domain cannot be compared with the token's `tid` GUID).
-    fn pinned_tenant(&self) -> Option<&str> {
-        is_guid(&self.tenant).then_some(self.tenant.as_str())
+    /// The GUID sign-ins are pinned to (`None`: any tenant), resolving a domain if need be.
+    fn pinned_tenant(&self, budget: Duration) -> Result<Option<String>, SignInFailure> {
+        let cache = match &self.pinned {
+            Pinned::No => return Ok(None),
+            Pinned::Guid(guid) => return Ok(Some(guid.clone())),
+            Pinned::Domain(cache) => cache,
+        };
+        if let Some(guid) = cache.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(Some(guid));
+        }
+        let guid = self.resolve_domain(budget)?;
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(guid.clone());
+        Ok(Some(guid))
+    }
+
+    /// A tenant's domain to its GUID: the `issuer` of its OpenID configuration is
+    /// `{login base}/{GUID}/v2.0`.
+    fn resolve_domain(&self, budget: Duration) -> Result<String, SignInFailure> {
+        let url = format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            self.login_base, self.tenant
+        );
+        let failed = |detail: String| {
+            SignInFailure::new(Reason::ProviderError, detail).with_hint(Some(format!(
+                "{} names a domain that could not be resolved to its tenant id: check it, or \
+                 set the tenant GUID instead",
+                self.tenant_var
+            )))
+        };
+        let response = crate::outbound::agent(budget)
+            .get(&url)
+            .header("Accept", "application/json")
+            .call();
+        let (status, document) =
+            super::read_json(response).map_err(|e| failed(format!("GET {url}: {e}")))?;
+        if status != 200 {
+            return Err(failed(format!("GET {url} answered HTTP {status}")));
+        }
+        document["issuer"]
+            .as_str()
+            .and_then(|issuer| tenant_of_issuer(issuer, &self.login_base))
+            .ok_or_else(|| failed(format!("GET {url}: the issuer names no tenant GUID")))
     }
 
     /// What to fix in the app registration for Microsoft errors operators meet in practice.
@@ -218,8 +312,30 @@ impl Provider for Microsoft {
         format!("{}?{}", self.endpoint("authorize"), query.finish())
     }
 
-    fn check_response_issuer(&self, _iss: Option<&str>) -> Result<(), SignInFailure> {
-        Ok(())
+    /// Microsoft does not send `iss` in authorization responses (nor advertise RFC 9207), so
+    /// its absence is fine; when present it must be this identity platform's issuer, and the
+    /// pinned tenant's when there is one.
+    fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), SignInFailure> {
+        let Some(iss) = iss else { return Ok(()) };
+        let tenant = tenant_of_issuer(iss, &self.login_base);
+        let pinned = match &self.pinned {
+            Pinned::No => None,
+            Pinned::Guid(guid) => Some(guid.clone()),
+            Pinned::Domain(cache) => cache.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        let ok = match (&tenant, pinned) {
+            (None, _) => false,
+            (Some(t), Some(p)) => *t == p,
+            (Some(_), None) => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SignInFailure::new(
+                Reason::IssuerMismatch,
+                format!("the authorization response's iss is {iss:?}"),
+            ))
+        }
     }
 
     fn exchange(
@@ -249,9 +365,45 @@ impl Provider for Microsoft {
     fn identity(
         &self,
         grant: &Grant,
-        _nonce: &str,
+        nonce: &str,
         budget: Duration,
     ) -> Result<Identity, SignInFailure> {
+        let claims = grant
+            .id_token
+            .as_ref()
+            .and_then(|t| jwt_claims(t.expose()))
+            .ok_or_else(|| {
+                SignInFailure::new(
+                    Reason::IdTokenInvalid,
+                    "the token response has no readable id_token",
+                )
+            })?;
+        // Unsigned claims (see the top of the file), yet still this sign-in's: the nonce sent.
+        if claims
+            .get("nonce")
+            .is_some_and(|n| n.as_str() != Some(nonce))
+        {
+            return Err(SignInFailure::new(
+                Reason::IdTokenInvalid,
+                "id_token_nonce: the id_token's nonce is not the one sent",
+            ));
+        }
+        let tenant = claims["tid"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase)
+            .ok_or_else(|| {
+                SignInFailure::new(Reason::IdTokenInvalid, "the id_token has no tid claim")
+            })?;
+        let pinned = self.pinned_tenant(budget)?;
+        if let Some(pinned) = &pinned {
+            if tenant != *pinned {
+                return Err(SignInFailure::new(
+                    Reason::TenantMismatch,
+                    format!("id_token tid is {tenant}, pinned to {pinned}"),
+                ));
+            }
+        }
         let response = crate::outbound::agent(budget)
             .get(&format!("{}/v1.0/me", self.graph_base))
             .header(
@@ -278,30 +430,32 @@ impl Provider for Microsoft {
                     .then_some("grant the User.Read delegated permission to the app registration"),
             ));
         }
+        // The object id: Graph's `id` (the id_token carries `oid` only with the profile scope).
+        let oid = me["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_lowercase)
+            .ok_or_else(|| SignInFailure::new(Reason::GraphFailed, "Graph /me has no id"))?;
+        if claims["oid"]
+            .as_str()
+            .is_some_and(|o| !o.eq_ignore_ascii_case(&oid))
+        {
+            return Err(SignInFailure::new(
+                Reason::GraphFailed,
+                "Graph /me answered for another object than the id_token's oid",
+            ));
+        }
         let email = me["mail"]
             .as_str()
             .filter(|s| !s.is_empty())
             .or_else(|| me["userPrincipalName"].as_str())
             .filter(|s| !s.is_empty())
             .map(str::to_lowercase);
-        let tenant = grant
-            .id_token
-            .as_ref()
-            .and_then(|t| jwt_claims(t.expose()))
-            .and_then(|c| c["tid"].as_str().map(str::to_lowercase));
-        if let Some(pinned) = self.pinned_tenant() {
-            if tenant.as_deref() != Some(pinned.to_lowercase().as_str()) {
-                return Err(SignInFailure::new(
-                    Reason::TenantMismatch,
-                    format!("id_token tid is {tenant:?}"),
-                ));
-            }
-        }
         Ok(Identity {
-            subject: me["id"].as_str().unwrap_or_default().to_string(),
+            subject: format!("{tenant}/{oid}"),
             email,
-            email_verified: true,
-            tenant,
+            email_verified: pinned.is_some() || domain_owner_verified(&claims["xms_edov"]),
+            tenant: Some(tenant),
         })
     }
 
@@ -326,6 +480,26 @@ impl Provider for Microsoft {
             "scopes": self.scopes.join(" "),
         })
     }
+}
+
+/// `xms_edov` is documented as a boolean; its truthy encodings elsewhere are accepted too, and
+/// anything else (absent, false, "0") is not a verification.
+fn domain_owner_verified(claim: &Value) -> bool {
+    match claim {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_u64() == Some(1),
+        Value::String(s) => s == "1" || s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// `{login base}/{GUID}/v2.0` -> the GUID, lower-cased.
+fn tenant_of_issuer(issuer: &str, login_base: &str) -> Option<String> {
+    let tenant = issuer
+        .strip_prefix(login_base)?
+        .strip_prefix('/')?
+        .strip_suffix("/v2.0")?;
+    is_guid(tenant).then(|| tenant.to_lowercase())
 }
 
 fn is_guid(s: &str) -> bool {
@@ -500,6 +674,85 @@ mod tests {
         );
         let scopes = m.scopes(Some(&["User.Read".to_string()])).unwrap();
         assert_eq!(scopes, ["openid", "offline_access", "User.Read"]);
+    }
+
+    #[test]
+    fn issuers_name_their_tenant() {
+        let base = "https://login.microsoftonline.com";
+        assert_eq!(
+            tenant_of_issuer(
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+                base
+            )
+            .as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        for other in [
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555",
+            "https://evil.example/11111111-2222-3333-4444-555555555555/v2.0",
+            "https://login.microsoftonline.com.evil.example/11111111-2222-3333-4444-555555555555/v2.0",
+        ] {
+            assert_eq!(tenant_of_issuer(other, base), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn only_a_true_xms_edov_verifies() {
+        for yes in [json!(true), json!(1), json!("1"), json!("true")] {
+            assert!(domain_owner_verified(&yes), "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!(0),
+            json!("0"),
+            json!("yes"),
+            Value::Null,
+        ] {
+            assert!(!domain_owner_verified(&no), "{no}");
+        }
+    }
+
+    #[test]
+    fn the_iss_parameter_is_optional_but_must_be_microsofts() {
+        let mut s = settings();
+        s.tenant = Some("11111111-2222-3333-4444-555555555555".into());
+        check_settings(&mut s).unwrap();
+        let pinned = Microsoft::new(&s, Duration::from_secs(1));
+        assert!(pinned.check_response_issuer(None).is_ok());
+        assert!(pinned
+            .check_response_issuer(Some(
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+            ))
+            .is_ok());
+        for wrong in [
+            "https://login.microsoftonline.com/99999999-2222-3333-4444-555555555555/v2.0",
+            "https://accounts.google.com",
+        ] {
+            assert_eq!(
+                pinned
+                    .check_response_issuer(Some(wrong))
+                    .unwrap_err()
+                    .reason,
+                Reason::IssuerMismatch
+            );
+        }
+        let any = Microsoft::new(
+            &{
+                let mut s = settings();
+                check_settings(&mut s).unwrap();
+                s
+            },
+            Duration::from_secs(1),
+        );
+        assert!(any
+            .check_response_issuer(Some(
+                "https://login.microsoftonline.com/99999999-2222-3333-4444-555555555555/v2.0"
+            ))
+            .is_ok());
+        assert!(any
+            .check_response_issuer(Some("https://accounts.google.com"))
+            .is_err());
     }
 
     #[test]

@@ -253,6 +253,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
     }
 }
 
+pub mod broker;
 pub mod fake_microsoft;
 
 /// A port that was free a moment ago, for a service whose own URL must be known before it
