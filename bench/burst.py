@@ -1,15 +1,11 @@
 #!/usr/bin/env python3
-"""Regression check for the connection-burst stall: open N keep-alive connections at once,
-then send one GET /health on each and time every answer.
+"""A burst of connections: open N keep-alive connections at once, then send one GET /health on
+each and time every answer.
 
   burst.py PORT [N] [WAIT_SECS]
 
-With tiny_http 0.12.0 as published, some of these answers came seconds late (one about every
-2 s) or not at all within 10 s: its TaskPool started a new thread for a connection only when no
-thread was waiting, and a thread just handed a connection still counted as waiting until it ran,
-so part of a burst was queued behind keep-alive connections and served only when another
-connection ended (the relay's watchdog probe, every ~2 s). The vendored copy in vendor/tiny_http
-fixes that (commit 3383e4d); every answer should now come at once.
+The tiny_http server the relay once ran on queued part of such a burst behind keep-alive
+connections (seconds late, or unanswered after 10 s); every answer should come at once.
 Prints `BURST n=... answered=... within_100ms=... slowest=... unanswered=...`.
 """
 

@@ -4,7 +4,7 @@
   fd_recovery.py PORT CONNECTIONS ROUNDS
 
 Run the relay with few descriptors (bench/run.sh uses `prlimit --nofile=64`). Each round opens
-CONNECTIONS connections (far past the limit: tiny_http's accept thread fails or panics), holds
+CONNECTIONS connections (far past the limit, so accept() fails with EMFILE), holds
 them 3 s, closes them, and times until /health answers 200. Prints
 `FDRECOVERY rounds=.. secs=[..] max=..` (max = -1 if a round never recovered within 60 s).
 """

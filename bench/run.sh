@@ -384,7 +384,7 @@ bench_burst() {
     stop_server
     row burst "16 connections opened at once, each sends GET /health" \
         "$(field within_100ms "$line")/16 answered within 100 ms; slowest $(field slowest "$line") s; unanswered after 10 s: $(field unanswered "$line")" \
-        "- (all fast)" "fresh server; regression check for the vendored tiny_http pool fix (3383e4d), see bench/burst.py"
+        "- (all fast)" "fresh server, see bench/burst.py"
 }
 
 # ---------------------------------------------------------------------------------------------

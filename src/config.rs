@@ -76,6 +76,12 @@ pub struct ServeArgs {
     /// Port to listen on.
     #[arg(long, env = "OAUTH_CALLBACK_PORT", default_value_t = defaults::PORT)]
     pub port: u16,
+    /// A second listener, IP:PORT (e.g. 0.0.0.0:8001), for what programs call (/api/...,
+    /// session creation, /status, /token, /metrics); the main listener then serves only what
+    /// browsers and probes need (/callback, login links, /health, /ready). Unset: one listener
+    /// serves everything.
+    #[arg(long, env = "OAUTH_RELAY_INTERNAL_ADDR")]
+    pub internal_addr: Option<String>,
     /// Seconds anything pending (a callback, a registered state) is kept.
     #[arg(long, env = "OAUTH_RELAY_TTL_SECS", default_value_t = defaults::TTL_SECS)]
     pub ttl_secs: u64,
@@ -307,6 +313,8 @@ pub fn explain_parse_error(err: &clap::Error, argv: &[std::ffi::OsString]) -> Pa
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// The internal listener's address, when the public and internal routes are split.
+    pub internal_addr: Option<std::net::SocketAddr>,
     pub ttl: Duration,
     pub max_pending: usize,
     pub max_pending_bytes: usize,
@@ -390,6 +398,7 @@ impl Default for Config {
         Config {
             host: defaults::HOST.into(),
             port: defaults::PORT,
+            internal_addr: None,
             ttl: Duration::from_secs(defaults::TTL_SECS),
             max_pending: defaults::MAX_PENDING,
             max_pending_bytes: defaults::MAX_PENDING_BYTES,
@@ -445,12 +454,19 @@ impl Config {
         if a.max_header_bytes < a.max_url_bytes + 256 {
             return Err("OAUTH_RELAY_MAX_HEADER_BYTES must be at least OAUTH_RELAY_MAX_URL_BYTES + 256 (the request line is part of the head)".into());
         }
+        let internal_addr = match a.internal_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(addr) => Some(addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("OAUTH_RELAY_INTERNAL_ADDR must be an IP address and port such as 0.0.0.0:8001, not {addr:?}")
+            })?),
+        };
         let log_level = Level::parse(&a.log_level)
             .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
         Ok(Config {
             redis,
             host: a.host,
             port: a.port,
+            internal_addr,
             ttl: Duration::from_secs(positive("OAUTH_RELAY_TTL_SECS", a.ttl_secs)?),
             max_pending: positive("OAUTH_RELAY_MAX_PENDING", a.max_pending as u64)? as usize,
             max_pending_bytes: positive(
@@ -559,6 +575,15 @@ mod tests {
         assert!(parse(&["--require-registered-state"])
             .unwrap_err()
             .contains("OAUTH_RELAY_API_TOKEN"));
+        assert!(parse(&["--internal-addr", "localhost"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_INTERNAL_ADDR"));
+        assert_eq!(
+            parse(&["--internal-addr", "127.0.0.1:8001"])
+                .unwrap()
+                .internal_addr,
+            Some("127.0.0.1:8001".parse().unwrap())
+        );
         assert!(parse(&["--log-level", "loud"])
             .unwrap_err()
             .contains("OAUTH_RELAY_LOG_LEVEL"));

@@ -17,6 +17,20 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub remote: Option<SocketAddr>,
+    /// The listener the request came in on: it decides which routes it may reach
+    /// (`routes::Exposure`).
+    pub listener: Listener,
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The only one (no internal address configured): it serves every route.
+    Sole,
+    /// The public one, when an internal one is configured too.
+    Public,
+    /// The internal one (`OAUTH_RELAY_INTERNAL_ADDR`).
+    Internal,
 }
 
 impl HttpRequest {
@@ -30,6 +44,7 @@ impl HttpRequest {
             headers: Vec::new(),
             body: Vec::new(),
             remote: None,
+            listener: Listener::Sole,
         }
     }
 
@@ -148,7 +163,12 @@ impl Response {
         Response {
             status,
             content_type,
-            headers: vec![("X-Content-Type-Options", "nosniff".into())],
+            headers: {
+                // A page carries six headers: one allocation, not four as the list grows.
+                let mut headers = Vec::with_capacity(6);
+                headers.push(("X-Content-Type-Options", Cow::Borrowed("nosniff")));
+                headers
+            },
             body,
             route: "-",
             subject: None,

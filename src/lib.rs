@@ -55,8 +55,19 @@ fn check_memory_budget(config: &config::Config) {
 pub fn serve(config: config::Config) -> Result<(), String> {
     logging::init(config.log_level);
     logging::install_panic_hook();
-    let listener = server::bind(&config.host, config.port)
+    let public = server::bind(&config.host, config.port)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let listeners = match config.internal_addr {
+        None => vec![(public, http::Listener::Sole)],
+        Some(addr) => {
+            let internal = server::bind(&addr.ip().to_string(), addr.port())
+                .map_err(|e| format!("cannot listen on OAUTH_RELAY_INTERNAL_ADDR {addr}: {e}"))?;
+            vec![
+                (public, http::Listener::Public),
+                (internal, http::Listener::Internal),
+            ]
+        }
+    };
     let waiters = waiters::Waiters::new(config.max_waiters);
     let store: Arc<dyn store::Store> = match &config.redis {
         None => Arc::new(
@@ -121,12 +132,14 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         broker,
     });
     let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
-    let running = server::start(listener, config.server.clone(), handler, waiters)
+    let running = server::start_listeners(listeners, config.server.clone(), handler, waiters)
         .map_err(|e| format!("cannot start the server: {e}"))?;
     logging::info(
         "listening",
         json!({
+            // The public listener (the only one when no internal address is set).
             "addr": running.addr().to_string(),
+            "internal_addr": running.addr_of(http::Listener::Internal).map(|a| a.to_string()),
             "ttl_secs": config.ttl.as_secs(),
             "max_pending": config.max_pending,
             "api_token": config.api_token.is_some(),

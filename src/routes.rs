@@ -1,30 +1,226 @@
-//! The one routing table: (method, path) to handler, tagged for the access log.
+//! The one routing table: each route's path, methods, handler, name for the access log, and
+//! exposure: served on the public listener (what browsers and probes reach through the
+//! ingress) or on the internal one (what programs call). With one listener it serves both.
+//!
+//! The rule for any other path, today's unknown ones and tomorrow's: a path that is not in
+//! this table is 404 on every listener, and a route in it is 404 (the same answer) on the
+//! listener that does not serve its exposure. A new route must say which it is; there is no
+//! default.
 
 use crate::app::App;
 use crate::broker::sessions::Endpoint;
 use crate::error::{Error, Face};
-use crate::http::{HttpRequest, Reply};
+use crate::http::{HttpRequest, Listener, Reply};
 use crate::providers_config::M365;
 use crate::{broker, relay};
 use std::sync::Arc;
 
-/// `/login/{provider}/callback` -> the provider's name.
-fn provider_callback(path: &str) -> Option<&str> {
-    let name = path.strip_prefix(LOGIN_PREFIX)?.strip_suffix("/callback")?;
-    (!name.is_empty() && !name.contains('/')).then_some(name)
+/// Which listener serves a route when the public and internal ones are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Browsers (redirects, login links) and the kubelet's probes: behind the ingress.
+    Public,
+    /// Programs: retrieval, registration, session creation, status, tokens, metrics.
+    Internal,
 }
 
-/// `/login/{link}` -> the link id (one segment; callbacks have two).
-fn login_link(path: &str) -> Option<&str> {
-    let link = path.strip_prefix(LOGIN_PREFIX)?;
-    (!link.is_empty() && !link.contains('/')).then_some(link)
+impl Listener {
+    /// Whether a request that came in on this listener may reach a route of `exposure`.
+    pub fn serves(self, exposure: Exposure) -> bool {
+        matches!(
+            (self, exposure),
+            (Listener::Sole, _)
+                | (Listener::Public, Exposure::Public)
+                | (Listener::Internal, Exposure::Internal)
+        )
+    }
 }
 
-const CALLBACK_PREFIX: &str = "/api/callback/";
-const START_PREFIX: &str = "/m365/start/";
-const LOGIN_PREFIX: &str = "/login/";
-const STATUS_PREFIX: &str = "/status/";
-const TOKEN_PREFIX: &str = "/token/";
+#[derive(Debug, Clone, Copy)]
+pub enum Pattern {
+    Exact(&'static str),
+    /// The prefix and a tail (a state, handle or link id, still percent-encoded).
+    Prefix(&'static str),
+    /// The prefix, one path segment (the tail: a provider's name) and the suffix.
+    Around(&'static str, &'static str),
+}
+
+/// What the access log hashes for a route.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    None,
+    /// The `state` query parameter.
+    StateParam,
+    /// The path's tail after the prefix, percent-decoded.
+    Tail,
+}
+
+type Handle = fn(&Arc<App>, &HttpRequest, &str) -> Result<Reply, Error>;
+
+pub struct Route {
+    /// The route as the access log names it (`/api/callback/{state}`).
+    pub name: &'static str,
+    pub pattern: Pattern,
+    /// Methods served; the first is what `Allow` names on a 405.
+    pub methods: &'static [&'static str],
+    pub exposure: Exposure,
+    handle: Handle,
+    subject: Subject,
+}
+
+impl Route {
+    /// The tail after the prefix when `path` is this route's, else `None`.
+    fn tail<'p>(&self, path: &'p str) -> Option<&'p str> {
+        match self.pattern {
+            Pattern::Exact(p) => (path == p).then_some(""),
+            Pattern::Prefix(p) => path.strip_prefix(p),
+            Pattern::Around(prefix, suffix) => path
+                .strip_prefix(prefix)?
+                .strip_suffix(suffix)
+                .filter(|name| !name.is_empty() && !name.contains('/')),
+        }
+    }
+}
+
+use Exposure::{Internal, Public};
+
+/// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
+/// before `/login/{link}` (a link id never contains `/`).
+pub const ROUTES: &[Route] = &[
+    Route {
+        name: "/health",
+        pattern: Pattern::Exact("/health"),
+        methods: &["GET"],
+        exposure: Public,
+        handle: |app, _, _| relay::health(app).map(Reply::Now),
+        subject: Subject::None,
+    },
+    Route {
+        name: "/ready",
+        pattern: Pattern::Exact("/ready"),
+        methods: &["GET"],
+        exposure: Public,
+        handle: |app, _, _| relay::ready(app).map(Reply::Now),
+        subject: Subject::None,
+    },
+    Route {
+        name: "/metrics",
+        pattern: Pattern::Exact("/metrics"),
+        methods: &["GET"],
+        exposure: Internal,
+        handle: |app, _, _| crate::metrics::render(app).map(Reply::Now),
+        subject: Subject::None,
+    },
+    Route {
+        name: "/callback",
+        pattern: Pattern::Exact("/callback"),
+        methods: &["GET"],
+        exposure: Public,
+        handle: |app, req, _| relay::callback(app, req).map(Reply::Now),
+        subject: Subject::StateParam,
+    },
+    Route {
+        name: "/api/callback/{state}",
+        pattern: Pattern::Prefix("/api/callback/"),
+        methods: &["GET"],
+        exposure: Internal,
+        handle: relay::retrieve,
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/api/states",
+        pattern: Pattern::Exact("/api/states"),
+        methods: &["POST"],
+        exposure: Internal,
+        handle: |app, req, _| relay::register(app, req).map(Reply::Now),
+        subject: Subject::None,
+    },
+    Route {
+        name: "/sessions",
+        pattern: Pattern::Exact("/sessions"),
+        methods: &["POST"],
+        exposure: Internal,
+        handle: |app, req, _| {
+            let endpoint = Endpoint {
+                provider: None,
+                link_path: "/login/",
+            };
+            broker::sessions::create(app, req, endpoint).map(Reply::Now)
+        },
+        subject: Subject::None,
+    },
+    Route {
+        name: "/login/{provider}/callback",
+        pattern: Pattern::Around("/login/", "/callback"),
+        methods: &["GET"],
+        exposure: Public,
+        handle: |app, req, provider| broker::login::callback(app, req, provider),
+        subject: Subject::StateParam,
+    },
+    Route {
+        name: "/login/{link}",
+        pattern: Pattern::Prefix("/login/"),
+        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
+        methods: &["GET", "HEAD"],
+        exposure: Public,
+        handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/m365/sessions",
+        pattern: Pattern::Exact("/m365/sessions"),
+        methods: &["POST"],
+        exposure: Internal,
+        handle: |app, req, _| {
+            let endpoint = Endpoint {
+                provider: Some(M365),
+                link_path: "/m365/start/",
+            };
+            broker::sessions::create(app, req, endpoint).map(Reply::Now)
+        },
+        subject: Subject::None,
+    },
+    Route {
+        name: "/m365/start/{link}",
+        pattern: Pattern::Prefix("/m365/start/"),
+        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
+        methods: &["GET", "HEAD"],
+        exposure: Public,
+        handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/m365/callback",
+        pattern: Pattern::Exact("/m365/callback"),
+        methods: &["GET"],
+        exposure: Public,
+        handle: |app, req, _| broker::login::callback(app, req, M365),
+        subject: Subject::StateParam,
+    },
+    Route {
+        name: "/status/{state}",
+        pattern: Pattern::Prefix("/status/"),
+        methods: &["GET"],
+        exposure: Internal,
+        handle: |app, req, handle| broker::sessions::status(app, req, handle).map(Reply::Now),
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/token/{state}",
+        pattern: Pattern::Prefix("/token/"),
+        methods: &["GET"],
+        exposure: Internal,
+        handle: |app, req, handle| broker::sessions::token(app, req, handle),
+        subject: Subject::Tail,
+    },
+];
+
+/// The route `path` belongs to, whatever the method or listener.
+pub fn find(path: &str) -> Option<(&'static Route, &str)> {
+    ROUTES
+        .iter()
+        .find_map(|route| route.tail(path).map(|tail| (route, tail)))
+}
 
 /// Routes a request. With a store that blocks (Redis), every route that may touch it runs on the
 /// blocking pool; `/health` and `/metrics` never wait on the store and always run in place, so a
@@ -38,113 +234,41 @@ pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
 }
 
 fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
-    let path = req.path.clone();
+    let path = req.path.as_str();
+    let face = Face::for_path(path);
     if !req.query_is_utf8() {
         return Reply::Now(
-            Error::BadRequest("The query string is not valid UTF-8")
-                .into_response_for(Face::for_path(&path)),
+            Error::BadRequest("The query string is not valid UTF-8").into_response_for(face),
         );
     }
-    let method = req.method.as_str();
-    let (name, result): (&'static str, Result<Reply, Error>) = match (method, path.as_str()) {
-        ("GET", "/health") => ("/health", relay::health(app).map(Reply::Now)),
-        ("GET", "/ready") => ("/ready", relay::ready(app).map(Reply::Now)),
-        ("GET", "/metrics") => ("/metrics", crate::metrics::render(app).map(Reply::Now)),
-        ("GET", "/callback") => ("/callback", relay::callback(app, &req).map(Reply::Now)),
-        ("GET", p) if p.starts_with(CALLBACK_PREFIX) => (
-            "/api/callback/{state}",
-            relay::retrieve(app, &req, &p[CALLBACK_PREFIX.len()..]),
-        ),
-        ("POST", "/sessions") => (
-            "/sessions",
-            broker::sessions::create(
-                app,
-                &req,
-                Endpoint {
-                    provider: None,
-                    link_path: LOGIN_PREFIX,
-                },
-            )
-            .map(Reply::Now),
-        ),
-        ("POST", "/m365/sessions") => (
-            "/m365/sessions",
-            broker::sessions::create(
-                app,
-                &req,
-                Endpoint {
-                    provider: Some(M365),
-                    link_path: START_PREFIX,
-                },
-            )
-            .map(Reply::Now),
-        ),
-        ("GET", p) if provider_callback(p).is_some() => (
-            "/login/{provider}/callback",
-            broker::login::callback(app, &req, provider_callback(p).unwrap_or_default()),
-        ),
-        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
-        ("GET" | "HEAD", p) if login_link(p).is_some() => (
-            "/login/{link}",
-            broker::login::start(app, &req, login_link(p).unwrap_or_default()).map(Reply::Now),
-        ),
-        ("GET" | "HEAD", p) if p.starts_with(START_PREFIX) => (
-            "/m365/start/{link}",
-            broker::login::start(app, &req, &p[START_PREFIX.len()..]).map(Reply::Now),
-        ),
-        ("GET", "/m365/callback") => ("/m365/callback", broker::login::callback(app, &req, M365)),
-        ("GET", p) if p.starts_with(STATUS_PREFIX) => (
-            "/status/{state}",
-            broker::sessions::status(app, &req, &p[STATUS_PREFIX.len()..]).map(Reply::Now),
-        ),
-        ("GET", p) if p.starts_with(TOKEN_PREFIX) => (
-            "/token/{state}",
-            broker::sessions::token(app, &req, &p[TOKEN_PREFIX.len()..]),
-        ),
-        ("POST", "/api/states") => ("/api/states", relay::register(app, &req).map(Reply::Now)),
-        (_, "/health" | "/ready" | "/callback" | "/metrics") => {
-            ("-", Err(Error::MethodNotAllowed("GET")))
-        }
-        (_, p) if p.starts_with(CALLBACK_PREFIX) => ("-", Err(Error::MethodNotAllowed("GET"))),
-        (_, "/api/states" | "/m365/sessions" | "/sessions") => {
-            ("-", Err(Error::MethodNotAllowed("POST")))
-        }
-        (_, p)
-            if [
-                "/m365/callback",
-                START_PREFIX,
-                STATUS_PREFIX,
-                TOKEN_PREFIX,
-                LOGIN_PREFIX,
-            ]
-            .iter()
-            .any(|prefix| p.starts_with(prefix)) =>
-        {
-            ("-", Err(Error::MethodNotAllowed("GET")))
-        }
-        _ => ("-", Err(Error::NotFound)),
+    // A route the listener does not serve is answered exactly as a path nobody serves.
+    let found = find(path).filter(|(route, _)| req.listener.serves(route.exposure));
+    let Some((route, tail)) = found else {
+        return Reply::Now(Error::NotFound.into_response_for(face).tagged("-", None));
     };
+    if !route.methods.contains(&req.method.as_str()) {
+        return Reply::Now(
+            Error::MethodNotAllowed(route.methods[0])
+                .into_response_for(face)
+                .tagged("-", None),
+        );
+    }
     // Only the access log reads it.
     let subject = if !crate::logging::enabled(crate::logging::Level::Info) {
         None
     } else {
-        match name {
-            "/callback" => req.query_param("state"),
-            "/api/callback/{state}" => crate::http::decode_segment(&path[CALLBACK_PREFIX.len()..]),
-            "/m365/callback" | "/login/{provider}/callback" => req.query_param("state"),
-            "/login/{link}" => login_link(&path).and_then(crate::http::decode_segment),
-            "/status/{state}" => crate::http::decode_segment(&path[STATUS_PREFIX.len()..]),
-            "/token/{state}" => crate::http::decode_segment(&path[TOKEN_PREFIX.len()..]),
-            "/m365/start/{link}" => crate::http::decode_segment(&path[START_PREFIX.len()..]),
-            _ => None,
+        match route.subject {
+            Subject::None => None,
+            Subject::StateParam => req.query_param("state"),
+            Subject::Tail => crate::http::decode_segment(tail),
         }
     };
-    match result {
-        Ok(Reply::Now(r)) => Reply::Now(r.tagged(name, subject.as_deref())),
+    match (route.handle)(app, &req, tail) {
+        Ok(Reply::Now(r)) => Reply::Now(r.tagged(route.name, subject.as_deref())),
         Ok(wait) => wait,
         Err(e) => Reply::Now(
-            e.into_response_for(Face::for_path(&path))
-                .tagged(name, subject.as_deref()),
+            e.into_response_for(face)
+                .tagged(route.name, subject.as_deref()),
         ),
     }
 }

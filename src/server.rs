@@ -13,11 +13,13 @@
 //! - a panicking handler becomes a 500 for that request alone;
 //! - accept errors (descriptors exhausted) shed an idle connection, back off and retry; a long
 //!   outage ends the process non-zero with a log line saying why;
-//! - SIGTERM (via `Stopper`) stops accepting, answers every long-poll, lets in-flight requests
+//! - one or two listeners (public and internal) on the same runtime share the connection cap,
+//!   the long-poll registry and the shutdown; each request is told which one it came in on;
+//! - SIGTERM (via `Stopper`) stops accepting on every listener, answers every long-poll, lets in-flight requests
 //!   finish within the grace period, and returns.
 
 use crate::error::{Error, Face};
-use crate::http::{HttpRequest, Reply, Response, Wait};
+use crate::http::{HttpRequest, Listener, Reply, Response, Wait};
 use crate::logging;
 use crate::waiters::Waiters;
 use bytes::Bytes;
@@ -116,7 +118,8 @@ pub fn bind(host: &str, port: u16) -> io::Result<std::net::TcpListener> {
 
 /// A running server. Dropping it does not stop it; call `stopper().stop()` and `wait()`.
 pub struct Running {
-    addr: SocketAddr,
+    /// Each listener's address, in the order given to `start_listeners`.
+    addrs: Vec<(Listener, SocketAddr)>,
     stop: Arc<watch::Sender<bool>>,
     runtime: tokio::runtime::Handle,
     thread: std::thread::JoinHandle<Result<(), String>>,
@@ -132,8 +135,17 @@ impl Stopper {
 }
 
 impl Running {
+    /// The first listener's address (the public one, or the only one).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0].1
+    }
+
+    /// The address of the listener of that kind, if there is one.
+    pub fn addr_of(&self, which: Listener) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(l, _)| *l == which)
+            .map(|(_, a)| *a)
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -153,9 +165,24 @@ impl Running {
     }
 }
 
-/// Starts serving `listener` on a runtime of its own, on a thread of its own.
+/// Starts serving `listener`, the only one (it serves every route), on a runtime of its own,
+/// on a thread of its own.
 pub fn start(
     listener: std::net::TcpListener,
+    opts: Options,
+    handler: Handler,
+    waiters: Arc<Waiters>,
+) -> io::Result<Running> {
+    start_listeners(vec![(listener, Listener::Sole)], opts, handler, waiters)
+}
+
+/// Starts serving several listeners (public and internal) on one runtime. They share
+/// everything: the connection cap, the long-poll registry, the blocking pool and the shutdown,
+/// so a stop (SIGTERM) closes all of them, and a listener that gives up accepting stops the
+/// others too (the process exits non-zero and is restarted whole). Each request carries the
+/// listener it came in on; the router decides what that listener may reach.
+pub fn start_listeners(
+    listeners: Vec<(std::net::TcpListener, Listener)>,
     opts: Options,
     handler: Handler,
     waiters: Arc<Waiters>,
@@ -166,13 +193,27 @@ pub fn start(
         .thread_name("worker")
         .enable_all()
         .build()?;
-    listener.set_nonblocking(true)?;
-    let listener = {
-        let _entered = runtime.enter();
-        TcpListener::from_std(listener)?
-    };
-    let addr = listener.local_addr()?;
+    let mut bound = Vec::with_capacity(listeners.len());
+    for (listener, which) in listeners {
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener)?
+        };
+        bound.push((listener, which));
+    }
+    let addrs = bound
+        .iter()
+        .map(|(l, which)| l.local_addr().map(|a| (*which, a)))
+        .collect::<io::Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no listener to serve",
+        ));
+    }
     let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
     let shared = Arc::new(Shared {
         handler,
         waiters,
@@ -183,17 +224,46 @@ pub fn start(
         epoch: Instant::now(),
     });
     let handle = runtime.handle().clone();
+    let stop_all = stop.clone();
     let thread = std::thread::Builder::new()
         .name("server".into())
         .spawn(move || {
-            let result = runtime.block_on(accept_loop(listener, shared, stopped));
+            let result = runtime.block_on(async move {
+                let loops: Vec<_> = bound
+                    .into_iter()
+                    .map(|(listener, which)| {
+                        let (shared, stopped, stop_all) =
+                            (shared.clone(), stopped.clone(), stop_all.clone());
+                        tokio::spawn(async move {
+                            let result = accept_loop(listener, which, &shared, stopped).await;
+                            if result.is_err() {
+                                // One listener lost for good: stop the others with it.
+                                stop_all.send_replace(true);
+                            }
+                            result
+                        })
+                    })
+                    .collect();
+                let mut result = Ok(());
+                for accepting in loops {
+                    let ended = accepting
+                        .await
+                        .unwrap_or_else(|_| Err("an accept loop panicked".into()));
+                    if result.is_ok() {
+                        result = ended;
+                    }
+                }
+                // Every listener is closed: new connections are refused from here on.
+                drain(&shared).await;
+                result
+            });
             // Blocking work still running (a stuck Redis call) must not hold the exit.
             runtime.shutdown_timeout(Duration::from_millis(200));
             result
         })?;
     Ok(Running {
-        addr,
-        stop: Arc::new(stop),
+        addrs,
+        stop,
         runtime: handle,
         thread,
     })
@@ -255,9 +325,12 @@ struct Slot {
     framing_conflict: AtomicBool,
 }
 
+/// Accepts on one listener until a stop is asked for (Ok) or accepting is lost for good (Err);
+/// the listener is closed when it returns.
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    which: Listener,
+    shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut outage = Outage::default();
@@ -270,7 +343,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 outage.resumed();
-                admit(&shared, stream, peer);
+                admit(shared, stream, peer, which);
             }
             // The client gave up between SYN and accept: nothing wrong with the listener.
             Err(e)
@@ -297,7 +370,6 @@ async fn accept_loop(
     }
     // New connections are refused from here on, not left waiting in the backlog.
     drop(listener);
-    drain(&shared).await;
     Ok(())
 }
 
@@ -310,7 +382,7 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>) {
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"status\":\"error\",\"message\":\"Too many connections; try again later\"}";
 
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, which: Listener) {
     if shared.live.load(Ordering::Acquire) >= shared.opts.max_connections && !shared.shed_one_idle()
     {
         // Every connection is busy: a short answer written without waiting (a fresh socket's
@@ -332,13 +404,21 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     shared.conns().insert(id, slot.clone());
     shared.live.fetch_add(1, Ordering::AcqRel);
     crate::metrics::OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(serve_connection(shared.clone(), stream, peer, id, slot));
+    tokio::spawn(serve_connection(
+        shared.clone(),
+        stream,
+        peer,
+        which,
+        id,
+        slot,
+    ));
 }
 
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
+    which: Listener,
     id: u64,
     slot: Arc<Slot>,
 ) {
@@ -347,7 +427,7 @@ async fn serve_connection(
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         hyper::service::service_fn(move |req| {
-            serve_request(shared.clone(), slot.clone(), peer, req)
+            serve_request(shared.clone(), slot.clone(), peer, which, req)
         })
     };
     let header_bytes = opts.max_header_bytes.max(MIN_HEADER_BYTES);
@@ -418,17 +498,21 @@ async fn serve_request(
     shared: Arc<Shared>,
     slot: Arc<Slot>,
     peer: SocketAddr,
+    which: Listener,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let _busy = Busy::new(&slot, &shared);
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = req.method().clone();
     let deadline = shared.epoch
         + Duration::from_millis(slot.ready_since_ms.load(Ordering::Relaxed))
         + shared.opts.read_timeout;
     let conflict = slot.framing_conflict.load(Ordering::Acquire);
     let response = match read_request(&shared.opts, peer, deadline, conflict, req).await {
-        Ok(req) => answer(&shared, req).await,
+        Ok(mut req) => {
+            req.listener = which;
+            answer(&shared, req).await
+        }
         Err(refusal) => refusal,
     };
     let status = response.status;
@@ -440,7 +524,7 @@ async fn serve_request(
         logging::info(
             "request",
             json!({
-                "method": method,
+                "method": method.as_str(),
                 "route": response.route,
                 "state": response.subject,
                 "status": status,

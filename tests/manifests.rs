@@ -136,3 +136,47 @@ fn a_manifest_over_its_limit_is_caught() {
     let budget = oauth_relay::budget::worst_case(&config_of(&env));
     assert!(budget.total() > memory_limit(&manifest));
 }
+
+/// Both manifests split the listeners the same way: the internal address is set, its port is
+/// the container port `internal`, the internal Service's and the NetworkPolicy's; probes use
+/// the public port.
+#[test]
+fn both_manifests_keep_the_api_on_the_internal_port() {
+    for path in ["deployment.yaml", "deploy/ha/oauth-relay.yaml"] {
+        let manifest = std::fs::read_to_string(path).unwrap();
+        let env = env_of(&manifest);
+        let internal = env
+            .iter()
+            .find(|(name, _)| name == "OAUTH_RELAY_INTERNAL_ADDR")
+            .and_then(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{path}: no OAUTH_RELAY_INTERNAL_ADDR"));
+        let config = config_of(&env);
+        let port = config.internal_addr.expect("parsed").port();
+        assert_eq!(port, 8001, "{path}: {internal}");
+        let documents: Vec<&str> = manifest.split("\n---\n").collect();
+        let of_kind = |kind: &str, name: &str| {
+            documents
+                .iter()
+                .find(|d| {
+                    d.contains(&format!("kind: {kind}\n"))
+                        && d.contains(&format!("\n  name: {name}\n"))
+                })
+                .unwrap_or_else(|| panic!("{path}: no {kind} {name}"))
+                .to_string()
+        };
+        let deployment = of_kind("Deployment", "oauth-relay");
+        assert!(deployment.contains("- name: internal\n              containerPort: 8001"));
+        assert!(of_kind("Service", "oauth-relay-internal").contains("targetPort: internal"));
+        assert!(!of_kind("Service", "oauth-relay").contains("internal"));
+        let policy = of_kind("NetworkPolicy", "oauth-relay");
+        let admits_internal = policy.split("- from:").nth(1).expect("a from rule");
+        assert!(
+            admits_internal.contains("namespaceSelector") && admits_internal.contains("port: 8001")
+        );
+        for probe in ["readinessProbe:", "livenessProbe:"] {
+            let after = deployment.split(probe).nth(1).unwrap();
+            let port = after.lines().find_map(|l| l.trim().strip_prefix("port: "));
+            assert_eq!(port, Some("http"), "{path}: {probe} on the public port");
+        }
+    }
+}

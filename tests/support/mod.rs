@@ -13,7 +13,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_oauth-relay");
 /// A running `oauth-relay` with its stderr (JSON log lines) captured.
 pub struct Relay {
     pub child: Child,
+    /// The public listener (the only one unless `--internal-addr` was given).
     pub addr: SocketAddr,
+    /// The internal listener, when `--internal-addr` (or `OAUTH_RELAY_INTERNAL_ADDR`) was given.
+    pub internal_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -60,8 +63,8 @@ impl Relay {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
+        let (addr, internal_addr) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -70,11 +73,38 @@ impl Relay {
                 );
             }
         };
-        Relay { child, addr, logs }
+        Relay {
+            child,
+            addr,
+            internal_addr,
+            logs,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The internal listener's address; panics when the relay was started without one.
+    pub fn internal(&self) -> SocketAddr {
+        self.internal_addr
+            .expect("the relay was started without --internal-addr")
+    }
+
+    /// A URL on the internal listener.
+    pub fn internal_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.internal(), path)
+    }
+
+    /// A request to the internal listener.
+    pub fn internal_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        http(self.internal(), method, path, headers, body)
     }
 
     pub fn get(&self, path: &str) -> HttpResponse {
@@ -139,12 +169,14 @@ impl Drop for Relay {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The public and (when there is one) internal address from the `listening` log line.
+fn listening_addr(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v["event"] != "listening" {
         return None;
     }
-    v["addr"].as_str()?.parse().ok()
+    let internal = v["internal_addr"].as_str().and_then(|a| a.parse().ok());
+    Some((v["addr"].as_str()?.parse().ok()?, internal))
 }
 
 /// Polls `check` until it returns Some, failing after a generous bound. This is not a timing
