@@ -325,6 +325,34 @@ pub fn checked_issuer(value: &str, var: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// Settings for unit tests of the providers' own rules.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    /// A provider `name` of `kind` with only a client id, as from `OAUTH_RELAY_PROVIDER_*`.
+    pub fn settings(name: &str, kind: Kind) -> ProviderSettings {
+        ProviderSettings {
+            name: name.into(),
+            kind,
+            display_name: None,
+            redirect_uri: format!("https://relay.example/login/{name}/callback"),
+            client_id: "client".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            allowed_scopes: None,
+            issuer: None,
+            authorize_url: None,
+            token_url: None,
+            api_url: None,
+            login_url: None,
+            tenant: None,
+            hosted_domain: None,
+            source: Source::Variables(prefix_of(name)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,13 +99,7 @@ fn every_route_is_served_on_its_listener_and_unknown_on_the_other() {
     }
     // Paths in nobody's table are 404 on both.
     for addr in [public, internal] {
-        for path in [
-            "/",
-            "/api",
-            "/api/",
-            "/m365/",
-            "/healthz",
-        ] {
+        for path in ["/", "/api", "/api/", "/m365/", "/healthz"] {
             assert_eq!(http(addr, "GET", path, &[], b"").status, 404, "{path}");
         }
     }

@@ -1,10 +1,15 @@
 //! Identity providers behind one trait. The broker only knows this trait; each provider's quirks
 //! (endpoints, client authentication, how identity is read and which claims vouch for it) live
-//! in its own file: `microsoft.rs`, and the shared OAuth 2.0 code redemption in `oauth.rs`.
+//! in its own file: `oidc.rs` (any OpenID Connect provider), `google.rs`, `github.rs`,
+//! `microsoft.rs`; what they share is the OAuth 2.0 code redemption (`oauth.rs`) and id_token
+//! verification (`jwks.rs`).
 
+pub mod github;
+pub mod google;
 pub mod jwks;
 pub mod microsoft;
 pub mod oauth;
+pub mod oidc;
 
 use crate::error::{Error, Reason, SignInFailure};
 use crate::providers_config::{Kind, ProviderSettings};
@@ -106,26 +111,22 @@ pub trait Provider: Send + Sync {
 /// Checks a provider's settings by its kind's rules and fills in its defaults. No network.
 pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {
     match s.kind {
+        Kind::Oidc => oidc::check_settings(s),
+        Kind::Google => google::check_settings(s),
+        Kind::GitHub => github::check_settings(s),
         Kind::Microsoft => microsoft::check_settings(s),
-        kind => Err(format!(
-            "{}: providers of kind {} are not supported yet",
-            s.var("KIND"),
-            kind.name()
-        )),
     }
 }
 
 /// Builds a provider from checked settings; may ask the provider for its metadata (OpenID
 /// Connect discovery) within `budget`. An error names the variable to fix.
 pub fn build(s: &ProviderSettings, budget: Duration) -> Result<Arc<dyn Provider>, String> {
-    match s.kind {
-        Kind::Microsoft => Ok(Arc::new(microsoft::Microsoft::new(s, budget))),
-        kind => Err(format!(
-            "{}: providers of kind {} are not supported yet",
-            s.var("KIND"),
-            kind.name()
-        )),
-    }
+    Ok(match s.kind {
+        Kind::Oidc => Arc::new(oidc::Oidc::new(s, "oidc", &s.name, budget)?),
+        Kind::Google => Arc::new(google::Google::new(s, budget)?),
+        Kind::GitHub => Arc::new(github::GitHub::new(s)),
+        Kind::Microsoft => Arc::new(microsoft::Microsoft::new(s, budget)),
+    })
 }
 
 /// The usual rule for per-session scopes: each must be one of the provider's allowed scopes.
