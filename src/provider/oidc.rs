@@ -19,8 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_SCOPES: &str = "openid email";
-/// The least time between two JWKS fetches (an unknown `kid` triggers one).
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+/// The least time between two JWKS fetches (an unknown `kid` triggers one). Short, because
+/// id_tokens reach us only from token endpoints, in sign-ins the broker started: an unknown
+/// `kid` means the provider rotated its keys (it cannot be sent at will), and a person whose
+/// sign-in lands just after a fetch must not fail for a longer wait. It still bounds a provider
+/// that signs with a key it never publishes to one fetch a second.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(1);
 
 /// Checks the settings of an `oidc` provider: an issuer is required.
 pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {

@@ -229,11 +229,105 @@ impl Broker {
         assert!(line.contains("callback_failed"), "{line}");
     }
 
-    /// The `callback_failed` audit line of `reason` (its operator-only `detail` and `fix`).
-    pub fn failure_line(&self, reason: &str) -> Value {
-        let line = self.relay.wait_for_log(&format!("\"reason\":\"{reason}\""));
+    /// The session's audit line of `event` (the session appears as a hash of its handle),
+    /// e.g. `callback_failed` with its operator-only `detail` and `fix`.
+    pub fn audit_line(&self, session: &Value, event: &str) -> Value {
+        let hash = short_hash(session["state"].as_str().unwrap());
+        let line = super::eventually(&format!("{event} for session {hash}"), || {
+            self.relay.logs().into_iter().find(|l| {
+                l.contains(&format!("\"event\":\"{event}\""))
+                    && l.contains(&format!("\"session\":\"{hash}\""))
+            })
+        });
         serde_json::from_str(&line).unwrap()
     }
+}
+
+/// The relay's log hash of a handle: the first 6 bytes of SHA-256, in hex.
+pub fn short_hash(value: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, value.as_bytes()).as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A stand-in for the broker's public URL that answers every request with a small page and
+/// records its target: where a provider's redirect lands when a test wants to hold it, alter it
+/// (drop or change `iss`, bring it to another provider's callback) and deliver it to the broker
+/// itself with `Broker::arrive`.
+pub struct Catcher {
+    pub url: String,
+    caught: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Default for Catcher {
+    fn default() -> Self {
+        Catcher::start()
+    }
+}
+
+impl Catcher {
+    pub fn start() -> Catcher {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let caught = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = caught.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                if let Some(target) = head.split(' ').nth(1) {
+                    record.lock().unwrap().push(target.to_string());
+                }
+                let body = "<!DOCTYPE html><title>Caught</title><p>Caught the redirect</p>";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Catcher { url, caught }
+    }
+
+    /// A broker whose public URL is this catcher: it listens elsewhere.
+    pub fn plan(&self) -> Planned {
+        Planned {
+            port: super::free_port(),
+            public: self.url.clone(),
+        }
+    }
+
+    /// The absolute URLs caught so far, oldest first.
+    pub fn caught(&self) -> Vec<String> {
+        self.caught
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|target| format!("{}{target}", self.url))
+            .collect()
+    }
+}
+
+/// `url` with the query parameter `name` removed (`None`) or set to `value`.
+pub fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k != name {
+            out.append_pair(&k, &v);
+        }
+    }
+    if let Some(v) = value {
+        out.append_pair(name, v);
+    }
+    format!("{base}?{}", out.finish())
 }
 
 /// Runs `oauth-relay` with `env` only and expects it to refuse to start (exit 1): its stderr.
