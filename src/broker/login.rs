@@ -1,6 +1,6 @@
-//! The person's side of the broker: the login link (`GET /login/{link}`, or `/m365/start/{link}`)
-//! sends the browser to the session's provider, and the provider's callback
-//! (`GET /login/{provider}/callback`, or `/m365/callback`) takes the OAuth state once, checks the
+//! The person's side of the broker: the login link (`GET /login/{link}`, or a provider's own
+//! link path) sends the browser to the session's provider, and the provider's callback
+//! (`GET /login/{provider}/callback`, or its own path) takes the OAuth state once, checks the
 //! response's issuer, redeems the code on the blocking pool, checks the account and shows the
 //! result.
 

@@ -1,8 +1,9 @@
 //! What the broker tells a person, in English and Brazilian Portuguese, chosen by
-//! `Accept-Language`. Pages name the provider by its display name ("GitHub connected",
-//! "Microsoft 365 connected (read-only)") and never show tokens, codes, state values or provider
-//! error text: each failure reason maps to a fixed, kind sentence and what to do next. In
-//! Portuguese the provider follows "conta" ("a conta Google"), which needs no article of its own.
+//! `Accept-Language`. Pages name the provider by its display name ("<name> connected", and
+//! "(read-only)" for read-only providers) and never show tokens, codes, state values or
+//! provider error text: each failure reason maps to a fixed, kind sentence and what to do next.
+//! In Portuguese the provider follows "conta" ("a conta <name>"), which needs no article of its
+//! own.
 
 use crate::error::Reason;
 use crate::http::Response;

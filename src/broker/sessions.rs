@@ -1,5 +1,5 @@
-//! The caller's side of the broker: create a login session (`POST /sessions`, or
-//! `POST /m365/sessions` for the Microsoft 365 provider), ask how it is going
+//! The caller's side of the broker: create a login session (`POST /sessions`, or a provider's
+//! own endpoint, see `routes.rs`), ask how it is going
 //! (`GET /status/{state}`) and take the tokens once (`GET /token/{state}`, with an optional
 //! long-poll).
 
@@ -34,14 +34,14 @@ fn plausible_subject(s: &str) -> bool {
 }
 
 /// Where sessions are created: `POST /sessions` names its provider in the body; an endpoint of
-/// one provider (`POST /m365/sessions`) fixes it and keeps its own link path.
+/// one provider (see `routes.rs`) fixes it and keeps its own link path.
 pub struct Endpoint<'a> {
     pub provider: Option<&'a str>,
     /// The login link is `{public}{link_path}{link_id}`.
     pub link_path: &'a str,
 }
 
-/// `POST /sessions` and `POST /m365/sessions`
+/// `POST /sessions`, and the endpoints of one provider
 pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Response, Error> {
     let broker = broker(app)?;
     broker.authorize(req, false)?;
