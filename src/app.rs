@@ -36,13 +36,14 @@ impl App {
     }
 }
 
-/// A long-poll: park the request under `key` for `wait`; `ready` tells whether the value has
-/// landed already (checked once parked), `answer` builds the reply when woken.
+/// A long-poll: park the request under `key` for `wait`; `ready` tells whether a value this
+/// request may have has landed (checked once parked and on every wake-up), `answer` builds the
+/// reply when it has or at the deadline.
 pub fn long_poll(
     app: &Arc<App>,
     key: String,
     wait: Duration,
-    ready: impl FnOnce(&App) -> bool + Send + 'static,
+    ready: impl Fn(&App) -> bool + Send + Sync + 'static,
     answer: impl FnOnce(&App) -> Response + Send + 'static,
 ) -> Reply {
     let (ready_app, answer_app) = (app.clone(), app.clone());
@@ -50,7 +51,7 @@ pub fn long_poll(
         key,
         deadline: Instant::now() + wait,
         blocking: app.store.blocks(),
-        ready: Box::new(move || ready(&ready_app)),
+        ready: Arc::new(move || ready(&ready_app)),
         answer: Box::new(move || answer(&answer_app)),
     })
 }

@@ -1,7 +1,10 @@
-//! The client subcommands: `wait` (long-poll a relay for one state), `login-link` (ask a broker
-//! for a login link, optionally wait for the tokens) and `healthcheck`.
+//! The client subcommands: `wait` (long-poll a relay for one state), `register` (register a
+//! state with the hash of a new retrieval secret), `login-link` (ask a broker for a login
+//! link, optionally wait for the tokens) and `healthcheck`.
 
-use crate::config::{HealthcheckArgs, LoginLinkArgs, WaitArgs};
+use crate::config::{HealthcheckArgs, LoginLinkArgs, RegisterArgs, WaitArgs};
+use crate::relay::RETRIEVAL_SECRET_HEADER;
+use crate::secret::{RetrievalHash, Secret};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -19,8 +22,21 @@ pub fn wait(args: WaitArgs) -> ExitCode {
     let state: String =
         percent_encoding::utf8_percent_encode(&args.state, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
-    let auth = args.api_token.map(|t| format!("Bearer {t}"));
-    let answer = poll(LABEL, deadline, 404, auth.as_deref(), |wait| {
+    let secret = match retrieval_secret(&args) {
+        Ok(secret) => secret,
+        Err(message) => {
+            eprintln!("{LABEL}: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut headers = Vec::new();
+    if let Some(t) = args.api_token {
+        headers.push(("Authorization", format!("Bearer {t}")));
+    }
+    if let Some(secret) = &secret {
+        headers.push((RETRIEVAL_SECRET_HEADER, secret.expose().to_string()));
+    }
+    let answer = poll(LABEL, deadline, 404, &headers, |wait| {
         format!("{base}/api/callback/{state}?wait={wait}")
     });
     match answer {
@@ -57,6 +73,81 @@ pub fn wait(args: WaitArgs) -> ExitCode {
         }
         Polled::Answer(status, _, json) => {
             eprintln!("{LABEL}: {}", message_of(status, &json));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The retrieval secret `wait` presents: from the variable `--retrieval-secret-env` names, or
+/// the first line of standard input; none without either.
+fn retrieval_secret(args: &WaitArgs) -> Result<Option<Secret>, String> {
+    let secret = if let Some(name) = &args.retrieval_secret_env {
+        std::env::var(name).map_err(|_| {
+            format!(
+                "--retrieval-secret-env: the environment variable {name} is not set (or not UTF-8)"
+            )
+        })?
+    } else if args.retrieval_secret_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("--retrieval-secret-stdin: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        return Ok(None);
+    };
+    if secret.is_empty() {
+        return Err("the retrieval secret is empty".into());
+    }
+    Ok(Some(Secret::new(secret)))
+}
+
+/// 256 random bits, base64url without padding (43 characters): fits a header and a shell
+/// variable as it is.
+fn new_retrieval_secret() -> Secret {
+    use base64::Engine;
+    let mut buf = [0u8; 32];
+    getrandom::fill(&mut buf).expect("the system random source failed");
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+}
+
+pub fn register(args: RegisterArgs) -> ExitCode {
+    const LABEL: &str = "oauth-relay register";
+    let base = match server_url(&args.server, "--server", "OAUTH_RELAY_SERVER") {
+        Ok(base) => base,
+        Err(message) => {
+            eprintln!("{LABEL}: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    let secret = new_retrieval_secret();
+    let body = serde_json::json!({
+        "state": args.state,
+        "ttl_secs": args.ttl_secs,
+        "retrieval_hash": RetrievalHash::of_secret(secret.expose()).encode(),
+    });
+    let mut request = crate::outbound::agent(Duration::from_secs(30))
+        .post(&format!("{base}/api/states"))
+        .content_type("application/json");
+    if let Some(t) = &args.api_token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    match request.send(body.to_string()) {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let answer: Value =
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+                    .unwrap_or(Value::Null);
+            if status == 201 {
+                println!("{}", secret.expose());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{LABEL}: {}", message_of(status, &answer));
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("{LABEL}: {e}");
             ExitCode::from(1)
         }
     }
@@ -129,7 +220,7 @@ fn poll(
     label: &str,
     deadline: Instant,
     pending: u16,
-    auth: Option<&str>,
+    headers: &[(&str, String)],
     url: impl Fn(u64) -> String,
 ) -> Polled {
     let mut backoff = Backoff::new();
@@ -140,8 +231,8 @@ fn poll(
         }
         let wait = left.as_secs().clamp(1, 60);
         let mut request = crate::outbound::agent(Duration::from_secs(wait + 10)).get(&url(wait));
-        if let Some(auth) = auth {
-            request = request.header("Authorization", auth);
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         let sent = Instant::now();
         match request.call() {
@@ -233,7 +324,7 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     }
     let handle = session["state"].as_str().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let answer = poll(LABEL, deadline, 202, Some(&auth), |wait| {
+    let answer = poll(LABEL, deadline, 202, &[("Authorization", auth)], |wait| {
         format!("{base}/token/{handle}?wait={wait}")
     });
     match answer {

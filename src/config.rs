@@ -57,6 +57,13 @@ pub enum Command {
     /// Exit status: 0 when a code arrived; 2 when the callback came without one (the provider
     /// sent an error, or nothing at all); 1 on timeout, a bad --server, or any other failure.
     Wait(WaitArgs),
+    /// Register STATE with the hash of a new random retrieval secret, and print the secret.
+    ///
+    /// Only a retrieval presenting the secret (`wait --retrieval-secret-env` or
+    /// `--retrieval-secret-stdin`, or the X-Retrieval-Secret header) then gets the callback of
+    /// STATE. Prints the secret alone on stdout. Exit status: 0 when registered, 1 otherwise
+    /// (409: the state is already registered or used).
+    Register(RegisterArgs),
     /// Ask a broker for a one-click login link for EMAIL (Microsoft 365 unless --provider says
     /// otherwise) and print it.
     ///
@@ -92,8 +99,9 @@ pub struct ServeArgs {
     /// command lines are visible to other users of the machine.
     #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Accept /callback only for states registered beforehand with POST /api/states
-    /// (needs OAUTH_RELAY_API_TOKEN).
+    /// Accept /callback only for states registered beforehand with POST /api/states. Clients
+    /// may then register a state with the hash of their own retrieval secret without the API
+    /// token; without an API token every registration must carry one.
     #[arg(long, env = "OAUTH_RELAY_REQUIRE_REGISTERED_STATE")]
     pub require_registered_state: bool,
     /// Most bytes of callback data (state, code, error texts) held at once; past it /callback
@@ -178,6 +186,28 @@ pub struct WaitArgs {
     #[arg(long, default_value_t = defaults::TTL_SECS)]
     pub timeout_secs: u64,
     /// Bearer token, when the relay requires one.
+    #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Read the retrieval secret (see `register`) from this environment variable. There is no
+    /// option taking the secret itself: command lines are visible to other users.
+    #[arg(long, value_name = "NAME", conflicts_with = "retrieval_secret_stdin")]
+    pub retrieval_secret_env: Option<String>,
+    /// Read the retrieval secret from the first line of standard input.
+    #[arg(long)]
+    pub retrieval_secret_stdin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// The state the OAuth flow will be started with.
+    pub state: String,
+    /// Base URL of the relay (its internal listener, when it has one).
+    #[arg(long, env = "OAUTH_RELAY_SERVER", default_value = defaults::SERVER_URL)]
+    pub server: String,
+    /// Seconds the registration lives (capped by the relay's OAUTH_RELAY_TTL_SECS).
+    #[arg(long, default_value_t = defaults::TTL_SECS)]
+    pub ttl_secs: u64,
+    /// Bearer token, when the relay requires one for registration.
     #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 }
@@ -445,9 +475,6 @@ impl Config {
             ),
             Some(t) => Some(Secret::new(t)),
         };
-        if a.require_registered_state && api_token.is_none() {
-            return Err("OAUTH_RELAY_REQUIRE_REGISTERED_STATE needs OAUTH_RELAY_API_TOKEN (registration is authenticated)".into());
-        }
         if a.max_url_bytes < 256 {
             return Err("OAUTH_RELAY_MAX_URL_BYTES must be at least 256".into());
         }
@@ -572,9 +599,9 @@ mod tests {
         assert!(parse(&["--api-token", "short"])
             .unwrap_err()
             .contains("OAUTH_RELAY_API_TOKEN"));
-        assert!(parse(&["--require-registered-state"])
-            .unwrap_err()
-            .contains("OAUTH_RELAY_API_TOKEN"));
+        // Without the API token, registered-states mode takes registrations with a retrieval
+        // hash only (relay::register).
+        assert!(parse(&["--require-registered-state"]).is_ok());
         assert!(parse(&["--internal-addr", "localhost"])
             .unwrap_err()
             .contains("OAUTH_RELAY_INTERNAL_ADDR"));

@@ -222,8 +222,10 @@ pub struct Wait {
     pub key: String,
     pub deadline: Instant,
     /// Checked once the request is parked, so a value that landed between the handler's first
-    /// look and the parking is not missed. May block (a shared store): run off the event loop.
-    pub ready: Box<dyn FnOnce() -> bool + Send>,
+    /// look and the parking is not missed, and again on each wake-up: news this request cannot
+    /// use (a callback only another's retrieval secret opens) does not end its wait. May block
+    /// (a shared store): run off the event loop.
+    pub ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
     /// Builds the answer when woken or at the deadline. May block, like `ready`.
     pub answer: Box<dyn FnOnce() -> Response + Send>,
     /// Whether `ready` and `answer` block (a shared store), so the server runs them on the

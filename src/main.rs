@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Wait(args)) => oauth_relay::cli::wait(args),
+        Some(Command::Register(args)) => oauth_relay::cli::register(args),
         Some(Command::LoginLink(args)) => oauth_relay::cli::login_link(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
         Some(Command::Serve(args)) => serve(*args),

@@ -1,5 +1,6 @@
 //! The Python-compatible relay: `/callback` stores what the provider sent, `/api/callback/{state}`
-//! hands it out once (optionally long-polling), `/api/states` registers states ahead of time,
+//! hands it out once (optionally long-polling), `/api/states` registers states ahead of time
+//! (optionally with the hash of a retrieval secret only the registering client holds),
 //! `/health` reports. Every answer here is the Python server's shape unless the README's
 //! "Differences" says otherwise.
 
@@ -8,8 +9,8 @@ use crate::error::Error;
 use crate::http::{decode_segment, HttpRequest, Reply, Response};
 use crate::logging;
 use crate::pages;
-use crate::secret::{short_hash, Secret};
-use crate::store::{Callback, Put, Register, Take, Unavailable};
+use crate::secret::{short_hash, RetrievalHash, Secret};
+use crate::store::{Callback, Proof, Put, Register, Take, Unavailable};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +18,10 @@ use std::time::{Duration, SystemTime};
 /// States longer than this are refused, at registration and in callbacks (real ones are tens of
 /// bytes): a bound on what a stranger can make us hold per entry.
 pub const MAX_STATE_BYTES: usize = 1024;
+
+/// The header a retrieval presents its retrieval secret in: a header, not a query parameter, so
+/// it stays out of access logs, proxy logs and browser history.
+pub const RETRIEVAL_SECRET_HEADER: &str = "X-Retrieval-Secret";
 
 impl From<Unavailable> for Error {
     fn from(e: Unavailable) -> Self {
@@ -116,28 +121,51 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
 }
 
 pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Reply, Error> {
-    app.authorize(req)?;
+    let proof = proof_of(app, req)?;
     let state = decode_segment(raw_state)
         .filter(|s| !s.is_empty())
         .ok_or(Error::CallbackNotFound)?;
     let wait = wait_param(app, req)?;
-    let response = take(app, &state)?;
+    let response = take(app, &state, &proof)?;
     if response.status != 404 || wait.is_zero() {
         return Ok(Reply::Now(response));
     }
     let key = app.store.waiter_key("relay", &state);
-    let ready_state = state.clone();
+    let (ready_state, ready_proof) = (state.clone(), proof.clone());
     Ok(crate::app::long_poll(
         app,
         key,
         wait,
-        move |app| app.store.has_callback(&ready_state).unwrap_or(true),
         move |app| {
-            take(app, &state)
+            app.store
+                .has_callback_for(&ready_state, &ready_proof)
+                .unwrap_or(true)
+        },
+        move |app| {
+            take(app, &state, &proof)
                 .unwrap_or_else(|e| e.into_response())
                 .tagged("/api/callback/{state}", Some(&state))
         },
     ))
+}
+
+/// What a retrieval shows: the hash of its `X-Retrieval-Secret` (hashed at once; the secret
+/// itself goes no further), and whether it passed the API token check. With neither it is
+/// refused (401) as before retrieval secrets existed; a secret without the token may still
+/// open the callback that secret guards, and nothing else.
+fn proof_of(app: &App, req: &HttpRequest) -> Result<Proof, Error> {
+    let secret = req
+        .header(RETRIEVAL_SECRET_HEADER)
+        .filter(|s| !s.is_empty())
+        .map(RetrievalHash::of_secret);
+    let authorized = app.authorize(req);
+    if secret.is_none() {
+        authorized.clone()?;
+    }
+    Ok(Proof {
+        secret,
+        authorized: authorized.is_ok(),
+    })
 }
 
 /// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent.
@@ -152,9 +180,10 @@ pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
     })
 }
 
-/// One retrieval attempt, answered as the Python server answers it.
-fn take(app: &App, state: &str) -> Result<Response, Error> {
-    match app.store.take_callback(state)? {
+/// One retrieval attempt, answered as the Python server answers it. A request without the
+/// right to the callback gets the unknown state's answer, and the callback stays.
+fn take(app: &App, state: &str, proof: &Proof) -> Result<Response, Error> {
+    match app.store.take_callback_by(state, proof)? {
         Take::Taken(cb) => {
             if logging::enabled(logging::Level::Info) {
                 logging::info("callback_retrieved", json!({ "state": short_hash(state) }));
@@ -178,11 +207,24 @@ fn take(app: &App, state: &str) -> Result<Response, Error> {
     }
 }
 
+/// `POST /api/states`. Registering without a `retrieval_hash` needs the API token, as always.
+/// With one, in registered-states mode, it needs nothing else: the client proves its claim on
+/// the callback with the secret, not with a token shared by every client. Outside that mode a
+/// hash still needs the token: there, states nobody registered are accepted, and a stranger who
+/// saw such a state in an authorization URL could otherwise register it first, under their own
+/// secret, and collect its code. In registered-states mode every state is registered before
+/// its URL exists, so it can only be claimed twice (409).
 pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
-    if app.config.api_token.is_none() {
-        return Err(Error::RegistrationDisabled);
+    let open = app.config.require_registered_state;
+    let refused = if app.config.api_token.is_none() {
+        Error::RegistrationDisabled
+    } else {
+        Error::Unauthorized
+    };
+    let authorized = app.config.api_token.is_some() && app.authorize(req).is_ok();
+    if !authorized && !open {
+        return Err(refused);
     }
-    app.authorize(req)?;
     let body: Value = serde_json::from_slice(&req.body)
         .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
     let state = body
@@ -199,11 +241,29 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         ))?)
         .min(app.config.ttl),
     };
-    match app.store.register_state(state, ttl)? {
+    let guard = match body.get("retrieval_hash") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_str().and_then(RetrievalHash::parse).ok_or(
+            Error::BadRequest(
+                "retrieval_hash must be base64url(SHA-256(retrieval secret)) without padding (43 characters)",
+            ),
+        )?),
+    };
+    if guard.is_none() && !authorized {
+        return Err(match refused {
+            // Registered-states mode without an API token: every registration carries a hash.
+            Error::RegistrationDisabled => Error::BadRequest(
+                "retrieval_hash is required (registering without one needs OAUTH_RELAY_API_TOKEN)",
+            ),
+            other => other,
+        });
+    }
+    match app.store.register_guarded(state, ttl, guard.as_ref())? {
         Register::Registered { expires_at } => {
             logging::info(
                 "state_registered",
-                json!({ "state": short_hash(state), "ttl_secs": ttl.as_secs() }),
+                json!({ "state": short_hash(state), "ttl_secs": ttl.as_secs(),
+                        "retrieval_secret": guard.is_some() }),
             );
             Ok(Response::json(
                 201,

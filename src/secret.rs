@@ -1,5 +1,5 @@
 //! Values that must never reach a log line or a page: the `Secret` newtype, constant-time
-//! comparison, and the short hashes under which states appear in logs.
+//! comparison, retrieval-secret hashes, and the short hashes under which states appear in logs.
 
 use ring::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
@@ -36,6 +36,50 @@ impl std::fmt::Debug for Secret {
 impl std::fmt::Display for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+/// SHA-256 of a client's retrieval secret: what a state registered with `retrieval_hash` keeps,
+/// and what a retrieval presenting `X-Retrieval-Secret` is turned into at once. Only the hash
+/// is ever held, so the store never has the secret; comparison is constant-time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RetrievalHash([u8; 32]);
+
+impl RetrievalHash {
+    /// The hash of a presented secret.
+    pub fn of_secret(secret: &str) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+        RetrievalHash(out)
+    }
+
+    /// `base64url(SHA-256(secret))` without padding (43 characters), as a client registers it.
+    pub fn parse(encoded: &str) -> Option<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .ok()?;
+        Some(RetrievalHash(bytes.try_into().ok()?))
+    }
+
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Compares in constant time.
+    pub fn matches(&self, other: &RetrievalHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RetrievalHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetrievalHash([redacted])")
     }
 }
 
@@ -85,6 +129,25 @@ mod tests {
         assert!(!s.matches("token-12"));
         assert!(!s.matches("token-1234"));
         assert!(!s.matches(""));
+    }
+
+    #[test]
+    fn retrieval_hashes_are_base64url_sha256() {
+        // echo -n secret | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d '='
+        let h = RetrievalHash::parse("K7gNU3sdo-OL0wNhqoVWhr3g6s1xYv72ol_pe_Unols").unwrap();
+        assert!(h.matches(&RetrievalHash::of_secret("secret")));
+        assert!(!h.matches(&RetrievalHash::of_secret("secret ")));
+        assert_eq!(h.encode(), "K7gNU3sdo-OL0wNhqoVWhr3g6s1xYv72ol_pe_Unols");
+        for bad in [
+            "",
+            "K7gNU3sdo-OL0wNhqoVWhr3g6s1xYv72ol_pe_Unol",
+            "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols",
+            "K7gNU3sdo-OL0wNhqoVWhr3g6s1xYv72ol_pe_Unols=",
+            "c2VjcmV0",
+        ] {
+            assert!(RetrievalHash::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(!format!("{h:?}").contains("K7g"));
     }
 
     #[test]

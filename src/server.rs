@@ -666,11 +666,22 @@ async fn long_poll(waiters: &Arc<Waiters>, wait: Wait) -> Response {
     let Ok(mut parked) = waiters.park(&key) else {
         return Error::TooManyWaiters.into_response();
     };
-    // A value that landed while the handler was parking us must not be missed.
-    if !run(blocking, ready).await.unwrap_or(true) {
+    loop {
+        // A value that landed while the handler was parking us must not be missed.
+        let check = ready.clone();
+        if run(blocking, move || check()).await.unwrap_or(true) {
+            break;
+        }
         tokio::select! {
             _ = parked.woken() => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+        }
+        // Woken by news under our key that may not be ours to have (a callback guarded by
+        // another's retrieval secret): answering now would tell that it landed, so park again
+        // and look. A shutdown refuses the new ticket, and we answer at once.
+        match waiters.park(&key) {
+            Ok(again) => parked = again,
+            Err(_) => break,
         }
     }
     drop(parked);

@@ -294,12 +294,11 @@ fn invalid_settings_stop_start_up_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("OAUTH_RELAY_TTL_SECS"));
     let out = std::process::Command::new(support::BIN)
-        .env("OAUTH_RELAY_REQUIRE_REGISTERED_STATE", "true")
-        .env_remove("OAUTH_RELAY_API_TOKEN")
+        .env("OAUTH_RELAY_INTERNAL_ADDR", "localhost")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("OAUTH_RELAY_API_TOKEN"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OAUTH_RELAY_INTERNAL_ADDR"));
 }
 
 #[test]

@@ -153,9 +153,16 @@ fn a_panicking_handler_costs_one_500_and_nothing_else() {
 fn one_slow_handler_does_not_hold_up_the_others() {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let rx = Arc::new(std::sync::Mutex::new(rx));
+    // Handlers run on the event loop and must not block; slow work is returned as
+    // `Reply::Later`, which runs on the blocking pool (as the broker's code exchange and every
+    // Redis call do).
     let handler: server::Handler = Arc::new(move |req| {
         if req.path == "/stuck" {
-            let _ = rx.lock().unwrap().recv();
+            let rx = rx.clone();
+            return Reply::later(move || {
+                let _ = rx.lock().unwrap().recv();
+                Response::json(200, &serde_json::json!({}))
+            });
         }
         Reply::Now(Response::json(200, &serde_json::json!({})))
     });

@@ -5,11 +5,12 @@ mod support;
 
 use oauth_relay::config::RedisConfig;
 use oauth_relay::keyring::Keyring;
-use oauth_relay::secret::Secret;
+use oauth_relay::secret::{RetrievalHash, Secret};
 use oauth_relay::store::memory::MemoryStore;
 use oauth_relay::store::redis::RedisStore;
 use oauth_relay::store::{
-    Callback, Put, Register, Session, SessionStatus, StateTake, Store, Take, TokenTake, Tokens,
+    Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, Take, TokenTake,
+    Tokens,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -301,7 +302,176 @@ fn sessions_expire_and_are_bounded(new: Factory) {
     assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::NotFound);
 }
 
+fn holder_of(secret: &str) -> Proof {
+    Proof {
+        secret: Some(RetrievalHash::of_secret(secret)),
+        authorized: false,
+    }
+}
+
+fn stranger() -> Proof {
+    Proof {
+        secret: None,
+        authorized: false,
+    }
+}
+
+/// A state registered with a retrieval hash: its callback goes only to the secret's holder;
+/// everyone else (the API token alone, a wrong secret, nothing) is told `Missing` and takes
+/// nothing, before and after the holder has it.
+fn retrieval_secrets(new: Factory) {
+    let s = new(Duration::from_secs(60), 10);
+    let right = RetrievalHash::of_secret("right secret");
+    assert!(matches!(
+        s.register_guarded("g", Duration::from_secs(60), Some(&right))
+            .unwrap(),
+        Register::Registered { .. }
+    ));
+    assert_eq!(
+        s.register_guarded("g", Duration::from_secs(60), Some(&right))
+            .unwrap(),
+        Register::Exists
+    );
+    assert_eq!(
+        s.register_state("g", Duration::from_secs(60)).unwrap(),
+        Register::Exists
+    );
+    let authorized_with_wrong = Proof {
+        secret: Some(RetrievalHash::of_secret("wrong")),
+        authorized: true,
+    };
+    let others = [
+        Proof::authorized(),
+        holder_of("wrong"),
+        holder_of(""),
+        authorized_with_wrong,
+        stranger(),
+    ];
+    for proof in &others {
+        assert_eq!(s.take_callback_by("g", proof).unwrap(), Take::Missing);
+    }
+    assert_eq!(
+        s.put_callback(cb("g", "the code"), true).unwrap(),
+        Put::Stored
+    );
+    for proof in &others {
+        assert!(!s.has_callback_for("g", proof).unwrap(), "{proof:?}");
+        assert_eq!(s.take_callback_by("g", proof).unwrap(), Take::Missing);
+    }
+    assert!(s.has_callback_for("g", &holder_of("right secret")).unwrap());
+    match s.take_callback_by("g", &holder_of("right secret")).unwrap() {
+        Take::Taken(c) => assert_eq!(c.code.unwrap().expose(), "the code"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.take_callback_by("g", &holder_of("right secret")).unwrap(),
+        Take::AlreadyTaken
+    );
+    assert!(s.has_callback_for("g", &holder_of("right secret")).unwrap());
+    for proof in &others {
+        assert!(!s.has_callback_for("g", proof).unwrap());
+        assert_eq!(s.take_callback_by("g", proof).unwrap(), Take::Missing);
+    }
+    // A reload after retrieval is still recognised; a planted code is still refused.
+    assert_eq!(
+        s.put_callback(cb("g", "the code"), true).unwrap(),
+        Put::Repeated
+    );
+    assert_eq!(
+        s.put_callback(cb("g", "planted"), true).unwrap(),
+        Put::Conflict
+    );
+
+    // Without a hash, a secret opens nothing: only the API token check does.
+    s.put_callback(cb("open", "c"), false).unwrap();
+    assert_eq!(
+        s.take_callback_by("open", &holder_of("any")).unwrap(),
+        Take::Missing
+    );
+    assert!(!s.has_callback_for("open", &stranger()).unwrap());
+    assert!(matches!(
+        s.take_callback_by(
+            "open",
+            &Proof {
+                secret: Some(RetrievalHash::of_secret("any")),
+                authorized: true
+            }
+        )
+        .unwrap(),
+        Take::Taken(_)
+    ));
+}
+
+/// Wrong secrets racing the right one: exactly one take, the holder's.
+fn retrieval_secrets_under_concurrency(new: Factory) {
+    let s = new(Duration::from_secs(60), 1000);
+    for round in 0..20 {
+        let state = format!("race{round}");
+        let right = RetrievalHash::of_secret("right");
+        s.register_guarded(&state, Duration::from_secs(60), Some(&right))
+            .unwrap();
+        s.put_callback(cb(&state, "c"), true).unwrap();
+        let outcomes: Vec<(bool, Take)> = std::thread::scope(|scope| {
+            (0..8)
+                .map(|i| {
+                    let (s, state) = (&s, &state);
+                    scope.spawn(move || {
+                        let holder = i == 5;
+                        let proof = holder_of(if holder { "right" } else { "wrong" });
+                        (holder, s.take_callback_by(state, &proof).unwrap())
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        for (holder, take) in outcomes {
+            if holder {
+                assert!(matches!(take, Take::Taken(_)), "round {round}: {take:?}");
+            } else {
+                assert_eq!(take, Take::Missing, "round {round}");
+            }
+        }
+    }
+}
+
+/// Guarded registrations count against the cap like any other, and expire like any other.
+fn retrieval_secrets_are_bounded_and_expire(new: Factory) {
+    let h = RetrievalHash::of_secret("s");
+    let s = new(Duration::from_secs(60), 1);
+    assert!(matches!(
+        s.register_guarded("a", Duration::from_secs(60), Some(&h))
+            .unwrap(),
+        Register::Registered { .. }
+    ));
+    assert_eq!(
+        s.register_guarded("b", Duration::from_secs(60), Some(&h))
+            .unwrap(),
+        Register::Full
+    );
+    assert_eq!(s.put_callback(cb("c", "1"), false).unwrap(), Put::Full);
+    let s = new(Duration::from_secs(60), 10);
+    s.register_guarded("short", Duration::from_millis(200), Some(&h))
+        .unwrap();
+    // Asking changes nothing while it lives (Exists); once it has expired the state is free.
+    support::eventually("the registration to expire", || {
+        matches!(
+            s.register_guarded("short", Duration::from_secs(60), None)
+                .unwrap(),
+            Register::Registered { .. }
+        )
+        .then_some(())
+    });
+    // What replaced it is unguarded: the expired hash is gone with its registration.
+    assert_eq!(s.put_callback(cb("short", "1"), true).unwrap(), Put::Stored);
+    assert!(matches!(s.take_callback("short").unwrap(), Take::Taken(_)));
+}
+
 fn run_suite(new: Factory) {
+    retrieval_secrets(new);
+    retrieval_secrets_under_concurrency(new);
+    retrieval_secrets_are_bounded_and_expire(new);
     sessions_state_and_tokens_are_taken_once(new);
     sessions_expire_and_are_bounded(new);
     first_callback_wins(new);
@@ -358,12 +528,45 @@ fn redis_holds_nothing_usable_in_the_clear() {
     s.take_callback("STATE-visible-2").unwrap();
     s.register_state("STATE-registered-3", Duration::from_secs(60))
         .unwrap();
+    // Guarded: one registered, one received, one retrieved. Not even the hash is kept.
+    let hash = RetrievalHash::of_secret("RETRIEVAL-secret");
+    for i in 4..7 {
+        s.register_guarded(
+            &format!("STATE-guarded-{i}"),
+            Duration::from_secs(60),
+            Some(&hash),
+        )
+        .unwrap();
+    }
+    for i in 5..7 {
+        s.put_callback(
+            cb(&format!("STATE-guarded-{i}"), &format!("CODE-secret-{i}")),
+            true,
+        )
+        .unwrap();
+    }
+    let holder = holder_of("RETRIEVAL-secret");
+    assert!(matches!(
+        s.take_callback_by("STATE-guarded-6", &holder).unwrap(),
+        Take::Taken(_)
+    ));
     let dump = server.dump();
     assert!(!dump.is_empty());
-    for needle in ["STATE-", "CODE-", "secret", "visible"] {
+    let encoded = hash.encode();
+    for needle in [
+        "STATE-".as_bytes(),
+        b"CODE-",
+        b"secret",
+        b"visible",
+        b"RETRIEVAL",
+        &hash.as_bytes()[..],
+        &hash.as_bytes()[..8],
+        encoded.as_bytes(),
+    ] {
         assert!(
-            !dump.windows(needle.len()).any(|w| w == needle.as_bytes()),
-            "{needle} stored in the clear"
+            !dump.windows(needle.len()).any(|w| w == needle),
+            "{:?} stored in the clear",
+            String::from_utf8_lossy(needle)
         );
     }
 }
@@ -504,10 +707,12 @@ fn a_read_whose_pooled_connection_dies_is_asked_again_on_a_new_one() {
     let proxy = LosesAReply::start(server.port);
     let s = redis_store_at(proxy.url());
     s.put_callback(cb("here", "1"), false).unwrap();
-    let before = calls(&server, "exists");
-    proxy.lose_the_reply_to_the_next(b"EXISTS");
+    // Loads the read-only script, so below the read is one EVALSHA.
     assert!(s.has_callback("here").unwrap());
-    assert_eq!(calls(&server, "exists") - before, 2);
+    let before = calls(&server, "evalsha");
+    proxy.lose_the_reply_to_the_next(b"EVALSHA");
+    assert!(s.has_callback("here").unwrap());
+    assert_eq!(calls(&server, "evalsha") - before, 2);
 }
 
 #[test]

@@ -4,37 +4,55 @@
 //! `Arc<str>` shared by the map, the expiry heap and the marker FIFO.
 
 use super::{
-    Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
+    Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
     TokenTake, Tokens,
 };
+use crate::secret::RetrievalHash;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The hash of the retrieval secret a state was registered with, if any; it stays with the
+/// entry through callback and retrieval. Boxed: most states have none, and `None` then costs
+/// one pointer.
+type Guard = Option<Box<RetrievalHash>>;
+
 enum Entry {
     Registered {
         expires: Instant,
+        guard: Guard,
     },
     Received {
         /// Its `state` is left empty: the map's key holds it.
         callback: Callback,
         fingerprint: [u8; 32],
         expires: Instant,
+        guard: Guard,
     },
-    /// The code is gone; only what is needed to answer 410 and to recognise a reload remains.
+    /// The code is gone; only what is needed to answer 410 (to whoever may know), and to
+    /// recognise a reload, remains.
     Retrieved {
         fingerprint: [u8; 32],
         expires: Instant,
+        guard: Guard,
     },
 }
 
 impl Entry {
     fn expires(&self) -> Instant {
         match self {
-            Entry::Registered { expires }
+            Entry::Registered { expires, .. }
             | Entry::Received { expires, .. }
             | Entry::Retrieved { expires, .. } => *expires,
+        }
+    }
+
+    fn guard(&self) -> Option<&RetrievalHash> {
+        match self {
+            Entry::Registered { guard, .. }
+            | Entry::Received { guard, .. }
+            | Entry::Retrieved { guard, .. } => guard.as_deref(),
         }
     }
 
@@ -249,11 +267,20 @@ impl Store for MemoryStore {
             None if inner.live >= self.max_pending => return Ok(Put::Full),
             None => Put::Stored,
         };
+        let guard = match inner.entries.get_mut(cb.state.as_str()) {
+            Some(Entry::Registered { guard, .. }) => guard.take(),
+            _ => None,
+        };
         let mut cb = cb;
         let state = std::mem::take(&mut cb.state);
         let added = state.len() + payload(&cb);
         self.evict_markers(&mut inner, added);
         if inner.bytes + added > self.max_bytes {
+            // The registration stays as it was.
+            if let Some(Entry::Registered { guard: g, .. }) = inner.entries.get_mut(state.as_str())
+            {
+                *g = guard;
+            }
             return Ok(Put::Full);
         }
         inner.insert_live(
@@ -262,24 +289,29 @@ impl Store for MemoryStore {
                 callback: cb,
                 fingerprint,
                 expires: now + self.ttl,
+                guard,
             },
         );
         Ok(outcome)
     }
 
-    fn take_callback(&self, state: &str) -> StoreResult<Take> {
+    fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.expire_one(state, now);
         let Some(entry) = inner.entries.get_mut(state) else {
             return Ok(Take::Missing);
         };
-        let (callback, fingerprint) = match entry {
+        if !proof.opens(entry.guard()) {
+            return Ok(Take::Missing);
+        }
+        let (callback, fingerprint, guard) = match entry {
             Entry::Registered { .. } => return Ok(Take::Missing),
             Entry::Retrieved { .. } => return Ok(Take::AlreadyTaken),
             Entry::Received {
                 callback,
                 fingerprint,
+                guard,
                 ..
             } => (
                 Callback {
@@ -295,12 +327,14 @@ impl Store for MemoryStore {
                     )
                 },
                 *fingerprint,
+                guard.take(),
             ),
         };
         let expires = now + self.ttl;
         *entry = Entry::Retrieved {
             fingerprint,
             expires,
+            guard,
         };
         inner.bytes -= payload(&callback);
         inner.live -= 1;
@@ -312,16 +346,20 @@ impl Store for MemoryStore {
         Ok(Take::Taken(callback))
     }
 
-    fn has_callback(&self, state: &str) -> StoreResult<bool> {
+    fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
         let now = Instant::now();
         let inner = self.lock();
-        Ok(inner
-            .entries
-            .get(state)
-            .is_some_and(|e| e.expires() > now && !matches!(e, Entry::Registered { .. })))
+        Ok(inner.entries.get(state).is_some_and(|e| {
+            e.expires() > now && !matches!(e, Entry::Registered { .. }) && proof.opens(e.guard())
+        }))
     }
 
-    fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register> {
+    fn register_guarded(
+        &self,
+        state: &str,
+        ttl: Duration,
+        guard: Option<&RetrievalHash>,
+    ) -> StoreResult<Register> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.expire_one(state, now);
@@ -332,7 +370,13 @@ impl Store for MemoryStore {
         if inner.live >= self.max_pending || inner.bytes + state.len() > self.max_bytes {
             return Ok(Register::Full);
         }
-        inner.insert_live(state, Entry::Registered { expires: now + ttl });
+        inner.insert_live(
+            state,
+            Entry::Registered {
+                expires: now + ttl,
+                guard: guard.cloned().map(Box::new),
+            },
+        );
         Ok(Register::Registered {
             expires_at: SystemTime::now() + ttl,
         })

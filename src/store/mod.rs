@@ -5,8 +5,40 @@
 pub mod memory;
 pub mod redis;
 
-use crate::secret::Secret;
+use crate::secret::{RetrievalHash, Secret};
 use std::time::{Duration, SystemTime};
+
+/// What a retrieval can show. A callback whose state was registered with a retrieval hash goes
+/// only to the holder of that secret (the API token does not stand in for it: every client
+/// holds the token, only one holds the secret); any other callback only to a request that
+/// passed the API token check (or when no token is configured). Anyone else is told
+/// `Missing`, exactly as for a state nobody knows, and takes nothing.
+#[derive(Clone, Debug)]
+pub struct Proof {
+    /// The hash of the `X-Retrieval-Secret` presented, if any.
+    pub secret: Option<RetrievalHash>,
+    /// Passed the API token check (or none is configured).
+    pub authorized: bool,
+}
+
+impl Proof {
+    /// An authorized request without a retrieval secret: what every retrieval was before
+    /// retrieval secrets.
+    pub fn authorized() -> Proof {
+        Proof {
+            secret: None,
+            authorized: true,
+        }
+    }
+
+    /// Whether this proof may have a callback guarded by `guard` (`None`: unguarded).
+    pub fn opens(&self, guard: Option<&RetrievalHash>) -> bool {
+        match guard {
+            Some(expected) => self.secret.as_ref().is_some_and(|s| expected.matches(s)),
+            None => self.authorized,
+        }
+    }
+}
 
 /// What the provider sent to `/callback` for one state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,15 +187,40 @@ pub trait Store: Send + Sync {
     /// registered beforehand is accepted.
     fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put>;
 
-    /// Hands out the callback once; afterwards the state answers `AlreadyTaken` until it expires.
-    fn take_callback(&self, state: &str) -> StoreResult<Take>;
+    /// Hands out the callback once to a request with `proof` of the right to it (see `Proof`);
+    /// afterwards the state answers `AlreadyTaken` to such requests until it expires. To any
+    /// other request it answers `Missing` and changes nothing: a wrong secret does not use a
+    /// callback up.
+    fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take>;
 
-    /// Whether a callback has landed for `state` (taken or not): used by long-polls to avoid
-    /// missing a callback that landed while they were being parked.
-    fn has_callback(&self, state: &str) -> StoreResult<bool>;
+    /// `take_callback_by` an authorized request without a retrieval secret.
+    fn take_callback(&self, state: &str) -> StoreResult<Take> {
+        self.take_callback_by(state, &Proof::authorized())
+    }
 
-    /// Registers a state ahead of its callback, for at most `ttl`.
-    fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register>;
+    /// Whether a callback `proof` may have has landed for `state` (taken or not): used by
+    /// long-polls to avoid missing a callback that landed while they were being parked, and
+    /// so that news of a callback another's secret guards does not end their wait.
+    fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool>;
+
+    /// `has_callback_for` an authorized request without a retrieval secret.
+    fn has_callback(&self, state: &str) -> StoreResult<bool> {
+        self.has_callback_for(state, &Proof::authorized())
+    }
+
+    /// Registers a state ahead of its callback, for at most `ttl`; with `guard`, its callback
+    /// will go only to a retrieval presenting the secret behind that hash.
+    fn register_guarded(
+        &self,
+        state: &str,
+        ttl: Duration,
+        guard: Option<&RetrievalHash>,
+    ) -> StoreResult<Register>;
+
+    /// `register_guarded` without a retrieval hash.
+    fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register> {
+        self.register_guarded(state, ttl, None)
+    }
 
     /// Callbacks received and not yet expired, retrieved or not (the Python server's count).
     fn active_callbacks(&self) -> StoreResult<usize>;

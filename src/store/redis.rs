@@ -12,12 +12,13 @@
 //! store key is the associated data), and key names are keyed hashes of states, handles and
 //! link ids, so reading Redis alone yields nothing usable.
 
+use super::Proof;
 use super::{
     Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
     TokenTake, Tokens, Unavailable,
 };
 use crate::keyring::Keyring;
-use crate::secret::Secret;
+use crate::secret::{RetrievalHash, Secret};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,15 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
+// Values under a callback key: `L` fingerprint sealed-callback (live), `T` fingerprint (taken);
+// for a state registered with a retrieval hash, `G` fingerprint guard sealed-callback and
+// `U` fingerprint guard. The fingerprint (32 bytes) is always at 2..33, so a replica that
+// predates guards still recognises reloads and conflicts; asked for a `G` value it would read
+// sealed data that does not decrypt and fail closed (503, the code lost), never hand it out.
+// But such a replica would store a callback for an `H` registration unguarded, which is why
+// every replica must run this version before clients register with a retrieval hash (README).
+// The guard is the keyed MAC of the retrieval hash (`RedisStore::guard`).
+// A registration key holds `1`, or `H` guard.
 const PUT: &str = "
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -39,35 +49,69 @@ if cur then
   return 'conflict'
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('DEL', KEYS[2]) == 1 then
+local reg = redis.call('GET', KEYS[2])
+if reg then
+  redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[3], KEYS[2])
 elseif ARGV[4] == '1' then
   return 'not_registered'
 elseif redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
   return 'full'
 end
+local value = ARGV[1]
+if reg and string.sub(reg, 1, 1) == 'H' then
+  value = 'G' .. string.sub(ARGV[1], 2, 33) .. string.sub(reg, 2, 33) .. string.sub(ARGV[1], 34)
+end
 local ttl = tonumber(ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + ttl, KEYS[1])
 return 'stored'";
 
+// Who may have a callback (`Proof::opens`): a guarded one only a request whose presented guard
+// (ARGV[1], empty when none) is the stored one; another only an authorized request (ARGV[2]).
+// The guards compared are keyed MACs: timing could at most tell how many leading bytes of two
+// values nobody can compute without the key agree, which helps find no secret.
+const OPENS: &str = "
+local function opens(cur)
+  local kind = string.sub(cur, 1, 1)
+  if kind == 'G' or kind == 'U' then
+    return ARGV[1] ~= '' and string.sub(cur, 34, 65) == ARGV[1]
+  end
+  return ARGV[2] == '1'
+end
+";
+
 const TAKE: &str = "
 local cur = redis.call('GET', KEYS[1])
-if not cur then return {'missing'} end
-if string.sub(cur, 1, 1) == 'T' then return {'taken'} end
-local ttl = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], 'T' .. string.sub(cur, 2, 33), 'PX', ttl)
+if not cur or not opens(cur) then return {'missing'} end
+local kind = string.sub(cur, 1, 1)
+if kind == 'T' or kind == 'U' then return {'taken'} end
+local ttl = tonumber(ARGV[3])
+local marker, sealed
+if kind == 'G' then
+  marker, sealed = 'U' .. string.sub(cur, 2, 65), string.sub(cur, 66)
+else
+  marker, sealed = 'T' .. string.sub(cur, 2, 33), string.sub(cur, 34)
+end
+redis.call('SET', KEYS[1], marker, 'PX', ttl)
 redis.call('ZREM', KEYS[2], KEYS[1])
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
-return {'ok', string.sub(cur, 34)}";
+return {'ok', sealed}";
+
+const HAS: &str = "
+local cur = redis.call('GET', KEYS[1])
+if cur and opens(cur) then return 1 end
+return 0";
 
 const REGISTER: &str = "
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+local reg = '1'
+if ARGV[3] ~= '' then reg = 'H' .. ARGV[3] end
+redis.call('SET', KEYS[2], reg, 'PX', ARGV[1])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), KEYS[2])
 return 'ok'";
 
@@ -122,6 +166,7 @@ return {st}";
 struct Scripts {
     put: redis::Script,
     take: redis::Script,
+    has: redis::Script,
     register: redis::Script,
     active: redis::Script,
     create_session: redis::Script,
@@ -209,7 +254,8 @@ impl RedisStore {
             max_pending,
             scripts: Scripts {
                 put: script(PUT),
-                take: script(TAKE),
+                take: redis::Script::new(&format!("{NOW}{OPENS}{TAKE}")),
+                has: redis::Script::new(&format!("{OPENS}{HAS}")),
                 register: script(REGISTER),
                 active: script(ACTIVE),
                 create_session: script(CREATE_SESSION),
@@ -422,6 +468,26 @@ impl RedisStore {
             })
     }
 
+    /// What Redis keeps of a retrieval hash, and compares: its keyed MAC, so reading Redis does
+    /// not even give the hash to try secrets against.
+    fn guard(&self, hash: &RetrievalHash) -> [u8; 32] {
+        let mut input = b"oauth-relay retrieval hash v1\0".to_vec();
+        input.extend_from_slice(hash.as_bytes());
+        self.keys.mac(&input)
+    }
+
+    /// A proof as the scripts take it: the presented guard (empty when none), authorized.
+    fn proof_args(&self, proof: &Proof) -> (Vec<u8>, &'static str) {
+        (
+            proof
+                .secret
+                .as_ref()
+                .map(|h| self.guard(h).to_vec())
+                .unwrap_or_default(),
+            if proof.authorized { "1" } else { "0" },
+        )
+    }
+
     fn session_key(&self, handle: &str) -> String {
         self.key("s", handle)
     }
@@ -599,14 +665,17 @@ impl Store for RedisStore {
         })
     }
 
-    fn take_callback(&self, state: &str) -> StoreResult<Take> {
+    fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
         let key = self.key("c", state);
+        let (guard, authorized) = self.proof_args(proof);
         let reply: Vec<Vec<u8>> = self.with(|c| {
             self.scripts
                 .take
                 .key(&key)
                 .key(self.set("pending"))
                 .key(self.set("active"))
+                .arg(&guard)
+                .arg(authorized)
                 .arg(self.ttl_ms())
                 .invoke(c)
         })?;
@@ -621,12 +690,27 @@ impl Store for RedisStore {
         }
     }
 
-    fn has_callback(&self, state: &str) -> StoreResult<bool> {
+    fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
         let key = self.key("c", state);
-        self.read(|c| redis::cmd("EXISTS").arg(&key).query(c))
+        let (guard, authorized) = self.proof_args(proof);
+        // Reads only: asking twice changes nothing.
+        self.read(|c| {
+            self.scripts
+                .has
+                .key(&key)
+                .arg(&guard)
+                .arg(authorized)
+                .invoke(c)
+        })
     }
 
-    fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register> {
+    fn register_guarded(
+        &self,
+        state: &str,
+        ttl: Duration,
+        guard: Option<&RetrievalHash>,
+    ) -> StoreResult<Register> {
+        let guard = guard.map(|h| self.guard(h).to_vec()).unwrap_or_default();
         let outcome: String = self.with(|c| {
             self.scripts
                 .register
@@ -635,6 +719,7 @@ impl Store for RedisStore {
                 .key(self.set("pending"))
                 .arg(ttl.as_millis() as u64)
                 .arg(self.max_pending)
+                .arg(&guard)
                 .invoke(c)
         })?;
         Ok(match outcome.as_str() {
