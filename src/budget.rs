@@ -120,7 +120,7 @@ mod tests {
             &key,
         ])
         .unwrap();
-        let shared = worst_case(&Config::from_args(cli.serve).unwrap());
+        let shared = worst_case(&Config::from_args(cli.serve, &Default::default()).unwrap());
         assert!(shared.total() < memory.total());
         assert!(!shared
             .items

@@ -4,7 +4,6 @@ pub mod app;
 pub mod audit;
 pub mod broker;
 pub mod broker_config;
-pub mod broker_pages;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -17,6 +16,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pages;
 pub mod provider;
+pub mod providers_config;
 pub mod relay;
 pub mod routes;
 pub mod secret;
@@ -124,9 +124,25 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
     }
-    let broker = config.broker.clone().map(|b| {
-        let provider = Arc::new(provider::microsoft::Microsoft::new(&b));
-        broker::Broker::new(b, provider)
+    let broker = match config.broker.clone() {
+        None => None,
+        Some(b) => {
+            // OpenID Connect discovery happens here: a provider that cannot be set up stops
+            // start-up rather than fail every sign-in later.
+            let providers = b
+                .providers
+                .iter()
+                .map(|s| provider::build(s, b.exchange_timeout))
+                .collect::<Result<Vec<_>, String>>()?;
+            Some(broker::Broker::new(b, providers))
+        }
+    };
+    let broker_log = broker.as_ref().map(|b| {
+        json!({
+            "public_url": b.config.public_base_url,
+            "providers": b.providers().iter().map(|p| p.describe()).collect::<Vec<_>>(),
+            "handle_only_access": b.config.handle_only,
+        })
     });
     let events = config
         .webhook
@@ -160,13 +176,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
                 "max_age_secs": w.max_age.as_secs(),
                 "max_queue": w.max_queue,
             })),
-            "broker": config.broker.as_ref().map(|b| json!({
-                "redirect_uri": b.redirect_uri,
-                "tenant": b.tenant,
-                "confidential_client": b.client_secret.is_some(),
-                "scopes": b.scopes.join(" "),
-                "handle_only_access": b.handle_only,
-            })),
+            "broker": broker_log,
             "version": env!("CARGO_PKG_VERSION"),
         }),
     );

@@ -59,6 +59,13 @@ pub struct FakeConfig {
     pub graph_delay: Duration,
     /// How long an authorization code can be redeemed (Microsoft: about 10 minutes).
     pub code_lifetime: Duration,
+    /// Domain names of the directory (`contoso.onmicrosoft.com`, verified custom domains):
+    /// `/{domain}/...` works like `/{tenant_id}/...`, and discovery under a domain names the
+    /// directory's GUID in its `issuer`, as Microsoft's does.
+    pub tenant_domains: Vec<String>,
+    /// The `xms_edov` optional claim in id_tokens ("the e-mail's domain owner is verified"):
+    /// `None` leaves it out (an app that has not configured it).
+    pub xms_edov: Option<bool>,
     /// `expires_in` of access tokens, in seconds (Graph rejects them afterwards).
     pub access_token_lifetime_secs: u64,
 }
@@ -85,6 +92,8 @@ impl Default for FakeConfig {
             graph_delay: Duration::ZERO,
             code_lifetime: Duration::from_secs(600),
             access_token_lifetime_secs: 3600,
+            tenant_domains: Vec::new(),
+            xms_edov: None,
         }
     }
 }
@@ -144,6 +153,7 @@ struct State {
     redeemed_codes: usize,
     refreshes: usize,
     graph_calls: usize,
+    discovery_fetches: usize,
 }
 
 struct Shared {
@@ -210,6 +220,7 @@ impl FakeMicrosoft {
                 redeemed_codes: 0,
                 refreshes: 0,
                 graph_calls: 0,
+                discovery_fetches: 0,
             }),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
@@ -290,6 +301,11 @@ impl FakeMicrosoft {
     /// Requests to `/v1.0/me` (any outcome).
     pub fn graph_calls(&self) -> usize {
         self.shared.lock().graph_calls
+    }
+
+    /// Requests for an OpenID configuration document (any tenant, any outcome).
+    pub fn discovery_fetches(&self) -> usize {
+        self.shared.lock().discovery_fetches
     }
 
     /// Makes every access token issued so far expired: Graph answers 401 for them.
@@ -455,8 +471,17 @@ fn handle(shared: &Shared, request: &FakeRequest) -> Reply {
     }
 }
 
-fn tenant_known(cfg: &FakeConfig, tenant: &str) -> bool {
+/// The directory itself: its GUID or one of its domains.
+fn is_own_tenant(cfg: &FakeConfig, tenant: &str) -> bool {
     tenant.eq_ignore_ascii_case(&cfg.tenant_id)
+        || cfg
+            .tenant_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(tenant))
+}
+
+fn tenant_known(cfg: &FakeConfig, tenant: &str) -> bool {
+    is_own_tenant(cfg, tenant)
         || tenant.eq_ignore_ascii_case("organizations")
         || tenant.eq_ignore_ascii_case("common")
 }
@@ -1103,6 +1128,9 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> Reply {
         if let Some(n) = nonce {
             claims["nonce"] = json!(n);
         }
+        if let Some(edov) = cfg.xms_edov {
+            claims["xms_edov"] = json!(edov);
+        }
         body["id_token"] = json!(fake_jwt(&claims));
     }
     Reply::json(200, &body)
@@ -1163,11 +1191,15 @@ fn parse_basic(value: &str) -> Option<(String, String)> {
 // Discovery and Graph
 
 fn discovery(shared: &Shared, tenant: &str) -> Reply {
-    let cfg = shared.lock().cfg.clone();
+    let cfg = {
+        let mut st = shared.lock();
+        st.discovery_fetches += 1;
+        st.cfg.clone()
+    };
     if !tenant_known(&cfg, tenant) {
         return sts_error(400, "invalid_tenant", &tenant_not_found(tenant));
     }
-    let issuer_tenant = if tenant.eq_ignore_ascii_case(&cfg.tenant_id) {
+    let issuer_tenant = if is_own_tenant(&cfg, tenant) {
         cfg.tenant_id.clone()
     } else {
         "{tenantid}".to_string()

@@ -285,6 +285,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
     }
 }
 
+pub mod broker;
 pub mod fake_microsoft;
 pub mod webhook_receiver;
 
