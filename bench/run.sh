@@ -247,7 +247,7 @@ bench_broker() {
     IDP_PID=$!
     sleep 0.5
 
-    start_broker "$idp_port" --max-pending 1000000
+    start_broker "$idp_port" --max-pending 1000000 --max-sessions 1000000
     file="$OUT/broker-sessions.txt"
     wrk -t2 -c8 -d"${PAIRS_SECS}s" -s bench/sessions.lua "http://127.0.0.1:$PORT/" >"$file"
     rps=$(wrk_rps "$file")
@@ -270,7 +270,7 @@ bench_broker() {
         "**$(wrk_pct 50 "$file") ms / $(wrk_pct 99 "$file") ms**" "< 5 ms" \
         "wrk -t1 -c8 -d5s --latency, started 2 s into the stall; max $(wrk_max "$file") ms, $(wrk_rps "$file") req/s; sign-ins: $line"
 
-    start_broker "$idp_port" --max-pending 1000000
+    start_broker "$idp_port" --max-pending 1000000 --max-sessions 1000000
     sleep 1
     idle=$(rss_mib)
     python3 bench/broker.py fill "$PORT" 10000 >"$OUT/broker-fill.txt"

@@ -25,6 +25,7 @@ pub enum Error {
     RegistrationDisabled,
     StateExists,
     StoreFull,
+    SessionsFull,
     WriteScope,
     /// A session for a provider that is not configured.
     UnknownProvider,
@@ -76,7 +77,9 @@ impl Error {
             Error::StateConflict | Error::StateExists => 409,
             Error::Unauthorized | Error::BrokerUnauthorized => 401,
             Error::CallbackGone => 410,
-            Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => 503,
+            Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
+                503
+            }
             Error::UrlTooLong => 414,
             Error::BodyTooLarge => 413,
             Error::RequestTimeout => 408,
@@ -106,6 +109,7 @@ impl Error {
             }
             Error::StateExists => "State already registered or used",
             Error::StoreFull => "Too many pending callbacks; try again later",
+            Error::SessionsFull => "Too many open login sessions; try again later",
             Error::WriteScope => "Only read-only Microsoft Graph scopes are allowed",
             Error::UnknownProvider => "Unknown provider: it is not in OAUTH_RELAY_PROVIDERS",
             Error::ScopeNotAllowed => {
@@ -152,7 +156,7 @@ impl Error {
             Error::Unauthorized | Error::BrokerUnauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"oauth-relay\"")
             }
-            Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => {
+            Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
                 response = response.with_header("Retry-After", "5")
             }
             _ => {}

@@ -132,7 +132,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
     };
     let (handle, link_id) = (session.handle.clone(), session.link_id.clone());
     if !app.store.create_session(session)? {
-        return Err(Error::StoreFull);
+        return Err(Error::SessionsFull);
     }
     audit::record(
         "link_created",
