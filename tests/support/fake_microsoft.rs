@@ -1017,19 +1017,9 @@ fn fake_jwt(payload: &Value) -> String {
     )
 }
 
+/// Microsoft takes base64 or base64url, padded or not.
 fn parse_basic(value: &str) -> Option<(String, String)> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(b64_decode(rest.trim())?).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    Some((unescape(id), unescape(secret)))
+    fake_provider::parse_basic_with(value, b64_decode)
 }
 
 // ---------------------------------------------------------------------------------------------

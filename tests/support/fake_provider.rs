@@ -286,16 +286,23 @@ pub fn with_query(base: &str, params: &[(&str, &str)]) -> String {
     format!("{base}{sep}{}", ser.finish())
 }
 
-/// `Authorization: Basic` credentials, form-decoded as RFC 6749 §2.3.1 asks.
+/// `Authorization: Basic` credentials (standard base64), form-decoded as RFC 6749 §2.3.1 asks.
 pub fn parse_basic(value: &str) -> Option<(String, String)> {
+    parse_basic_with(value, |text| {
+        base64::engine::general_purpose::STANDARD.decode(text).ok()
+    })
+}
+
+/// `parse_basic` with a provider's own idea of base64 (`decode`).
+pub fn parse_basic_with(
+    value: &str,
+    decode: impl FnOnce(&str) -> Option<Vec<u8>>,
+) -> Option<(String, String)> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
+    let decoded = String::from_utf8(decode(rest.trim())?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     let unescape = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
