@@ -4,10 +4,12 @@
 #   bench/run.sh                 run everything (about 2 minutes)
 #   bench/run.sh pairs longpoll  run only the named benchmarks
 #
-# Benchmarks: size pairs slow memory longpoll burst fdrecovery broker replicas (see bench/README.md).
+# Benchmarks: size pairs slow memory longpoll burst fdrecovery broker signins replicas events
+# (see bench/README.md).
 # Prints a Markdown table and writes it to bench/out/results.md; raw tool output goes to
 # bench/out/*.txt and the servers' stderr to bench/out/server.log.
-# Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15).
+# Durations can be shortened for a quick look: PAIRS_SECS (5), HEALTH_SECS (10), CHURN_SECS (15),
+# EVENTS_N (20000 callbacks per completion-event throughput run).
 set -euo pipefail
 
 # A relative CARGO_TARGET_DIR means the caller's directory; cargo would read it against the
@@ -21,7 +23,7 @@ if [ -n "${CARGO_TARGET_DIR:-}" ]; then
 fi
 cd "$(dirname "$0")/.."
 
-ALL=(size pairs slow memory longpoll burst fdrecovery broker replicas)
+ALL=(size pairs slow memory longpoll burst fdrecovery broker signins replicas events)
 PAIRS_SECS=${PAIRS_SECS:-5}
 HEALTH_SECS=${HEALTH_SECS:-10}
 CHURN_SECS=${CHURN_SECS:-15}
@@ -245,7 +247,7 @@ bench_broker() {
     IDP_PID=$!
     sleep 0.5
 
-    start_broker "$idp_port" --max-pending 1000000
+    start_broker "$idp_port" --max-pending 1000000 --max-sessions 1000000
     file="$OUT/broker-sessions.txt"
     wrk -t2 -c8 -d"${PAIRS_SECS}s" -s bench/sessions.lua "http://127.0.0.1:$PORT/" >"$file"
     rps=$(wrk_rps "$file")
@@ -268,7 +270,7 @@ bench_broker() {
         "**$(wrk_pct 50 "$file") ms / $(wrk_pct 99 "$file") ms**" "< 5 ms" \
         "wrk -t1 -c8 -d5s --latency, started 2 s into the stall; max $(wrk_max "$file") ms, $(wrk_rps "$file") req/s; sign-ins: $line"
 
-    start_broker "$idp_port" --max-pending 1000000
+    start_broker "$idp_port" --max-pending 1000000 --max-sessions 1000000
     sleep 1
     idle=$(rss_mib)
     python3 bench/broker.py fill "$PORT" 10000 >"$OUT/broker-fill.txt"
@@ -280,6 +282,106 @@ bench_broker() {
     kill "$IDP_PID" 2>/dev/null || true
     wait "$IDP_PID" 2>/dev/null || true
     IDP_PID=""
+}
+
+# Complete broker sign-ins through a GitHub provider `gh` pointed at bench/fake_github.py
+# (an asyncio fake of GitHub's OAuth app endpoints and REST API, on IDP_PID).
+SIGNIN_SESSIONS=10000
+start_fake_github() {
+    FAKE_PORT=$("${UTIL[@]}" free-port)
+    python3 bench/fake_github.py "$FAKE_PORT" "$@" >"$FAKE_OUT" 2>&1 &
+    IDP_PID=$!
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$FAKE_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "fake_github.py did not start" >&2
+    exit 1
+}
+
+stop_fake_github() {
+    kill "$IDP_PID" 2>/dev/null || true
+    wait "$IDP_PID" 2>/dev/null || true
+    IDP_PID=""
+}
+
+start_signin_broker() {
+    PORT=$("${UTIL[@]}" free-port)
+    echo "--- broker, provider gh = fake GitHub on $FAKE_PORT, on port $PORT $*" >>"$OUT/server.log"
+    OAUTH_RELAY_PUBLIC_URL="http://127.0.0.1:$PORT" OAUTH_RELAY_BROKER_TOKEN="$BROKER_TOKEN" \
+        OAUTH_RELAY_PROVIDERS=gh OAUTH_RELAY_PROVIDER_GH_KIND=github \
+        OAUTH_RELAY_PROVIDER_GH_CLIENT_ID=bench-client OAUTH_RELAY_PROVIDER_GH_CLIENT_SECRET=bench-secret \
+        OAUTH_RELAY_PROVIDER_GH_AUTHORIZE_URL="http://127.0.0.1:$FAKE_PORT/login/oauth/authorize" \
+        OAUTH_RELAY_PROVIDER_GH_TOKEN_URL="http://127.0.0.1:$FAKE_PORT/login/oauth/access_token" \
+        OAUTH_RELAY_PROVIDER_GH_API_URL="http://127.0.0.1:$FAKE_PORT" \
+        "$BIN" --host 127.0.0.1 --port "$PORT" --log-level warn "$@" 2>>"$OUT/server.log" &
+    SERVER_PID=$!
+    "${UTIL[@]}" wait-ready "$PORT" 10
+}
+
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat"; }
+
+bench_signins() {
+    local file base line fails relay_cpu fake_cpu stuck ready="" idle_kib full_kib fill
+    # Throughput: 8 threads, each an agent plus a browser, signing in over and over.
+    FAKE_OUT="$OUT/signins-fake.txt"
+    start_fake_github
+    start_signin_broker --max-sessions 1000000
+    file="$OUT/signins.txt"
+    relay_cpu=$(cpu_secs "$SERVER_PID")
+    fake_cpu=$(cpu_secs "$IDP_PID")
+    python3 bench/signins.py "$PORT" 8 "$PAIRS_SECS" >"$file"
+    relay_cpu=$(awk -v a="$relay_cpu" -v b="$(cpu_secs "$SERVER_PID")" 'BEGIN {printf "%.1f", b - a}')
+    fake_cpu=$(awk -v a="$fake_cpu" -v b="$(cpu_secs "$IDP_PID")" 'BEGIN {printf "%.1f", b - a}')
+    stop_server
+    stop_fake_github
+    line=$(grep '^SIGNINS ' "$file")
+    fails=$(sed -n 's/^FAILURES //p' "$file")
+    row signins "complete sign-ins/s: session, link, provider, callback (code exchange, /user, /user/emails), token" \
+        "**$(field per_sec "$line")/s**" "-" \
+        "bench/signins.py, 8 threads for $(field secs "$line") s against bench/fake_github.py; $(field n "$line") sign-ins, p50 / p99 $(field p50_ms "$line") / $(field p99_ms "$line") ms each; failures $(field failures "$line") ($fails); CPU used: relay $relay_cpu s, fake GitHub $fake_cpu s, client $(field cpu_secs "$line") s, of $(nproc) cores"
+
+    # /health while 50 sign-ins wait on a token endpoint that answers after 10 s.
+    FAKE_OUT="$OUT/signins-fake-slow.txt"
+    start_fake_github --delay 10
+    start_signin_broker --exchange-timeout-secs 30
+    # The same wrk on the same relay with nothing waiting, for comparison (the machine is shared).
+    base="$OUT/signins-health-idle.txt"
+    wrk -t1 -c8 -d5s --latency "http://127.0.0.1:$PORT/health" >"$base"
+    stuck="$OUT/signins-stuck.txt"
+    python3 bench/signins.py --stuck "$PORT" 50 40 >"$stuck" &
+    CLIENT_PID=$!
+    for _ in $(seq 100); do
+        if grep -q '^IN_FLIGHT' "$stuck"; then ready=1; break; fi
+        kill -0 "$CLIENT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$ready" ] || { echo "the stuck sign-ins did not start" >&2; exit 1; }
+    file="$OUT/signins-health.txt"
+    wrk -t1 -c8 -d5s --latency "http://127.0.0.1:$PORT/health" >"$file"
+    wait "$CLIENT_PID" || true
+    CLIENT_PID=""
+    stop_server
+    stop_fake_github
+    line=$(grep '^SIGNINS ' "$stuck")
+    row signins "/health p50 / p99 while 50 GitHub sign-ins wait on a token endpoint taking 10 s" \
+        "**$(wrk_pct 50 "$file") ms / $(wrk_pct 99 "$file") ms**" "< 5 ms" \
+        "wrk -t1 -c8 -d5s --latency, started once the 50 callbacks were sent ($(sed -n 's/^IN_FLIGHT //p' "$stuck") in flight 0.5 s later); max $(wrk_max "$file") ms, $(wrk_rps "$file") req/s (just before, nothing waiting: $(wrk_pct 50 "$base") / $(wrk_pct 99 "$base") ms, max $(wrk_max "$base") ms); then $(field n "$line") of 50 completed (callback to tokens p50 $(field p50_ms "$line") ms), failures $(field failures "$line")"
+
+    # Memory: VmRSS with N pending sessions (created, never opened) minus idle, over N.
+    # (No provider is called: creating a session only stores it. FAKE_PORT is the last fake's.)
+    start_signin_broker --max-sessions $((SIGNIN_SESSIONS * 2))
+    sleep 1
+    idle_kib=$("${UTIL[@]}" rss "$SERVER_PID")
+    fill=$(python3 bench/signins.py --fill "$PORT" "$SIGNIN_SESSIONS" | tee "$OUT/signins-fill.txt")
+    sleep 1
+    full_kib=$("${UTIL[@]}" rss "$SERVER_PID")
+    stop_server
+    row signins "memory one pending sign-in session costs (GitHub provider)" \
+        "**$(awk -v i="$idle_kib" -v f="$full_kib" -v n="$SIGNIN_SESSIONS" 'BEGIN {printf "%d bytes", (f - i) * 1024 / n}')**" \
+        "< 8 KiB (budget.rs SESSION, which includes tokens)" \
+        "(VmRSS with $SIGNIN_SESSIONS sessions - idle) / $SIGNIN_SESSIONS: $(awk -v k="$idle_kib" 'BEGIN {printf "%.1f", k / 1024}') MiB idle, $(awk -v k="$full_kib" 'BEGIN {printf "%.1f", k / 1024}') MiB full; POST /sessions on one keep-alive connection (signins.py --fill), non-200: $(field non200 "$fill"), $(field secs "$fill") s"
 }
 
 # Several replicas sharing one Redis (Debian's redis-server, started here on a free port).
@@ -385,6 +487,15 @@ bench_burst() {
     row burst "16 connections opened at once, each sends GET /health" \
         "$(field within_100ms "$line")/16 answered within 100 ms; slowest $(field slowest "$line") s; unanswered after 10 s: $(field unanswered "$line")" \
         "- (all fast)" "fresh server, see bench/burst.py"
+}
+
+# Completion events: bench/events.py starts its own relays, receiver, Redis and replicas and
+# prints finished rows for the table.
+bench_events() {
+    command -v redis-server >/dev/null || { apt-get install -y -qq redis-server redis-tools >&2; }
+    local line
+    python3 bench/events.py "$BIN" "${EVENTS_N:-20000}" >"$OUT/events.txt"
+    while IFS= read -r line; do ROWS+=("$line"); done < <(grep '^| events |' "$OUT/events.txt")
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ pub struct App {
     pub waiters: Arc<Waiters>,
     /// Present in broker mode.
     pub broker: Option<crate::broker::Broker>,
+    /// Completion events, when an endpoint is configured.
+    pub events: Option<Arc<crate::events::Events>>,
 }
 
 impl App {

@@ -1,49 +1,63 @@
-//! Broker settings (the Workit `WK_*` variables), validated. Broker mode is on when any of the
-//! required variables is set (to something other than blanks); then all of them must be set and
-//! valid, and the error says which variable turned broker mode on.
+//! Broker settings, validated. Broker mode is on when any of the public URL, the broker token,
+//! `WK_M365_CLIENT_ID` or `OAUTH_RELAY_PROVIDERS` is set (to something other than blanks); then
+//! the public URL, the broker token and at least one provider must be set and valid, and the
+//! error says which variable turned broker mode on. The general names (`OAUTH_RELAY_PUBLIC_URL`,
+//! `OAUTH_RELAY_BROKER_TOKEN`) and the Workit names (`WK_PUBLIC_BASE_URL`,
+//! `WK_M365_BROKER_TOKEN`) both work. The providers themselves are read by
+//! `providers_config.rs` and checked by their own files (`provider::check_settings`).
 
+use crate::providers_config::{self, Env, Kind, ProviderSettings, Source, M365};
 use crate::secret::Secret;
 use clap::Args;
 
-pub const DEFAULT_SCOPES: &str = "offline_access User.Read Mail.Read Calendars.Read";
-pub const DEFAULT_LOGIN_BASE: &str = "https://login.microsoftonline.com";
-pub const DEFAULT_GRAPH_BASE: &str = "https://graph.microsoft.com";
-pub const DEFAULT_TENANT: &str = "organizations";
 pub const DEFAULT_EXCHANGE_TIMEOUT_SECS: u64 = 20;
 pub const DEFAULT_MAX_EXCHANGES: usize = 96;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct BrokerArgs {
-    /// Public HTTPS base URL of this service; Microsoft redirects to BASE/m365/callback.
-    /// Setting it (or the client id or broker token) turns broker mode on.
+    /// Public HTTPS base URL of this service; providers redirect to BASE/login/NAME/callback
+    /// (Microsoft 365 from WK_M365_*: BASE/m365/callback). Setting it (or a provider or the
+    /// broker token) turns broker mode on.
+    #[arg(long, env = "OAUTH_RELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The same as --public-url (its Workit name).
     #[arg(long, env = "WK_PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
-    /// Application (client) id of the Microsoft Entra app registration.
+    /// Bearer secret callers present to create sessions and fetch tokens.
+    #[arg(long, env = "OAUTH_RELAY_BROKER_TOKEN", hide_env_values = true)]
+    pub broker_token: Option<String>,
+    /// The same as --broker-token (its Workit name).
+    #[arg(long, env = "WK_M365_BROKER_TOKEN", hide_env_values = true)]
+    pub m365_broker_token: Option<String>,
+    /// Identity providers by name (comma-separated), each configured by
+    /// OAUTH_RELAY_PROVIDER_<NAME>_* variables (see the README, "Identity providers").
+    #[arg(long, env = "OAUTH_RELAY_PROVIDERS")]
+    pub providers: Option<String>,
+    /// Application (client) id of the Microsoft Entra app registration: defines the Microsoft
+    /// 365 provider `m365`, served at /m365/*.
     #[arg(long, env = "WK_M365_CLIENT_ID")]
     pub m365_client_id: Option<String>,
-    /// Tenant id (a GUID pins sign-ins to that tenant) or `organizations`.
-    #[arg(long, env = "WK_M365_TENANT_ID", default_value = DEFAULT_TENANT)]
+    /// Tenant: a GUID or a domain pins sign-ins to that tenant; `organizations` or `common`
+    /// do not.
+    #[arg(long, env = "WK_M365_TENANT_ID", default_value = crate::provider::microsoft::DEFAULT_TENANT)]
     pub m365_tenant_id: String,
     /// Client secret of a confidential ("Web") app registration; unset: public client (PKCE only).
     #[arg(long, env = "WK_M365_CLIENT_SECRET", hide_env_values = true)]
     pub m365_client_secret: Option<String>,
-    /// Bearer secret callers present to create sessions and fetch tokens.
-    #[arg(long, env = "WK_M365_BROKER_TOKEN", hide_env_values = true)]
-    pub broker_token: Option<String>,
     /// Microsoft identity platform base URL (national clouds, tests).
-    #[arg(long, env = "WK_M365_LOGIN_BASE_URL", default_value = DEFAULT_LOGIN_BASE)]
+    #[arg(long, env = "WK_M365_LOGIN_BASE_URL", default_value = crate::provider::microsoft::DEFAULT_LOGIN_BASE)]
     pub m365_login_base_url: String,
     /// Microsoft Graph base URL (national clouds, tests).
-    #[arg(long, env = "WK_M365_GRAPH_BASE_URL", default_value = DEFAULT_GRAPH_BASE)]
+    #[arg(long, env = "WK_M365_GRAPH_BASE_URL", default_value = crate::provider::microsoft::DEFAULT_GRAPH_BASE)]
     pub m365_graph_base_url: String,
     /// Space-separated scopes; only read-only Graph scopes are accepted.
-    #[arg(long, env = "WK_M365_SCOPES", default_value = DEFAULT_SCOPES)]
+    #[arg(long, env = "WK_M365_SCOPES", default_value = crate::provider::microsoft::DEFAULT_SCOPES)]
     pub m365_scopes: String,
     /// Let /status and /token answer with the handle alone, without the broker token
     /// (for older clients; the handle is then the only secret).
     #[arg(long, env = "OAUTH_RELAY_BROKER_HANDLE_ONLY")]
     pub broker_handle_only: bool,
-    /// Total seconds for the code exchange and the Graph check of one sign-in.
+    /// Total seconds for the code exchange and the identity checks of one sign-in.
     #[arg(long, env = "OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS", default_value_t = DEFAULT_EXCHANGE_TIMEOUT_SECS)]
     pub exchange_timeout_secs: u64,
 }
@@ -51,27 +65,45 @@ pub struct BrokerArgs {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub public_base_url: String,
-    pub redirect_uri: String,
-    pub client_id: String,
-    pub tenant: String,
-    pub client_secret: Option<Secret>,
     pub broker_token: Secret,
-    pub login_base_url: String,
-    pub graph_base_url: String,
-    pub scopes: Vec<String>,
     pub handle_only: bool,
     pub exchange_timeout: std::time::Duration,
     pub max_exchanges: usize,
+    /// In the order configured: `m365` from `WK_M365_*` first, then `OAUTH_RELAY_PROVIDERS`.
+    pub providers: Vec<ProviderSettings>,
+}
+
+/// One setting under two names: blank counts as unset, and two different values are refused.
+fn either(
+    general: Option<String>,
+    general_name: &str,
+    wk: Option<String>,
+    wk_name: &str,
+) -> Result<Option<(String, &'static str)>, String> {
+    let clean = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    match (clean(general), clean(wk)) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "{general_name} and {wk_name} are two names of one setting and are set differently: \
+             set one of them"
+        )),
+        (Some(a), _) => Ok(Some((a, "general"))),
+        (None, Some(b)) => Ok(Some((b, "wk"))),
+        (None, None) => Ok(None),
+    }
 }
 
 impl BrokerConfig {
-    /// `Ok(None)` when broker mode is off.
-    pub fn from_args(a: BrokerArgs) -> Result<Option<BrokerConfig>, String> {
+    /// `Ok(None)` when broker mode is off. `env` holds the process environment (for the
+    /// `OAUTH_RELAY_PROVIDER_<NAME>_*` variables).
+    pub fn from_args(a: BrokerArgs, env: &Env) -> Result<Option<BrokerConfig>, String> {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
         let switches = [
+            ("OAUTH_RELAY_PUBLIC_URL", set(&a.public_url)),
             ("WK_PUBLIC_BASE_URL", set(&a.public_base_url)),
+            ("OAUTH_RELAY_BROKER_TOKEN", set(&a.broker_token)),
             ("WK_M365_CLIENT_ID", set(&a.m365_client_id)),
-            ("WK_M365_BROKER_TOKEN", set(&a.broker_token)),
+            ("WK_M365_BROKER_TOKEN", set(&a.m365_broker_token)),
+            (providers_config::PROVIDERS_VAR, set(&a.providers)),
         ];
         let on_because: Vec<&str> = switches
             .iter()
@@ -86,74 +118,113 @@ impl BrokerConfig {
             Some((last, rest)) => format!("{} and {last} are set", rest.join(", ")),
             None => unreachable!("checked above"),
         };
-        let required = |v: Option<String>, name: &str| {
-            v.map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .ok_or(format!(
-                    "broker mode is on because {on_because}, and it also needs {name} \
-                     (unset all three to turn broker mode off)"
-                ))
+        let needs = |name: &str| {
+            format!(
+                "broker mode is on because {on_because}, and it also needs {name} \
+                 (unset them all to turn broker mode off)"
+            )
         };
-        let public = required(a.public_base_url, "WK_PUBLIC_BASE_URL")?;
-        let public = checked_url(&public, "WK_PUBLIC_BASE_URL")?;
-        let client_id = required(a.m365_client_id, "WK_M365_CLIENT_ID")?;
-        let token = required(a.broker_token, "WK_M365_BROKER_TOKEN")?;
+        let (public, public_from) = either(
+            a.public_url,
+            "OAUTH_RELAY_PUBLIC_URL",
+            a.public_base_url,
+            "WK_PUBLIC_BASE_URL",
+        )?
+        .ok_or_else(|| needs("WK_PUBLIC_BASE_URL (or OAUTH_RELAY_PUBLIC_URL)"))?;
+        let public_var = if public_from == "general" {
+            "OAUTH_RELAY_PUBLIC_URL"
+        } else {
+            "WK_PUBLIC_BASE_URL"
+        };
+        let public = checked_url(&public, public_var)?;
+        if !set(&a.m365_client_id) && !set(&a.providers) {
+            return Err(needs(
+                "WK_M365_CLIENT_ID or OAUTH_RELAY_PROVIDERS (at least one identity provider)",
+            ));
+        }
+        let (token, token_from) = either(
+            a.broker_token,
+            "OAUTH_RELAY_BROKER_TOKEN",
+            a.m365_broker_token,
+            "WK_M365_BROKER_TOKEN",
+        )?
+        .ok_or_else(|| needs("WK_M365_BROKER_TOKEN (or OAUTH_RELAY_BROKER_TOKEN)"))?;
         if token.len() < 16 {
-            return Err("WK_M365_BROKER_TOKEN must be at least 16 characters".into());
+            let var = if token_from == "general" {
+                "OAUTH_RELAY_BROKER_TOKEN"
+            } else {
+                "WK_M365_BROKER_TOKEN"
+            };
+            return Err(format!("{var} must be at least 16 characters"));
         }
-        let tenant = a.m365_tenant_id.trim().to_string();
-        if tenant.is_empty()
-            || !tenant
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+        let mut providers = Vec::new();
+        if let Some(client_id) = a
+            .m365_client_id
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
         {
-            return Err(
-                "WK_M365_TENANT_ID must be a tenant id, a domain or `organizations`".into(),
-            );
+            providers.push(ProviderSettings {
+                name: M365.into(),
+                kind: Kind::Microsoft,
+                display_name: None,
+                redirect_uri: format!("{public}/m365/callback"),
+                client_id,
+                client_secret: a
+                    .m365_client_secret
+                    .filter(|s| !s.is_empty())
+                    .map(Secret::new),
+                scopes: providers_config::split_scopes(&a.m365_scopes),
+                allowed_scopes: None,
+                issuer: None,
+                authorize_url: None,
+                token_url: None,
+                api_url: Some(checked_url(
+                    &a.m365_graph_base_url,
+                    "WK_M365_GRAPH_BASE_URL",
+                )?),
+                login_url: Some(checked_url(
+                    &a.m365_login_base_url,
+                    "WK_M365_LOGIN_BASE_URL",
+                )?),
+                tenant: Some(a.m365_tenant_id.trim().to_string()),
+                hosted_domain: None,
+                source: Source::Wk,
+            });
         }
-        let scopes =
-            read_only_scopes(&a.m365_scopes).map_err(|e| format!("WK_M365_SCOPES: {e}"))?;
-        if !scopes.iter().any(|s| s == "offline_access") {
-            return Err(
-                "WK_M365_SCOPES must include offline_access (the broker hands out a refresh token)"
-                    .into(),
-            );
+        for p in providers_config::from_env(a.providers.as_deref(), env, &public)? {
+            if providers
+                .iter()
+                .any(|q: &ProviderSettings| q.name == p.name)
+            {
+                return Err(format!(
+                    "the provider {} is defined twice: by WK_M365_CLIENT_ID and in {}",
+                    p.name,
+                    providers_config::PROVIDERS_VAR
+                ));
+            }
+            providers.push(p);
+        }
+        if providers.is_empty() {
+            return Err(format!(
+                "{} lists no provider",
+                providers_config::PROVIDERS_VAR
+            ));
+        }
+        for p in &mut providers {
+            crate::provider::check_settings(p)?;
         }
         if a.exchange_timeout_secs == 0 {
             return Err("OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS must be at least 1".into());
         }
         Ok(Some(BrokerConfig {
-            redirect_uri: format!("{public}/m365/callback"),
             public_base_url: public,
-            client_id,
-            tenant,
-            client_secret: a
-                .m365_client_secret
-                .filter(|s| !s.is_empty())
-                .map(Secret::new),
             broker_token: Secret::new(token),
-            login_base_url: checked_url(&a.m365_login_base_url, "WK_M365_LOGIN_BASE_URL")?,
-            graph_base_url: checked_url(&a.m365_graph_base_url, "WK_M365_GRAPH_BASE_URL")?,
-            scopes,
             handle_only: a.broker_handle_only,
             exchange_timeout: std::time::Duration::from_secs(a.exchange_timeout_secs),
             max_exchanges: DEFAULT_MAX_EXCHANGES,
+            providers,
         }))
     }
-
-    /// A tenant id pins sign-ins to that tenant; `organizations`, `common` or a domain do not
-    /// (a domain cannot be compared with the token's `tid` GUID).
-    pub fn pinned_tenant(&self) -> Option<&str> {
-        is_guid(&self.tenant).then_some(self.tenant.as_str())
-    }
-}
-
-fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// HTTPS, or plain HTTP on a loopback host (local testing). Returned without a trailing slash.
@@ -179,81 +250,9 @@ pub fn checked_url(value: &str, name: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-/// Splits and checks scopes: only sign-in scopes and read-only Graph scopes pass (an allow-list:
-/// anything not recognisably read-only is refused, so new write scopes fail closed).
-pub fn read_only_scopes(scopes: &str) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for scope in scopes.split_whitespace() {
-        if !is_read_only_scope(scope) {
-            return Err(format!("{scope} is not a read-only scope"));
-        }
-        if !out.iter().any(|s| s == scope) {
-            out.push(scope.to_string());
-        }
-    }
-    if out.is_empty() {
-        return Err("no scopes given".into());
-    }
-    Ok(out)
-}
-
-pub fn is_read_only_scope(scope: &str) -> bool {
-    if matches!(scope, "offline_access" | "openid" | "profile" | "email") {
-        return true;
-    }
-    let name = scope
-        .strip_prefix("https://graph.microsoft.com/")
-        .unwrap_or(scope);
-    let lower = name.to_ascii_lowercase();
-    let read_suffix = [".read", ".read.all", ".readbasic.all", ".read.shared"]
-        .iter()
-        .any(|s| lower.ends_with(s));
-    read_suffix
-        && !lower.contains("write")
-        && !lower.contains("send")
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_read_only_scopes_pass() {
-        for ok in [
-            "offline_access",
-            "User.Read",
-            "Mail.Read",
-            "Calendars.Read",
-            "Files.Read.All",
-            "User.ReadBasic.All",
-            "https://graph.microsoft.com/Mail.Read",
-            "openid",
-        ] {
-            assert!(is_read_only_scope(ok), "{ok}");
-        }
-        for bad in [
-            "Mail.Send",
-            "Mail.ReadWrite",
-            "Calendars.ReadWrite",
-            "Files.ReadWrite.All",
-            "User.ReadWrite.All",
-            "Directory.AccessAsUser.All",
-            "Mail.Read.Write",
-            "Sites.FullControl.All",
-            "Mail.Send.Shared",
-            ".default",
-            "Mail.Read;x",
-            "",
-        ] {
-            assert!(!is_read_only_scope(bad), "{bad}");
-        }
-        assert!(read_only_scopes("offline_access Mail.Send").is_err());
-        assert_eq!(
-            read_only_scopes("User.Read  User.Read").unwrap(),
-            vec!["User.Read"]
-        );
-    }
 
     #[test]
     fn urls_must_be_https_except_on_loopback() {
@@ -269,34 +268,58 @@ mod tests {
         assert!(checked_url("not a url", "V").is_err());
     }
 
-    #[test]
-    fn broker_mode_needs_every_required_setting() {
-        assert!(BrokerConfig::from_args(BrokerArgs::default())
-            .unwrap()
-            .is_none());
-        let partial = BrokerArgs {
-            public_base_url: Some("https://relay.example".into()),
+    use crate::provider::microsoft::{
+        DEFAULT_GRAPH_BASE, DEFAULT_LOGIN_BASE, DEFAULT_SCOPES, DEFAULT_TENANT,
+    };
+
+    fn wk() -> BrokerArgs {
+        BrokerArgs {
             m365_tenant_id: DEFAULT_TENANT.into(),
             m365_scopes: DEFAULT_SCOPES.into(),
+            m365_login_base_url: DEFAULT_LOGIN_BASE.into(),
+            m365_graph_base_url: DEFAULT_GRAPH_BASE.into(),
+            exchange_timeout_secs: DEFAULT_EXCHANGE_TIMEOUT_SECS,
             ..BrokerArgs::default()
+        }
+    }
+
+    fn config(a: BrokerArgs) -> Result<Option<BrokerConfig>, String> {
+        BrokerConfig::from_args(a, &Env::new())
+    }
+
+    #[test]
+    fn broker_mode_needs_every_required_setting() {
+        assert!(config(BrokerArgs::default()).unwrap().is_none());
+        let partial = BrokerArgs {
+            public_base_url: Some("https://relay.example".into()),
+            ..wk()
         };
-        let e = BrokerConfig::from_args(partial).unwrap_err();
+        let e = config(partial).unwrap_err();
         assert!(
-            e.contains("needs WK_M365_CLIENT_ID")
+            e.contains("needs WK_M365_CLIENT_ID or OAUTH_RELAY_PROVIDERS")
                 && e.contains("because WK_PUBLIC_BASE_URL is set"),
             "{e}"
         );
         let partial = BrokerArgs {
             m365_client_id: Some("client".into()),
-            broker_token: Some("0123456789abcdef0123".into()),
-            m365_tenant_id: DEFAULT_TENANT.into(),
-            m365_scopes: DEFAULT_SCOPES.into(),
-            ..BrokerArgs::default()
+            m365_broker_token: Some("0123456789abcdef0123".into()),
+            ..wk()
         };
-        let e = BrokerConfig::from_args(partial).unwrap_err();
+        let e = config(partial).unwrap_err();
         assert!(
             e.contains("needs WK_PUBLIC_BASE_URL")
                 && e.contains("because WK_M365_CLIENT_ID and WK_M365_BROKER_TOKEN are set"),
+            "{e}"
+        );
+        let partial = BrokerArgs {
+            public_url: Some("https://relay.example".into()),
+            providers: Some("corp".into()),
+            ..wk()
+        };
+        let e = config(partial).unwrap_err();
+        assert!(
+            e.contains("needs WK_M365_BROKER_TOKEN (or OAUTH_RELAY_BROKER_TOKEN)")
+                && e.contains("because OAUTH_RELAY_PUBLIC_URL and OAUTH_RELAY_PROVIDERS are set"),
             "{e}"
         );
         // Blank values (an empty variable in a manifest) do not turn broker mode on.
@@ -305,13 +328,79 @@ mod tests {
             m365_client_id: Some("  ".into()),
             ..BrokerArgs::default()
         };
-        assert!(BrokerConfig::from_args(blank).unwrap().is_none());
+        assert!(config(blank).unwrap().is_none());
     }
 
     #[test]
-    fn guid_tenants_are_pinned() {
-        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
-        assert!(!is_guid("organizations"));
-        assert!(!is_guid("contoso.onmicrosoft.com"));
+    fn both_spellings_work_and_must_agree() {
+        let token = "0123456789abcdef0123";
+        let general = config(BrokerArgs {
+            public_url: Some("https://relay.example/".into()),
+            broker_token: Some(token.into()),
+            m365_client_id: Some("client".into()),
+            ..wk()
+        })
+        .unwrap()
+        .unwrap();
+        let workit = config(BrokerArgs {
+            public_base_url: Some("https://relay.example".into()),
+            m365_broker_token: Some(token.into()),
+            m365_client_id: Some("client".into()),
+            ..wk()
+        })
+        .unwrap()
+        .unwrap();
+        for c in [&general, &workit] {
+            assert_eq!(c.public_base_url, "https://relay.example");
+            assert!(c.broker_token.matches(token));
+            assert_eq!(c.providers[0].name, "m365");
+            assert_eq!(
+                c.providers[0].redirect_uri,
+                "https://relay.example/m365/callback"
+            );
+        }
+        let e = config(BrokerArgs {
+            public_url: Some("https://a.example".into()),
+            public_base_url: Some("https://b.example".into()),
+            broker_token: Some(token.into()),
+            m365_client_id: Some("client".into()),
+            ..wk()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("OAUTH_RELAY_PUBLIC_URL") && e.contains("WK_PUBLIC_BASE_URL"),
+            "{e}"
+        );
+        let e = config(BrokerArgs {
+            public_url: Some("https://a.example".into()),
+            broker_token: Some("short".into()),
+            m365_client_id: Some("client".into()),
+            ..wk()
+        })
+        .unwrap_err();
+        assert!(e.contains("OAUTH_RELAY_BROKER_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn m365_cannot_be_defined_twice() {
+        let env: Env = [
+            ("OAUTH_RELAY_PROVIDER_M365_KIND", "microsoft"),
+            ("OAUTH_RELAY_PROVIDER_M365_CLIENT_ID", "other"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let e = BrokerConfig::from_args(
+            BrokerArgs {
+                public_url: Some("https://a.example".into()),
+                broker_token: Some("0123456789abcdef0123".into()),
+                m365_client_id: Some("client".into()),
+                providers: Some("m365".into()),
+                ..wk()
+            },
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.contains("defined twice"), "{e}");
     }
 }

@@ -28,6 +28,9 @@ pub const SESSION: u64 = 8 * KIB;
 /// A blocking-pool thread while it runs a code exchange or a Redis call: stack pages touched,
 /// a TLS connection's buffers.
 pub const BLOCKING_THREAD: u64 = 64 * KIB;
+/// An undelivered completion event in the in-memory outbox: its id, JSON body and indexes
+/// (measured about 570 bytes: 924 with its callback, `bench/events.py`).
+pub const WEBHOOK_EVENT: u64 = 768;
 /// Allocator rounding and fragmentation on what strangers size (headers, bodies, states).
 const SLACK_PERCENT: u64 = 25;
 
@@ -68,6 +71,9 @@ pub fn worst_case(c: &Config) -> Budget {
         ));
         if c.broker.is_some() {
             items.push(("broker sessions", c.max_sessions as u64 * SESSION));
+        }
+        if let Some(w) = &c.webhook {
+            items.push(("webhook outbox", w.max_queue as u64 * WEBHOOK_EVENT));
         }
     }
     Budget { items }
@@ -114,7 +120,7 @@ mod tests {
             &key,
         ])
         .unwrap();
-        let shared = worst_case(&Config::from_args(cli.serve).unwrap());
+        let shared = worst_case(&Config::from_args(cli.serve, &Default::default()).unwrap());
         assert!(shared.total() < memory.total());
         assert!(!shared
             .items

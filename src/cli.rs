@@ -272,11 +272,32 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let auth = format!("Bearer {}", args.broker_token);
-    let body =
-        serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent });
+    let token = match (&args.broker_token, &args.m365_broker_token) {
+        (Some(t), _) | (None, Some(t)) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            eprintln!(
+                "{LABEL}: missing --broker-token (or the environment variable \
+                 OAUTH_RELAY_BROKER_TOKEN or WK_M365_BROKER_TOKEN)"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let auth = format!("Bearer {token}");
+    // The Microsoft 365 provider keeps its own endpoint (and login link path), as before.
+    let (path, body) = if args.provider == crate::providers_config::M365 {
+        (
+            "/m365/sessions",
+            serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent }),
+        )
+    } else {
+        (
+            "/sessions",
+            serde_json::json!({ "provider": args.provider, "expected_email": args.email,
+                                "force_consent": args.force_consent }),
+        )
+    };
     let created = crate::outbound::agent(Duration::from_secs(30))
-        .post(&format!("{base}/m365/sessions"))
+        .post(&format!("{base}{path}"))
         .header("Authorization", &auth)
         .content_type("application/json")
         .send(body.to_string());

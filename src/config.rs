@@ -1,5 +1,7 @@
 //! Command line and environment, parsed by clap and validated into `Config`. Every default is
-//! in `defaults` (and `impl Default for Config`); handlers never read the environment.
+//! in `defaults` (and `impl Default for Config`); handlers never read the environment. The
+//! variables whose names depend on other settings (`OAUTH_RELAY_PROVIDER_<NAME>_*`) come in a
+//! map (`providers_config::Env`) that `main` fills once from the process environment.
 
 use crate::logging::Level;
 use crate::secret::Secret;
@@ -62,7 +64,8 @@ pub enum Command {
     /// STATE. Prints the secret alone on stdout. Exit status: 0 when registered, 1 otherwise
     /// (409: the state is already registered or used).
     Register(RegisterArgs),
-    /// Ask a broker for a one-click Microsoft 365 login link for EMAIL and print it.
+    /// Ask a broker for a one-click login link for EMAIL (Microsoft 365 unless --provider says
+    /// otherwise) and print it.
     ///
     /// Prints `login_url: ...`, `expected_email: ...` and `expires_at: ...` lines at once; with
     /// --wait, then waits for the person to sign in and prints the tokens as one JSON line.
@@ -170,6 +173,8 @@ pub struct ServeArgs {
     pub redis_timeout_ms: u64,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
+    #[command(flatten)]
+    pub webhook: crate::events::config::WebhookArgs,
 }
 
 #[derive(Args, Debug)]
@@ -217,9 +222,16 @@ pub struct LoginLinkArgs {
     #[arg(long, env = "WK_CALLBACK_SERVER", default_value = defaults::SERVER_URL)]
     pub server: String,
     /// The broker's bearer secret.
+    #[arg(long, env = "OAUTH_RELAY_BROKER_TOKEN", hide_env_values = true)]
+    pub broker_token: Option<String>,
+    /// The same as --broker-token (its Workit name).
     #[arg(long, env = "WK_M365_BROKER_TOKEN", hide_env_values = true)]
-    pub broker_token: String,
-    /// Ask Microsoft to show the consent screen again.
+    pub m365_broker_token: Option<String>,
+    /// The identity provider (a name in the broker's OAUTH_RELAY_PROVIDERS); m365 uses
+    /// /m365/sessions, as before.
+    #[arg(long, default_value = crate::providers_config::M365)]
+    pub provider: String,
+    /// Ask the provider to show the consent screen again.
     #[arg(long)]
     pub force_consent: bool,
     /// Wait for the sign-in and print the tokens.
@@ -349,6 +361,8 @@ pub struct Config {
     pub broker: Option<crate::broker_config::BrokerConfig>,
     /// Shared state in Redis; `None`: in memory.
     pub redis: Option<RedisConfig>,
+    /// Signed completion events, when an endpoint is configured.
+    pub webhook: Option<crate::events::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -441,14 +455,17 @@ impl Default for Config {
             },
             broker: None,
             redis: None,
+            webhook: None,
         }
     }
 }
 
 impl Config {
-    /// Checks every setting; the error names the variable to fix.
-    pub fn from_args(a: ServeArgs) -> Result<Config, String> {
+    /// Checks every setting; the error names the variable to fix. `env` holds the environment
+    /// variables clap does not declare (the providers' own).
+    pub fn from_args(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
         let redis = RedisConfig::from_args(&a)?;
+        let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())?;
         fn positive(name: &str, v: u64) -> Result<u64, String> {
             if v == 0 {
                 Err(format!("{name} must be at least 1"))
@@ -518,7 +535,8 @@ impl Config {
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
                 ..Config::default().server
             },
-            broker: crate::broker_config::BrokerConfig::from_args(a.broker)?,
+            broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)?,
+            webhook,
         })
     }
 }
@@ -530,7 +548,10 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, String> {
         let mut argv = vec!["oauth-relay"];
         argv.extend_from_slice(args);
-        Config::from_args(Cli::try_parse_from(argv).map_err(|e| e.to_string())?.serve)
+        Config::from_args(
+            Cli::try_parse_from(argv).map_err(|e| e.to_string())?.serve,
+            &Default::default(),
+        )
     }
 
     #[test]

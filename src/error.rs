@@ -1,6 +1,7 @@
 //! The one place that maps an error to its HTTP status and to the words its reader sees:
 //! JSON `{"status":"error","message":...}` for programs (the Python server's shape), a page for
-//! people.
+//! people. Broker sign-in failures are typed here too ([`Reason`], [`SignInFailure`]): their
+//! stable reason codes and HTTP statuses; `broker/pages.rs` words the page for each reason.
 
 use crate::http::Response;
 use crate::pages;
@@ -24,7 +25,12 @@ pub enum Error {
     RegistrationDisabled,
     StateExists,
     StoreFull,
+    SessionsFull,
     WriteScope,
+    /// A session for a provider that is not configured.
+    UnknownProvider,
+    /// A session asked for a scope outside the provider's allowed scopes.
+    ScopeNotAllowed,
     TooManyWaiters,
     UrlTooLong,
     BodyTooLarge,
@@ -44,6 +50,7 @@ impl Face {
     pub fn for_path(path: &str) -> Face {
         let api_prefixes = ["/api/", "/status/", "/token/", "/m365/sessions"];
         if api_prefixes.iter().any(|p| path.starts_with(p))
+            || path == "/sessions"
             || path == "/health"
             || path == "/metrics"
             || path == "/ready"
@@ -65,11 +72,15 @@ impl Error {
             | Error::MissingState
             | Error::StateTooLong
             | Error::StateNotRegistered
-            | Error::WriteScope => 400,
+            | Error::WriteScope
+            | Error::UnknownProvider
+            | Error::ScopeNotAllowed => 400,
             Error::StateConflict | Error::StateExists => 409,
             Error::Unauthorized | Error::BrokerUnauthorized => 401,
             Error::CallbackGone => 410,
-            Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => 503,
+            Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
+                503
+            }
             Error::UrlTooLong => 414,
             Error::BodyTooLarge => 413,
             Error::RequestTimeout => 408,
@@ -99,7 +110,12 @@ impl Error {
             }
             Error::StateExists => "State already registered or used",
             Error::StoreFull => "Too many pending callbacks; try again later",
+            Error::SessionsFull => "Too many open login sessions; try again later",
             Error::WriteScope => "Only read-only Microsoft Graph scopes are allowed",
+            Error::UnknownProvider => "Unknown provider: it is not in OAUTH_RELAY_PROVIDERS",
+            Error::ScopeNotAllowed => {
+                "A requested scope is not among the provider's allowed scopes"
+            }
             Error::TooManyWaiters => "Too many waiting clients; try again later",
             Error::UrlTooLong => "Request URL too long",
             Error::BodyTooLarge => "Request body too large",
@@ -141,7 +157,7 @@ impl Error {
             Error::Unauthorized | Error::BrokerUnauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"oauth-relay\"")
             }
-            Error::StoreFull | Error::TooManyWaiters | Error::Unavailable => {
+            Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
                 response = response.with_header("Retry-After", "5")
             }
             _ => {}
@@ -162,6 +178,177 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Why a broker sign-in failed. The code ([`Reason::code`]) is a stable string callers match
+/// on (`/status`, `/token`, the CLI, the audit log); the HTTP status of the person's page is
+/// chosen here ([`Reason::status`]) and its words in `broker/pages.rs`, by an exhaustive match
+/// on this enum, so a new reason cannot go without a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The person cancelled or refused consent at the provider.
+    AccessDenied,
+    /// The account's e-mail is not the expected one.
+    EmailMismatch,
+    /// The account's stable id at the provider is not the expected one.
+    SubjectMismatch,
+    /// The expected e-mail matched, but the provider does not vouch for it.
+    EmailUnverified,
+    /// The account belongs to another tenant than the pinned one (Microsoft).
+    TenantMismatch,
+    /// The account is not in the configured Google Workspace domain.
+    HostedDomainMismatch,
+    /// The callback has no `state`.
+    StateMissing,
+    /// The callback's `state` was never issued.
+    StateUnknown,
+    StateExpired,
+    /// The OAuth state was used already.
+    StateReused,
+    LinkUnknown,
+    LinkExpired,
+    /// The link's sign-in failed; a new link is needed.
+    LinkUsed,
+    /// The sign-in is complete (a reload, or the link opened again).
+    AlreadyConnected,
+    /// Too busy, or the state store did not answer.
+    Unavailable,
+    /// The provider redirected back with an error other than `access_denied`, or with nothing.
+    ProviderError,
+    /// RFC 9207: the `iss` response parameter is missing where the provider promises it, or
+    /// names another issuer (or the response came back to another provider's callback).
+    IssuerMismatch,
+    /// The code redemption failed or timed out.
+    ExchangeFailed,
+    /// No refresh token came back from a provider that must send one.
+    NoRefreshToken,
+    /// The id_token's signature or claims do not verify.
+    IdTokenInvalid,
+    /// Microsoft Graph `/me` failed.
+    GraphFailed,
+    /// Another provider's profile call (GitHub's `/user`, an OpenID userinfo) failed.
+    ProfileFailed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 22] = [
+        Reason::AccessDenied,
+        Reason::EmailMismatch,
+        Reason::SubjectMismatch,
+        Reason::EmailUnverified,
+        Reason::TenantMismatch,
+        Reason::HostedDomainMismatch,
+        Reason::StateMissing,
+        Reason::StateUnknown,
+        Reason::StateExpired,
+        Reason::StateReused,
+        Reason::LinkUnknown,
+        Reason::LinkExpired,
+        Reason::LinkUsed,
+        Reason::AlreadyConnected,
+        Reason::Unavailable,
+        Reason::ProviderError,
+        Reason::IssuerMismatch,
+        Reason::ExchangeFailed,
+        Reason::NoRefreshToken,
+        Reason::IdTokenInvalid,
+        Reason::GraphFailed,
+        Reason::ProfileFailed,
+    ];
+
+    /// The stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::AccessDenied => "access_denied",
+            Reason::EmailMismatch => "email_mismatch",
+            Reason::SubjectMismatch => "subject_mismatch",
+            Reason::EmailUnverified => "email_unverified",
+            Reason::TenantMismatch => "tenant_mismatch",
+            Reason::HostedDomainMismatch => "hosted_domain_mismatch",
+            Reason::StateMissing => "state_missing",
+            Reason::StateUnknown => "state_unknown",
+            Reason::StateExpired => "state_expired",
+            Reason::StateReused => "state_reused",
+            Reason::LinkUnknown => "link_unknown",
+            Reason::LinkExpired => "link_expired",
+            Reason::LinkUsed => "link_used",
+            Reason::AlreadyConnected => "already_connected",
+            Reason::Unavailable => "unavailable",
+            Reason::ProviderError => "provider_error",
+            Reason::IssuerMismatch => "issuer_mismatch",
+            Reason::ExchangeFailed => "exchange_failed",
+            Reason::NoRefreshToken => "no_refresh_token",
+            Reason::IdTokenInvalid => "id_token_invalid",
+            Reason::GraphFailed => "graph_failed",
+            Reason::ProfileFailed => "profile_failed",
+        }
+    }
+
+    /// The reason behind a stored code (`None` for a code this version does not know).
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The HTTP status of the page the person sees.
+    pub fn status(self) -> u16 {
+        match self {
+            // Not an error of ours or theirs: a choice, or a finished sign-in.
+            Reason::AccessDenied | Reason::AlreadyConnected => 200,
+            Reason::EmailMismatch
+            | Reason::SubjectMismatch
+            | Reason::EmailUnverified
+            | Reason::TenantMismatch
+            | Reason::HostedDomainMismatch => 403,
+            Reason::StateMissing | Reason::StateUnknown | Reason::LinkUnknown => 404,
+            Reason::StateExpired | Reason::LinkExpired => 410,
+            Reason::StateReused | Reason::LinkUsed => 409,
+            Reason::Unavailable => 503,
+            Reason::ProviderError
+            | Reason::IssuerMismatch
+            | Reason::ExchangeFailed
+            | Reason::NoRefreshToken
+            | Reason::IdTokenInvalid
+            | Reason::GraphFailed
+            | Reason::ProfileFailed => 502,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A failed sign-in: the [`Reason`] callers and the person are told, and for the operator's
+/// audit log only (never a page, never a caller) what happened and what to fix. Neither
+/// `detail` nor `hint` ever holds a token, code, verifier or secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInFailure {
+    pub reason: Reason,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+impl SignInFailure {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> SignInFailure {
+        SignInFailure {
+            reason,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: Option<impl Into<String>>) -> SignInFailure {
+        self.hint = hint.map(Into::into);
+        self
+    }
+}
+
+impl From<Reason> for SignInFailure {
+    fn from(reason: Reason) -> SignInFailure {
+        SignInFailure::new(reason, "")
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -204,5 +391,34 @@ mod tests {
         assert_eq!((r.status, r.content_type), (404, crate::http::HTML));
         assert!(r.body_text().contains("404 - Not Found"));
         assert_eq!(r.header("Cache-Control"), Some("no-store"));
+    }
+
+    #[test]
+    fn reason_codes_are_stable_and_round_trip() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+            assert!((200..600).contains(&r.status()));
+        }
+        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        for kept in [
+            "access_denied",
+            "email_mismatch",
+            "tenant_mismatch",
+            "state_unknown",
+            "state_expired",
+            "state_reused",
+            "link_unknown",
+            "link_expired",
+            "link_used",
+            "already_connected",
+            "unavailable",
+            "provider_error",
+            "exchange_failed",
+            "no_refresh_token",
+            "graph_failed",
+        ] {
+            assert!(codes.contains(&kept), "{kept} was dropped");
+        }
+        assert_eq!(Reason::from_code("nonsense"), None);
     }
 }

@@ -4,11 +4,11 @@ pub mod app;
 pub mod audit;
 pub mod broker;
 pub mod broker_config;
-pub mod broker_pages;
 pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod keyring;
 pub mod logging;
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pages;
 pub mod provider;
+pub mod providers_config;
 pub mod relay;
 pub mod routes;
 pub mod secret;
@@ -42,13 +43,31 @@ fn check_memory_budget(config: &config::Config) {
         Some(limit) if limit < budget.total() => logging::warn(
             "memory_budget_over_limit",
             json!({ "worst_case_mib": mib(budget.total()), "limit_mib": mib(limit), "items_mib": items,
-                    "action": "lower OAUTH_RELAY_MAX_CONNECTIONS, OAUTH_RELAY_MAX_PENDING(_BYTES), OAUTH_RELAY_MAX_WAITERS or OAUTH_RELAY_MAX_SESSIONS, or raise the limit" }),
+                    "action": "lower OAUTH_RELAY_MAX_CONNECTIONS, OAUTH_RELAY_MAX_PENDING(_BYTES), OAUTH_RELAY_MAX_WAITERS, OAUTH_RELAY_MAX_SESSIONS or OAUTH_RELAY_WEBHOOK_MAX_QUEUE, or raise the limit" }),
         ),
         limit => logging::info(
             "memory_budget",
             json!({ "worst_case_mib": mib(budget.total()), "limit_mib": limit.map(mib), "items_mib": items }),
         ),
     }
+}
+
+/// The outbox of completion events (in Redis when the state is, so events outlive a replica)
+/// and its delivery threads.
+fn start_events(
+    webhook: events::config::WebhookConfig,
+    redis: Option<&config::RedisConfig>,
+) -> Result<Arc<events::Events>, String> {
+    let outbox: Arc<dyn events::outbox::Outbox> = match redis {
+        None => Arc::new(events::memory_outbox::MemoryOutbox::new(webhook.max_queue)),
+        Some(r) => Arc::new(events::redis_outbox::RedisOutbox::new(
+            r,
+            webhook.max_queue,
+            webhook.lease(),
+            webhook.max_age,
+        )?),
+    };
+    Ok(Arc::new(events::Events::start(webhook, outbox)))
 }
 
 /// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
@@ -105,15 +124,37 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
     }
-    let broker = config.broker.clone().map(|b| {
-        let provider = Arc::new(provider::microsoft::Microsoft::new(&b));
-        broker::Broker::new(b, provider)
+    let broker = match config.broker.clone() {
+        None => None,
+        Some(b) => {
+            // OpenID Connect discovery happens here: a provider that cannot be set up stops
+            // start-up rather than fail every sign-in later.
+            let providers = b
+                .providers
+                .iter()
+                .map(|s| provider::build(s, b.exchange_timeout))
+                .collect::<Result<Vec<_>, String>>()?;
+            Some(broker::Broker::new(b, providers))
+        }
+    };
+    let broker_log = broker.as_ref().map(|b| {
+        json!({
+            "public_url": b.config.public_base_url,
+            "providers": b.providers().iter().map(|p| p.describe()).collect::<Vec<_>>(),
+            "handle_only_access": b.config.handle_only,
+        })
     });
+    let events = config
+        .webhook
+        .clone()
+        .map(|w| start_events(w, config.redis.as_ref()))
+        .transpose()?;
     let app = Arc::new(app::App {
         config: config.clone(),
         store,
         waiters: waiters.clone(),
         broker,
+        events: events.clone(),
     });
     let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
     let running = server::start_listeners(listeners, config.server.clone(), handler, waiters)
@@ -129,13 +170,13 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "api_token": config.api_token.is_some(),
             "require_registered_state": config.require_registered_state,
             "store": if config.redis.is_some() { "redis" } else { "memory" },
-            "broker": config.broker.as_ref().map(|b| json!({
-                "redirect_uri": b.redirect_uri,
-                "tenant": b.tenant,
-                "confidential_client": b.client_secret.is_some(),
-                "scopes": b.scopes.join(" "),
-                "handle_only_access": b.handle_only,
+            "webhook": config.webhook.as_ref().map(|w| json!({
+                "origin": w.origin(),
+                "max_attempts": w.max_attempts,
+                "max_age_secs": w.max_age.as_secs(),
+                "max_queue": w.max_queue,
             })),
+            "broker": broker_log,
             "version": env!("CARGO_PKG_VERSION"),
         }),
     );
@@ -158,5 +199,10 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         logging::info("signal", json!({ "signal": name }));
         stopper.stop();
     });
-    running.wait()
+    let result = running.wait();
+    // Requests are over; events they produced may still be on their way.
+    if let Some(events) = events {
+        events.drain_before_exit(config.server.shutdown_grace);
+    }
+    result
 }

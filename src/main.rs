@@ -20,7 +20,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: oauth_relay::config::ServeArgs) -> ExitCode {
-    let result = Config::from_args(args).and_then(oauth_relay::serve);
+    // Read once, here: the providers' variables have names clap cannot declare. A variable
+    // that is not UTF-8 cannot be a setting of ours, and std::env::vars would panic on it.
+    let env: oauth_relay::providers_config::Env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let result = Config::from_args(args, &env).and_then(oauth_relay::serve);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -86,5 +86,57 @@ pub fn render(app: &App) -> Result<Response, Error> {
         "Connections answered 503 at the cap because none was idle.",
         CONNECTIONS_REFUSED.load(Ordering::Relaxed),
     );
+    if let Some(events) = &app.events {
+        let c = &events.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, help, value) in [
+            (
+                "queued",
+                "Completion events put in the outbox by this replica.",
+                load(&c.queued),
+            ),
+            (
+                "delivered",
+                "Completion events the endpoint acknowledged (2xx).",
+                load(&c.delivered),
+            ),
+            (
+                "retried",
+                "Delivery attempts that failed and were rescheduled.",
+                load(&c.retried),
+            ),
+            (
+                "gave_up",
+                "Completion events given up after the attempt or age bound.",
+                load(&c.gave_up),
+            ),
+            (
+                "dropped",
+                "Completion events dropped, oldest first, at OAUTH_RELAY_WEBHOOK_MAX_QUEUE.",
+                load(&c.dropped),
+            ),
+            (
+                "enqueue_failed",
+                "Completion events lost because the outbox did not answer.",
+                load(&c.enqueue_failed),
+            ),
+        ] {
+            metric(
+                &format!("oauth_relay_webhook_events_{name}_total"),
+                "counter",
+                help,
+                value,
+            );
+        }
+        // Never waits on a shared outbox.
+        if let Some(n) = events.queue_length() {
+            metric(
+                "oauth_relay_webhook_queue_length",
+                "gauge",
+                "Completion events waiting in the outbox (shared by all replicas on Redis).",
+                n,
+            );
+        }
+    }
     Ok(Response::text(200, "text/plain; version=0.0.4", out))
 }

@@ -78,6 +78,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     // The page is rendered only when shown, from what this request carries (a reload shows the
     // same page); the callback itself moves into the store.
     let (error, description) = (callback.error.clone(), callback.error_description.clone());
+    let has_code = callback.code.is_some();
     match app
         .store
         .put_callback(callback, app.config.require_registered_state)?
@@ -91,6 +92,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                 );
             }
             app.notify("relay", &state);
+            crate::events::callback_received(app, &state, has_code, error.as_deref());
         }
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}

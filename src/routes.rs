@@ -8,8 +8,10 @@
 //! default.
 
 use crate::app::App;
+use crate::broker::sessions::Endpoint;
 use crate::error::{Error, Face};
 use crate::http::{HttpRequest, Listener, Reply, Response};
+use crate::providers_config::M365;
 use crate::{broker, relay};
 use std::sync::Arc;
 
@@ -40,6 +42,8 @@ pub enum Pattern {
     Exact(&'static str),
     /// The prefix and a tail (a state, handle or link id, still percent-encoded).
     Prefix(&'static str),
+    /// The prefix, one path segment (the tail: a provider's name) and the suffix.
+    Around(&'static str, &'static str),
 }
 
 /// What the access log hashes for a route.
@@ -71,13 +75,18 @@ impl Route {
         match self.pattern {
             Pattern::Exact(p) => (path == p).then_some(""),
             Pattern::Prefix(p) => path.strip_prefix(p),
+            Pattern::Around(prefix, suffix) => path
+                .strip_prefix(prefix)?
+                .strip_suffix(suffix)
+                .filter(|name| !name.is_empty() && !name.contains('/')),
         }
     }
 }
 
 use Exposure::{Internal, Public};
 
-/// Every route. Order matters only where patterns overlap (none do today).
+/// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
+/// before `/login/{link}` (a link id never contains `/`).
 pub const ROUTES: &[Route] = &[
     Route {
         name: "/health",
@@ -128,11 +137,48 @@ pub const ROUTES: &[Route] = &[
         subject: Subject::None,
     },
     Route {
+        name: "/sessions",
+        pattern: Pattern::Exact("/sessions"),
+        methods: &["POST"],
+        exposure: Internal,
+        handle: |app, req, _| {
+            let endpoint = Endpoint {
+                provider: None,
+                link_path: "/login/",
+            };
+            broker::sessions::create(app, req, endpoint).map(Reply::Now)
+        },
+        subject: Subject::None,
+    },
+    Route {
+        name: "/login/{provider}/callback",
+        pattern: Pattern::Around("/login/", "/callback"),
+        methods: &["GET"],
+        exposure: Public,
+        handle: |app, req, provider| broker::login::callback(app, req, provider),
+        subject: Subject::StateParam,
+    },
+    Route {
+        name: "/login/{link}",
+        pattern: Pattern::Prefix("/login/"),
+        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
+        methods: &["GET", "HEAD"],
+        exposure: Public,
+        handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
+        subject: Subject::Tail,
+    },
+    Route {
         name: "/m365/sessions",
         pattern: Pattern::Exact("/m365/sessions"),
         methods: &["POST"],
         exposure: Internal,
-        handle: |app, req, _| broker::create_session(app, req).map(Reply::Now),
+        handle: |app, req, _| {
+            let endpoint = Endpoint {
+                provider: Some(M365),
+                link_path: "/m365/start/",
+            };
+            broker::sessions::create(app, req, endpoint).map(Reply::Now)
+        },
         subject: Subject::None,
     },
     Route {
@@ -141,7 +187,7 @@ pub const ROUTES: &[Route] = &[
         // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
         methods: &["GET", "HEAD"],
         exposure: Public,
-        handle: |app, req, link| broker::start(app, req, link).map(Reply::Now),
+        handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
         subject: Subject::Tail,
     },
     Route {
@@ -149,7 +195,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Exact("/m365/callback"),
         methods: &["GET"],
         exposure: Public,
-        handle: |app, req, _| broker::callback(app, req),
+        handle: |app, req, _| broker::login::callback(app, req, M365),
         subject: Subject::StateParam,
     },
     Route {
@@ -157,7 +203,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Prefix("/status/"),
         methods: &["GET"],
         exposure: Internal,
-        handle: |app, req, handle| broker::status(app, req, handle).map(Reply::Now),
+        handle: |app, req, handle| broker::sessions::status(app, req, handle).map(Reply::Now),
         subject: Subject::Tail,
     },
     Route {
@@ -165,7 +211,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Prefix("/token/"),
         methods: &["GET"],
         exposure: Internal,
-        handle: |app, req, handle| broker::token(app, req, handle),
+        handle: |app, req, handle| broker::sessions::token(app, req, handle),
         subject: Subject::Tail,
     },
     Route {

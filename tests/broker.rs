@@ -6,66 +6,51 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::broker::{Broker, Planned, BROKER_TOKEN};
 use support::fake_microsoft::{self as fake, FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
-use support::{free_port, get_url, path_of, HttpResponse, Relay};
+use support::{get_url, path_of, HttpResponse};
 
-const BROKER_TOKEN: &str = "broker-token-0123456789abcdef";
 const EMAIL: &str = "ana.silva@contoso.example";
 
 struct Setup {
     fake: FakeMicrosoft,
-    relay: Relay,
+    broker: Broker,
 }
 
-/// A fake Microsoft and a broker wired to each other. `tweak` adjusts the fake; `env` adds or
-/// overrides broker settings.
+/// A fake Microsoft and a broker wired to each other through the WK_M365_* variables (the
+/// provider `m365`). `tweak` adjusts the fake; `env` adds or overrides broker settings.
 fn setup(tweak: impl FnOnce(&mut FakeConfig), env: &[(&str, &str)]) -> Setup {
-    let port = free_port();
-    let public = format!("http://127.0.0.1:{port}");
+    let planned = Planned::new();
     let mut cfg = FakeConfig {
-        redirect_uris: vec![format!("{public}/m365/callback")],
+        redirect_uris: vec![format!("{}/m365/callback", planned.public)],
         ..FakeConfig::default()
     };
     tweak(&mut cfg);
     let fake = FakeMicrosoft::start_with(cfg.clone());
     let base = fake.base_url();
-    let mut vars: Vec<(&str, &str)> = vec![
-        ("WK_PUBLIC_BASE_URL", &public),
-        ("WK_M365_CLIENT_ID", &cfg.client_id),
+    let mut vars: Vec<(String, String)> = [
+        ("WK_M365_CLIENT_ID", cfg.client_id.as_str()),
         ("WK_M365_TENANT_ID", DEFAULT_TENANT_ID),
-        ("WK_M365_BROKER_TOKEN", BROKER_TOKEN),
         ("WK_M365_LOGIN_BASE_URL", &base),
         ("WK_M365_GRAPH_BASE_URL", &base),
-    ];
-    let secret = cfg.client_secret.clone().unwrap_or_default();
-    if cfg.client_secret.is_some() {
-        vars.push(("WK_M365_CLIENT_SECRET", &secret));
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(secret) = &cfg.client_secret {
+        vars.push(("WK_M365_CLIENT_SECRET".into(), secret.clone()));
     }
     for (k, v) in env {
         vars.retain(|(key, _)| key != k);
-        vars.push((k, v));
+        vars.push((k.to_string(), v.to_string()));
     }
-    let port = port.to_string();
-    let relay = Relay::start_env(&["--port", &port], &vars);
-    Setup { fake, relay }
-}
-
-fn auth() -> String {
-    format!("Bearer {BROKER_TOKEN}")
+    let broker = planned.start_wk(&vars);
+    Setup { fake, broker }
 }
 
 impl Setup {
     fn create(&self, body: Value) -> HttpResponse {
-        let auth = auth();
-        self.relay.request(
-            "POST",
-            "/m365/sessions",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
-        )
+        self.broker.create("/m365/sessions", &body)
     }
 
     fn session(&self) -> Value {
@@ -77,10 +62,7 @@ impl Setup {
     /// Follows the login link to Microsoft and back, as a browser would, without the final
     /// request: returns the callback path Microsoft redirected to.
     fn click(&self, session: &Value) -> String {
-        let start = path_of(session["login_url"].as_str().unwrap());
-        let res = self.relay.get(&start);
-        assert_eq!(res.status, 302, "{}", res.text());
-        let authorize = res.header("Location").unwrap().to_string();
+        let authorize = self.broker.open(session);
         let res = get_url(&authorize);
         assert_eq!(
             res.status,
@@ -93,17 +75,15 @@ impl Setup {
 
     fn sign_in(&self, session: &Value) -> HttpResponse {
         let callback = self.click(session);
-        self.relay.get(&callback)
+        self.broker.relay.get(&callback)
     }
 
     fn token(&self, session: &Value) -> HttpResponse {
-        let path = format!("/token/{}", session["state"].as_str().unwrap());
-        self.relay.get_auth(&path, BROKER_TOKEN)
+        self.broker.token(session)
     }
 
     fn status(&self, session: &Value) -> Value {
-        let path = format!("/status/{}", session["state"].as_str().unwrap());
-        self.relay.get_auth(&path, BROKER_TOKEN).json()
+        self.broker.status(session)
     }
 }
 
@@ -147,6 +127,12 @@ fn a_person_signs_in_and_the_caller_gets_the_tokens_once() {
         assert!(t[key].as_str().is_some_and(|v| !v.is_empty()), "{key}: {t}");
     }
     assert_eq!(t["token_type"], "Bearer");
+    // Issue 8's fields: who, by which provider, and whether the e-mail is vouched for (a
+    // pinned tenant's directory vouches for its accounts' addresses).
+    assert_eq!(t["provider"], "m365");
+    assert_eq!(t["email"], EMAIL);
+    assert_eq!(t["email_verified"], true);
+    assert_eq!(t["tenant"], DEFAULT_TENANT_ID);
     assert!(t["expiry"].as_str().unwrap().ends_with('Z'));
     assert_eq!(s.token(&session).status, 410);
     assert_eq!(s.status(&session)["status"], "consumed");
@@ -174,7 +160,7 @@ fn the_authorize_request_is_exactly_what_microsoft_expects() {
     assert_eq!(p("code_challenge_method").as_deref(), Some("S256"));
     assert_eq!(
         p("redirect_uri"),
-        Some(format!("http://{}/m365/callback", s.relay.addr))
+        Some(format!("http://{}/m365/callback", s.broker.relay.addr))
     );
     assert_eq!(p("login_hint").as_deref(), Some(EMAIL));
     assert_eq!(p("prompt"), None);
@@ -299,13 +285,13 @@ fn broken_settings_stop_start_up_naming_the_variable() {
 #[test]
 fn callers_need_the_broker_token() {
     let s = setup(|_| {}, &[]);
-    let no_auth = s.relay.request(
+    let no_auth = s.broker.relay.request(
         "POST",
         "/m365/sessions",
         &[],
         br#"{"expected_email":"a@b.c"}"#,
     );
-    let wrong = s.relay.request(
+    let wrong = s.broker.relay.request(
         "POST",
         "/m365/sessions",
         &[("Authorization", "Bearer wrong-token-0123456789abcdef")],
@@ -313,8 +299,8 @@ fn callers_need_the_broker_token() {
     );
     let session = s.session();
     let handle = session["state"].as_str().unwrap();
-    let token = s.relay.get(&format!("/token/{handle}"));
-    let status = s.relay.get(&format!("/status/{handle}"));
+    let token = s.broker.relay.get(&format!("/token/{handle}"));
+    let status = s.broker.relay.get(&format!("/status/{handle}"));
     // The refusal names the broker token, not the relay's API token.
     for refused in [no_auth, wrong, token, status] {
         assert_eq!(refused.status, 401);
@@ -335,14 +321,15 @@ fn handle_only_access_is_an_explicit_choice() {
     let session = s.session();
     let handle = session["state"].as_str().unwrap();
     assert_eq!(
-        s.relay.get(&format!("/status/{handle}")).json()["status"],
+        s.broker.relay.get(&format!("/status/{handle}")).json()["status"],
         "pending"
     );
     s.sign_in(&session);
-    assert_eq!(s.relay.get(&format!("/token/{handle}")).status, 200);
+    assert_eq!(s.broker.relay.get(&format!("/token/{handle}")).status, 200);
     // Creating sessions still needs the token.
     assert_eq!(
-        s.relay
+        s.broker
+            .relay
             .request(
                 "POST",
                 "/m365/sessions",
@@ -361,17 +348,17 @@ fn opening_the_link_does_not_use_it_up() {
     let start = path_of(session["login_url"].as_str().unwrap());
     for _ in 0..3 {
         assert_eq!(
-            s.relay.get(&start).status,
+            s.broker.relay.get(&start).status,
             302,
             "a preview fetch used the link up"
         );
     }
-    let head = s.relay.request("HEAD", &start, &[], b"");
+    let head = s.broker.relay.request("HEAD", &start, &[], b"");
     assert_eq!(head.status, 302);
     assert!(head.header("Location").is_some() && head.body.is_empty());
     assert_eq!(s.sign_in(&session).status, 200);
     // After success the link says so instead of starting again.
-    let again = s.relay.get(&start);
+    let again = s.broker.relay.get(&start);
     assert_eq!(again.status, 200);
     assert!(again.text().contains("Already connected"));
 }
@@ -413,12 +400,17 @@ fn a_confidential_client_authenticates_and_a_missing_secret_is_explained() {
         "raw provider text on a page"
     );
     assert_eq!(s.status(&session)["reason"], "exchange_failed");
-    let line = s.relay.wait_for_log("callback_failed");
+    let line = s.broker.relay.wait_for_log("callback_failed");
     assert!(
         line.contains("AADSTS7000218") && line.contains("WK_M365_CLIENT_SECRET"),
         "{line}"
     );
-    assert!(!s.relay.logs().iter().any(|l| l.contains("s3cret-value")));
+    assert!(!s
+        .broker
+        .relay
+        .logs()
+        .iter()
+        .any(|l| l.contains("s3cret-value")));
 }
 
 /// Signs in with the fake configured by `tweak`, expecting failure `reason` and `status`.
@@ -432,21 +424,8 @@ fn fails(
     let s = setup(tweak, env);
     let session = s.session();
     let page = s.sign_in(&session);
-    assert_eq!(page.status, status, "{reason}: {}", page.text());
-    assert!(page.text().contains(words), "{reason}: {}", page.text());
-    assert_eq!(page.header("Cache-Control"), Some("no-store"));
-    let st = s.status(&session);
-    assert_eq!(
-        (st["status"].as_str(), st["reason"].as_str()),
-        (Some("failed"), Some(reason))
-    );
-    let token = s.token(&session);
-    assert_eq!(
-        (token.status, token.json()["reason"].as_str()),
-        (409, Some(reason))
-    );
-    let line = s.relay.wait_for_log("callback_failed");
-    assert!(line.contains(reason), "{line}");
+    s.broker
+        .assert_failed(&session, &page, reason, status, words);
 }
 
 #[test]
@@ -456,7 +435,7 @@ fn the_person_cancels() {
         &[],
         "access_denied",
         200,
-        "You cancelled the Microsoft sign-in",
+        "You cancelled the Microsoft 365 sign-in",
     );
 }
 
@@ -492,7 +471,7 @@ fn the_wrong_account_fails_closed() {
         &[],
         "email_mismatch",
         403,
-        "different Microsoft account",
+        "different Microsoft 365 account",
     );
 }
 
@@ -538,29 +517,234 @@ fn mail_falls_back_to_the_user_principal_name_case_insensitively() {
     assert_eq!(s.token(&session).json()["email"], EMAIL);
 }
 
+const OTHER_TENANT: &str = "99999999-9999-9999-9999-999999999999";
+
+/// Issue 8: with `organizations` (or `common`) any tenant's admin can give any account any
+/// `mail`, so an e-mail match counts only when the id_token's `xms_edov` says the domain owner
+/// is verified. (Before, any tenant's account with the right `mail` was accepted.)
 #[test]
-fn without_a_pinned_tenant_any_tenant_may_sign_in() {
+fn without_a_pinned_tenant_an_email_counts_only_when_its_domain_owner_is_verified() {
+    for edov in [None, Some(false)] {
+        let s = setup(
+            |c| {
+                c.user_tid = Some(OTHER_TENANT.into());
+                c.xms_edov = edov;
+            },
+            &[("WK_M365_TENANT_ID", "organizations")],
+        );
+        let session = s.session();
+        let page = s.sign_in(&session);
+        s.broker.assert_failed(
+            &session,
+            &page,
+            "email_unverified",
+            403,
+            "does not confirm that the address belongs to it",
+        );
+    }
     let s = setup(
-        |c| c.user_tid = Some("99999999-9999-9999-9999-999999999999".into()),
+        |c| {
+            c.user_tid = Some(OTHER_TENANT.into());
+            c.xms_edov = Some(true);
+        },
         &[("WK_M365_TENANT_ID", "organizations")],
     );
     let session = s.session();
+    let page = s.sign_in(&session);
+    let t = s
+        .broker
+        .assert_connected(&session, &page, "Microsoft 365 connected (read-only)");
+    assert_eq!(
+        (t["tenant"].as_str(), t["email_verified"].as_bool()),
+        (Some(OTHER_TENANT), Some(true))
+    );
+    // The account's stable id needs no e-mail at all.
+    let s = setup(
+        |c| c.user_tid = Some(OTHER_TENANT.into()),
+        &[("WK_M365_TENANT_ID", "common")],
+    );
+    let oid = s.fake.config().user_oid;
+    let session = s
+        .create(json!({ "expected_subject": format!("{OTHER_TENANT}/{oid}") }))
+        .json();
     assert_eq!(s.sign_in(&session).status, 200);
+    let t = s.token(&session).json();
+    assert_eq!(t["email_verified"], false);
+    assert_eq!(t["subject"], format!("{OTHER_TENANT}/{oid}"));
+}
+
+#[test]
+fn the_subject_is_the_tenant_and_object_id() {
+    let s = setup(|_| {}, &[]);
+    let oid = s.fake.config().user_oid;
+    let subject = format!("{DEFAULT_TENANT_ID}/{oid}");
+    let session = s.session();
+    s.sign_in(&session);
+    let t = s.token(&session).json();
+    assert_eq!(t["subject"], subject.as_str());
+    assert_eq!(t["tenant"], DEFAULT_TENANT_ID);
+    assert_eq!(t["provider"], "m365");
+    let session = s
+        .create(json!({ "expected_subject": subject, "expected_email": EMAIL }))
+        .json();
+    assert_eq!(session["expected_subject"], subject.as_str());
+    assert_eq!(s.sign_in(&session).status, 200);
+    let session = s
+        .create(json!({ "expected_subject": format!("{DEFAULT_TENANT_ID}/someone-else") }))
+        .json();
+    let page = s.sign_in(&session);
+    s.broker.assert_failed(
+        &session,
+        &page,
+        "subject_mismatch",
+        403,
+        "different Microsoft 365 account",
+    );
+}
+
+/// Issue 8: a tenant given by domain is resolved to its GUID (the `issuer` of its OpenID
+/// configuration) at start-up, so `tid` is checked. (Before, a domain pinned nothing.)
+#[test]
+fn a_tenant_given_by_domain_is_resolved_and_pinned() {
+    let domain = "contoso.onmicrosoft.com";
+    let s = setup(
+        |c| c.tenant_domains = vec![domain.into()],
+        &[("WK_M365_TENANT_ID", domain)],
+    );
+    let line = s.broker.relay.wait_for_log("tenant_resolved");
+    assert!(line.contains(DEFAULT_TENANT_ID), "{line}");
+    assert_eq!(s.fake.discovery_fetches(), 1);
+    let session = s.session();
+    assert_eq!(s.sign_in(&session).status, 200);
+    assert_eq!(s.token(&session).json()["tenant"], DEFAULT_TENANT_ID);
+    // The sign-in went to the domain's endpoints, as configured.
+    let sent = s.fake.authorize_requests().len();
+    assert_eq!(sent, 1);
+    s.fake.set(|c| c.user_tid = Some(OTHER_TENANT.into()));
+    let session = s.session();
+    let page = s.sign_in(&session);
+    s.broker.assert_failed(
+        &session,
+        &page,
+        "tenant_mismatch",
+        403,
+        "different organization",
+    );
+    assert_eq!(s.fake.discovery_fetches(), 1, "resolved once");
+}
+
+/// The same provider kind configured the general way (OAUTH_RELAY_PROVIDERS), beside the
+/// WK_M365_* one: POST /sessions, /login links, /login/{provider}/callback. A response brought
+/// to the other provider's callback, or naming another issuer, is a mix-up: refused before its
+/// code is used.
+#[test]
+fn a_second_microsoft_provider_by_name_and_mix_ups_refused() {
+    let planned = Planned::new();
+    let fake = FakeMicrosoft::start_with(FakeConfig {
+        redirect_uris: vec![
+            format!("{}/m365/callback", planned.public),
+            planned.callback("work"),
+        ],
+        ..FakeConfig::default()
+    });
+    let base = fake.base_url();
+    let mut env: Vec<(String, String)> = [
+        ("WK_M365_CLIENT_ID", "test-client-id"),
+        ("WK_M365_TENANT_ID", DEFAULT_TENANT_ID),
+        ("WK_M365_LOGIN_BASE_URL", &base),
+        ("WK_M365_GRAPH_BASE_URL", &base),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(support::broker::providers_env(&[(
+        "work",
+        vec![
+            ("KIND", "microsoft".into()),
+            ("CLIENT_ID", "test-client-id".into()),
+            ("TENANT", DEFAULT_TENANT_ID.into()),
+            ("LOGIN_URL", base.clone()),
+            ("API_URL", base.clone()),
+            ("DISPLAY_NAME", "Work mail".into()),
+        ],
+    )]));
+    let work_callback = planned.callback("work");
+    let broker = planned.start(&env);
+    let redirect_of = |authorize: &str| {
+        let res = get_url(authorize);
+        assert_eq!(res.status, 302, "{}", res.text());
+        res.header("Location").unwrap().to_string()
+    };
+    let session = broker.session("work", json!({ "expected_email": EMAIL }));
+    let page = broker.sign_in(&session, redirect_of);
+    broker.assert_connected(&session, &page, "Work mail connected (read-only)");
+    assert_eq!(
+        fake::param(&fake.authorize_requests()[0], "redirect_uri"),
+        Some(work_callback.as_str())
+    );
+
+    // Mixed up: the work sign-in's response arrives at m365's callback.
+    let session = broker.session("work", json!({ "expected_email": EMAIL }));
+    let redirect = redirect_of(&broker.open(&session));
+    let mixed = redirect.replace("/login/work/callback", "/m365/callback");
+    let redeemed = fake.redeemed_codes();
+    let page = broker.arrive(&mixed);
+    broker.assert_failed(&session, &page, "issuer_mismatch", 502, "could not connect");
+    assert_eq!(
+        fake.redeemed_codes(),
+        redeemed,
+        "a mixed-up code was redeemed"
+    );
+
+    // Another issuer named in the response (RFC 9207).
+    let session = broker.session("work", json!({ "expected_email": EMAIL }));
+    let redirect = redirect_of(&broker.open(&session));
+    let page = broker.arrive(&format!("{redirect}&iss=https%3A%2F%2Faccounts.google.com"));
+    assert_eq!(page.status, 502);
+    assert_eq!(broker.status(&session)["reason"], "issuer_mismatch");
+    assert_eq!(fake.redeemed_codes(), redeemed);
+
+    // Unknown providers: 400 for sessions, 404 for their callbacks.
+    let res = broker.create(
+        "/sessions",
+        &json!({ "provider": "nope", "expected_email": EMAIL }),
+    );
+    assert_eq!(res.status, 400);
+    assert!(res.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("Unknown provider"));
+    assert_eq!(
+        broker
+            .relay
+            .get("/login/nope/callback?state=x&code=y")
+            .status,
+        404
+    );
+    // /m365/sessions serves only m365.
+    let res = broker.create(
+        "/m365/sessions",
+        &json!({ "provider": "work", "expected_email": EMAIL }),
+    );
+    assert_eq!(res.status, 400);
 }
 
 #[test]
 fn bad_states_fail_closed_with_their_own_reason() {
     let s = setup(|_| {}, &[]);
-    let missing = s.relay.get("/m365/callback?code=x");
+    let missing = s.broker.relay.get("/m365/callback?code=x");
     assert_eq!(missing.status, 404);
     assert!(missing.text().contains("not valid"));
-    let unknown = s.relay.get("/m365/callback?code=x&state=never-issued");
+    let unknown = s
+        .broker
+        .relay
+        .get("/m365/callback?code=x&state=never-issued");
     assert_eq!(unknown.status, 404);
     // Reuse: the same redirect again after success changes nothing and reassures the person.
     let session = s.session();
     let callback = s.click(&session);
-    assert_eq!(s.relay.get(&callback).status, 200);
-    let reload = s.relay.get(&callback);
+    assert_eq!(s.broker.relay.get(&callback).status, 200);
+    let reload = s.broker.relay.get(&callback);
     assert!(
         reload.text().contains("Already connected"),
         "{}",
@@ -573,7 +757,7 @@ fn bad_states_fail_closed_with_their_own_reason() {
     );
     assert_eq!(s.token(&session).status, 200);
     for reason in ["state_missing", "state_unknown", "state_reused"] {
-        s.relay.wait_for_log(reason);
+        s.broker.relay.wait_for_log(reason);
     }
 }
 
@@ -583,7 +767,7 @@ fn an_expired_session_fails_closed() {
     let session = s.session();
     let callback = s.click(&session);
     std::thread::sleep(Duration::from_millis(1200));
-    let page = s.relay.get(&callback);
+    let page = s.broker.relay.get(&callback);
     assert!(matches!(page.status, 404 | 410), "{}", page.status);
     assert!(page.text().contains("expired") || page.text().contains("not valid"));
     assert_eq!(s.fake.redeemed_codes(), 0);
@@ -598,7 +782,7 @@ fn two_callbacks_racing_for_one_state_yield_one_exchange() {
         let callback = s.click(&session);
         let statuses: Vec<u16> = std::thread::scope(|scope| {
             let hs: Vec<_> = (0..4)
-                .map(|_| scope.spawn(|| s.relay.get(&callback)))
+                .map(|_| scope.spawn(|| s.broker.relay.get(&callback)))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap().status).collect()
         });
@@ -631,12 +815,12 @@ fn a_slow_identity_provider_holds_up_nothing_else() {
     std::thread::scope(|scope| {
         let pending: Vec<_> = callbacks
             .iter()
-            .map(|c| scope.spawn(|| s.relay.get(c)))
+            .map(|c| scope.spawn(|| s.broker.relay.get(c)))
             .collect();
         std::thread::sleep(Duration::from_millis(300));
         // Six exchanges are stuck and only two workers exist; the workers are still free.
         for _ in 0..20 {
-            assert_eq!(s.relay.get("/health").status, 200);
+            assert_eq!(s.broker.relay.get("/health").status, 200);
         }
         assert!(
             pending.iter().all(|h| !h.is_finished()),
@@ -667,7 +851,8 @@ fn token_long_poll_is_answered_when_the_sign_in_completes() {
     let handle = session["state"].as_str().unwrap().to_string();
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
-            s.relay
+            s.broker
+                .relay
                 .get_auth(&format!("/token/{handle}?wait=30"), BROKER_TOKEN)
         });
         std::thread::sleep(Duration::from_millis(200));
@@ -683,6 +868,7 @@ fn token_long_poll_is_answered_when_the_sign_in_completes() {
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             failed
+                .broker
                 .relay
                 .get_auth(&format!("/token/{handle}?wait=30"), BROKER_TOKEN)
         });
@@ -697,7 +883,7 @@ fn pages_speak_brazilian_portuguese_when_asked() {
     let s = setup(|_| {}, &[]);
     let session = s.session();
     let callback = s.click(&session);
-    let page = s.relay.request(
+    let page = s.broker.relay.request(
         "GET",
         &callback,
         &[("Accept-Language", "pt-BR,pt;q=0.9,en;q=0.5")],
@@ -710,7 +896,7 @@ fn pages_speak_brazilian_portuguese_when_asked() {
         page.text()
     );
     assert!(page.text().contains("lang=\"pt-BR\""));
-    let unknown = s.relay.request(
+    let unknown = s.broker.relay.request(
         "GET",
         "/m365/start/nope",
         &[("Accept-Language", "pt-BR")],
@@ -720,10 +906,14 @@ fn pages_speak_brazilian_portuguese_when_asked() {
     let cancelled = setup(|c| c.cancel = true, &[]);
     let session = cancelled.session();
     let callback = cancelled.click(&session);
-    let page = cancelled
-        .relay
-        .request("GET", &callback, &[("Accept-Language", "pt-BR")], b"");
-    assert!(page.text().contains("Você cancelou o login da Microsoft"));
+    let page =
+        cancelled
+            .broker
+            .relay
+            .request("GET", &callback, &[("Accept-Language", "pt-BR")], b"");
+    assert!(page
+        .text()
+        .contains("Você cancelou o login da conta Microsoft 365"));
 }
 
 #[test]
@@ -738,7 +928,9 @@ fn audit_events_are_logged_without_secrets() {
         "callback_succeeded",
         "tokens_retrieved",
     ] {
-        s.relay.wait_for_log(&format!("\"event\":\"{event}\""));
+        s.broker
+            .relay
+            .wait_for_log(&format!("\"event\":\"{event}\""));
     }
     let form = &s.fake.token_requests()[0];
     let secrets = [
@@ -750,12 +942,13 @@ fn audit_events_are_logged_without_secrets() {
         BROKER_TOKEN,
         EMAIL,
     ];
-    for line in s.relay.logs() {
+    for line in s.broker.relay.logs() {
         for secret in secrets {
             assert!(!line.contains(secret), "secret in log: {line}");
         }
     }
     assert!(s
+        .broker
         .relay
         .logs()
         .iter()
@@ -768,7 +961,7 @@ fn the_login_link_command_does_it_all_in_one() {
     let s = setup(|_| {}, &[]);
     let mut child = std::process::Command::new(support::BIN)
         .args(["login-link", EMAIL, "--wait", "--timeout-secs", "60"])
-        .env("WK_CALLBACK_SERVER", s.relay.url(""))
+        .env("WK_CALLBACK_SERVER", s.broker.relay.url(""))
         .env("WK_M365_BROKER_TOKEN", BROKER_TOKEN)
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -38,6 +38,8 @@ fn sample(pattern: Pattern) -> String {
     match pattern {
         Pattern::Exact(p) => p.to_string(),
         Pattern::Prefix(p) => format!("{p}sample-id"),
+        // The provider's name: the one this file's relay configures.
+        Pattern::Around(prefix, suffix) => format!("{prefix}m365{suffix}"),
     }
 }
 
@@ -97,15 +99,7 @@ fn every_route_is_served_on_its_listener_and_unknown_on_the_other() {
     }
     // Paths in nobody's table are 404 on both.
     for addr in [public, internal] {
-        for path in [
-            "/",
-            "/api",
-            "/api/",
-            "/m365/",
-            "/login/x",
-            "/sessions",
-            "/healthz",
-        ] {
+        for path in ["/", "/api", "/api/", "/m365/", "/healthz"] {
             assert_eq!(http(addr, "GET", path, &[], b"").status, 404, "{path}");
         }
     }

@@ -95,7 +95,11 @@ fn config_of(env: &[(String, Option<String>)]) -> Config {
         }
     }
     let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    Config::from_args(cli.serve).unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    let vars: oauth_relay::providers_config::Env = env
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+        .collect();
+    Config::from_args(cli.serve, &vars).unwrap_or_else(|e| panic!("{argv:?}: {e}"))
 }
 
 fn check(path: &str) {

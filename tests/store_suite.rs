@@ -168,7 +168,10 @@ fn session(n: usize, ttl: Duration) -> Session {
         link_id: format!("link-{n}"),
         oauth_state: format!("ostate-{n}"),
         verifier: Secret::new(format!("verifier-{n}")),
-        expected_email: "ana@contoso.example".into(),
+        provider: "corp".into(),
+        nonce: format!("nonce-{n}"),
+        expected_email: Some("ana@contoso.example".into()),
+        expected_subject: (n % 2 == 1).then(|| format!("subject-{n}")),
         force_consent: false,
         scopes: vec!["offline_access".into(), "Mail.Read".into()],
         expires_at: SystemTime::now() + ttl,
@@ -177,13 +180,18 @@ fn session(n: usize, ttl: Duration) -> Session {
 
 fn tokens() -> Tokens {
     Tokens {
+        provider: "corp".into(),
         access_token: Secret::new("at"),
-        refresh_token: Secret::new("rt"),
-        id_token: None,
+        // A provider without refresh tokens (GitHub), and one without expiry.
+        refresh_token: None,
+        id_token: Some(Secret::new("it")),
         token_type: "Bearer".into(),
         scope: "Mail.Read".into(),
-        expiry: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),
-        email: "ana@contoso.example".into(),
+        expiry: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+        subject: "subject-1".into(),
+        email: Some("ana@contoso.example".into()),
+        email_verified: true,
+        tenant: Some("11111111-2222-3333-4444-555555555555".into()),
     }
 }
 
@@ -218,6 +226,15 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
     assert_eq!(taken.len(), 1, "{takes:?}");
     assert_eq!(taken[0].verifier.expose(), "verifier-1");
     assert_eq!(taken[0].scopes, vec!["offline_access", "Mail.Read"]);
+    // Everything the callback needs comes back with the state, on any replica.
+    assert_eq!(
+        (
+            taken[0].provider.as_str(),
+            taken[0].nonce.as_str(),
+            taken[0].expected_subject.as_deref()
+        ),
+        ("corp", "nonce-1", Some("subject-1"))
+    );
     assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::Pending);
     s.finish_session("handle-1", Ok(tokens())).unwrap();
     assert_eq!(

@@ -23,7 +23,6 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::Failure;
 use crate::logging;
 use crate::secret::Secret;
 
@@ -181,25 +180,6 @@ impl std::fmt::Display for IdTokenError {
 }
 
 impl std::error::Error for IdTokenError {}
-
-impl From<IdTokenError> for Failure {
-    fn from(e: IdTokenError) -> Failure {
-        let hint = match e {
-            IdTokenError::KeysUnavailable(_) => {
-                Some("the provider's jwks_uri did not answer with a usable key set; check egress")
-            }
-            IdTokenError::WrongIssuer | IdTokenError::WrongAudience => {
-                Some("check the configured tenant/issuer and client id")
-            }
-            _ => None,
-        };
-        Failure {
-            reason: e.reason(),
-            detail: e.to_string(),
-            hint,
-        }
-    }
-}
 
 /// One usable verification key from the JWKS.
 struct Key {
@@ -1258,8 +1238,6 @@ mod tests {
         ];
         for (error, reason) in all {
             assert_eq!(error.reason(), reason);
-            let failure = Failure::from(error);
-            assert_eq!(failure.reason, reason);
         }
     }
 }

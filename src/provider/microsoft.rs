@@ -1,40 +1,296 @@
-//! Microsoft identity platform (v2.0 endpoints) and Microsoft Graph `/me`. Base URLs are
-//! configurable for national clouds and tests.
+//! Microsoft identity platform (v2.0 endpoints) and Microsoft Graph `/me`, read-only. Base URLs
+//! are configurable for national clouds and tests. Microsoft's quirks live here: only read-only
+//! Graph scopes, `scope` repeated at redemption, `mail` else `userPrincipalName` from Graph, and
+//! AADSTS error hints.
+//!
+//! Who signed in: the subject is `{tid}/{oid}` (the tenant's GUID and the account's object id
+//! in it: an `oid` is unique only within its tenant, and the pair never changes, unlike `mail`
+//! or the UPN). A pinned tenant (a GUID, or a domain such as `contoso.onmicrosoft.com`, which
+//! is resolved to its GUID through the tenant's OpenID configuration) must be the id_token's
+//! `tid`, and its directory vouches for the e-mail. With `organizations` or `common` any
+//! tenant's admin can set any `mail`, so an e-mail counts as verified only when the id_token's
+//! `xms_edov` claim (an optional claim: "the e-mail's domain owner is verified") is true.
+//!
+//! The id_token comes straight from the token endpoint over TLS, so its claims are read
+//! without checking its signature (OpenID Connect Core 3.1.3.7, item 6).
 
-use super::{AuthorizeRequest, Failure, Grant, Identity, Provider};
-use crate::broker_config::BrokerConfig;
+use super::oauth::{self, ClientAuth};
+use super::{with_scopes, AuthorizeRequest, Grant, Identity, Provider};
+use crate::error::{Error, Reason, SignInFailure};
+use crate::providers_config::ProviderSettings;
 use crate::secret::Secret;
 use base64::Engine;
-use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub const DEFAULT_SCOPES: &str = "offline_access User.Read Mail.Read Calendars.Read";
+pub const DEFAULT_LOGIN_BASE: &str = "https://login.microsoftonline.com";
+pub const DEFAULT_GRAPH_BASE: &str = "https://graph.microsoft.com";
+pub const DEFAULT_TENANT: &str = "organizations";
+const DISPLAY_NAME: &str = "Microsoft 365";
+
+/// Applies Microsoft's rules to the settings: a tenant of the right form, read-only scopes
+/// including `offline_access` (the broker hands out a refresh token), and the defaults.
+pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {
+    let tenant = s.tenant.get_or_insert_with(|| DEFAULT_TENANT.into());
+    if tenant.is_empty()
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    {
+        return Err(format!(
+            "{} must be a tenant id, a domain or `organizations`",
+            s.var("TENANT")
+        ));
+    }
+    if s.scopes.is_empty() {
+        s.scopes = crate::providers_config::split_scopes(DEFAULT_SCOPES);
+    }
+    s.scopes =
+        read_only_scopes(&s.scopes.join(" ")).map_err(|e| format!("{}: {e}", s.var("SCOPES")))?;
+    if !s.scopes.iter().any(|x| x == "offline_access") {
+        return Err(format!(
+            "{} must include offline_access (the broker hands out a refresh token)",
+            s.var("SCOPES")
+        ));
+    }
+    if let Some(allowed) = &s.allowed_scopes {
+        read_only_scopes(&allowed.join(" "))
+            .map_err(|e| format!("{}: {e}", s.var("ALLOWED_SCOPES")))?;
+    }
+    s.login_url.get_or_insert_with(|| DEFAULT_LOGIN_BASE.into());
+    s.api_url.get_or_insert_with(|| DEFAULT_GRAPH_BASE.into());
+    Ok(())
+}
 
 pub struct Microsoft {
+    name: String,
+    display_name: String,
     client_id: String,
-    client_secret: Option<Secret>,
+    /// A confidential ("Web") registration sends its secret in the form, as Microsoft documents.
+    client_auth: ClientAuth,
     tenant: String,
+    /// The pinned tenant's GUID: the configured GUID, or a domain's once resolved; `None` for
+    /// `organizations` and `common`.
+    pinned: Pinned,
     login_base: String,
     graph_base: String,
     redirect_uri: String,
+    scopes: Vec<String>,
+    allowed_scopes: Option<Vec<String>>,
+    /// The variables hints tell the operator to fix.
+    secret_var: String,
+    tenant_var: String,
+    client_id_var: String,
+    scopes_var: String,
+}
+
+/// Whether sign-ins are pinned to one tenant, and its GUID.
+enum Pinned {
+    /// `organizations`, `common`, `consumers`: any tenant.
+    No,
+    Guid(String),
+    /// A domain, resolved to its tenant's GUID at start-up or, if that failed, at first use.
+    Domain(Mutex<Option<String>>),
+}
+
+/// The multi-tenant aliases of the identity platform.
+fn is_alias(tenant: &str) -> bool {
+    ["organizations", "common", "consumers"]
+        .iter()
+        .any(|a| tenant.eq_ignore_ascii_case(a))
 }
 
 impl Microsoft {
-    pub fn new(c: &BrokerConfig) -> Self {
-        Microsoft {
-            client_id: c.client_id.clone(),
-            client_secret: c.client_secret.clone(),
-            tenant: c.tenant.clone(),
-            login_base: c.login_base_url.clone(),
-            graph_base: c.graph_base_url.clone(),
-            redirect_uri: c.redirect_uri.clone(),
+    pub fn new(s: &ProviderSettings, budget: Duration) -> Self {
+        let tenant = s.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into());
+        let pinned = if is_alias(&tenant) {
+            Pinned::No
+        } else if is_guid(&tenant) {
+            Pinned::Guid(tenant.to_lowercase())
+        } else {
+            Pinned::Domain(Mutex::new(None))
+        };
+        let m = Microsoft {
+            name: s.name.clone(),
+            display_name: s
+                .display_name
+                .clone()
+                .unwrap_or_else(|| DISPLAY_NAME.into()),
+            client_id: s.client_id.clone(),
+            client_auth: match &s.client_secret {
+                Some(secret) => ClientAuth::SecretPost(secret.clone()),
+                None => ClientAuth::None,
+            },
+            tenant,
+            pinned,
+            login_base: s
+                .login_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_LOGIN_BASE.into()),
+            graph_base: s
+                .api_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_GRAPH_BASE.into()),
+            redirect_uri: s.redirect_uri.clone(),
+            scopes: s.scopes.clone(),
+            allowed_scopes: s.allowed_scopes.clone(),
+            secret_var: s.var("CLIENT_SECRET"),
+            tenant_var: s.var("TENANT"),
+            client_id_var: s.var("CLIENT_ID"),
+            scopes_var: s.var("SCOPES"),
+        };
+        if let Pinned::Domain(_) = m.pinned {
+            // Not fatal: the identity platform may be unreachable for a moment at start-up;
+            // the first sign-in tries again, and fails closed if it still cannot resolve.
+            match m.pinned_tenant(budget) {
+                Ok(guid) => crate::logging::info(
+                    "tenant_resolved",
+                    json!({ "provider": m.name, "tenant": m.tenant, "tid": guid }),
+                ),
+                Err(f) => crate::logging::warn(
+                    "tenant_unresolved",
+                    json!({ "provider": m.name, "tenant": m.tenant, "error": f.detail,
+                            "effect": "resolved again at the first sign-in" }),
+                ),
+            }
         }
+        m
     }
 
     fn endpoint(&self, name: &str) -> String {
         format!("{}/{}/oauth2/v2.0/{name}", self.login_base, self.tenant)
     }
+
+    /// The GUID sign-ins are pinned to (`None`: any tenant), resolving a domain if need be.
+    fn pinned_tenant(&self, budget: Duration) -> Result<Option<String>, SignInFailure> {
+        let cache = match &self.pinned {
+            Pinned::No => return Ok(None),
+            Pinned::Guid(guid) => return Ok(Some(guid.clone())),
+            Pinned::Domain(cache) => cache,
+        };
+        if let Some(guid) = cache.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(Some(guid));
+        }
+        let guid = self.resolve_domain(budget)?;
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(guid.clone());
+        Ok(Some(guid))
+    }
+
+    /// A tenant's domain to its GUID: the `issuer` of its OpenID configuration is
+    /// `{login base}/{GUID}/v2.0`.
+    fn resolve_domain(&self, budget: Duration) -> Result<String, SignInFailure> {
+        let url = format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            self.login_base, self.tenant
+        );
+        let failed = |detail: String| {
+            SignInFailure::new(Reason::ProviderError, detail).with_hint(Some(format!(
+                "{} names a domain that could not be resolved to its tenant id: check it, or \
+                 set the tenant GUID instead",
+                self.tenant_var
+            )))
+        };
+        let response = crate::outbound::agent(budget)
+            .get(&url)
+            .header("Accept", "application/json")
+            .call();
+        let (status, document) =
+            super::read_json(response).map_err(|e| failed(format!("GET {url}: {e}")))?;
+        if status != 200 {
+            return Err(failed(format!("GET {url} answered HTTP {status}")));
+        }
+        document["issuer"]
+            .as_str()
+            .and_then(|issuer| tenant_of_issuer(issuer, &self.login_base))
+            .ok_or_else(|| failed(format!("GET {url}: the issuer names no tenant GUID")))
+    }
+
+    /// What to fix in the app registration for Microsoft errors operators meet in practice.
+    fn hint_for(&self, description: &str) -> Option<String> {
+        let (secret, tenant, client) = (&self.secret_var, &self.tenant_var, &self.client_id_var);
+        let redirect = &self.redirect_uri;
+        let hint = match aadsts_code(description)? {
+            "AADSTS7000218" => format!("the app registration is a confidential (Web) client: set {secret}, or add the redirect URI under 'Mobile and desktop applications' to use a public client"),
+            "AADSTS7000215" => format!("{secret} is wrong or expired: create a new client secret in the app registration"),
+            "AADSTS7000222" => "the client secret has expired: create a new one in the app registration".into(),
+            "AADSTS50011" => format!("the redirect URI is not registered: add {redirect} to the app registration exactly"),
+            "AADSTS500112" => format!("the redirect URI differs from the one used at sign-in ({redirect}): check the public URL"),
+            "AADSTS700016" => format!("the application was not found in the tenant: check {client} and {tenant}"),
+            "AADSTS90002" => format!("the tenant was not found: check {tenant}"),
+            "AADSTS65001" => "consent is required: grant admin consent for the scopes, or create the session with force_consent".into(),
+            "AADSTS65004" => "the person declined consent".into(),
+            "AADSTS501481" => "the PKCE verifier did not match: a proxy may have altered the request".into(),
+            "AADSTS70000" => "the authorization code was invalid or already used".into(),
+            "AADSTS54005" => "the authorization code was already redeemed".into(),
+            "AADSTS9002313" => "the token request was malformed".into(),
+            "AADSTS50020" => format!("the account is from a tenant the app does not accept: check the supported account types or {tenant}"),
+            _ => return None,
+        };
+        Some(hint)
+    }
+}
+
+/// The first known AADSTS code in a description (`AADSTS7000218: ...` -> `AADSTS7000218`).
+fn aadsts_code(description: &str) -> Option<&'static str> {
+    const CODES: &[&str] = &[
+        "AADSTS7000218",
+        "AADSTS7000215",
+        "AADSTS7000222",
+        "AADSTS500112",
+        "AADSTS501481",
+        "AADSTS700016",
+        "AADSTS9002313",
+        "AADSTS50011",
+        "AADSTS50020",
+        "AADSTS54005",
+        "AADSTS65001",
+        "AADSTS65004",
+        "AADSTS70000",
+        "AADSTS90002",
+    ];
+    // Longest first, so AADSTS500112 is not read as AADSTS50011.
+    CODES.iter().copied().find(|code| {
+        description.match_indices(code).any(|(at, _)| {
+            !description[at + code.len()..].starts_with(|c: char| c.is_ascii_digit())
+        })
+    })
 }
 
 impl Provider for Microsoft {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn display_name(&self) -> &str {
+        &self.display_name
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+
+    fn scopes(&self, requested: Option<&[String]>) -> Result<Vec<String>, Error> {
+        let scopes = match requested {
+            None => self.scopes.clone(),
+            Some(list) => {
+                let scopes = read_only_scopes(&list.join(" ")).map_err(|_| Error::WriteScope)?;
+                match &self.allowed_scopes {
+                    Some(allowed) => super::allowed_subset(&scopes, allowed)?,
+                    None => scopes,
+                }
+            }
+        };
+        // offline_access brings the refresh token; openid brings the id_token whose `tid` the
+        // tenant check reads. Both are sign-in scopes, not data access.
+        Ok(with_scopes(scopes, &["openid", "offline_access"]))
+    }
+
     fn authorize_url(&self, r: &AuthorizeRequest) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query
@@ -46,73 +302,108 @@ impl Provider for Microsoft {
             .append_pair("state", r.state)
             .append_pair("code_challenge", r.code_challenge)
             .append_pair("code_challenge_method", "S256")
-            .append_pair("login_hint", r.login_hint);
+            .append_pair("nonce", r.nonce);
+        if let Some(hint) = r.login_hint {
+            query.append_pair("login_hint", hint);
+        }
         if r.force_consent {
             query.append_pair("prompt", "consent");
         }
         format!("{}?{}", self.endpoint("authorize"), query.finish())
     }
 
+    /// Microsoft does not send `iss` in authorization responses (nor advertise RFC 9207), so
+    /// its absence is fine; when present it must be this identity platform's issuer, and the
+    /// pinned tenant's when there is one.
+    fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), SignInFailure> {
+        let Some(iss) = iss else { return Ok(()) };
+        let tenant = tenant_of_issuer(iss, &self.login_base);
+        let pinned = match &self.pinned {
+            Pinned::No => None,
+            Pinned::Guid(guid) => Some(guid.clone()),
+            Pinned::Domain(cache) => cache.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        let ok = match (&tenant, pinned) {
+            (None, _) => false,
+            (Some(t), Some(p)) => *t == p,
+            (Some(_), None) => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SignInFailure::new(
+                Reason::IssuerMismatch,
+                format!("the authorization response's iss is {iss:?}"),
+            ))
+        }
+    }
+
     fn exchange(
         &self,
-        code: &str,
+        code: &Secret,
         verifier: &Secret,
         scopes: &[String],
         budget: Duration,
-    ) -> Result<Grant, Failure> {
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("client_id", self.client_id.as_str()),
-            ("code", code),
-            ("redirect_uri", self.redirect_uri.as_str()),
-            ("code_verifier", verifier.expose()),
-        ];
+    ) -> Result<Grant, SignInFailure> {
         let scope = scopes.join(" ");
-        form.push(("scope", &scope));
-        if let Some(secret) = &self.client_secret {
-            form.push(("client_secret", secret.expose()));
-        }
-        let sent = SystemTime::now();
-        let response = crate::outbound::agent(budget)
-            .post(&self.endpoint("token"))
-            .header("Accept", "application/json")
-            .send_form(form);
-        let (status, body) = read(response).map_err(|detail| Failure {
-            reason: "exchange_failed",
-            detail,
-            hint: Some("the token endpoint did not answer in time; check WK_M365_LOGIN_BASE_URL and egress"),
-        })?;
-        if status != 200 {
-            let error = body["error"].as_str().unwrap_or("unknown");
-            let description = body["error_description"].as_str().unwrap_or("");
-            return Err(Failure {
-                reason: "exchange_failed",
-                detail: format!("HTTP {status} {error}: {}", first_line(description)),
-                hint: hint_for(description),
-            });
-        }
-        let token = |name: &str| {
-            body[name]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(Secret::new)
-        };
-        let access_token = token("access_token").ok_or(Failure {
-            reason: "exchange_failed",
-            detail: "the token response has no access_token".into(),
-            hint: None,
-        })?;
-        Ok(Grant {
-            access_token,
-            refresh_token: token("refresh_token"),
-            id_token: token("id_token"),
-            token_type: body["token_type"].as_str().unwrap_or("Bearer").to_string(),
-            scope: body["scope"].as_str().unwrap_or_default().to_string(),
-            expiry: sent + Duration::from_secs(body["expires_in"].as_u64().unwrap_or(3600)),
-        })
+        oauth::redeem(
+            &oauth::Redemption {
+                token_url: &self.endpoint("token"),
+                client_id: &self.client_id,
+                auth: &self.client_auth,
+                redirect_uri: &self.redirect_uri,
+                code,
+                verifier,
+                // Microsoft's v2.0 endpoint wants the scopes again at redemption.
+                extra: &[("scope", &scope)],
+            },
+            budget,
+            &|description| self.hint_for(description),
+        )
     }
 
-    fn identity(&self, grant: &Grant, budget: Duration) -> Result<Identity, Failure> {
+    fn identity(
+        &self,
+        grant: &Grant,
+        nonce: &str,
+        budget: Duration,
+    ) -> Result<Identity, SignInFailure> {
+        let claims = grant
+            .id_token
+            .as_ref()
+            .and_then(|t| jwt_claims(t.expose()))
+            .ok_or_else(|| {
+                SignInFailure::new(
+                    Reason::IdTokenInvalid,
+                    "the token response has no readable id_token",
+                )
+            })?;
+        // Unsigned claims (see the top of the file), yet still this sign-in's: the nonce sent.
+        if claims
+            .get("nonce")
+            .is_some_and(|n| n.as_str() != Some(nonce))
+        {
+            return Err(SignInFailure::new(
+                Reason::IdTokenInvalid,
+                "id_token_nonce: the id_token's nonce is not the one sent",
+            ));
+        }
+        let tenant = claims["tid"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase)
+            .ok_or_else(|| {
+                SignInFailure::new(Reason::IdTokenInvalid, "the id_token has no tid claim")
+            })?;
+        let pinned = self.pinned_tenant(budget)?;
+        if let Some(pinned) = &pinned {
+            if tenant != *pinned {
+                return Err(SignInFailure::new(
+                    Reason::TenantMismatch,
+                    format!("id_token tid is {tenant}, pinned to {pinned}"),
+                ));
+            }
+        }
         let response = crate::outbound::agent(budget)
             .get(&format!("{}/v1.0/me", self.graph_base))
             .header(
@@ -121,53 +412,137 @@ impl Provider for Microsoft {
             )
             .header("Accept", "application/json")
             .call();
-        let (status, me) = read(response).map_err(|detail| Failure {
-            reason: "graph_failed",
-            detail,
-            hint: Some(
-                "Microsoft Graph did not answer in time; check WK_M365_GRAPH_BASE_URL and egress",
-            ),
+        let (status, me) = super::read_json(response).map_err(|detail| {
+            SignInFailure::new(Reason::GraphFailed, detail).with_hint(Some(
+                "Microsoft Graph did not answer in time; check the Graph base URL and egress",
+            ))
         })?;
         if status != 200 {
-            return Err(Failure {
-                reason: "graph_failed",
-                detail: format!(
+            return Err(SignInFailure::new(
+                Reason::GraphFailed,
+                format!(
                     "GET /v1.0/me answered HTTP {status} {}",
                     me["error"]["code"].as_str().unwrap_or("")
                 ),
-                hint: (status == 401 || status == 403)
+            )
+            .with_hint(
+                (status == 401 || status == 403)
                     .then_some("grant the User.Read delegated permission to the app registration"),
-            });
+            ));
+        }
+        // The object id: Graph's `id` (the id_token carries `oid` only with the profile scope).
+        let oid = me["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_lowercase)
+            .ok_or_else(|| SignInFailure::new(Reason::GraphFailed, "Graph /me has no id"))?;
+        if claims["oid"]
+            .as_str()
+            .is_some_and(|o| !o.eq_ignore_ascii_case(&oid))
+        {
+            return Err(SignInFailure::new(
+                Reason::GraphFailed,
+                "Graph /me answered for another object than the id_token's oid",
+            ));
         }
         let email = me["mail"]
             .as_str()
             .filter(|s| !s.is_empty())
             .or_else(|| me["userPrincipalName"].as_str())
-            .unwrap_or_default()
-            .to_lowercase();
-        let tenant = grant
-            .id_token
-            .as_ref()
-            .and_then(|t| jwt_claims(t.expose()))
-            .and_then(|c| c["tid"].as_str().map(str::to_lowercase));
-        Ok(Identity { email, tenant })
+            .filter(|s| !s.is_empty())
+            .map(str::to_lowercase);
+        Ok(Identity {
+            subject: format!("{tenant}/{oid}"),
+            email,
+            email_verified: pinned.is_some() || domain_owner_verified(&claims["xms_edov"]),
+            tenant: Some(tenant),
+        })
+    }
+
+    fn no_refresh_token_hint(&self) -> Option<String> {
+        Some(format!(
+            "include offline_access in {} and make sure the app may request it",
+            self.scopes_var
+        ))
+    }
+
+    fn error_hint(&self, description: &str) -> Option<String> {
+        self.hint_for(description)
+    }
+
+    fn describe(&self) -> Value {
+        json!({
+            "name": self.name,
+            "kind": "microsoft",
+            "redirect_uri": self.redirect_uri,
+            "tenant": self.tenant,
+            "confidential_client": self.client_auth.is_confidential(),
+            "scopes": self.scopes.join(" "),
+        })
     }
 }
 
-fn read(response: Result<http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, Value), String> {
-    let mut response = response.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(256 * 1024)
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+/// `xms_edov` is documented as a boolean; its truthy encodings elsewhere are accepted too, and
+/// anything else (absent, false, "0") is not a verification.
+fn domain_owner_verified(claim: &Value) -> bool {
+    match claim {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_u64() == Some(1),
+        Value::String(s) => s == "1" || s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
+/// `{login base}/{GUID}/v2.0` -> the GUID, lower-cased.
+fn tenant_of_issuer(issuer: &str, login_base: &str) -> Option<String> {
+    let tenant = issuer
+        .strip_prefix(login_base)?
+        .strip_prefix('/')?
+        .strip_suffix("/v2.0")?;
+    is_guid(tenant).then(|| tenant.to_lowercase())
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Splits and checks scopes: only sign-in scopes and read-only Graph scopes pass (an allow-list:
+/// anything not recognisably read-only is refused, so new write scopes fail closed).
+pub fn read_only_scopes(scopes: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for scope in scopes.split_whitespace() {
+        if !is_read_only_scope(scope) {
+            return Err(format!("{scope} is not a read-only scope"));
+        }
+        if !out.iter().any(|s| s == scope) {
+            out.push(scope.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err("no scopes given".into());
+    }
+    Ok(out)
+}
+
+pub fn is_read_only_scope(scope: &str) -> bool {
+    if matches!(scope, "offline_access" | "openid" | "profile" | "email") {
+        return true;
+    }
+    let name = scope
+        .strip_prefix("https://graph.microsoft.com/")
+        .unwrap_or(scope);
+    let lower = name.to_ascii_lowercase();
+    let read_suffix = [".read", ".read.all", ".readbasic.all", ".read.shared"]
+        .iter()
+        .any(|s| lower.ends_with(s));
+    read_suffix
+        && !lower.contains("write")
+        && !lower.contains("send")
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
 }
 
 /// The claims of a JWT, without verifying its signature. Only used on an id_token received
@@ -178,30 +553,6 @@ pub fn jwt_claims(jwt: &str) -> Option<Value> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-/// What to fix in the app registration for Microsoft errors operators meet in practice.
-pub fn hint_for(description: &str) -> Option<&'static str> {
-    const HINTS: &[(&str, &str)] = &[
-        ("AADSTS7000218", "the app registration is a confidential (Web) client: set WK_M365_CLIENT_SECRET, or add the redirect URI under 'Mobile and desktop applications' to use a public client"),
-        ("AADSTS7000215", "WK_M365_CLIENT_SECRET is wrong or expired: create a new client secret in the app registration"),
-        ("AADSTS7000222", "the client secret has expired: create a new one in the app registration"),
-        ("AADSTS50011", "the redirect URI is not registered: add WK_PUBLIC_BASE_URL/m365/callback to the app registration exactly"),
-        ("AADSTS500112", "the redirect URI differs from the one used at sign-in: check WK_PUBLIC_BASE_URL"),
-        ("AADSTS700016", "the application was not found in the tenant: check WK_M365_CLIENT_ID and WK_M365_TENANT_ID"),
-        ("AADSTS90002", "the tenant was not found: check WK_M365_TENANT_ID"),
-        ("AADSTS65001", "consent is required: grant admin consent for the scopes, or create the session with force_consent"),
-        ("AADSTS65004", "the person declined consent"),
-        ("AADSTS501481", "the PKCE verifier did not match: a proxy may have altered the request"),
-        ("AADSTS70000", "the authorization code was invalid or already used"),
-        ("AADSTS54005", "the authorization code was already redeemed"),
-        ("AADSTS9002313", "the token request was malformed"),
-        ("AADSTS50020", "the account is from a tenant the app does not accept: check the supported account types or WK_M365_TENANT_ID"),
-    ];
-    HINTS
-        .iter()
-        .find(|(code, _)| description.contains(code))
-        .map(|(_, hint)| *hint)
 }
 
 #[cfg(test)]
@@ -215,14 +566,199 @@ mod tests {
         assert!(jwt_claims("garbage").is_none());
     }
 
+    fn settings() -> ProviderSettings {
+        ProviderSettings {
+            name: "m365".into(),
+            kind: crate::providers_config::Kind::Microsoft,
+            display_name: None,
+            redirect_uri: "https://relay.example/m365/callback".into(),
+            client_id: "client".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            allowed_scopes: None,
+            issuer: None,
+            authorize_url: None,
+            token_url: None,
+            api_url: None,
+            login_url: None,
+            tenant: None,
+            hosted_domain: None,
+            source: crate::providers_config::Source::Wk,
+        }
+    }
+
     #[test]
-    fn known_errors_get_a_hint() {
-        assert!(hint_for("AADSTS7000218: The request body must contain")
+    fn known_errors_get_a_hint_naming_the_variable() {
+        let mut s = settings();
+        check_settings(&mut s).unwrap();
+        let m = Microsoft::new(&s, Duration::from_secs(1));
+        assert!(m
+            .hint_for("AADSTS7000218: The request body must contain")
             .unwrap()
             .contains("WK_M365_CLIENT_SECRET"));
-        assert!(hint_for("AADSTS50011: redirect")
+        assert!(m
+            .hint_for("AADSTS50011: redirect")
             .unwrap()
-            .contains("redirect URI"));
-        assert!(hint_for("something new").is_none());
+            .contains("https://relay.example/m365/callback"));
+        assert!(m
+            .hint_for("AADSTS500112: reply address")
+            .unwrap()
+            .contains("differs"));
+        assert!(m.hint_for("something new").is_none());
+    }
+
+    #[test]
+    fn only_read_only_scopes_pass() {
+        for ok in [
+            "offline_access",
+            "User.Read",
+            "Mail.Read",
+            "Calendars.Read",
+            "Files.Read.All",
+            "User.ReadBasic.All",
+            "https://graph.microsoft.com/Mail.Read",
+            "openid",
+        ] {
+            assert!(is_read_only_scope(ok), "{ok}");
+        }
+        for bad in [
+            "Mail.Send",
+            "Mail.ReadWrite",
+            "Calendars.ReadWrite",
+            "Files.ReadWrite.All",
+            "User.ReadWrite.All",
+            "Directory.AccessAsUser.All",
+            "Mail.Read.Write",
+            "Sites.FullControl.All",
+            "Mail.Send.Shared",
+            ".default",
+            "Mail.Read;x",
+            "",
+        ] {
+            assert!(!is_read_only_scope(bad), "{bad}");
+        }
+        assert!(read_only_scopes("offline_access Mail.Send").is_err());
+        assert_eq!(
+            read_only_scopes("User.Read  User.Read").unwrap(),
+            vec!["User.Read"]
+        );
+    }
+
+    #[test]
+    fn settings_follow_microsofts_rules() {
+        let mut s = settings();
+        check_settings(&mut s).unwrap();
+        assert_eq!(s.tenant.as_deref(), Some("organizations"));
+        assert_eq!(s.scopes.join(" "), DEFAULT_SCOPES);
+        let mut s = settings();
+        s.scopes = vec!["offline_access".into(), "Mail.Send".into()];
+        assert!(check_settings(&mut s)
+            .unwrap_err()
+            .contains("WK_M365_SCOPES"));
+        let mut s = settings();
+        s.scopes = vec!["Mail.Read".into()];
+        assert!(check_settings(&mut s)
+            .unwrap_err()
+            .contains("offline_access"));
+        let mut s = settings();
+        s.tenant = Some("a/b".into());
+        assert!(check_settings(&mut s)
+            .unwrap_err()
+            .contains("WK_M365_TENANT_ID"));
+        let mut s = settings();
+        check_settings(&mut s).unwrap();
+        let m = Microsoft::new(&s, Duration::from_secs(1));
+        assert_eq!(
+            m.scopes(Some(&["Mail.Send".to_string()])),
+            Err(Error::WriteScope)
+        );
+        let scopes = m.scopes(Some(&["User.Read".to_string()])).unwrap();
+        assert_eq!(scopes, ["openid", "offline_access", "User.Read"]);
+    }
+
+    #[test]
+    fn issuers_name_their_tenant() {
+        let base = "https://login.microsoftonline.com";
+        assert_eq!(
+            tenant_of_issuer(
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+                base
+            )
+            .as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        for other in [
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555",
+            "https://evil.example/11111111-2222-3333-4444-555555555555/v2.0",
+            "https://login.microsoftonline.com.evil.example/11111111-2222-3333-4444-555555555555/v2.0",
+        ] {
+            assert_eq!(tenant_of_issuer(other, base), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn only_a_true_xms_edov_verifies() {
+        for yes in [json!(true), json!(1), json!("1"), json!("true")] {
+            assert!(domain_owner_verified(&yes), "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!(0),
+            json!("0"),
+            json!("yes"),
+            Value::Null,
+        ] {
+            assert!(!domain_owner_verified(&no), "{no}");
+        }
+    }
+
+    #[test]
+    fn the_iss_parameter_is_optional_but_must_be_microsofts() {
+        let mut s = settings();
+        s.tenant = Some("11111111-2222-3333-4444-555555555555".into());
+        check_settings(&mut s).unwrap();
+        let pinned = Microsoft::new(&s, Duration::from_secs(1));
+        assert!(pinned.check_response_issuer(None).is_ok());
+        assert!(pinned
+            .check_response_issuer(Some(
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+            ))
+            .is_ok());
+        for wrong in [
+            "https://login.microsoftonline.com/99999999-2222-3333-4444-555555555555/v2.0",
+            "https://accounts.google.com",
+        ] {
+            assert_eq!(
+                pinned
+                    .check_response_issuer(Some(wrong))
+                    .unwrap_err()
+                    .reason,
+                Reason::IssuerMismatch
+            );
+        }
+        let any = Microsoft::new(
+            &{
+                let mut s = settings();
+                check_settings(&mut s).unwrap();
+                s
+            },
+            Duration::from_secs(1),
+        );
+        assert!(any
+            .check_response_issuer(Some(
+                "https://login.microsoftonline.com/99999999-2222-3333-4444-555555555555/v2.0"
+            ))
+            .is_ok());
+        assert!(any
+            .check_response_issuer(Some("https://accounts.google.com"))
+            .is_err());
+    }
+
+    #[test]
+    fn guid_tenants_are_pinned() {
+        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
+        assert!(!is_guid("organizations"));
+        assert!(!is_guid("contoso.onmicrosoft.com"));
     }
 }

@@ -97,7 +97,14 @@ pub struct Session {
     pub link_id: String,
     pub oauth_state: String,
     pub verifier: Secret,
-    pub expected_email: String,
+    /// The provider's name (`m365`, `github`, ...).
+    pub provider: String,
+    /// OpenID Connect's `nonce`, sent at authorization and required back in the id_token.
+    pub nonce: String,
+    /// Who must sign in: an e-mail address the provider vouches for, the provider's stable id
+    /// of the account, or both. At least one is set.
+    pub expected_email: Option<String>,
+    pub expected_subject: Option<String>,
     pub force_consent: bool,
     pub scopes: Vec<String>,
     pub expires_at: SystemTime,
@@ -106,13 +113,20 @@ pub struct Session {
 /// What a successful sign-in yields, waiting to be handed to the caller once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tokens {
+    pub provider: String,
     pub access_token: Secret,
-    pub refresh_token: Secret,
+    /// `None` where the provider issues none (GitHub's OAuth apps).
+    pub refresh_token: Option<Secret>,
     pub id_token: Option<Secret>,
     pub token_type: String,
     pub scope: String,
-    pub expiry: SystemTime,
-    pub email: String,
+    /// `None`: the access token does not expire.
+    pub expiry: Option<SystemTime>,
+    /// The provider's stable id of the account that signed in.
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub tenant: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +152,9 @@ impl SessionStatus {
     }
 }
 
+// Returned once per request and never held in bulk: boxing the large variant would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum StateTake {
     /// First use of this OAuth state: the session (with its verifier) for the code exchange.
@@ -148,6 +165,8 @@ pub enum StateTake {
     Unknown,
 }
 
+// As StateTake: a one-shot answer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenTake {
     Taken(Tokens),

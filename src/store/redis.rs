@@ -212,6 +212,34 @@ pub struct RedisStore {
     active_cache: AtomicI64,
 }
 
+/// A client for the configured Redis (password, private CA), for the store and the event
+/// outbox. Connects lazily.
+pub fn client(o: &crate::config::RedisConfig) -> Result<redis::Client, String> {
+    crate::outbound::install_crypto_provider();
+    let mut info =
+        redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
+            format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
+        })?;
+    if let Some(password) = &o.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    match &o.ca_pem {
+        None => redis::Client::open(info),
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+    }
+    .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))
+}
+
 impl RedisStore {
     /// Connects lazily: an unreachable Redis makes calls fail (503), not start-up.
     pub fn new(
@@ -219,30 +247,8 @@ impl RedisStore {
         ttl: Duration,
         max_pending: usize,
     ) -> Result<Self, String> {
-        crate::outbound::install_crypto_provider();
         let keys = o.keys.clone();
-        let mut info =
-            redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
-                format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
-            })?;
-        if let Some(password) = &o.password {
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(settings);
-        }
-        let client = match &o.ca_pem {
-            None => redis::Client::open(info),
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-        }
-        .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))?;
+        let client = client(o)?;
         Ok(RedisStore {
             client,
             idle: Mutex::new(Vec::new()),
@@ -553,19 +559,27 @@ fn parse_status(s: &str) -> SessionStatus {
 fn session_to_json(s: &Session) -> Value {
     json!({
         "handle": s.handle, "link_id": s.link_id, "oauth_state": s.oauth_state,
-        "expected_email": s.expected_email, "force_consent": s.force_consent, "scopes": s.scopes,
+        "provider": s.provider, "nonce": s.nonce,
+        "expected_email": s.expected_email, "expected_subject": s.expected_subject,
+        "force_consent": s.force_consent, "scopes": s.scopes,
         "expires_at": s.expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
     })
 }
 
+/// Reads sessions written by this version and by the one before it (Microsoft only: no
+/// `provider`, `nonce` or `expected_subject`), so a rolling upgrade loses no sign-in.
 fn session_from_json(v: &Value, verifier: Secret) -> Session {
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let opt = |k: &str| v[k].as_str().map(String::from);
     Session {
         handle: text("handle"),
         link_id: text("link_id"),
         oauth_state: text("oauth_state"),
         verifier,
-        expected_email: text("expected_email"),
+        provider: opt("provider").unwrap_or_else(|| crate::providers_config::M365.into()),
+        nonce: text("nonce"),
+        expected_email: opt("expected_email"),
+        expected_subject: opt("expected_subject"),
         force_consent: v["force_consent"].as_bool().unwrap_or(false),
         scopes: v["scopes"]
             .as_array()
@@ -595,24 +609,35 @@ fn callback_from_json(v: &Value) -> Callback {
 }
 
 fn tokens_to_json(t: &Tokens) -> Value {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     json!({
-        "access_token": t.access_token.expose(), "refresh_token": t.refresh_token.expose(),
+        "provider": t.provider,
+        "access_token": t.access_token.expose(),
+        "refresh_token": t.refresh_token.as_ref().map(Secret::expose),
         "id_token": t.id_token.as_ref().map(Secret::expose), "token_type": t.token_type,
-        "scope": t.scope, "email": t.email,
-        "expiry": t.expiry.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        "scope": t.scope, "expiry": t.expiry.map(secs),
+        "subject": t.subject, "email": t.email, "email_verified": t.email_verified,
+        "tenant": t.tenant,
     })
 }
 
+/// Reads tokens written by this version and by the one before it (Microsoft only: a refresh
+/// token and an expiry always, no `provider`, `subject`, `email_verified` or `tenant`).
 fn tokens_from_json(v: &Value) -> Tokens {
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let opt = |k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(String::from);
     Tokens {
+        provider: opt("provider").unwrap_or_else(|| crate::providers_config::M365.into()),
         access_token: Secret::new(text("access_token")),
-        refresh_token: Secret::new(text("refresh_token")),
+        refresh_token: opt("refresh_token").map(Secret::new),
         id_token: v["id_token"].as_str().map(Secret::new),
         token_type: text("token_type"),
         scope: text("scope"),
-        expiry: from_unix_secs(&v["expiry"]),
-        email: text("email"),
+        expiry: v["expiry"].is_u64().then(|| from_unix_secs(&v["expiry"])),
+        subject: text("subject"),
+        email: opt("email"),
+        email_verified: v["email_verified"].as_bool().unwrap_or(false),
+        tenant: opt("tenant"),
     }
 }
 
@@ -850,5 +875,71 @@ impl Store for RedisStore {
             "notfound" => TokenTake::NotFound,
             other => TokenTake::Failed(other.strip_prefix("failed:").unwrap_or(other).to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_and_tokens_of_the_previous_version_are_read() {
+        let old = json!({
+            "handle": "h", "link_id": "l", "oauth_state": "o",
+            "expected_email": "ana@contoso.example", "force_consent": true,
+            "scopes": ["openid", "offline_access"], "expires_at": 1_900_000_000u64,
+        });
+        let s = session_from_json(&old, Secret::new("v"));
+        assert_eq!(s.provider, "m365");
+        assert_eq!(s.nonce, "");
+        assert_eq!(s.expected_email.as_deref(), Some("ana@contoso.example"));
+        assert_eq!(s.expected_subject, None);
+        assert!(s.force_consent);
+        let old = json!({
+            "access_token": "at", "refresh_token": "rt", "id_token": null,
+            "token_type": "Bearer", "scope": "User.Read", "email": "ana@contoso.example",
+            "expiry": 1_900_000_000u64,
+        });
+        let t = tokens_from_json(&old);
+        assert_eq!(t.provider, "m365");
+        assert_eq!(t.refresh_token.unwrap().expose(), "rt");
+        assert_eq!(
+            t.expiry,
+            Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000))
+        );
+        assert_eq!(t.email.as_deref(), Some("ana@contoso.example"));
+        assert!(!t.email_verified && t.tenant.is_none());
+    }
+
+    #[test]
+    fn sessions_and_tokens_round_trip() {
+        let s = Session {
+            handle: "h".into(),
+            link_id: "l".into(),
+            oauth_state: "o".into(),
+            verifier: Secret::new("v"),
+            provider: "github".into(),
+            nonce: "n".into(),
+            expected_email: None,
+            expected_subject: Some("5830144".into()),
+            force_consent: false,
+            scopes: vec!["read:user".into()],
+            expires_at: UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+        };
+        assert_eq!(session_from_json(&session_to_json(&s), Secret::new("v")), s);
+        let t = Tokens {
+            provider: "github".into(),
+            access_token: Secret::new("gho_x"),
+            refresh_token: None,
+            id_token: None,
+            token_type: "bearer".into(),
+            scope: "read:user,user:email".into(),
+            expiry: None,
+            subject: "5830144".into(),
+            email: Some("ana@example.com".into()),
+            email_verified: true,
+            tenant: None,
+        };
+        assert_eq!(tokens_from_json(&tokens_to_json(&t)), t);
     }
 }

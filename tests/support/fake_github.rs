@@ -27,18 +27,29 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{json, Value};
 
-// Each fake includes the HTTP core as its own module, so a test crate with several fakes loads
-// the file several times, on purpose; clippy's duplicate_mod skips includes that allow it.
+// Each fake includes the HTTP core and the fake-provider core as its own modules, so a test
+// crate with several fakes loads the files several times, on purpose; clippy's duplicate_mod
+// skips includes that allow it.
 #[allow(clippy::duplicate_mod)]
 #[path = "fake_http.rs"]
 mod fake_http;
-use fake_http::{FakeReply, FakeRequest, FakeServer};
+use fake_http::{FakeReply, FakeRequest};
+#[allow(clippy::duplicate_mod)]
+#[path = "fake_provider.rs"]
+mod fake_provider;
+// The helpers tests use, under this fake's name (not every test crate uses them all).
+#[allow(unused_imports)]
+pub use fake_provider::{
+    b64url_encode, param, pkce_challenge, pkce_verifier, query_params, SignInError,
+};
+use fake_provider::{
+    html_escape, is_b64url, is_pkce_verifier, parse_basic, random_bytes, request_params,
+    typed_reply, with_query, Running,
+};
 
 /// An OAuth app's client id (GitHub's look: `Ov23li` and 14 more characters).
 pub const DEFAULT_CLIENT_ID: &str = "Ov23liFakeGitHub0001";
@@ -213,14 +224,6 @@ impl ApiRequest {
     }
 }
 
-/// The authorize endpoint answered with a page instead of a redirect (`status`, `body`);
-/// `status` 0: the URL given to `sign_in` / `decline` is not this fake's.
-#[derive(Clone, Debug)]
-pub struct SignInError {
-    pub status: u16,
-    pub body: String,
-}
-
 struct CodeGrant {
     client_id: String,
     redirect_uri: String,
@@ -263,38 +266,7 @@ struct State {
     emails_calls: usize,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    stop: Mutex<bool>,
-    stop_cv: Condvar,
-    base: String,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sleeps `d`, or less when the fake is being dropped.
-    fn nap(&self, d: Duration) {
-        if d.is_zero() {
-            return;
-        }
-        let deadline = Instant::now() + d;
-        let mut stop = self.stop.lock().unwrap_or_else(|e| e.into_inner());
-        while !*stop {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            stop = self
-                .stop_cv
-                .wait_timeout(stop, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
+type Shared = fake_provider::Core<State>;
 
 /// Who is at the keyboard when the authorize endpoint runs.
 enum Who<'a> {
@@ -306,8 +278,7 @@ enum Who<'a> {
 
 /// A running fake GitHub on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
 pub struct FakeGitHub {
-    shared: Arc<Shared>,
-    _server: FakeServer,
+    shared: Running<State>,
 }
 
 const AUTHORIZE_PATH: &str = "/login/oauth/authorize";
@@ -321,44 +292,30 @@ impl FakeGitHub {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeGitHubConfig) -> FakeGitHub {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
-        let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                cfg,
-                users: HashMap::new(),
-                codes: HashMap::new(),
-                access_tokens: HashMap::new(),
-                refresh_tokens: HashMap::new(),
-                authorize_requests: Vec::new(),
-                token_requests: Vec::new(),
-                api_requests: Vec::new(),
-                issued_codes: 0,
-                redeemed_codes: 0,
-                refreshes: 0,
-                token_calls: 0,
-                user_calls: 0,
-                emails_calls: 0,
-            }),
-            stop: Mutex::new(false),
-            stop_cv: Condvar::new(),
-            base: format!("http://127.0.0.1:{port}"),
-        });
-        let server = {
-            let shared = shared.clone();
-            FakeServer::start_on("fake-github", listener, move |request| {
-                handle(&shared, request)
-            })
+        let state = State {
+            cfg,
+            users: HashMap::new(),
+            codes: HashMap::new(),
+            access_tokens: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            authorize_requests: Vec::new(),
+            token_requests: Vec::new(),
+            api_requests: Vec::new(),
+            issued_codes: 0,
+            redeemed_codes: 0,
+            refreshes: 0,
+            token_calls: 0,
+            user_calls: 0,
+            emails_calls: 0,
         };
         FakeGitHub {
-            shared,
-            _server: server,
+            shared: Running::start("fake-github", state, (), handle),
         }
     }
 
     /// `http://127.0.0.1:PORT`: GitHub's web host (github.com).
     pub fn base_url(&self) -> String {
-        self.shared.base.clone()
+        self.shared.base_url()
     }
 
     /// `{base}/login/oauth/authorize`.
@@ -410,25 +367,13 @@ impl FakeGitHub {
     }
 
     fn visit(&self, url: &str, who: Who) -> Result<String, SignInError> {
-        let Some(target) = url.strip_prefix(&self.shared.base) else {
-            return Err(SignInError {
-                status: 0,
-                body: format!("{url} is not on this fake GitHub ({})", self.shared.base),
-            });
-        };
-        let request = FakeRequest {
-            method: "GET".into(),
-            url: target.to_string(),
-            headers: vec![],
-            body: vec![],
-        };
-        let (path, _) = target.split_once('?').unwrap_or((target, ""));
-        let reply = if path == AUTHORIZE_PATH {
-            authorize(&self.shared, &request, who)
-        } else {
-            handle(&self.shared, &request)
-        };
-        location_or_page(reply)
+        self.shared.visit(url, "GitHub", |path, request| {
+            if path == AUTHORIZE_PATH {
+                authorize(&self.shared, request, who)
+            } else {
+                handle(&self.shared, request)
+            }
+        })
     }
 
     /// Adds or replaces a user (by id); the API answers with their current data.
@@ -520,70 +465,15 @@ impl FakeGitHub {
     }
 }
 
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        // Replies held back by a configured delay end now.
-        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.shared.stop_cv.notify_all();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers for tests (the same names and meanings as in fake_microsoft.rs)
-
-/// S256 PKCE challenge: base64url-no-pad(SHA-256(verifier)).
-pub fn pkce_challenge(verifier: &str) -> String {
-    b64url_encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
-}
-
-/// A fresh random PKCE verifier (43 characters).
-pub fn pkce_verifier() -> String {
-    b64url_encode(&random_bytes(32))
-}
-
-/// base64url without padding.
-pub fn b64url_encode(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-/// The query parameters of a URL (e.g. a `Location`), decoded; empty without a query.
-pub fn query_params(url: &str) -> Vec<(String, String)> {
-    let without_fragment = url.split('#').next().unwrap_or("");
-    match without_fragment.split_once('?') {
-        Some((_, q)) => form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
-        None => Vec::new(),
-    }
-}
-
-/// The first value of `key` in decoded parameters.
-pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server
 
-fn reply(status: u16, content_type: &str, body: Vec<u8>) -> FakeReply {
-    FakeReply {
-        status,
-        headers: vec![("Content-Type", content_type.to_string())],
-        body,
-    }
-}
-
 fn json_reply(status: u16, v: &Value) -> FakeReply {
-    reply(
-        status,
-        "application/json; charset=utf-8",
-        v.to_string().into_bytes(),
-    )
+    fake_provider::json_reply(status, v, &[])
 }
 
 fn page(status: u16, title: &str, message: &str) -> FakeReply {
-    reply(
+    typed_reply(
         status,
         "text/html; charset=utf-8",
         format!(
@@ -606,27 +496,13 @@ fn not_found_page() -> FakeReply {
 }
 
 fn redirect(location: String) -> FakeReply {
-    FakeReply {
-        status: 302,
-        headers: vec![
-            ("Location", location),
-            ("Content-Type", "text/html; charset=utf-8".into()),
-            ("Cache-Control", "no-cache".into()),
+    fake_provider::redirect_reply(
+        location,
+        &[
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
         ],
-        body: Vec::new(),
-    }
-}
-
-fn location_or_page(reply: FakeReply) -> Result<String, SignInError> {
-    if reply.status == 302 {
-        if let Some((_, location)) = reply.headers.iter().find(|(n, _)| *n == "Location") {
-            return Ok(location.clone());
-        }
-    }
-    Err(SignInError {
-        status: reply.status,
-        body: String::from_utf8_lossy(&reply.body).into_owned(),
-    })
+    )
 }
 
 fn handle(shared: &Shared, request: &FakeRequest) -> FakeReply {
@@ -642,20 +518,6 @@ fn handle(shared: &Shared, request: &FakeRequest) -> FakeReply {
         Some(api_path) if api_path.starts_with('/') => api(shared, request, api_path),
         _ => not_found_page(),
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).expect("getrandom");
-    buf
 }
 
 /// `n` random characters from `[A-Za-z0-9]`, as in GitHub's tokens.
@@ -674,17 +536,6 @@ fn random_hex(n_bytes: usize) -> String {
         .collect()
 }
 
-fn is_b64url(s: &str) -> bool {
-    s.bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-}
-
-fn is_pkce_verifier(s: &str) -> bool {
-    (43..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-}
-
 /// GitHub scopes are space-separated (commas tolerated); kept in order, without repeats.
 fn split_scopes(s: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -694,33 +545,6 @@ fn split_scopes(s: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn with_query(base: &str, params: &[(&str, &str)]) -> String {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        ser.append_pair(k, v);
-    }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{}", ser.finish())
-}
-
-fn parse_basic(value: &str) -> Option<(String, String)> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    Some((unescape(id), unescape(secret)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -865,7 +689,7 @@ fn token_answer(json_wanted: bool, fields: &[(&str, Value)]) -> FakeReply {
         };
         ser.append_pair(k, &text);
     }
-    reply(
+    typed_reply(
         200,
         "application/x-www-form-urlencoded; charset=utf-8",
         ser.finish().into_bytes(),
@@ -891,27 +715,7 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
         .header("accept")
         .is_some_and(|a| a.to_ascii_lowercase().contains("application/json"));
     // Parameters: the query string, then a form or JSON body.
-    let query = request.url.split_once('?').map_or("", |(_, q)| q);
-    let mut params: Params = form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let content_type = request
-        .header("content-type")
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if content_type.starts_with("application/json") {
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&request.body) {
-            for (k, v) in map {
-                let v = match v {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                params.push((k, v));
-            }
-        }
-    } else {
-        params.extend(form_urlencoded::parse(&request.body).into_owned());
-    }
+    let params = request_params(request);
     let delay = {
         let mut st = shared.lock();
         st.token_requests.push(params.clone());
@@ -1124,7 +928,7 @@ fn api(shared: &Shared, request: &FakeRequest, path: &str) -> FakeReply {
         .header("user-agent")
         .is_none_or(|ua| ua.trim().is_empty())
     {
-        return reply(
+        return typed_reply(
             403,
             "text/plain; charset=utf-8",
             b"Request forbidden by administrative rules. Please make sure your request has a \

@@ -28,19 +28,31 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use ring::signature::{KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
 
-// Each fake includes the HTTP core as its own module, so a test crate with several fakes loads
-// the file several times, on purpose; clippy's duplicate_mod skips includes that allow it.
+// Each fake includes the HTTP core and the fake-provider core as its own modules, so a test
+// crate with several fakes loads the files several times, on purpose; clippy's duplicate_mod
+// skips includes that allow it.
 #[allow(clippy::duplicate_mod)]
 #[path = "fake_http.rs"]
 mod fake_http;
-use fake_http::{FakeReply, FakeRequest, FakeServer};
+use fake_http::{FakeReply, FakeRequest};
+#[allow(clippy::duplicate_mod)]
+#[path = "fake_provider.rs"]
+mod fake_provider;
+// The helpers tests use, under this fake's name (not every test crate uses them all).
+#[allow(unused_imports)]
+pub use fake_provider::{
+    b64url_decode, b64url_encode, param, pkce_challenge, pkce_verifier, query_params, SignInError,
+};
+use fake_provider::{
+    html_escape, is_b64url, is_pkce_verifier, parse_basic, random_b64, reply, request_params,
+    unix_now, with_query, Running,
+};
 
 pub const DEFAULT_CLIENT_ID: &str =
     "404118260315-f4k3g00g1ec11ent0example.apps.googleusercontent.com";
@@ -215,14 +227,6 @@ impl Default for FakeGoogleConfig {
 
 type Params = Vec<(String, String)>;
 
-/// The authorize endpoint answered with a page instead of a redirect (`status`, `body`);
-/// `status` 0: the URL given to `sign_in` / `decline` is not this fake's.
-#[derive(Clone, Debug)]
-pub struct SignInError {
-    pub status: u16,
-    pub body: String,
-}
-
 struct RsaKey {
     pair: RsaKeyPair,
     kid: String,
@@ -359,37 +363,12 @@ struct State {
     revocations: usize,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    keys: Vec<RsaKey>,
-    stop: Mutex<bool>,
-    stop_cv: Condvar,
-    base: String,
-}
+/// The signing keys are fixed at start.
+type Shared = fake_provider::Core<State, Vec<RsaKey>>;
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sleeps `d`, or less when the fake is being dropped.
-    fn nap(&self, d: Duration) {
-        if d.is_zero() {
-            return;
-        }
-        let deadline = Instant::now() + d;
-        let mut stop = self.stop.lock().unwrap_or_else(|e| e.into_inner());
-        while !*stop {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            stop = self
-                .stop_cv
-                .wait_timeout(stop, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+    fn keys(&self) -> &[RsaKey] {
+        &self.fixed
     }
 
     fn issuer(&self, cfg: &FakeGoogleConfig) -> String {
@@ -413,8 +392,7 @@ const REVOKE_PATH: &str = "/revoke";
 
 /// A running fake Google on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
 pub struct FakeGoogle {
-    shared: Arc<Shared>,
-    _server: FakeServer,
+    shared: Running<State, Vec<RsaKey>>,
 }
 
 impl FakeGoogle {
@@ -425,49 +403,35 @@ impl FakeGoogle {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeGoogleConfig) -> FakeGoogle {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
-        let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                cfg,
-                codes: HashMap::new(),
-                access_tokens: HashMap::new(),
-                refresh_tokens: HashMap::new(),
-                current_key: 0,
-                published: vec![0],
-                next_tamper: None,
-                id_tokens: Vec::new(),
-                authorize_requests: Vec::new(),
-                token_requests: Vec::new(),
-                issued_codes: 0,
-                redeemed_codes: 0,
-                refreshes: 0,
-                token_calls: 0,
-                discovery_fetches: 0,
-                jwks_fetches: 0,
-                userinfo_calls: 0,
-                revocations: 0,
-            }),
-            keys: KEY_PKCS8.iter().map(|k| RsaKey::load(k)).collect(),
-            stop: Mutex::new(false),
-            stop_cv: Condvar::new(),
-            base: format!("http://127.0.0.1:{port}"),
-        });
-        let server = {
-            let shared = shared.clone();
-            FakeServer::start_on("fake-google", listener, move |request| {
-                handle(&shared, request)
-            })
+        let state = State {
+            cfg,
+            codes: HashMap::new(),
+            access_tokens: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            current_key: 0,
+            published: vec![0],
+            next_tamper: None,
+            id_tokens: Vec::new(),
+            authorize_requests: Vec::new(),
+            token_requests: Vec::new(),
+            issued_codes: 0,
+            redeemed_codes: 0,
+            refreshes: 0,
+            token_calls: 0,
+            discovery_fetches: 0,
+            jwks_fetches: 0,
+            userinfo_calls: 0,
+            revocations: 0,
         };
+        let keys = KEY_PKCS8.iter().map(|k| RsaKey::load(k)).collect();
         FakeGoogle {
-            shared,
-            _server: server,
+            shared: Running::start("fake-google", state, keys, handle),
         }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        self.shared.base.clone()
+        self.shared.base_url()
     }
 
     /// The issuer discovery advertises and id_tokens carry (the base URL unless configured).
@@ -530,32 +494,12 @@ impl FakeGoogle {
     }
 
     fn visit(&self, url: &str, who: Who) -> Result<String, SignInError> {
-        let Some(target) = url.strip_prefix(&self.shared.base) else {
-            return Err(SignInError {
-                status: 0,
-                body: format!("{url} is not on this fake Google ({})", self.shared.base),
-            });
-        };
-        let request = FakeRequest {
-            method: "GET".into(),
-            url: target.to_string(),
-            headers: vec![],
-            body: vec![],
-        };
-        let (path, _) = target.split_once('?').unwrap_or((target, ""));
-        let reply = if path == AUTHORIZE_PATH {
-            authorize(&self.shared, &request, who)
-        } else {
-            handle(&self.shared, &request)
-        };
-        if reply.status == 302 {
-            if let Some((_, location)) = reply.headers.iter().find(|(n, _)| *n == "Location") {
-                return Ok(location.clone());
+        self.shared.visit(url, "Google", |path, request| {
+            if path == AUTHORIZE_PATH {
+                authorize(&self.shared, request, who)
+            } else {
+                handle(&self.shared, request)
             }
-        }
-        Err(SignInError {
-            status: reply.status,
-            body: String::from_utf8_lossy(&reply.body).into_owned(),
         })
     }
 
@@ -584,7 +528,7 @@ impl FakeGoogle {
     /// The `kid` id_tokens are signed under now.
     pub fn current_kid(&self) -> String {
         let current = self.shared.lock().current_key;
-        self.shared.keys[current].kid.clone()
+        self.shared.keys()[current].kid.clone()
     }
 
     /// The `kid`s the JWKS publishes now, current first.
@@ -592,13 +536,13 @@ impl FakeGoogle {
         let published = self.shared.lock().published.clone();
         published
             .iter()
-            .map(|k| self.shared.keys[*k].kid.clone())
+            .map(|k| self.shared.keys()[*k].kid.clone())
             .collect()
     }
 
     /// The `kid` forgeries (`Tamper::UnknownKid`) use; never published.
     pub fn unknown_kid(&self) -> String {
-        self.shared.keys[FORGER].kid.clone()
+        self.shared.keys()[FORGER].kid.clone()
     }
 
     /// The JWKS as `/oauth2/v3/certs` serves it now (not counted as a fetch).
@@ -611,13 +555,13 @@ impl FakeGoogle {
     /// `Tamper::Hs256WithPublicKey`.
     pub fn public_key_pem(&self) -> String {
         let current = self.shared.lock().current_key;
-        self.shared.keys[current].pem.clone()
+        self.shared.keys()[current].pem.clone()
     }
 
     /// A JWT with `claims`, properly signed with the current key (header `alg`, `kid`, `typ`).
     pub fn sign_id_token(&self, claims: &Value) -> String {
         let current = self.shared.lock().current_key;
-        sign_rs256(&self.shared.keys[current], claims)
+        sign_rs256(&self.shared.keys()[current], claims)
     }
 
     /// Every id_token issued by the token endpoint, in order (tampered ones included).
@@ -690,37 +634,8 @@ impl FakeGoogle {
     }
 }
 
-impl Drop for FakeGoogle {
-    fn drop(&mut self) {
-        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.shared.stop_cv.notify_all();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Helpers for tests (the same names and meanings as in fake_microsoft.rs)
-
-/// S256 PKCE challenge: base64url-no-pad(SHA-256(verifier)).
-pub fn pkce_challenge(verifier: &str) -> String {
-    b64url_encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
-}
-
-/// A fresh random PKCE verifier (43 characters).
-pub fn pkce_verifier() -> String {
-    b64url_encode(&random_bytes(32))
-}
-
-/// base64url without padding.
-pub fn b64url_encode(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-/// base64url, padded or not.
-pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text.trim_end_matches('='))
-        .ok()
-}
+// Helpers for tests (more in fake_provider.rs)
 
 /// The JSON header (first segment) of a JWT.
 pub fn decode_jwt_header(token: &str) -> Option<Value> {
@@ -732,46 +647,16 @@ pub fn decode_jwt_payload(token: &str) -> Option<Value> {
     serde_json::from_slice(&b64url_decode(token.split('.').nth(1)?)?).ok()
 }
 
-/// The query parameters of a URL (e.g. a `Location`), decoded; empty without a query.
-pub fn query_params(url: &str) -> Vec<(String, String)> {
-    let without_fragment = url.split('#').next().unwrap_or("");
-    match without_fragment.split_once('?') {
-        Some((_, q)) => form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
-        None => Vec::new(),
-    }
-}
-
-/// The first value of `key` in decoded parameters.
-pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server
 
-fn reply(status: u16, headers: Vec<(&'static str, String)>, body: Vec<u8>) -> FakeReply {
-    FakeReply {
-        status,
-        headers,
-        body,
-    }
-}
+const NO_CACHE: &str = "no-cache, no-store, max-age=0, must-revalidate";
 
 fn json_reply(status: u16, v: &Value) -> FakeReply {
-    reply(
+    fake_provider::json_reply(
         status,
-        vec![
-            ("Content-Type", "application/json; charset=utf-8".into()),
-            (
-                "Cache-Control",
-                "no-cache, no-store, max-age=0, must-revalidate".into(),
-            ),
-            ("Pragma", "no-cache".into()),
-        ],
-        v.to_string().into_bytes(),
+        v,
+        &[("Cache-Control", NO_CACHE), ("Pragma", "no-cache")],
     )
 }
 
@@ -799,107 +684,13 @@ fn error_page(status: u16, error: &str, detail: &str) -> FakeReply {
 }
 
 fn redirect(location: String) -> FakeReply {
-    reply(
-        302,
-        vec![
-            ("Location", location),
-            ("Content-Type", "text/html; charset=UTF-8".into()),
-            (
-                "Cache-Control",
-                "no-cache, no-store, max-age=0, must-revalidate".into(),
-            ),
+    fake_provider::redirect_reply(
+        location,
+        &[
+            ("Content-Type", "text/html; charset=UTF-8"),
+            ("Cache-Control", NO_CACHE),
         ],
-        Vec::new(),
     )
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).expect("getrandom");
-    buf
-}
-
-fn random_b64(n: usize) -> String {
-    b64url_encode(&random_bytes(n))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn is_b64url(s: &str) -> bool {
-    s.bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-}
-
-fn is_pkce_verifier(s: &str) -> bool {
-    (43..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-}
-
-fn with_query(base: &str, params: &[(&str, &str)]) -> String {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        ser.append_pair(k, v);
-    }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{}", ser.finish())
-}
-
-fn parse_basic(value: &str) -> Option<(String, String)> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    Some((unescape(id), unescape(secret)))
-}
-
-/// Request parameters: the query string, then a form or JSON body (Google takes both).
-fn request_params(request: &FakeRequest) -> Params {
-    let query = request.url.split_once('?').map_or("", |(_, q)| q);
-    let mut params: Params = form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let content_type = request
-        .header("content-type")
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if content_type.starts_with("application/json") {
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&request.body) {
-            for (k, v) in map {
-                let v = match v {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                params.push((k, v));
-            }
-        }
-    } else {
-        params.extend(form_urlencoded::parse(&request.body).into_owned());
-    }
-    params
 }
 
 /// Google's scope names: `email` and `profile` are granted as their userinfo URLs.
@@ -994,7 +785,7 @@ fn discovery(shared: &Shared) -> FakeReply {
 }
 
 fn jwks_of(shared: &Shared, published: &[usize]) -> Value {
-    let keys: Vec<Value> = published.iter().map(|k| shared.keys[*k].jwk()).collect();
+    let keys: Vec<Value> = published.iter().map(|k| shared.keys()[*k].jwk()).collect();
     json!({ "keys": keys })
 }
 
@@ -1080,8 +871,8 @@ fn make_id_token(
     if let Some(n) = nonce {
         claims["nonce"] = json!(n);
     }
-    let current = &shared.keys[st.current_key];
-    let forger = &shared.keys[FORGER];
+    let current = &shared.keys()[st.current_key];
+    let forger = &shared.keys()[FORGER];
     let header = |alg: &str, kid: &str| json!({"alg": alg, "kid": kid, "typ": "JWT"});
     let token = match tamper {
         None | Some(Tamper::ReplayPrevious) => sign_rs256(current, &claims),

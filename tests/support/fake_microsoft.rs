@@ -13,14 +13,24 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
 #[path = "fake_http.rs"]
 mod fake_http;
-use fake_http::{FakeReply, FakeRequest, FakeServer};
+use fake_http::{FakeReply, FakeRequest};
+// The fake-provider core, included the same way (see fake_github.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "fake_provider.rs"]
+mod fake_provider;
+// The helpers tests use, under this fake's name (not every test crate uses them all).
+#[allow(unused_imports)]
+pub use fake_provider::{b64url_encode, param, pkce_challenge, pkce_verifier, query_params};
+use fake_provider::{
+    html_escape, html_reply, is_b64url, is_pkce_verifier, random_b64, random_bytes, unix_now,
+    Running,
+};
 
 /// The fake's settings. Set at start (`FakeMicrosoft::start_with`) or later (`FakeMicrosoft::set`).
 #[derive(Clone, Debug)]
@@ -59,6 +69,13 @@ pub struct FakeConfig {
     pub graph_delay: Duration,
     /// How long an authorization code can be redeemed (Microsoft: about 10 minutes).
     pub code_lifetime: Duration,
+    /// Domain names of the directory (`contoso.onmicrosoft.com`, verified custom domains):
+    /// `/{domain}/...` works like `/{tenant_id}/...`, and discovery under a domain names the
+    /// directory's GUID in its `issuer`, as Microsoft's does.
+    pub tenant_domains: Vec<String>,
+    /// The `xms_edov` optional claim in id_tokens ("the e-mail's domain owner is verified"):
+    /// `None` leaves it out (an app that has not configured it).
+    pub xms_edov: Option<bool>,
     /// `expires_in` of access tokens, in seconds (Graph rejects them afterwards).
     pub access_token_lifetime_secs: u64,
 }
@@ -85,6 +102,8 @@ impl Default for FakeConfig {
             graph_delay: Duration::ZERO,
             code_lifetime: Duration::from_secs(600),
             access_token_lifetime_secs: 3600,
+            tenant_domains: Vec::new(),
+            xms_edov: None,
         }
     }
 }
@@ -144,45 +163,14 @@ struct State {
     redeemed_codes: usize,
     refreshes: usize,
     graph_calls: usize,
+    discovery_fetches: usize,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    stop: Mutex<bool>,
-    stop_cv: Condvar,
-    base: String,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sleeps `d`, or less when the fake is being dropped.
-    fn nap(&self, d: Duration) {
-        if d.is_zero() {
-            return;
-        }
-        let deadline = Instant::now() + d;
-        let mut stop = self.stop.lock().unwrap_or_else(|e| e.into_inner());
-        while !*stop {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            stop = self
-                .stop_cv
-                .wait_timeout(stop, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
+type Shared = fake_provider::Core<State>;
 
 /// A running fake on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
 pub struct FakeMicrosoft {
-    shared: Arc<Shared>,
-    _server: FakeServer,
+    shared: Running<State>,
 }
 
 const MAX_BODY: usize = 64 * 1024;
@@ -196,45 +184,27 @@ impl FakeMicrosoft {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeConfig) -> FakeMicrosoft {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
-        let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                cfg,
-                codes: HashMap::new(),
-                refresh_tokens: HashMap::new(),
-                access_tokens: HashMap::new(),
-                authorize_requests: Vec::new(),
-                token_requests: Vec::new(),
-                issued_codes: 0,
-                redeemed_codes: 0,
-                refreshes: 0,
-                graph_calls: 0,
-            }),
-            stop: Mutex::new(false),
-            stop_cv: Condvar::new(),
-            base: format!("http://127.0.0.1:{port}"),
-        });
-        let server = {
-            let shared = shared.clone();
-            FakeServer::start_on("fake-microsoft", listener, move |request| {
-                let reply = handle(&shared, request);
-                FakeReply {
-                    status: reply.status,
-                    headers: reply.headers,
-                    body: reply.body,
-                }
-            })
+        let state = State {
+            cfg,
+            codes: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            access_tokens: HashMap::new(),
+            authorize_requests: Vec::new(),
+            token_requests: Vec::new(),
+            issued_codes: 0,
+            redeemed_codes: 0,
+            refreshes: 0,
+            graph_calls: 0,
+            discovery_fetches: 0,
         };
         FakeMicrosoft {
-            shared,
-            _server: server,
+            shared: Running::start("fake-microsoft", state, (), handle),
         }
     }
 
     /// `http://127.0.0.1:PORT`: both the login base URL and the Graph base URL.
     pub fn base_url(&self) -> String {
-        self.shared.base.clone()
+        self.shared.base_url()
     }
 
     /// `{base}/{tenant}/oauth2/v2.0/authorize`.
@@ -292,6 +262,11 @@ impl FakeMicrosoft {
         self.shared.lock().graph_calls
     }
 
+    /// Requests for an OpenID configuration document (any tenant, any outcome).
+    pub fn discovery_fetches(&self) -> usize {
+        self.shared.lock().discovery_fetches
+    }
+
     /// Makes every access token issued so far expired: Graph answers 401 for them.
     pub fn expire_access_tokens(&self) {
         let now = Instant::now();
@@ -306,44 +281,8 @@ impl FakeMicrosoft {
     }
 }
 
-impl Drop for FakeMicrosoft {
-    fn drop(&mut self) {
-        // Replies held back by a configured delay end now.
-        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.shared.stop_cv.notify_all();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Helpers for tests
-
-/// S256 PKCE challenge: base64url-no-pad(SHA-256(verifier)).
-pub fn pkce_challenge(verifier: &str) -> String {
-    b64url_encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
-}
-
-/// A fresh random PKCE verifier (43 characters, as RFC 7636 recommends).
-pub fn pkce_verifier() -> String {
-    random_b64(32)
-}
-
-/// base64url without padding.
-pub fn b64url_encode(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
-}
+// Helpers for tests (more in fake_provider.rs)
 
 /// Decodes base64 or base64url, padded or not; `None` on any other character or a bad length.
 pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
@@ -378,66 +317,24 @@ pub fn decode_jwt_payload(token: &str) -> Option<Value> {
     serde_json::from_slice(&b64_decode(payload)?).ok()
 }
 
-/// The query parameters of a URL (e.g. a `Location`), decoded; empty without a query.
-pub fn query_params(url: &str) -> Vec<(String, String)> {
-    let without_fragment = url.split('#').next().unwrap_or("");
-    match without_fragment.split_once('?') {
-        Some((_, q)) => form_urlencoded::parse(q.as_bytes()).into_owned().collect(),
-        None => Vec::new(),
-    }
-}
-
-/// The first value of `key` in decoded parameters.
-pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server
 
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
+const NO_CACHE: &str = "no-store, no-cache";
+
+fn json_reply(status: u16, v: &Value) -> FakeReply {
+    fake_provider::json_reply(
+        status,
+        v,
+        &[("Cache-Control", NO_CACHE), ("Pragma", "no-cache")],
+    )
 }
 
-impl Reply {
-    fn json(status: u16, v: &Value) -> Reply {
-        Reply {
-            status,
-            headers: vec![
-                ("Content-Type", "application/json; charset=utf-8".into()),
-                ("Cache-Control", "no-store, no-cache".into()),
-                ("Pragma", "no-cache".into()),
-            ],
-            body: v.to_string().into_bytes(),
-        }
-    }
-
-    fn html(status: u16, body: String) -> Reply {
-        Reply {
-            status,
-            headers: vec![("Content-Type", "text/html; charset=utf-8".into())],
-            body: body.into_bytes(),
-        }
-    }
-
-    fn redirect(location: String) -> Reply {
-        Reply {
-            status: 302,
-            headers: vec![
-                ("Location", location),
-                ("Cache-Control", "no-store, no-cache".into()),
-            ],
-            body: Vec::new(),
-        }
-    }
+fn redirect(location: String) -> FakeReply {
+    fake_provider::redirect_reply(location, &[("Cache-Control", NO_CACHE)])
 }
 
-fn handle(shared: &Shared, request: &FakeRequest) -> Reply {
+fn handle(shared: &Shared, request: &FakeRequest) -> FakeReply {
     let url = request.url.clone();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -448,15 +345,24 @@ fn handle(shared: &Shared, request: &FakeRequest) -> Reply {
         [_, "oauth2", "v2.0", "token"] => token(shared, request, segments[0]),
         [_, "v2.0", ".well-known", "openid-configuration"] => discovery(shared, segments[0]),
         ["v1.0", "me"] => graph_me(shared, request, query),
-        _ => Reply::json(
+        _ => json_reply(
             404,
             &json!({"error": {"code": "NotFound", "message": format!("fake Microsoft: no route for {path}")}}),
         ),
     }
 }
 
-fn tenant_known(cfg: &FakeConfig, tenant: &str) -> bool {
+/// The directory itself: its GUID or one of its domains.
+fn is_own_tenant(cfg: &FakeConfig, tenant: &str) -> bool {
     tenant.eq_ignore_ascii_case(&cfg.tenant_id)
+        || cfg
+            .tenant_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(tenant))
+}
+
+fn tenant_known(cfg: &FakeConfig, tenant: &str) -> bool {
+    is_own_tenant(cfg, tenant)
         || tenant.eq_ignore_ascii_case("organizations")
         || tenant.eq_ignore_ascii_case("common")
 }
@@ -467,16 +373,6 @@ fn tenant_not_found(tenant: &str) -> String {
          and are signing into the correct cloud. Check with your subscription administrator, this \
          may happen if there are no active subscriptions for the tenant."
     )
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).expect("getrandom");
-    buf
-}
-
-fn random_b64(n: usize) -> String {
-    b64url_encode(&random_bytes(n))
 }
 
 fn random_guid() -> String {
@@ -490,13 +386,6 @@ fn random_guid() -> String {
         &hex[16..20],
         &hex[20..32]
     )
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn ms_timestamp() -> String {
@@ -513,13 +402,13 @@ fn aadsts_code(description: &str) -> Option<u64> {
 }
 
 /// A token-endpoint error in Microsoft's shape.
-fn sts_error(status: u16, error: &str, description: &str) -> Reply {
+fn sts_error(status: u16, error: &str, description: &str) -> FakeReply {
     let (trace, correlation, ts) = (random_guid(), random_guid(), ms_timestamp());
     let full = format!(
         "{description}\r\nTrace ID: {trace}\r\nCorrelation ID: {correlation}\r\nTimestamp: {ts}"
     );
     let codes: Vec<u64> = aadsts_code(description).into_iter().collect();
-    Reply::json(
+    json_reply(
         status,
         &json!({
             "error": error,
@@ -537,17 +426,9 @@ fn missing(name: &str) -> String {
     format!("AADSTS900144: The request body must contain the following parameter: '{name}'.")
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 /// The sign-in error page Microsoft shows instead of redirecting.
-fn error_page(status: u16, description: &str) -> Reply {
-    Reply::html(
+fn error_page(status: u16, description: &str) -> FakeReply {
+    html_reply(
         status,
         format!(
             "<!DOCTYPE html><html><head><title>Sign in to your account</title></head><body>\
@@ -563,14 +444,14 @@ fn error_page(status: u16, description: &str) -> Reply {
 }
 
 /// Sends `params` back to `redirect_uri` the way `response_mode` asks.
-fn respond_to_client(redirect_uri: &str, mode: &str, params: &[(&str, &str)]) -> Reply {
+fn respond_to_client(redirect_uri: &str, mode: &str, params: &[(&str, &str)]) -> FakeReply {
     let mut ser = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
         ser.append_pair(k, v);
     }
     let encoded = ser.finish();
     match mode {
-        "fragment" => Reply::redirect(format!("{redirect_uri}#{encoded}")),
+        "fragment" => redirect(format!("{redirect_uri}#{encoded}")),
         "form_post" => {
             let inputs: String = params
                 .iter()
@@ -582,7 +463,7 @@ fn respond_to_client(redirect_uri: &str, mode: &str, params: &[(&str, &str)]) ->
                     )
                 })
                 .collect();
-            Reply::html(
+            html_reply(
                 200,
                 format!(
                     "<html><body onload=\"document.forms[0].submit()\"><form method=\"POST\" \
@@ -593,7 +474,7 @@ fn respond_to_client(redirect_uri: &str, mode: &str, params: &[(&str, &str)]) ->
         }
         _ => {
             let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-            Reply::redirect(format!("{redirect_uri}{sep}{encoded}"))
+            redirect(format!("{redirect_uri}{sep}{encoded}"))
         }
     }
 }
@@ -653,21 +534,10 @@ fn resource_scopes(scopes: &[String]) -> Vec<String> {
     out
 }
 
-fn is_b64url(s: &str) -> bool {
-    s.bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-}
-
-fn is_pkce_verifier(s: &str) -> bool {
-    (43..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-}
-
 // ---------------------------------------------------------------------------------------------
 // /authorize
 
-fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) -> Reply {
+fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) -> FakeReply {
     let params: Params = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
@@ -819,7 +689,7 @@ fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) 
 // ---------------------------------------------------------------------------------------------
 // /token
 
-fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> Reply {
+fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
     if request.method != "POST" {
         return sts_error(
             400,
@@ -1103,13 +973,16 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> Reply {
         if let Some(n) = nonce {
             claims["nonce"] = json!(n);
         }
+        if let Some(edov) = cfg.xms_edov {
+            claims["xms_edov"] = json!(edov);
+        }
         body["id_token"] = json!(fake_jwt(&claims));
     }
-    Reply::json(200, &body)
+    json_reply(200, &body)
 }
 
 /// A requested `scope` at `/token` must stay within what was consented at `/authorize`.
-fn check_subset(asked: Option<&[String]>, granted: &[String]) -> Result<(), Reply> {
+fn check_subset(asked: Option<&[String]>, granted: &[String]) -> Result<(), FakeReply> {
     let Some(asked) = asked else { return Ok(()) };
     let granted_resource = resource_scopes(granted);
     let asked_resource: Vec<String> = if asked.iter().any(|s| !is_oidc_scope(s)) {
@@ -1144,36 +1017,30 @@ fn fake_jwt(payload: &Value) -> String {
     )
 }
 
+/// Microsoft takes base64 or base64url, padded or not.
 fn parse_basic(value: &str) -> Option<(String, String)> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(b64_decode(rest.trim())?).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    Some((unescape(id), unescape(secret)))
+    fake_provider::parse_basic_with(value, b64_decode)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Discovery and Graph
 
-fn discovery(shared: &Shared, tenant: &str) -> Reply {
-    let cfg = shared.lock().cfg.clone();
+fn discovery(shared: &Shared, tenant: &str) -> FakeReply {
+    let cfg = {
+        let mut st = shared.lock();
+        st.discovery_fetches += 1;
+        st.cfg.clone()
+    };
     if !tenant_known(&cfg, tenant) {
         return sts_error(400, "invalid_tenant", &tenant_not_found(tenant));
     }
-    let issuer_tenant = if tenant.eq_ignore_ascii_case(&cfg.tenant_id) {
+    let issuer_tenant = if is_own_tenant(&cfg, tenant) {
         cfg.tenant_id.clone()
     } else {
         "{tenantid}".to_string()
     };
     let b = &shared.base;
-    Reply::json(
+    json_reply(
         200,
         &json!({
             "issuer": format!("{b}/{issuer_tenant}/v2.0"),
@@ -1193,8 +1060,8 @@ fn discovery(shared: &Shared, tenant: &str) -> Reply {
     )
 }
 
-fn graph_error(status: u16, code: &str, message: &str) -> Reply {
-    let mut r = Reply::json(
+fn graph_error(status: u16, code: &str, message: &str) -> FakeReply {
+    let mut r = json_reply(
         status,
         &json!({"error": {
             "code": code,
@@ -1225,7 +1092,7 @@ const ME_READ_SCOPES: &[&str] = &[
     "Directory.ReadWrite.All",
 ];
 
-fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> Reply {
+fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> FakeReply {
     let delay = {
         let mut st = shared.lock();
         st.graph_calls += 1;
@@ -1334,7 +1201,7 @@ fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> Reply {
             Value::Object(out)
         }
     };
-    let mut r = Reply::json(200, &body);
+    let mut r = json_reply(200, &body);
     r.headers[0].1 =
         "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
             .into();

@@ -1,0 +1,281 @@
+//! The caller's side of the broker: create a login session (`POST /sessions`, or a provider's
+//! own endpoint, see `routes.rs`), ask how it is going
+//! (`GET /status/{state}`) and take the tokens once (`GET /token/{state}`, with an optional
+//! long-poll).
+
+use super::{broker, random_id, rfc3339};
+use crate::app::App;
+use crate::audit;
+use crate::error::Error;
+use crate::http::{decode_segment, HttpRequest, Reply, Response};
+use crate::secret::Secret;
+use crate::store::{Session, SessionStatus, TokenTake};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+fn plausible_email(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
+    e.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && e.chars()
+            .all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()))
+}
+
+/// A provider's stable account id as a caller gives it: printable, at most 256 characters.
+fn plausible_subject(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s.chars().all(|c| !c.is_control())
+}
+
+/// Where sessions are created: `POST /sessions` names its provider in the body; an endpoint of
+/// one provider (see `routes.rs`) fixes it and keeps its own link path.
+pub struct Endpoint<'a> {
+    pub provider: Option<&'a str>,
+    /// The login link is `{public}{link_path}{link_id}`.
+    pub link_path: &'a str,
+}
+
+/// `POST /sessions`, and the endpoints of one provider
+pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Response, Error> {
+    let broker = broker(app)?;
+    broker.authorize(req, false)?;
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
+    if !body.is_object() {
+        return Err(Error::BadRequest("Body must be a JSON object"));
+    }
+    let provider = match (endpoint.provider, &body["provider"]) {
+        (Some(fixed), Value::Null) => broker.provider(fixed).ok_or(Error::NotFound)?,
+        (Some(fixed), Value::String(name)) if name == fixed => {
+            broker.provider(fixed).ok_or(Error::NotFound)?
+        }
+        (Some(_), _) => {
+            return Err(Error::BadRequest(
+                "This endpoint serves one provider; create other sessions with POST /sessions",
+            ))
+        }
+        (None, Value::String(name)) => broker.provider(name).ok_or(Error::UnknownProvider)?,
+        (None, _) => {
+            return Err(Error::BadRequest(
+                "provider must be the name of a configured provider",
+            ))
+        }
+    };
+    let email = match &body["expected_email"] {
+        Value::Null => None,
+        Value::String(e) if plausible_email(e.trim()) => Some(e.trim().to_string()),
+        _ => {
+            return Err(Error::BadRequest(
+                "expected_email must be an e-mail address",
+            ))
+        }
+    };
+    let subject = match &body["expected_subject"] {
+        Value::Null => None,
+        Value::String(s) if plausible_subject(s.trim()) => Some(s.trim().to_string()),
+        _ => {
+            return Err(Error::BadRequest(
+                "expected_subject must be the provider's id of the account (a string)",
+            ))
+        }
+    };
+    if email.is_none() && subject.is_none() {
+        return Err(Error::BadRequest(
+            "expected_email or expected_subject must say who signs in",
+        ));
+    }
+    let force_consent = match &body["force_consent"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(Error::BadRequest("force_consent must be true or false")),
+    };
+    let requested: Option<Vec<String>> = match &body["scopes"] {
+        Value::Null => None,
+        Value::String(s) => Some(s.split_whitespace().map(String::from).collect()),
+        Value::Array(list) => {
+            let scopes: Vec<String> = list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect();
+            if scopes.len() != list.len() {
+                return Err(Error::BadRequest("scopes must be strings"));
+            }
+            Some(scopes)
+        }
+        _ => {
+            return Err(Error::BadRequest(
+                "scopes must be a string or a list of strings",
+            ))
+        }
+    };
+    let scopes = provider.scopes(requested.as_deref())?;
+    let expires_at = SystemTime::now() + app.config.ttl;
+    let session = Session {
+        handle: random_id(16),
+        link_id: random_id(16),
+        oauth_state: random_id(16),
+        verifier: Secret::new(random_id(32)),
+        provider: provider.name().to_string(),
+        nonce: random_id(16),
+        expected_email: email.clone(),
+        expected_subject: subject.clone(),
+        force_consent,
+        scopes,
+        expires_at,
+    };
+    let (handle, link_id) = (session.handle.clone(), session.link_id.clone());
+    if !app.store.create_session(session)? {
+        return Err(Error::SessionsFull);
+    }
+    audit::record(
+        "link_created",
+        Some(&handle),
+        email.as_deref(),
+        json!({ "provider": provider.name(), "force_consent": force_consent,
+                "expected_subject": subject.is_some() }),
+    );
+    let base = &broker.config.public_base_url;
+    Ok(Response::json(
+        200,
+        &json!({
+            "state": handle,
+            "provider": provider.name(),
+            "expected_email": email,
+            "expected_subject": subject,
+            "login_url": format!("{base}{}{link_id}", endpoint.link_path),
+            "status_url": format!("{base}/status/{handle}"),
+            "expires_at": rfc3339(expires_at),
+        }),
+    )
+    .with_header("Cache-Control", "no-store"))
+}
+
+/// `GET /status/{handle}`
+pub fn status(app: &App, req: &HttpRequest, raw: &str) -> Result<Response, Error> {
+    broker(app)?.authorize(req, true)?;
+    let handle = decode_segment(raw).unwrap_or_default();
+    Ok(match app.store.session_status(&handle)? {
+        None => Response::json(404, &json!({ "state": handle, "status": "not_found" })),
+        Some((session, status)) => {
+            let mut body = json!({
+                "state": handle,
+                "status": status.name(),
+                "provider": session.provider,
+                "expected_email": session.expected_email,
+                "expected_subject": session.expected_subject,
+                "expires_at": rfc3339(session.expires_at),
+            });
+            if let SessionStatus::Failed(reason) = &status {
+                body["reason"] = reason.clone().into();
+            }
+            Response::json(200, &body)
+        }
+    }
+    .with_header("Cache-Control", "no-store"))
+}
+
+/// `GET /token/{handle}[?wait=SECONDS]`
+pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Error> {
+    broker(app)?.authorize(req, true)?;
+    let handle = decode_segment(raw).unwrap_or_default();
+    let wait = crate::relay::wait_param(app, req)?;
+    let response = take_tokens(app, &handle)?;
+    if response.status != 202 || wait.is_zero() {
+        return Ok(Reply::Now(response));
+    }
+    let ready_handle = handle.clone();
+    Ok(crate::app::long_poll(
+        app,
+        app.store.waiter_key("broker", &handle),
+        wait,
+        move |app| {
+            !matches!(
+                app.store.session_status(&ready_handle),
+                Ok(Some((_, SessionStatus::Pending)))
+            )
+        },
+        move |app| {
+            take_tokens(app, &handle)
+                .unwrap_or_else(|e| e.into_response())
+                .tagged("/token/{state}", Some(&handle))
+        },
+    ))
+}
+
+fn take_tokens(app: &App, handle: &str) -> Result<Response, Error> {
+    Ok(match app.store.take_tokens(handle)? {
+        TokenTake::Taken(t) => {
+            audit::record(
+                "tokens_retrieved",
+                Some(handle),
+                t.email.as_deref(),
+                json!({ "provider": t.provider }),
+            );
+            let mut body = json!({
+                "access_token": t.access_token.expose(),
+                "refresh_token": t.refresh_token.as_ref().map(Secret::expose),
+                "id_token": t.id_token.as_ref().map(Secret::expose),
+                "token_type": t.token_type,
+                "expiry": t.expiry.map(rfc3339),
+                "scope": t.scope,
+                "email": t.email,
+                "email_verified": t.email_verified,
+                "provider": t.provider,
+                "subject": t.subject,
+            });
+            // Only providers with tenants have the field.
+            if let Some(tenant) = &t.tenant {
+                body["tenant"] = json!(tenant);
+            }
+            Response::json(200, &body)
+        }
+        TokenTake::Pending => Response::json(202, &json!({ "status": "pending" })),
+        TokenTake::Consumed => Response::json(
+            410,
+            &json!({ "status": "consumed", "message": "Tokens already retrieved" }),
+        ),
+        TokenTake::Failed(reason) => Response::json(
+            409,
+            &json!({ "status": "failed", "reason": reason, "message": "The sign-in failed" }),
+        ),
+        TokenTake::NotFound => Response::json(
+            404,
+            &json!({ "status": "not_found", "message": "Unknown or expired session" }),
+        ),
+    }
+    .with_header("Cache-Control", "no-store"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_plausibility() {
+        assert!(plausible_subject("5830144"));
+        assert!(plausible_subject(
+            "11111111-2222-3333-4444-555555555555/aaaa"
+        ));
+        assert!(!plausible_subject(""));
+        assert!(!plausible_subject("a\nb"));
+        assert!(!plausible_subject(&"x".repeat(257)));
+    }
+
+    #[test]
+    fn email_plausibility() {
+        assert!(plausible_email("ana.silva@contoso.example"));
+        assert!(plausible_email("joão@empresa.com.br"));
+        for bad in [
+            "", "ana", "@x.y", "a@b", "a b@c.d", "a@.c", "a@b.c.", "a@b@c.d",
+        ] {
+            assert!(!plausible_email(bad), "{bad}");
+        }
+    }
+}
