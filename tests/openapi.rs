@@ -6,10 +6,12 @@
 mod support;
 
 use base64::Engine;
+use oauth_relay::error::Reason;
 use oauth_relay::routes::{find, Exposure, ROUTES};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use support::broker::providers_env;
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
 use support::openapi::{check, document, refs, resolve, validate};
 use support::{eventually, free_port, get_url, http, path_of, HttpResponse, Relay};
@@ -113,6 +115,19 @@ fn the_document_is_openapi_3_1_and_every_reference_and_schema_holds() {
 }
 
 #[test]
+fn the_documented_reasons_are_the_codes_the_broker_gives() {
+    let doc = document();
+    let documented: BTreeSet<&str> = doc["components"]["schemas"]["Reason"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let codes: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    assert_eq!(documented, codes);
+}
+
+#[test]
 fn the_served_document_is_the_file() {
     let relay = Relay::start(&["--internal-addr", "127.0.0.1:0"]);
     let file = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json")).unwrap();
@@ -181,28 +196,44 @@ fn hash_of(secret: &str) -> String {
 }
 
 /// A broker (with the API token and an internal listener) wired to a fake Microsoft, as in
-/// tests/broker.rs.
+/// tests/broker.rs: the `m365` provider of the WK_M365_* variables and a second Microsoft
+/// provider `corp` by name, both on the fake.
 fn broker_relay() -> (FakeMicrosoft, Relay) {
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let cfg = FakeConfig {
-        redirect_uris: vec![format!("{public}/m365/callback")],
+        redirect_uris: vec![
+            format!("{public}/m365/callback"),
+            format!("{public}/login/corp/callback"),
+        ],
         ..FakeConfig::default()
     };
     let fake = FakeMicrosoft::start_with(cfg.clone());
     let base = fake.base_url();
-    let mut vars: Vec<(&str, &str)> = vec![
-        ("WK_PUBLIC_BASE_URL", &public),
+    let mut vars: Vec<(String, String)> = [
+        ("WK_PUBLIC_BASE_URL", public.as_str()),
         ("WK_M365_CLIENT_ID", &cfg.client_id),
         ("WK_M365_TENANT_ID", DEFAULT_TENANT_ID),
         ("WK_M365_BROKER_TOKEN", BROKER_TOKEN),
         ("WK_M365_LOGIN_BASE_URL", &base),
         ("WK_M365_GRAPH_BASE_URL", &base),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut corp = vec![
+        ("KIND", "microsoft".to_string()),
+        ("CLIENT_ID", cfg.client_id.clone()),
+        ("TENANT", DEFAULT_TENANT_ID.into()),
+        ("LOGIN_URL", base.clone()),
+        ("API_URL", base.clone()),
     ];
-    let secret = cfg.client_secret.clone().unwrap_or_default();
-    if cfg.client_secret.is_some() {
-        vars.push(("WK_M365_CLIENT_SECRET", &secret));
+    if let Some(secret) = &cfg.client_secret {
+        vars.push(("WK_M365_CLIENT_SECRET".into(), secret.clone()));
+        corp.push(("CLIENT_SECRET", secret.clone()));
     }
+    vars.extend(providers_env(&[("corp", corp)]));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let port = port.to_string();
     let relay = Relay::start_env(
         &[
@@ -370,12 +401,61 @@ fn broker_flows(api: &Api) {
     assert_eq!(api.get(&start).status, 409, "the link's sign-in failed");
 }
 
+/// The provider-agnostic endpoints: `POST /sessions`, `/login/{link}`, `/login/{provider}/callback`.
+fn provider_flows(api: &Api) {
+    let bearer = format!("Bearer {BROKER_TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let create = [auth[0], ("Content-Type", "application/json")];
+    let body = json!({ "provider": "corp", "expected_email": EMAIL });
+    assert_eq!(api.post("/sessions", &[], &body).status, 401);
+    let unknown = json!({ "provider": "nope", "expected_email": EMAIL });
+    assert_eq!(api.post("/sessions", &create, &unknown).status, 400);
+    let nobody = json!({ "provider": "corp" });
+    assert_eq!(api.post("/sessions", &create, &nobody).status, 400);
+    let res = api.post("/sessions", &create, &body);
+    assert_eq!(res.status, 200);
+    let session = res.json();
+    assert_eq!(session["provider"], "corp");
+    let handle = session["state"].as_str().unwrap();
+    let start = path_of(session["login_url"].as_str().unwrap());
+    assert!(start.starts_with("/login/"), "{start}");
+    assert_eq!(api.call("HEAD", &start, &[], b"").status, 302);
+    let res = api.get(&start);
+    assert_eq!(res.status, 302);
+    let authorize = get_url(res.header("Location").unwrap());
+    assert_eq!(authorize.status, 302, "{}", authorize.text());
+    let callback = path_of(authorize.header("Location").unwrap());
+    assert!(callback.starts_with("/login/corp/callback?"), "{callback}");
+    assert_eq!(api.get(&callback).status, 200);
+    assert_eq!(
+        api.get(&callback).status,
+        200,
+        "a reload: already connected"
+    );
+    let status = api.get_with(&format!("/status/{handle}"), &auth).json();
+    assert_eq!(status["status"], "ready");
+    let tokens = api.get_with(&format!("/token/{handle}"), &auth);
+    assert_eq!(tokens.status, 200);
+    let tokens = tokens.json();
+    assert_eq!(tokens["provider"], "corp");
+    assert_eq!(tokens["tenant"], DEFAULT_TENANT_ID);
+    assert_eq!(api.get(&start).status, 200, "already connected");
+    assert_eq!(api.get("/login/unknown-link").status, 404);
+    assert_eq!(api.get("/login/corp/callback").status, 404);
+    assert_eq!(api.get("/login/corp/callback?state=x&code=y").status, 404);
+    assert_eq!(api.get("/login/nope/callback?state=x&code=y").status, 404);
+}
+
 /// No API token, no broker: what is off answers as documented.
 fn disabled_flows(api: &Api) {
     let body = json!({ "state": "s1" });
     assert_eq!(api.post("/api/states", &[], &body).status, 404);
     let session = json!({ "expected_email": EMAIL });
     assert_eq!(api.post("/m365/sessions", &[], &session).status, 404);
+    let session = json!({ "provider": "corp", "expected_email": EMAIL });
+    assert_eq!(api.post("/sessions", &[], &session).status, 404);
+    assert_eq!(api.get("/login/x").status, 404);
+    assert_eq!(api.get("/login/corp/callback?state=x").status, 404);
     assert_eq!(api.get("/m365/start/x").status, 404);
     assert_eq!(api.get("/m365/callback?state=x").status, 404);
     assert_eq!(api.get("/status/x").status, 404);
@@ -397,6 +477,7 @@ fn every_documented_operation_answers_as_documented() {
     };
     relay_flows(&api);
     broker_flows(&api);
+    provider_flows(&api);
     let plain = Relay::start(&["--internal-addr", "127.0.0.1:0"]);
     disabled_flows(&Api {
         relay: &plain,
