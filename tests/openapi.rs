@@ -10,11 +10,13 @@ use oauth_relay::error::Reason;
 use oauth_relay::routes::{find, Exposure, ROUTES};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use support::broker::providers_env;
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
 use support::openapi::{check, document, refs, resolve, validate};
-use support::{eventually, free_port, get_url, http, path_of, HttpResponse, Relay};
+use support::{eventually, free_port, get_url, http, path_of, read_response, HttpResponse, Relay};
 
 const API_TOKEN: &str = "api-token-0123456789abcdef";
 const BROKER_TOKEN: &str = "broker-token-0123456789abcdef";
@@ -160,18 +162,36 @@ impl Api<'_> {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> HttpResponse {
+        let (template, addr) = self.route_of(path);
+        self.sent(template, method, http(addr, method, path, headers, body))
+    }
+
+    /// The route's name and the listener of its exposure.
+    fn route_of(&self, path: &str) -> (&'static str, SocketAddr) {
         let bare = path.split('?').next().unwrap();
         let (route, _) = find(bare).unwrap_or_else(|| panic!("{path} is no route"));
         let addr = match route.exposure {
             Exposure::Public => self.relay.addr,
             Exposure::Internal => self.relay.internal(),
         };
-        let res = http(addr, method, path, headers, body);
-        check(self.doc, route.name, method, &res);
+        (route.name, addr)
+    }
+
+    /// Bytes as written (a request that never completes), to the listener of `path`'s route.
+    fn raw(&self, method: &str, path: &str, bytes: &[u8]) -> HttpResponse {
+        let (template, addr) = self.route_of(path);
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(bytes).unwrap();
+        self.sent(template, method, read_response(&mut stream))
+    }
+
+    /// Checks an answer to `method` on the route named `template` and records its status.
+    fn sent(&self, template: &str, method: &str, res: HttpResponse) -> HttpResponse {
+        check(self.doc, template, method, &res);
         self.seen
             .lock()
             .unwrap()
-            .entry((route.name.to_string(), method.to_ascii_lowercase()))
+            .entry((template.to_string(), method.to_ascii_lowercase()))
             .or_default()
             .insert(res.status);
         res
@@ -463,6 +483,11 @@ fn disabled_flows(api: &Api) {
     // Without a token, retrieval is open.
     assert_eq!(api.get("/callback?code=c&state=open").status, 200);
     assert_eq!(api.get("/api/callback/open").status, 200);
+    // Caps and bounds (this relay holds at most one callback and waits 1 s for a request).
+    assert_eq!(api.get("/callback?code=c&state=second").status, 200);
+    assert_eq!(api.get("/callback?code=c&state=third").status, 503);
+    let partial = b"POST /api/states HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}";
+    assert_eq!(api.raw("POST", "/api/states", partial).status, 408);
 }
 
 #[test]
@@ -478,7 +503,14 @@ fn every_documented_operation_answers_as_documented() {
     relay_flows(&api);
     broker_flows(&api);
     provider_flows(&api);
-    let plain = Relay::start(&["--internal-addr", "127.0.0.1:0"]);
+    let plain = Relay::start(&[
+        "--internal-addr",
+        "127.0.0.1:0",
+        "--max-pending",
+        "1",
+        "--read-timeout-secs",
+        "1",
+    ]);
     disabled_flows(&Api {
         relay: &plain,
         doc: &doc,
