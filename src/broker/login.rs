@@ -297,7 +297,12 @@ fn finish(
             );
             (
                 app.store.finish_session(handle, Ok(tokens)),
-                pages::success(lang, display, provider.read_only()),
+                pages::success(
+                    lang,
+                    display,
+                    provider.read_only(),
+                    session.return_url.as_deref(),
+                ),
             )
         }
         Err(f) => {
@@ -346,6 +351,7 @@ mod tests {
             force_consent: false,
             scopes: Vec::new(),
             expires_at: SystemTime::now(),
+            return_url: None,
         }
     }
 
