@@ -369,3 +369,92 @@ fn a_real_browser_signs_in_and_follows_the_link_back_to_the_chat() {
         assert_eq!(broker.token(&session).status, 200);
     }
 }
+
+/// Two replicas on one Redis: the return URL travels with the session from the replica that
+/// took it to the one the callback lands on; a replica that does not allow its origin (an
+/// operator who removed it, or a rollout half done) shows the success page without the link.
+#[test]
+fn the_link_survives_redis_and_is_checked_again_by_the_replica_that_shows_it() {
+    let redis = support::RedisServer::start();
+    let public_port = support::free_port();
+    let public = format!("http://127.0.0.1:{public_port}");
+    let fake = FakeMicrosoft::start_with(FakeConfig {
+        redirect_uris: vec![format!("{public}/m365/callback")],
+        ..FakeConfig::default()
+    });
+    let (base, url) = (fake.base_url(), redis.url());
+    let env = |origins: &'static str| {
+        vec![
+            ("OAUTH_RELAY_REDIS_URL", url.clone()),
+            (
+                "OAUTH_RELAY_ENCRYPTION_KEY",
+                "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
+            ),
+            ("WK_PUBLIC_BASE_URL", public.clone()),
+            ("WK_M365_CLIENT_ID", "test-client-id".into()),
+            ("WK_M365_TENANT_ID", DEFAULT_TENANT_ID.into()),
+            ("WK_M365_BROKER_TOKEN", BROKER_TOKEN.into()),
+            ("WK_M365_LOGIN_BASE_URL", base.clone()),
+            ("WK_M365_GRAPH_BASE_URL", base.clone()),
+            ("OAUTH_RELAY_RETURN_URL_ORIGINS", origins.into()),
+        ]
+    };
+    let start = |port: Option<u16>, origins: &'static str| {
+        let vars = env(origins);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let port = port.map(|p| p.to_string());
+        let args: Vec<&str> = port.iter().flat_map(|p| ["--port", p.as_str()]).collect();
+        let relay = support::Relay::start_env(&args, &vars);
+        support::eventually("the replica to be ready", || {
+            (relay.get("/ready").status == 200).then_some(())
+        });
+        relay
+    };
+    let allows = start(Some(public_port), CHAT);
+    let other = start(None, "https://teams.example.com");
+    let auth = format!("Bearer {BROKER_TOKEN}");
+    let create = || {
+        let res = allows.request(
+            "POST",
+            "/m365/sessions",
+            &[("Authorization", &auth)],
+            json!({ "expected_email": EMAIL, "return_url": RETURN_URL })
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(res.status, 200, "{}", res.text());
+        res.json()
+    };
+    let callback = |session: &Value| {
+        let res = allows.get(&support::path_of(session["login_url"].as_str().unwrap()));
+        assert_eq!(res.status, 302, "{}", res.text());
+        let res = get_url(res.header("Location").unwrap());
+        assert_eq!(res.status, 302, "{}", res.text());
+        support::path_of(res.header("Location").unwrap())
+    };
+    let session = create();
+    assert_eq!(
+        other
+            .get_auth(
+                &format!("/status/{}", session["state"].as_str().unwrap()),
+                BROKER_TOKEN
+            )
+            .json()["return_url"],
+        RETURN_URL
+    );
+    let page = other.get(&callback(&session));
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("Microsoft 365 connected"));
+    assert!(!page.text().contains("chat.example.com"), "{}", page.text());
+
+    let session = create();
+    let page = allows.get(&callback(&session));
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.text().contains(&format!(
+            "<a href=\"{ESCAPED}\" rel=\"noopener noreferrer\">Back to chat.example.com</a>"
+        )),
+        "{}",
+        page.text()
+    );
+}

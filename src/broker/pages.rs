@@ -5,7 +5,7 @@
 //! In Portuguese the provider follows "conta" ("a conta <name>"), which needs no article of its
 //! own.
 
-use super::return_url;
+use super::return_url::ReturnUrl;
 use crate::error::Reason;
 use crate::http::Response;
 use crate::pages::{page_in, page_with_link, Link};
@@ -56,10 +56,10 @@ impl Lang {
 }
 
 /// "<display name> connected", and "(read-only)" for providers that grant read access only.
-/// With the session's `return_url` (checked against the operator's origins when the session was
-/// created), a plain link back to it: "Back to <host>". Only here: failure pages tell the person
-/// to ask for a new link, and the pages of unknown or expired links have no session to link to.
-pub fn success(lang: Lang, display: &str, read_only: bool, return_url: Option<&str>) -> Response {
+/// With the session's return URL (checked against the operator's origins), a plain link back to
+/// it: "Back to <host>". Only here: failure pages tell the person to ask for a new link, and the
+/// pages of unknown or expired links have no session to link to.
+pub fn success(lang: Lang, display: &str, read_only: bool, back: Option<&ReturnUrl>) -> Response {
     let d = display;
     let (title, text) = match (lang, read_only) {
         (Lang::En, true) => (
@@ -79,15 +79,13 @@ pub fn success(lang: Lang, display: &str, read_only: bool, return_url: Option<&s
             format!("Sua conta {d} está conectada. Você já pode fechar esta janela e voltar para a conversa."),
         ),
     };
-    let back = return_url.and_then(|url| Some((url, return_url::host_of(url)?)));
-    let link_text = back.as_ref().map(|(_, host)| match lang {
-        Lang::En => format!("Back to {host}"),
-        Lang::PtBr => format!("Voltar para {host}"),
+    let link_text = back.map(|b| match lang {
+        Lang::En => format!("Back to {}", b.host),
+        Lang::PtBr => format!("Voltar para {}", b.host),
     });
     let link = back
-        .as_ref()
         .zip(link_text.as_deref())
-        .map(|((href, _), text)| Link { href, text });
+        .map(|(b, text)| Link { href: &b.url, text });
     Response::html(
         200,
         page_with_link(lang.code(), &title, &title, &[text], true, link),
@@ -195,8 +193,11 @@ mod tests {
 
     #[test]
     fn the_success_page_links_back_in_its_language() {
-        let url = "https://chat.example.com/c/1?a=1&b=2#/room";
-        let r = success(Lang::En, "GitHub", false, Some(url));
+        let back = ReturnUrl {
+            url: "https://chat.example.com/c/1?a=1&b=2#/room".into(),
+            host: "chat.example.com".into(),
+        };
+        let r = success(Lang::En, "GitHub", false, Some(&back));
         let html = r.body_text();
         assert!(
             html.contains(
@@ -205,7 +206,7 @@ mod tests {
             ),
             "{html}"
         );
-        let r = success(Lang::PtBr, "GitHub", false, Some(url));
+        let r = success(Lang::PtBr, "GitHub", false, Some(&back));
         assert!(r.body_text().contains(">Voltar para chat.example.com</a>"));
         assert_eq!(r.header("Content-Language"), Some("pt-BR"));
         assert!(!success(Lang::En, "GitHub", false, None)

@@ -145,14 +145,6 @@ pub fn check(url: &str, allowed: &[Origin]) -> Result<ReturnUrl, &'static str> {
     })
 }
 
-/// The host a stored return URL names (for the page), or `None` if it does not parse (a
-/// session written by a replica that allowed more, say).
-pub fn host_of(url: &str) -> Option<String> {
-    let before_fragment = url.split('#').next()?;
-    let uri: http::Uri = before_fragment.parse().ok()?;
-    Origin::of(&uri).map(|o| o.host)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
