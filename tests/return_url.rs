@@ -458,3 +458,30 @@ fn the_link_survives_redis_and_is_checked_again_by_the_replica_that_shows_it() {
         page.text()
     );
 }
+
+#[test]
+fn the_login_link_command_passes_the_return_url() {
+    let s = setup(Some(CHAT), |_| {});
+    let run = |url: &str| {
+        std::process::Command::new(support::BIN)
+            .args(["login-link", EMAIL, "--return-url", url])
+            .env("WK_CALLBACK_SERVER", s.broker.relay.url(""))
+            .env("WK_M365_BROKER_TOKEN", BROKER_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(RETURN_URL);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("return_url: {RETURN_URL}")),
+        "{stdout}"
+    );
+    let out = run("https://chat.example.com.evil.test/");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("return_url"), "{stderr}");
+}
