@@ -6,6 +6,7 @@
 //! `WK_M365_BROKER_TOKEN`) both work. The providers themselves are read by
 //! `providers_config.rs` and checked by their own files (`provider::check_settings`).
 
+use crate::broker::return_url::{self, Origin};
 use crate::providers_config::{self, Env, Kind, ProviderSettings, Source, M365};
 use crate::secret::Secret;
 use clap::Args;
@@ -60,6 +61,10 @@ pub struct BrokerArgs {
     /// Total seconds for the code exchange and the identity checks of one sign-in.
     #[arg(long, env = "OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS", default_value_t = DEFAULT_EXCHANGE_TIMEOUT_SECS)]
     pub exchange_timeout_secs: u64,
+    /// Origins (comma-separated, e.g. https://chat.example.com) a session's return_url may
+    /// point to: the success page links back there. Unset: sessions cannot carry a return_url.
+    #[arg(long, env = "OAUTH_RELAY_RETURN_URL_ORIGINS")]
+    pub return_url_origins: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +74,9 @@ pub struct BrokerConfig {
     pub handle_only: bool,
     pub exchange_timeout: std::time::Duration,
     pub max_exchanges: usize,
+    /// Where a session's `return_url` may point (`OAUTH_RELAY_RETURN_URL_ORIGINS`); empty: no
+    /// session may carry one.
+    pub return_url_origins: Vec<Origin>,
     /// In the order configured: `m365` from `WK_M365_*` first, then `OAUTH_RELAY_PROVIDERS`.
     pub providers: Vec<ProviderSettings>,
 }
@@ -216,12 +224,15 @@ impl BrokerConfig {
         if a.exchange_timeout_secs == 0 {
             return Err("OAUTH_RELAY_EXCHANGE_TIMEOUT_SECS must be at least 1".into());
         }
+        let return_url_origins =
+            return_url::parse_origins(a.return_url_origins.as_deref().unwrap_or(""))?;
         Ok(Some(BrokerConfig {
             public_base_url: public,
             broker_token: Secret::new(token),
             handle_only: a.broker_handle_only,
             exchange_timeout: std::time::Duration::from_secs(a.exchange_timeout_secs),
             max_exchanges: DEFAULT_MAX_EXCHANGES,
+            return_url_origins,
             providers,
         }))
     }
@@ -379,6 +390,26 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("OAUTH_RELAY_BROKER_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn return_url_origins_are_read_and_checked() {
+        let with = |origins: &str| {
+            config(BrokerArgs {
+                public_url: Some("https://relay.example".into()),
+                broker_token: Some("0123456789abcdef0123".into()),
+                m365_client_id: Some("client".into()),
+                return_url_origins: Some(origins.into()),
+                ..wk()
+            })
+        };
+        let c = with("https://chat.example.com, https://teams.example.com:8443")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.return_url_origins.len(), 2);
+        assert!(with("").unwrap().unwrap().return_url_origins.is_empty());
+        let e = with("https://chat.example.com,chat.example.com").unwrap_err();
+        assert!(e.contains("OAUTH_RELAY_RETURN_URL_ORIGINS"), "{e}");
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub const WAITER: u64 = KIB;
 /// (measured 358 bytes with a short state and code).
 pub const PENDING_ENTRY: u64 = 384;
 /// A broker session holding its tokens until the caller takes them (measured 1.6 kB before
-/// sign-in; Microsoft's access, refresh and id tokens add up to about 6 kB).
-pub const SESSION: u64 = 8 * KIB;
+/// sign-in; Microsoft's access, refresh and id tokens add up to about 6 kB, and a return URL up
+/// to 2 KiB).
+pub const SESSION: u64 = 10 * KIB;
 /// A blocking-pool thread while it runs a code exchange or a Redis call: stack pages touched,
 /// a TLS connection's buffers.
 pub const BLOCKING_THREAD: u64 = 64 * KIB;

@@ -287,13 +287,14 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     let (path, body) = if args.provider == crate::providers_config::M365 {
         (
             "/m365/sessions",
-            serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent }),
+            serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent,
+                                "return_url": args.return_url }),
         )
     } else {
         (
             "/sessions",
             serde_json::json!({ "provider": args.provider, "expected_email": args.email,
-                                "force_consent": args.force_consent }),
+                                "force_consent": args.force_consent, "return_url": args.return_url }),
         )
     };
     let created = crate::outbound::agent(Duration::from_secs(30))
@@ -318,6 +319,9 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     }
     for key in ["login_url", "expected_email", "expires_at"] {
         println!("{key}: {}", session[key].as_str().unwrap_or_default());
+    }
+    if let Some(url) = session["return_url"].as_str() {
+        println!("return_url: {url}");
     }
     if !args.wait {
         return ExitCode::SUCCESS;

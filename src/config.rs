@@ -234,6 +234,10 @@ pub struct LoginLinkArgs {
     /// Ask the provider to show the consent screen again.
     #[arg(long)]
     pub force_consent: bool,
+    /// Where the success page links back to (the chat the link came from); its origin must be
+    /// in the broker's OAUTH_RELAY_RETURN_URL_ORIGINS.
+    #[arg(long)]
+    pub return_url: Option<String>,
     /// Wait for the sign-in and print the tokens.
     #[arg(long)]
     pub wait: bool,

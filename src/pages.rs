@@ -24,18 +24,47 @@ pub fn page(title: &str, heading: &str, paragraphs: &[String], ok: bool) -> Stri
 
 /// `page` in a language (`lang` is our own constant, `en` or `pt-BR`).
 pub fn page_in(lang: &str, title: &str, heading: &str, paragraphs: &[String], ok: bool) -> String {
+    page_with_link(lang, title, heading, paragraphs, ok, None)
+}
+
+/// A plain link a person may follow: never followed for them (no script, no refresh), and
+/// opened without a referrer or a handle on this page.
+pub struct Link<'a> {
+    /// An absolute URL the caller checked; escaped here as an attribute value.
+    pub href: &'a str,
+    /// Escaped here.
+    pub text: &'a str,
+}
+
+/// `page_in` with a link after the paragraphs.
+pub fn page_with_link(
+    lang: &str,
+    title: &str,
+    heading: &str,
+    paragraphs: &[String],
+    ok: bool,
+    link: Option<Link>,
+) -> String {
     let accent = if ok { "#1a7f37" } else { "#b42318" };
-    let body: String = paragraphs
+    let mut body: String = paragraphs
         .iter()
         .map(|p| format!("<p>{}</p>", escape(p)))
         .collect();
+    if let Some(link) = link {
+        body.push_str(&format!(
+            "<p class=\"back\"><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></p>",
+            escape(link.href),
+            escape(link.text)
+        ));
+    }
     format!(
         "<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title><style>\
 body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:0 1rem;background:#f6f8fa;color:#1f2328}}\
 main{{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 1px 3px rgba(0,0,0,.12)}}\
-h1{{font-size:1.4rem;color:{accent};margin-top:0}}p{{line-height:1.5}}</style></head>\
+h1{{font-size:1.4rem;color:{accent};margin-top:0}}p{{line-height:1.5}}\
+.back a{{display:inline-block;padding:.5rem 1rem;border-radius:6px;background:#0969da;color:#fff;text-decoration:none}}</style></head>\
 <body><main><h1>{heading}</h1>{body}</main></body></html>\n",
         lang = escape(lang),
         title = escape(title),
@@ -99,6 +128,27 @@ mod tests {
             escape(r#"<script>alert("x")&'</script>"#),
             "&lt;script&gt;alert(&quot;x&quot;)&amp;&#x27;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn links_are_escaped_and_plain() {
+        let html = page_with_link(
+            "en",
+            "t",
+            "t",
+            &[],
+            true,
+            Some(Link {
+                href: "https://chat.example.com/?a=1&b=\"><script>",
+                text: "Back to <chat>",
+            }),
+        );
+        assert!(html.contains(
+            "<a href=\"https://chat.example.com/?a=1&amp;b=&quot;&gt;&lt;script&gt;\" \
+             rel=\"noopener noreferrer\">Back to &lt;chat&gt;</a>"
+        ));
+        assert!(!html.contains("<script"));
+        assert!(!page_in("en", "t", "t", &[], true).contains("<a "));
     }
 
     #[test]

@@ -175,7 +175,32 @@ fn session(n: usize, ttl: Duration) -> Session {
         force_consent: false,
         scopes: vec!["offline_access".into(), "Mail.Read".into()],
         expires_at: SystemTime::now() + ttl,
+        return_url: None,
     }
+}
+
+/// A session's return URL comes back with its link (for the page) and with its state (for the
+/// success page), exactly as stored, on any replica; a session without one has none.
+fn return_urls_round_trip(new: Factory) {
+    let ttl = Duration::from_secs(60);
+    let s = new(ttl, 100);
+    let url = "https://chat.example.com/c/42?thread=a&b=\"<x>\"#/room/!r:example.com";
+    let with = Session {
+        return_url: Some(url.into()),
+        ..session(7, ttl)
+    };
+    assert!(s.create_session(with).unwrap());
+    assert!(s.create_session(session(8, ttl)).unwrap());
+    let (by_link, _) = s.session_by_link("link-7").unwrap().unwrap();
+    assert_eq!(by_link.return_url.as_deref(), Some(url));
+    let (by_handle, _) = s.session_status("handle-7").unwrap().unwrap();
+    assert_eq!(by_handle.return_url.as_deref(), Some(url));
+    match s.take_oauth_state("ostate-7").unwrap() {
+        StateTake::Taken(taken) => assert_eq!(taken.return_url.as_deref(), Some(url)),
+        other => panic!("{other:?}"),
+    }
+    let (without, _) = s.session_by_link("link-8").unwrap().unwrap();
+    assert_eq!(without.return_url, None);
 }
 
 fn tokens() -> Tokens {
@@ -474,6 +499,7 @@ fn run_suite(new: Factory) {
     retrieval_secrets_are_bounded_and_expire(new);
     sessions_state_and_tokens_are_taken_once(new);
     sessions_expire_and_are_bounded(new);
+    return_urls_round_trip(new);
     first_callback_wins(new);
     taken_once(new);
     taken_once_under_concurrency(new);

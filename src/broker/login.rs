@@ -5,7 +5,7 @@
 //! result.
 
 use super::pages::{self, Lang};
-use super::{broker, pkce_challenge, ExchangeSlot};
+use super::{broker, pkce_challenge, return_url, ExchangeSlot};
 use crate::app::App;
 use crate::audit;
 use crate::error::{Error, Reason, SignInFailure};
@@ -287,6 +287,12 @@ fn finish(
     let email = session.expected_email.as_deref();
     let display = provider.display_name();
     let failed = outcome.as_ref().err().map(|f| f.reason.code());
+    // Checked again against this replica's allowed origins: an origin the operator has since
+    // removed (or one only another replica allows during a rollout) is not linked.
+    let back = session.return_url.as_deref().and_then(|url| {
+        let broker = app.broker.as_ref()?;
+        return_url::check(url, &broker.config.return_url_origins).ok()
+    });
     let (stored, page) = match outcome {
         Ok(tokens) => {
             audit::record(
@@ -297,7 +303,7 @@ fn finish(
             );
             (
                 app.store.finish_session(handle, Ok(tokens)),
-                pages::success(lang, display, provider.read_only()),
+                pages::success(lang, display, provider.read_only(), back.as_ref()),
             )
         }
         Err(f) => {
@@ -346,6 +352,7 @@ mod tests {
             force_consent: false,
             scopes: Vec::new(),
             expires_at: SystemTime::now(),
+            return_url: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod login;
 pub mod pages;
+pub mod return_url;
 pub mod sessions;
 
 use crate::app::App;

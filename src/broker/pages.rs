@@ -5,9 +5,10 @@
 //! In Portuguese the provider follows "conta" ("a conta <name>"), which needs no article of its
 //! own.
 
+use super::return_url::ReturnUrl;
 use crate::error::Reason;
 use crate::http::Response;
-use crate::pages::page_in;
+use crate::pages::{page_in, page_with_link, Link};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lang {
@@ -55,7 +56,10 @@ impl Lang {
 }
 
 /// "<display name> connected", and "(read-only)" for providers that grant read access only.
-pub fn success(lang: Lang, display: &str, read_only: bool) -> Response {
+/// With the session's return URL (checked against the operator's origins), a plain link back to
+/// it: "Back to <host>". Only here: failure pages tell the person to ask for a new link, and the
+/// pages of unknown or expired links have no session to link to.
+pub fn success(lang: Lang, display: &str, read_only: bool, back: Option<&ReturnUrl>) -> Response {
     let d = display;
     let (title, text) = match (lang, read_only) {
         (Lang::En, true) => (
@@ -75,7 +79,18 @@ pub fn success(lang: Lang, display: &str, read_only: bool) -> Response {
             format!("Sua conta {d} está conectada. Você já pode fechar esta janela e voltar para a conversa."),
         ),
     };
-    Response::html(200, page_in(lang.code(), &title, &title, &[text], true))
+    let link_text = back.map(|b| match lang {
+        Lang::En => format!("Back to {}", b.host),
+        Lang::PtBr => format!("Voltar para {}", b.host),
+    });
+    let link = back
+        .zip(link_text.as_deref())
+        .map(|(b, text)| Link { href: &b.url, text });
+    Response::html(
+        200,
+        page_with_link(lang.code(), &title, &title, &[text], true, link),
+    )
+    .with_header("Content-Language", lang.code())
 }
 
 /// The page for a failure reason, with the reason's HTTP status (chosen in `error.rs`). The
@@ -177,12 +192,35 @@ mod tests {
     }
 
     #[test]
+    fn the_success_page_links_back_in_its_language() {
+        let back = ReturnUrl {
+            url: "https://chat.example.com/c/1?a=1&b=2#/room".into(),
+            host: "chat.example.com".into(),
+        };
+        let r = success(Lang::En, "GitHub", false, Some(&back));
+        let html = r.body_text();
+        assert!(
+            html.contains(
+                "<a href=\"https://chat.example.com/c/1?a=1&amp;b=2#/room\" \
+                 rel=\"noopener noreferrer\">Back to chat.example.com</a>"
+            ),
+            "{html}"
+        );
+        let r = success(Lang::PtBr, "GitHub", false, Some(&back));
+        assert!(r.body_text().contains(">Voltar para chat.example.com</a>"));
+        assert_eq!(r.header("Content-Language"), Some("pt-BR"));
+        assert!(!success(Lang::En, "GitHub", false, None)
+            .body_text()
+            .contains("<a "));
+    }
+
+    #[test]
     fn pages_name_the_provider_and_escape_it() {
-        let r = success(Lang::En, "Microsoft 365", true);
+        let r = success(Lang::En, "Microsoft 365", true, None);
         assert!(r
             .body_text()
             .contains("Microsoft 365 connected (read-only)"));
-        let r = success(Lang::PtBr, "GitHub", false);
+        let r = success(Lang::PtBr, "GitHub", false, None);
         assert!(r.body_text().contains("GitHub conectado"));
         assert!(!r.body_text().contains("somente leitura"));
         let r = failure(Lang::En, Reason::AccessDenied, "Corp <SSO>");

@@ -3,7 +3,7 @@
 //! (`GET /status/{state}`) and take the tokens once (`GET /token/{state}`, with an optional
 //! long-poll).
 
-use super::{broker, random_id, rfc3339};
+use super::{broker, random_id, return_url, rfc3339};
 use crate::app::App;
 use crate::audit;
 use crate::error::Error;
@@ -115,6 +115,15 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
             ))
         }
     };
+    let return_url = match &body["return_url"] {
+        Value::Null => None,
+        Value::String(url) => Some(
+            return_url::check(url, &broker.config.return_url_origins)
+                .map_err(Error::BadRequest)?
+                .url,
+        ),
+        _ => return Err(Error::BadRequest("return_url must be a URL (a string)")),
+    };
     let scopes = provider.scopes(requested.as_deref())?;
     let expires_at = SystemTime::now() + app.config.ttl;
     let session = Session {
@@ -129,6 +138,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         force_consent,
         scopes,
         expires_at,
+        return_url: return_url.clone(),
     };
     let (handle, link_id) = (session.handle.clone(), session.link_id.clone());
     if !app.store.create_session(session)? {
@@ -139,7 +149,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         Some(&handle),
         email.as_deref(),
         json!({ "provider": provider.name(), "force_consent": force_consent,
-                "expected_subject": subject.is_some() }),
+                "expected_subject": subject.is_some(), "return_url": return_url.is_some() }),
     );
     let base = &broker.config.public_base_url;
     Ok(Response::json(
@@ -152,6 +162,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
             "login_url": format!("{base}{}{link_id}", endpoint.link_path),
             "status_url": format!("{base}/status/{handle}"),
             "expires_at": rfc3339(expires_at),
+            "return_url": return_url,
         }),
     )
     .with_header("Cache-Control", "no-store"))
@@ -171,6 +182,7 @@ pub fn status(app: &App, req: &HttpRequest, raw: &str) -> Result<Response, Error
                 "expected_email": session.expected_email,
                 "expected_subject": session.expected_subject,
                 "expires_at": rfc3339(session.expires_at),
+                "return_url": session.return_url,
             });
             if let SessionStatus::Failed(reason) = &status {
                 body["reason"] = reason.clone().into();

@@ -108,6 +108,9 @@ pub struct Session {
     pub force_consent: bool,
     pub scopes: Vec<String>,
     pub expires_at: SystemTime,
+    /// Where the success page links back to (the chat the link came from), checked against the
+    /// operator's allowed origins when the session was created.
+    pub return_url: Option<String>,
 }
 
 /// What a successful sign-in yields, waiting to be handed to the caller once.

@@ -561,13 +561,14 @@ fn session_to_json(s: &Session) -> Value {
         "handle": s.handle, "link_id": s.link_id, "oauth_state": s.oauth_state,
         "provider": s.provider, "nonce": s.nonce,
         "expected_email": s.expected_email, "expected_subject": s.expected_subject,
-        "force_consent": s.force_consent, "scopes": s.scopes,
+        "force_consent": s.force_consent, "scopes": s.scopes, "return_url": s.return_url,
         "expires_at": s.expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
     })
 }
 
-/// Reads sessions written by this version and by the one before it (Microsoft only: no
-/// `provider`, `nonce` or `expected_subject`), so a rolling upgrade loses no sign-in.
+/// Reads sessions written by this version and by the ones before it (Microsoft only: no
+/// `provider`, `nonce` or `expected_subject`; before return URLs: no `return_url`), so a rolling
+/// upgrade loses no sign-in.
 fn session_from_json(v: &Value, verifier: Secret) -> Session {
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let opt = |k: &str| v[k].as_str().map(String::from);
@@ -590,6 +591,7 @@ fn session_from_json(v: &Value, verifier: Secret) -> Session {
             })
             .unwrap_or_default(),
         expires_at: from_unix_secs(&v["expires_at"]),
+        return_url: opt("return_url"),
     }
 }
 
@@ -894,6 +896,7 @@ mod tests {
         assert_eq!(s.nonce, "");
         assert_eq!(s.expected_email.as_deref(), Some("ana@contoso.example"));
         assert_eq!(s.expected_subject, None);
+        assert_eq!(s.return_url, None);
         assert!(s.force_consent);
         let old = json!({
             "access_token": "at", "refresh_token": "rt", "id_token": null,
@@ -925,6 +928,7 @@ mod tests {
             force_consent: false,
             scopes: vec!["read:user".into()],
             expires_at: UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+            return_url: Some("https://chat.example.com/c/1?x=\"<&>#/room".into()),
         };
         assert_eq!(session_from_json(&session_to_json(&s), Secret::new("v")), s);
         let t = Tokens {

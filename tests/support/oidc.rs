@@ -434,6 +434,14 @@ impl Browser<'_> {
         self.on_consent(OnConsent::Refuse)
     }
 
+    /// Once out of the provider, clicks the link whose text is exactly `text` (as a person
+    /// would); the result is the page it led to, and [`BrowseResult::link_page`] the page the
+    /// link was on.
+    pub fn follow_link(mut self, text: &str) -> Self {
+        self.input["follow_link"] = json!(text);
+        self
+    }
+
     /// The browser's language (its Accept-Language), e.g. `pt-BR`.
     pub fn locale(mut self, locale: &str) -> Self {
         self.input["locale"] = json!(locale);
@@ -519,8 +527,20 @@ pub struct BrowseResult {
     pub navigations: Vec<String>,
     /// `left_provider` (followed the redirect out of the provider), `login_failed` (the login
     /// page came back saying the login or password was wrong), `stopped` (OnLogin::Stop or
-    /// OnConsent::Stop), `unknown_page` (a provider page with neither form).
+    /// OnConsent::Stop), `unknown_page` (a provider page with neither form), `followed_link`
+    /// (then clicked the link of [`Browser::follow_link`]).
     pub outcome: String,
+    /// With [`Browser::follow_link`]: the page the link was on.
+    pub link_page: Option<LinkPage>,
+}
+
+/// The page a followed link was on.
+#[derive(Clone, Debug)]
+pub struct LinkPage {
+    pub url: String,
+    pub status: Option<u16>,
+    pub text: String,
+    pub html: String,
 }
 
 /// A login or consent page of the provider.
@@ -554,6 +574,12 @@ impl BrowseResult {
                 .collect(),
             navigations: strings(&v["navigations"]),
             outcome: text("outcome"),
+            link_page: v.get("link_page").map(|p| LinkPage {
+                url: p["url"].as_str().unwrap_or_default().to_string(),
+                status: p["status"].as_u64().map(|s| s as u16),
+                text: p["text"].as_str().unwrap_or_default().to_string(),
+                html: p["html"].as_str().unwrap_or_default().to_string(),
+            }),
         }
     }
 

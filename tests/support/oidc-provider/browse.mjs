@@ -12,6 +12,8 @@
 //   on_login      "submit" (default), "cancel" (the page's [ Cancel ] link), "stop"
 //   on_consent    "accept" (default: the Continue button), "refuse" ([ Cancel ]), "stop"
 //   locale        the browser's language (Accept-Language), e.g. "pt-BR"
+//   follow_link   once out of the provider, click the link whose text is exactly this (a person
+//                 following "Back to ..." on the broker's page); the result is where it led
 //   chromium      the browser binary (default: `chromium` on PATH)
 // Output:
 //   url, status   where the browser ended and the HTTP status of that page (null if none)
@@ -21,7 +23,8 @@
 //   navigations   every top-level request URL, redirects included, in order
 //   outcome       "left_provider" (it followed the redirect out), "login_failed" (the login page
 //                 came back after a wrong password), "stopped" (on_login/on_consent "stop"),
-//                 "unknown_page" (a provider page with neither form)
+//                 "unknown_page" (a provider page with neither form), "followed_link"
+//   link_page     with follow_link: {url, status, text, html} of the page the link was on
 //
 // Only loopback is reachable: other host names do not resolve and other requests are aborted.
 
@@ -100,6 +103,18 @@ try {
       throw new Error(`no action ${JSON.stringify(action)} on the ${kind} page`);
     }
     [response] = await Promise.all([page.waitForNavigation(), page.click(click)]);
+  }
+
+  if (input.follow_link !== undefined && result.outcome === 'left_provider') {
+    result.link_page = {
+      url: page.url(),
+      status: response ? response.status() : null,
+      text: await page.evaluate(() => document.body?.innerText ?? ''),
+      html: await page.content(),
+    };
+    const link = page.getByRole('link', { name: input.follow_link, exact: true });
+    [response] = await Promise.all([page.waitForNavigation(), link.click()]);
+    result.outcome = 'followed_link';
   }
 
   result.url = page.url();
