@@ -237,6 +237,7 @@ fn broker_relay() -> (FakeMicrosoft, Relay) {
         ("WK_M365_BROKER_TOKEN", BROKER_TOKEN),
         ("WK_M365_LOGIN_BASE_URL", &base),
         ("WK_M365_GRAPH_BASE_URL", &base),
+        ("OAUTH_RELAY_RETURN_URL_ORIGINS", "https://chat.example.com"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -426,8 +427,12 @@ fn provider_flows(api: &Api) {
     let bearer = format!("Bearer {BROKER_TOKEN}");
     let auth = [("Authorization", bearer.as_str())];
     let create = [auth[0], ("Content-Type", "application/json")];
-    let body = json!({ "provider": "corp", "expected_email": EMAIL });
+    let back = "https://chat.example.com/c/42";
+    let body = json!({ "provider": "corp", "expected_email": EMAIL, "return_url": back });
     assert_eq!(api.post("/sessions", &[], &body).status, 401);
+    let elsewhere = json!({ "provider": "corp", "expected_email": EMAIL,
+                            "return_url": "https://evil.example/" });
+    assert_eq!(api.post("/sessions", &create, &elsewhere).status, 400);
     let unknown = json!({ "provider": "nope", "expected_email": EMAIL });
     assert_eq!(api.post("/sessions", &create, &unknown).status, 400);
     let nobody = json!({ "provider": "corp" });
@@ -436,6 +441,7 @@ fn provider_flows(api: &Api) {
     assert_eq!(res.status, 200);
     let session = res.json();
     assert_eq!(session["provider"], "corp");
+    assert_eq!(session["return_url"], back);
     let handle = session["state"].as_str().unwrap();
     let start = path_of(session["login_url"].as_str().unwrap());
     assert!(start.starts_with("/login/"), "{start}");
