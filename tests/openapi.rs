@@ -15,7 +15,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use support::broker::providers_env;
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
-use support::openapi::{check, document, refs, resolve, validate};
+use support::openapi::{check, check_webhook, document, refs, resolve, validate};
+use support::webhook_receiver::{test_secret, Receiver};
 use support::{eventually, free_port, get_url, http, path_of, read_response, HttpResponse, Relay};
 
 const API_TOKEN: &str = "api-token-0123456789abcdef";
@@ -218,7 +219,7 @@ fn hash_of(secret: &str) -> String {
 /// A broker (with the API token and an internal listener) wired to a fake Microsoft, as in
 /// tests/broker.rs: the `m365` provider of the WK_M365_* variables and a second Microsoft
 /// provider `corp` by name, both on the fake.
-fn broker_relay() -> (FakeMicrosoft, Relay) {
+fn broker_relay(webhook: &str) -> (FakeMicrosoft, Relay) {
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let cfg = FakeConfig {
@@ -238,6 +239,8 @@ fn broker_relay() -> (FakeMicrosoft, Relay) {
         ("WK_M365_LOGIN_BASE_URL", &base),
         ("WK_M365_GRAPH_BASE_URL", &base),
         ("OAUTH_RELAY_RETURN_URL_ORIGINS", "https://chat.example.com"),
+        ("OAUTH_RELAY_WEBHOOK_URL", webhook),
+        ("OAUTH_RELAY_WEBHOOK_SECRET", &test_secret()),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -500,7 +503,8 @@ fn disabled_flows(api: &Api) {
 fn every_documented_operation_answers_as_documented() {
     let doc = document();
     let seen = Mutex::new(BTreeMap::new());
-    let (_fake, relay) = broker_relay();
+    let receiver = Receiver::start(&test_secret());
+    let (_fake, relay) = broker_relay(&receiver.url());
     let api = Api {
         relay: &relay,
         doc: &doc,
@@ -522,6 +526,22 @@ fn every_documented_operation_answers_as_documented() {
         doc: &doc,
         seen: &seen,
     });
+    // The completion events those flows produced, as the webhook endpoint received them.
+    let kinds = [
+        "relay.callback_received",
+        "broker.sign_in_succeeded",
+        "broker.sign_in_failed",
+    ];
+    let events = eventually("an event of each type", || {
+        let events = receiver.accepted();
+        kinds
+            .iter()
+            .all(|k| events.iter().any(|e| e.json()["type"] == *k))
+            .then_some(events)
+    });
+    for event in &events {
+        check_webhook(&doc, "completionEvent", &event.headers, &event.body);
+    }
     let seen = seen.into_inner().unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

@@ -118,3 +118,31 @@ pub fn check<'d>(doc: &'d Value, template: &str, method: &str, res: &HttpRespons
     }
     documented
 }
+
+/// Panics unless a request the relay sent to the webhook endpoint is the documented event:
+/// its headers match the webhook's header parameters and its body the request body's schema.
+pub fn check_webhook(doc: &Value, name: &str, headers: &[(String, String)], body: &str) {
+    let operation = &doc["webhooks"][name]["post"];
+    assert!(operation.is_object(), "webhook {name} is not documented");
+    for parameter in operation["parameters"].as_array().unwrap() {
+        let parameter = resolve(doc, parameter);
+        let header = parameter["name"].as_str().unwrap();
+        let value = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(header))
+            .map(|(_, v)| v);
+        match value {
+            None => assert!(parameter["required"] != true, "webhook {name}: no {header}"),
+            Some(v) => {
+                if let Err(e) = validate(doc, &parameter["schema"], &json!(v)) {
+                    panic!("webhook {name}: header {header}: {v:?}: {e}");
+                }
+            }
+        }
+    }
+    let schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+    let body: Value = serde_json::from_str(body).expect("a JSON event");
+    if let Err(e) = validate(doc, schema, &body) {
+        panic!("webhook {name}: the event does not match the documented schema: {e}\n{body}");
+    }
+}
