@@ -211,6 +211,16 @@ impl Api<'_> {
     }
 }
 
+/// A query parameter of a URL (the OAuth state in an authorize URL: URL-safe, not encoded).
+fn query_param(url: &str, key: &str) -> String {
+    let query = url.split_once('?').unwrap().1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap()
+        .to_string()
+}
+
 fn hash_of(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
@@ -405,14 +415,7 @@ fn broker_flows(api: &Api) {
     let handle = session["state"].as_str().unwrap();
     let start = path_of(session["login_url"].as_str().unwrap());
     let location = api.get(&start).header("Location").unwrap().to_string();
-    let oauth_state = location
-        .split_once('?')
-        .unwrap()
-        .1
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("state="))
-        .unwrap()
-        .to_string();
+    let oauth_state = query_param(&location, "state");
     let cancelled = format!("/m365/callback?state={oauth_state}&error=access_denied");
     assert_eq!(api.get(&cancelled).status, 200);
     assert_eq!(api.get(&cancelled).status, 409, "the state is used up");
@@ -423,6 +426,28 @@ fn broker_flows(api: &Api) {
     );
     assert_eq!(api.get_with(&format!("/token/{handle}"), &auth).status, 409);
     assert_eq!(api.get(&start).status, 409, "the link's sign-in failed");
+    // The provider answers with an error of its own: 502.
+    let session = api.post("/m365/sessions", &create, &body).json();
+    let start = path_of(session["login_url"].as_str().unwrap());
+    let location = api.get(&start).header("Location").unwrap().to_string();
+    let oauth_state = query_param(&location, "state");
+    let broken = format!("/m365/callback?state={oauth_state}&error=server_error");
+    assert_eq!(api.get(&broken).status, 502);
+    // Someone else signs in: 403, and the caller learns why.
+    let other = json!({ "expected_email": "someone.else@contoso.example" });
+    let session = api.post("/m365/sessions", &create, &other).json();
+    let start = path_of(session["login_url"].as_str().unwrap());
+    let authorize = get_url(api.get(&start).header("Location").unwrap());
+    let callback = path_of(authorize.header("Location").unwrap());
+    assert_eq!(api.get(&callback).status, 403);
+    let failed = api.get_with(
+        &format!("/token/{}", session["state"].as_str().unwrap()),
+        &auth,
+    );
+    assert_eq!(
+        (failed.status, &failed.json()["reason"]),
+        (409, &json!("email_mismatch"))
+    );
 }
 
 /// The provider-agnostic endpoints: `POST /sessions`, `/login/{link}`, `/login/{provider}/callback`.
