@@ -134,7 +134,7 @@ pub struct ServeArgs {
     /// Most long-polls waiting at once; past it they get 503.
     #[arg(long, env = "OAUTH_RELAY_MAX_WAITERS", default_value_t = defaults::MAX_WAITERS)]
     pub max_waiters: usize,
-    /// Event-loop threads (default: one per CPU).
+    /// Event-loop threads, each serving the connections handed to it (default: one per CPU).
     #[arg(long, env = "OAUTH_RELAY_WORKERS")]
     pub workers: Option<usize>,
     /// Most threads doing blocking work at once (Redis calls, calls to identity providers).
