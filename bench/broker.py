@@ -36,7 +36,9 @@ def oauth_state(conn, session):
     r = conn.getresponse()
     r.read()
     location = r.getheader("Location")
-    return urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["state"][0]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    # The nonce rides in the code to bench/slow_idp.py, which puts it in the id_token.
+    return query["state"][0], query["nonce"][0]
 
 
 def stuck(port, n):
@@ -44,9 +46,10 @@ def stuck(port, n):
     states = [oauth_state(conn, create(conn)) for _ in range(n)]
     statuses = []
 
-    def sign_in(state):
+    def sign_in(state_nonce):
+        state, nonce = state_nonce
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("GET", f"/m365/callback?code=bench&state={urllib.parse.quote(state)}")
+        c.request("GET", f"/m365/callback?code=bench.{urllib.parse.quote(nonce)}&state={urllib.parse.quote(state)}")
         r = c.getresponse()
         r.read()
         statuses.append(r.status)

@@ -236,8 +236,10 @@ def broker_delays(bin_path, receiver, n):
         conn.request("GET", urllib.parse.urlsplit(session["login_url"]).path)
         r = conn.getresponse()
         r.read()
-        state = urllib.parse.parse_qs(urllib.parse.urlsplit(r.getheader("Location")).query)["state"][0]
-        conn.request("GET", f"/m365/callback?code=bench&state={urllib.parse.quote(state)}")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(r.getheader("Location")).query)
+        state, nonce = query["state"][0], query["nonce"][0]
+        # The nonce rides in the code to bench/slow_idp.py, which puts it in the id_token.
+        conn.request("GET", f"/m365/callback?code=bench.{urllib.parse.quote(nonce)}&state={urllib.parse.quote(state)}")
         r = conn.getresponse()
         r.read()
         done = time.perf_counter()

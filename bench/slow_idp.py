@@ -5,13 +5,16 @@ answers after DELAY seconds (an identity provider that is slow), /v1.0/me answer
   slow_idp.py PORT DELAY_SECS EMAIL
 
 It checks nothing (the tests' fake in tests/support enforces Microsoft's rules); it only has to
-keep sign-ins busy for a known time. Threaded, so every stuck sign-in waits in parallel.
+keep sign-ins busy for a known time. Threaded, so every stuck sign-in waits in parallel. The
+broker checks the id_token's nonce, which the benchmark cannot get to this fake through a real
+authorize step: it sends it inside the code instead (`code=bench.<nonce>`).
 """
 
 import base64
 import json
 import sys
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -35,21 +38,25 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
-        self.rfile.read(length)
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+        nonce = form.get("code", [""])[0].partition(".")[2]
         if self.path.endswith("/oauth2/v2.0/token"):
             time.sleep(DELAY)
             tid = "11111111-2222-3333-4444-555555555555"
             self.reply(200, {
                 "token_type": "Bearer", "expires_in": 3600, "scope": "User.Read Mail.Read",
                 "access_token": "bench-access", "refresh_token": "bench-refresh",
-                "id_token": b64({"alg": "none"}) + "." + b64({"tid": tid}) + ".sig",
+                "id_token": b64({"alg": "none"}) + "." + b64({
+                    "tid": tid, "oid": "00000000-0000-0000-0000-0000000000b1", "nonce": nonce,
+                }) + ".sig",
             })
         else:
             self.reply(404, {})
 
     def do_GET(self):
         if self.path.startswith("/v1.0/me"):
-            self.reply(200, {"mail": EMAIL, "userPrincipalName": EMAIL})
+            self.reply(200, {"id": "00000000-0000-0000-0000-0000000000b1", "mail": EMAIL,
+                             "userPrincipalName": EMAIL})
         else:
             self.reply(404, {})
 
