@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// serves everything.
     #[arg(long, env = "OAUTH_RELAY_INTERNAL_ADDR")]
     pub internal_addr: Option<String>,
+    /// The base URL programs reach the internal listener at (e.g. http://oauth-relay-internal:8001),
+    /// for the `status_url` of new sessions. Unset with split listeners: `status_url` is the
+    /// path alone, to resolve against the URL the session was created at.
+    #[arg(long, env = "OAUTH_RELAY_INTERNAL_URL")]
+    pub internal_url: Option<String>,
     /// Seconds anything pending (a callback, a registered state) is kept.
     #[arg(long, env = "OAUTH_RELAY_TTL_SECS", default_value_t = defaults::TTL_SECS)]
     pub ttl_secs: u64,
@@ -351,6 +356,8 @@ pub struct Config {
     pub port: u16,
     /// The internal listener's address, when the public and internal routes are split.
     pub internal_addr: Option<std::net::SocketAddr>,
+    /// Where programs reach the internal listener, without a trailing slash.
+    pub internal_url: Option<String>,
     pub ttl: Duration,
     pub max_pending: usize,
     pub max_pending_bytes: usize,
@@ -437,6 +444,7 @@ impl Default for Config {
             host: defaults::HOST.into(),
             port: defaults::PORT,
             internal_addr: None,
+            internal_url: None,
             ttl: Duration::from_secs(defaults::TTL_SECS),
             max_pending: defaults::MAX_PENDING,
             max_pending_bytes: defaults::MAX_PENDING_BYTES,
@@ -497,6 +505,20 @@ impl Config {
                 format!("OAUTH_RELAY_INTERNAL_ADDR must be an IP address and port such as 0.0.0.0:8001, not {addr:?}")
             })?),
         };
+        let internal_url = match a.internal_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) => {
+                let usable = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty())
+                        && u.query().is_none()
+                });
+                if !usable {
+                    return Err(format!("OAUTH_RELAY_INTERNAL_URL must be an http:// or https:// base URL such as http://oauth-relay-internal:8001, not {url:?}"));
+                }
+                Some(url.trim_end_matches('/').to_string())
+            }
+        };
         let log_level = Level::parse(&a.log_level)
             .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
         Ok(Config {
@@ -504,6 +526,7 @@ impl Config {
             host: a.host,
             port: a.port,
             internal_addr,
+            internal_url,
             ttl: Duration::from_secs(positive("OAUTH_RELAY_TTL_SECS", a.ttl_secs)?),
             max_pending: positive("OAUTH_RELAY_MAX_PENDING", a.max_pending as u64)? as usize,
             max_pending_bytes: positive(

@@ -202,9 +202,12 @@ fn a_login_link_created_internally_opens_publicly() {
         "login links are not served internally"
     );
     let handle = session["state"].as_str().unwrap();
+    // /status is internal: without OAUTH_RELAY_INTERNAL_URL its URL is the path alone, to
+    // resolve against the URL the session was created at (not the public one, where it is 404).
+    assert_eq!(session["status_url"], format!("/status/{handle}"));
     let status = relay.internal_request(
         "GET",
-        &format!("/status/{handle}"),
+        session["status_url"].as_str().unwrap(),
         &[("Authorization", &auth)],
         b"",
     );
@@ -255,4 +258,51 @@ fn sigterm_closes_both_listeners() {
         );
     }
     relay.wait_for_log("shutdown_complete");
+}
+
+#[test]
+fn status_urls_point_where_status_is_served() {
+    let auth = format!("Bearer {BROKER_TOKEN}");
+    let create = |relay: &Relay, internal: bool| {
+        let body = json!({ "expected_email": "ana.silva@contoso.example" }).to_string();
+        let headers = [("Authorization", auth.as_str())];
+        let res = if internal {
+            relay.internal_request("POST", "/m365/sessions", &headers, body.as_bytes())
+        } else {
+            relay.request("POST", "/m365/sessions", &headers, body.as_bytes())
+        };
+        assert_eq!(res.status, 200, "{}", res.text());
+        res.json()
+    };
+    // One listener: on the public URL, as before.
+    let session = create(&relay(false), false);
+    let handle = session["state"].as_str().unwrap();
+    assert_eq!(
+        session["status_url"],
+        format!("http://127.0.0.1:8000/status/{handle}")
+    );
+    // Split, with the internal listener's URL set: there.
+    let relay = Relay::start_env(
+        &[
+            "--api-token",
+            API_TOKEN,
+            "--internal-addr",
+            "127.0.0.1:0",
+            "--internal-url",
+            "http://oauth-relay-internal:8001/",
+        ],
+        &[
+            ("WK_PUBLIC_BASE_URL", "http://127.0.0.1:8000"),
+            ("WK_M365_CLIENT_ID", "client-id"),
+            ("WK_M365_BROKER_TOKEN", BROKER_TOKEN),
+            ("WK_M365_LOGIN_BASE_URL", "http://127.0.0.1:9"),
+            ("WK_M365_GRAPH_BASE_URL", "http://127.0.0.1:9"),
+        ],
+    );
+    let session = create(&relay, true);
+    let handle = session["state"].as_str().unwrap();
+    assert_eq!(
+        session["status_url"],
+        format!("http://oauth-relay-internal:8001/status/{handle}")
+    );
 }

@@ -152,6 +152,12 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
                 "expected_subject": subject.is_some(), "return_url": return_url.is_some() }),
     );
     let base = &broker.config.public_base_url;
+    // /status is a program's route: on the internal listener when the listeners are split.
+    let status_url = match (&app.config.internal_url, app.config.internal_addr) {
+        (Some(internal), _) => format!("{internal}/status/{handle}"),
+        (None, Some(_)) => format!("/status/{handle}"),
+        (None, None) => format!("{base}/status/{handle}"),
+    };
     Ok(Response::json(
         200,
         &json!({
@@ -160,7 +166,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
             "expected_email": email,
             "expected_subject": subject,
             "login_url": format!("{base}{}{link_id}", endpoint.link_path),
-            "status_url": format!("{base}/status/{handle}"),
+            "status_url": status_url,
             "expires_at": rfc3339(expires_at),
             "return_url": return_url,
         }),
