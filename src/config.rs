@@ -507,17 +507,11 @@ impl Config {
         };
         let internal_url = match a.internal_url.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(url) => {
-                let usable = url.parse::<http::Uri>().ok().is_some_and(|u| {
-                    matches!(u.scheme_str(), Some("http" | "https"))
-                        && u.host().is_some_and(|h| !h.is_empty())
-                        && u.query().is_none()
-                });
-                if !usable {
-                    return Err(format!("OAUTH_RELAY_INTERNAL_URL must be an http:// or https:// base URL such as http://oauth-relay-internal:8001, not {url:?}"));
-                }
-                Some(url.trim_end_matches('/').to_string())
-            }
+            Some(url) => Some(crate::cli::server_url(
+                url,
+                "--internal-url",
+                "OAUTH_RELAY_INTERNAL_URL",
+            )?),
         };
         let log_level = Level::parse(&a.log_level)
             .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;

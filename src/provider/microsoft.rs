@@ -566,24 +566,15 @@ mod tests {
         assert!(jwt_claims("garbage").is_none());
     }
 
+    /// The `WK_M365_*` provider as the shared test settings build it.
     fn settings() -> ProviderSettings {
         ProviderSettings {
-            name: "m365".into(),
-            kind: crate::providers_config::Kind::Microsoft,
-            display_name: None,
             redirect_uri: "https://relay.example/m365/callback".into(),
-            client_id: "client".into(),
-            client_secret: None,
-            scopes: Vec::new(),
-            allowed_scopes: None,
-            issuer: None,
-            authorize_url: None,
-            token_url: None,
-            api_url: None,
-            login_url: None,
-            tenant: None,
-            hosted_domain: None,
             source: crate::providers_config::Source::Wk,
+            ..crate::providers_config::tests_support::settings(
+                "m365",
+                crate::providers_config::Kind::Microsoft,
+            )
         }
     }
 
