@@ -90,6 +90,13 @@ impl HttpRequest {
     }
 
     /// The bearer token of an `Authorization: Bearer ...` header.
+    /// The client the request is attributed to, for per-client shares and quotas: the peer's
+    /// address (the server resolves it, trusting a proxy's forwarding header only from
+    /// configured proxies). `None` for requests built without a socket (unit tests).
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.remote.map(|a| a.ip())
+    }
+
     pub fn bearer_token(&self) -> Option<&str> {
         let value = self.header("authorization")?.trim();
         let (scheme, token) = value.split_once(' ')?;
