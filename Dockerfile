@@ -44,7 +44,7 @@ COPY --from=build --chown=0:0 --chmod=0555 /out/oauth-relay /oauth-relay
 
 # Never root: 65532:65532 is distroless's `nonroot:nonroot`, written as numbers because a kubelet
 # enforcing runAsNonRoot cannot verify a user *name* (it refuses to start the container unless the
-# pod also sets runAsUser). Matches runAsUser/runAsGroup 65532 in deployment.yaml.
+# pod also sets runAsUser). Matches runAsUser/runAsGroup 65532 in deploy/base/deployment.yaml.
 USER 65532:65532
 
 # Listen on every interface inside the container (127.0.0.1 would be unreachable through a

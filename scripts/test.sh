@@ -13,6 +13,8 @@ need chromium chromium     # a real browser follows a login link (tests/broker.r
 need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
 need redis-cli redis-tools
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
+need python3 python3        # kubernetes-validate checks the manifests (tests/manifests.rs)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # target/test-venv below
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
@@ -34,6 +36,31 @@ if [ ! -f $oidc/node_modules/.package-lock.json ] || [ $oidc/package-lock.json -
   echo "installing the OpenID Provider for the tests: npm ci in $oidc" >&2
   (cd $oidc && npm ci --no-audit --no-fund >&2)
 fi
+
+# kubectl renders the Kustomize trees in deploy/ (tests/manifests.rs). Debian's archive has no
+# package for it: kubectl 1.27 or later (which bundles Kustomize v5) must be installed already.
+if ! command -v kubectl >/dev/null 2>&1 || ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "the manifest tests need kubectl 1.27 or later (with 'kubectl kustomize') on the PATH" >&2
+  exit 1
+fi
+
+# Python tools the tests run, in a virtual environment under target/ (never the system's
+# site-packages). Each pip_need line installs one pinned package unless that version is already
+# there, so this is quick when nothing changed; a new tool is one more line.
+venv=target/test-venv
+if [ ! -x $venv/bin/python ]; then
+  echo "creating the tests' Python environment in $venv" >&2
+  python3 -m venv $venv
+fi
+pip_need() {  # pip_need NAME==VERSION
+  local installed
+  installed="$($venv/bin/python -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "${1%%==*}" 2>/dev/null || true)"
+  if [ "$installed" != "${1##*==}" ]; then
+    echo "installing $1 into $venv" >&2
+    $venv/bin/pip install --quiet --disable-pip-version-check "$1" >&2
+  fi
+}
+pip_need kubernetes-validate==1.37.0  # the Kubernetes schemas, offline (tests/manifests.rs)
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"

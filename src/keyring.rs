@@ -7,7 +7,7 @@
 //! entry with the reserved id `names` when there is one (it never encrypts), else from the first
 //! key. Before a first rotation, add `names:<the current key>`: names then never change, and the
 //! encryption keys rotate in three roll-outs: `old,new` everywhere, then `new,old`, then, once
-//! the TTL has passed, `new` alone (deploy/ha/README.md).
+//! the TTL has passed, `new` alone (deploy/overlays/redis/README.md).
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};

@@ -1,0 +1,373 @@
+//! The operator documentation stays true to the code: every setting (`OAUTH_RELAY_*`,
+//! `OAUTH_CALLBACK_*`, `WK_*`) named in `docs/`, `deploy/` or the README is one the relay reads
+//! (a flag's environment variable, or a provider setting of `providers_config.rs`), every URL of
+//! the relay shown in `docs/` is a route of the routing table on the listener its host stands
+//! for, every relative link in `docs/` leads to a file, and each provider guide shows its redirect
+//! URI.
+
+use clap::CommandFactory;
+use oauth_relay::routes::{Exposure, Pattern, ROUTES};
+use std::path::{Path, PathBuf};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn docs() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    files_under(&root().join("docs"), &mut files);
+    files.retain(|f| f.extension().is_some_and(|e| e == "md"));
+    files.sort();
+    assert!(files.len() >= 6, "the guides: {files:?}");
+    files
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every environment variable clap declares, for `serve` and every subcommand.
+fn declared_variables() -> Vec<String> {
+    fn walk(command: &clap::Command, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(var) = arg.get_env() {
+                out.push(var.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&oauth_relay::config::Cli::command(), &mut out);
+    out
+}
+
+/// The provider settings (`OAUTH_RELAY_PROVIDER_<NAME>_<SETTING>`): `EVERY_SETTING` in
+/// src/providers_config.rs, the list the relay itself checks those variables against.
+fn provider_settings() -> Vec<String> {
+    let source = read(&root().join("src/providers_config.rs"));
+    let start = source
+        .find("const EVERY_SETTING: &[&str] = &[")
+        .expect("EVERY_SETTING in src/providers_config.rs");
+    let list = &source[start..];
+    let list = &list[list.find('[').unwrap() + 1..];
+    let list = &list[list.find('[').unwrap() + 1..list.find("];").unwrap()];
+    let settings: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(settings.len() >= 10, "{settings:?}");
+    settings
+}
+
+const PROVIDER_PREFIX: &str = "OAUTH_RELAY_PROVIDER_";
+
+/// Names the docs give to the caller's own variables, not the relay's: the README's example
+/// keeps a retrieval secret in one (`wait --retrieval-secret-env NAME`).
+const CALLERS_OWN: &[&str] = &["OAUTH_RELAY_RETRIEVAL_SECRET"];
+
+struct Settings {
+    declared: Vec<String>,
+    provider: Vec<String>,
+}
+
+impl Settings {
+    fn load() -> Settings {
+        Settings {
+            declared: declared_variables(),
+            provider: provider_settings(),
+        }
+    }
+
+    /// Whether `name` is a variable the relay reads.
+    fn exists(&self, name: &str) -> bool {
+        if self.declared.iter().any(|d| d == name) {
+            return true;
+        }
+        // OAUTH_RELAY_PROVIDER_<NAME>_<SETTING>, <NAME> not empty.
+        name.strip_prefix(PROVIDER_PREFIX).is_some_and(|rest| {
+            self.provider.iter().any(|setting| {
+                rest.strip_suffix(setting.as_str())
+                    .and_then(|name| name.strip_suffix('_'))
+                    .is_some_and(|name| !name.is_empty())
+            })
+        })
+    }
+
+    /// Whether `prefix` (written as `OAUTH_RELAY_WEBHOOK_*` or `OAUTH_RELAY_PROVIDER_<NAME>_...`)
+    /// begins a variable the relay reads.
+    fn begins_one(&self, prefix: &str) -> bool {
+        prefix.starts_with(PROVIDER_PREFIX) || self.declared.iter().any(|d| d.starts_with(prefix))
+    }
+}
+
+/// The setting names in `text`: (name, whether it is written as a prefix: followed by `*`, `<`
+/// or `{`, as in `OAUTH_RELAY_WEBHOOK_*`).
+fn names_in(text: &str) -> Vec<(String, bool)> {
+    let bytes = text.as_bytes();
+    let is_name = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = ["OAUTH_RELAY_", "OAUTH_CALLBACK_", "WK_"]
+            .iter()
+            .any(|p| bytes[i..].starts_with(p.as_bytes()));
+        let boundary = i == 0 || !(is_name(bytes[i - 1]) || bytes[i - 1].is_ascii_alphabetic());
+        if !(starts && boundary) {
+            i += 1;
+            continue;
+        }
+        let end = (i..bytes.len())
+            .find(|&j| !is_name(bytes[j]))
+            .unwrap_or(bytes.len());
+        let prefix = bytes.get(end).is_some_and(|b| b"*<{".contains(b)) || bytes[end - 1] == b'_';
+        out.push((text[i..end].to_string(), prefix));
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn every_setting_named_in_the_docs_exists() {
+    let settings = Settings::load();
+    let mut files = docs();
+    files_under(&root().join("deploy"), &mut files);
+    files.push(root().join("README.md"));
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for file in &files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (name, prefix) in names_in(&text) {
+            seen += 1;
+            if CALLERS_OWN.contains(&name.as_str()) {
+                continue;
+            }
+            let ok = if prefix {
+                settings.begins_one(&name)
+            } else {
+                settings.exists(&name)
+            };
+            if !ok {
+                wrong.push(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(
+        seen > 100,
+        "only {seen} setting names found: is the scan broken?"
+    );
+    assert!(
+        wrong.is_empty(),
+        "not settings of the relay:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_setting_check_refuses_what_the_relay_would() {
+    let settings = Settings::load();
+    for real in [
+        "OAUTH_RELAY_MAX_PENDING",
+        "OAUTH_CALLBACK_PORT",
+        "WK_M365_TENANT_ID",
+        "WK_CALLBACK_SERVER",
+        "OAUTH_RELAY_PROVIDERS",
+        "OAUTH_RELAY_PROVIDER_CORP_EU_CLIENT_SECRET_FILE",
+        "OAUTH_RELAY_PROVIDER_GOOGLE_HOSTED_DOMAIN",
+    ] {
+        assert!(settings.exists(real), "{real}");
+    }
+    for made_up in [
+        "OAUTH_RELAY_MAX_PENDNG",
+        "WK_M365_TENANT",
+        "OAUTH_RELAY_PROVIDER_GITHUB_CLIENTSECRET",
+        "OAUTH_RELAY_PROVIDER__KIND",
+        "OAUTH_RELAY_PROVIDER_KIND",
+    ] {
+        assert!(!settings.exists(made_up), "{made_up}");
+    }
+    assert!(settings.begins_one("OAUTH_RELAY_WEBHOOK_"));
+    assert!(!settings.begins_one("OAUTH_RELAY_WEBHOOKS_"));
+    assert_eq!(
+        names_in("set `OAUTH_RELAY_WEBHOOK_*` and WK_M365_SCOPES=x, not XWK_A"),
+        [
+            ("OAUTH_RELAY_WEBHOOK_".to_string(), true),
+            ("WK_M365_SCOPES".to_string(), false)
+        ]
+    );
+}
+
+/// Whether `path` (placeholders such as `<name>` already replaced) is a route of `exposure`.
+/// Stricter than the router's own match: a tail (a state, link id or provider name) is one path
+/// segment, so `/login/github/callbak` is not taken for a login link.
+fn is_route(path: &str, exposure: Exposure) -> bool {
+    ROUTES.iter().filter(|r| r.exposure == exposure).any(|r| {
+        let one_segment = |tail: &str| !tail.is_empty() && !tail.contains('/');
+        match r.pattern {
+            Pattern::Exact(p) => path == p,
+            Pattern::Prefix(p) => path.strip_prefix(p).is_some_and(one_segment),
+            Pattern::Around(prefix, suffix) => path
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .is_some_and(one_segment),
+        }
+    })
+}
+
+/// The relay's hosts in the docs, and the listener each stands for.
+const HOSTS: &[(&str, Exposure)] = &[
+    ("https://relay.example.com", Exposure::Public),
+    ("http://oauth-relay-internal", Exposure::Internal),
+];
+
+/// The paths of the relay's URLs in `text`, with the listener their host stands for; `<...>` and
+/// `{...}` placeholders become one segment.
+fn relay_paths(text: &str) -> Vec<(String, Exposure)> {
+    let mut out = Vec::new();
+    for (host, exposure) in HOSTS {
+        for (at, _) in text.match_indices(host) {
+            let rest = &text[at + host.len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || "`)\"'],".contains(c))
+                .unwrap_or(rest.len());
+            let url = &rest[..end];
+            // The rest of the host (`.<namespace>.svc`), then the port.
+            let Some(slash) = url.find('/') else { continue };
+            let path = url[slash..].split(['?', '#']).next().unwrap();
+            // `...` stands for a value (a link id); one `.` or `:` after a URL ends a sentence.
+            let path = path.replace("...", "x");
+            let path = path.trim_end_matches(['.', ':', ';']);
+            let mut clean = String::new();
+            let mut depth = 0;
+            for c in path.chars() {
+                match c {
+                    '<' | '{' => {
+                        depth += 1;
+                        if depth == 1 {
+                            clean.push('x');
+                        }
+                    }
+                    '>' | '}' => depth -= 1,
+                    c if depth == 0 => clean.push(c),
+                    _ => {}
+                }
+            }
+            out.push((clean, *exposure));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relay_url_in_the_docs_is_a_route() {
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for file in docs() {
+        for (path, exposure) in relay_paths(&read(&file)) {
+            seen += 1;
+            if !is_route(&path, exposure) {
+                wrong.push(format!("{}: {path} ({exposure:?})", file.display()));
+            }
+        }
+    }
+    assert!(
+        seen > 20,
+        "only {seen} relay URLs found: is the scan broken?"
+    );
+    assert!(
+        wrong.is_empty(),
+        "not routes of the relay:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_route_check_refuses_what_the_router_would() {
+    let found = relay_paths(
+        "`https://relay.example.com/login/<name>/callback`, https://relay.example.com/m365/start/...\n\
+         http://oauth-relay-internal.ns.svc:8001/sessions and https://relay.example.com.",
+    );
+    assert_eq!(
+        found,
+        [
+            ("/login/x/callback".to_string(), Exposure::Public),
+            ("/m365/start/x".to_string(), Exposure::Public),
+            ("/sessions".to_string(), Exposure::Internal),
+        ]
+    );
+    for (path, exposure) in &found {
+        assert!(is_route(path, *exposure), "{path}");
+    }
+    assert!(!is_route("/login/github/callbak", Exposure::Public));
+    assert!(!is_route("/m365/callbacks", Exposure::Public));
+    assert!(!is_route("/sessions", Exposure::Public), "internal only");
+    assert!(!is_route("/callback", Exposure::Internal), "public only");
+}
+
+#[test]
+fn each_guide_shows_its_redirect_uri_and_every_link_leads_somewhere() {
+    for (guide, redirect) in [
+        ("microsoft.md", "https://relay.example.com/m365/callback"),
+        (
+            "microsoft.md",
+            "https://relay.example.com/login/<name>/callback",
+        ),
+        (
+            "microsoft.pt-BR.md",
+            "https://relay.example.com/m365/callback",
+        ),
+        (
+            "microsoft.pt-BR.md",
+            "https://relay.example.com/login/<nome>/callback",
+        ),
+        (
+            "google.md",
+            "https://relay.example.com/login/google/callback",
+        ),
+        (
+            "github.md",
+            "https://relay.example.com/login/github/callback",
+        ),
+        ("oidc.md", "https://relay.example.com/login/corp/callback"),
+    ] {
+        let text = read(&root().join("docs/providers").join(guide));
+        assert!(text.contains(redirect), "{guide}: {redirect}");
+    }
+    let readme = read(&root().join("README.md"));
+    assert!(
+        readme.contains("(docs/providers/README.md)"),
+        "the README links the guides"
+    );
+    for file in docs() {
+        let text = read(&file);
+        for (at, _) in text.match_indices("](") {
+            let target = &text[at + 2..];
+            let target = &target[..target.find(')').unwrap()];
+            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            let resolved = file.parent().unwrap().join(path);
+            assert!(
+                resolved.exists(),
+                "{}: the link {target} leads nowhere",
+                file.display()
+            );
+        }
+    }
+}
