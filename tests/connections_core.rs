@@ -523,12 +523,18 @@ fn a_replica_dies_mid_refresh(a: Arc<Connections>, idp: &Arc<FakeIdp>) -> String
 
 #[test]
 fn a_dead_replicas_generation_is_never_presented_again_to_a_one_time_rotator() {
-    for backend in ["memory", "redis"] {
+    for backend in ["memory", "redb", "redis"] {
         let idp = FakeIdp::new(Rotation::OneTime);
         let server = support::RedisServer::start();
         let (a, b) = match backend {
             "memory" => {
                 let mut r = replicas_on(Arc::new(MemoryConnections::new(100)), 2, &idp, fast());
+                (r.remove(0), r.remove(0))
+            }
+            "redb" => {
+                let path = scratch("redb").join("c.redb");
+                let store = Arc::new(EmbeddedConnections::open(&path, keys(), 100).unwrap());
+                let mut r = replicas_on(store, 2, &idp, fast());
                 (r.remove(0), r.remove(0))
             }
             _ => (
@@ -570,12 +576,18 @@ fn a_dead_replicas_generation_is_never_presented_again_to_a_one_time_rotator() {
 
 #[test]
 fn a_dead_replicas_refresh_is_presented_once_more_after_the_settle_window_where_harmless() {
-    for backend in ["memory", "redis"] {
+    for backend in ["memory", "redb", "redis"] {
         let idp = FakeIdp::new(Rotation::ReusableAfterRotation);
         let server = support::RedisServer::start();
         let (a, b) = match backend {
             "memory" => {
                 let mut r = replicas_on(Arc::new(MemoryConnections::new(100)), 2, &idp, fast());
+                (r.remove(0), r.remove(0))
+            }
+            "redb" => {
+                let path = scratch("redb").join("c.redb");
+                let store = Arc::new(EmbeddedConnections::open(&path, keys(), 100).unwrap());
+                let mut r = replicas_on(store, 2, &idp, fast());
                 (r.remove(0), r.remove(0))
             }
             _ => (
@@ -857,17 +869,20 @@ fn forget_hands_the_tokens_back_once_and_keeps_nothing() {
     let idp = FakeIdp::new(Rotation::OneTime);
     let path = scratch("redb").join("connections.redb");
     let store = Arc::new(EmbeddedConnections::open(&path, keys(), 100).unwrap());
-    let c = &replicas_on(store, 1, &idp, fast())[0];
+    let c = &replicas_on(store.clone(), 1, &idp, fast())[0];
     let (id, credential) = create(c, "forget");
     assert!(c.authorize(&id, credential.expose()).is_ok());
     assert_eq!(
         c.authorize(&id, "ckey_wrong").unwrap_err(),
         ConnError::NotFound
     );
-    let gone = c.forget(&id).unwrap();
+    let gone = c.forget(&id, in_a_while()).unwrap();
     assert_eq!(gone.refresh_token.unwrap().expose(), rt(0));
     assert_eq!(gone.provider, PROVIDER);
-    assert_eq!(c.forget(&id).unwrap_err(), ConnError::NotFound);
+    assert_eq!(
+        c.forget(&id, in_a_while()).unwrap_err(),
+        ConnError::NotFound
+    );
     assert_eq!(c.get(&id).unwrap_err(), ConnError::NotFound);
     assert_eq!(
         c.token(&id, Duration::from_secs(1), in_a_while())
@@ -875,6 +890,65 @@ fn forget_hands_the_tokens_back_once_and_keeps_nothing() {
         ConnError::NotFound
     );
     assert!(c.list(Some(PROVIDER), Some("forget")).unwrap().is_empty());
+
+    // A refresh in progress is waited for: the tokens handed back are the newest.
+    let (id, _) = create(c, "forget-while-refreshing");
+    idp.hold_first();
+    let caller = {
+        let (c, id) = (c.clone(), id.clone());
+        std::thread::spawn(move || {
+            c.token(
+                &id,
+                Duration::from_secs(60),
+                Instant::now() + Duration::from_millis(200),
+            )
+        })
+    };
+    support::eventually("the presentation", || {
+        (idp.entered.load(Ordering::SeqCst) == 1).then_some(())
+    });
+    assert_eq!(caller.join().unwrap().unwrap_err(), ConnError::Pending);
+    let releaser = {
+        let idp = idp.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            idp.release();
+        })
+    };
+    let gone = c.forget(&id, in_a_while()).unwrap();
+    releaser.join().unwrap();
+    assert!(!gone.interrupted);
+    assert_eq!(gone.refresh_token.unwrap().expose(), rt(1));
+    assert_eq!(gone.access_token.expose(), at(1));
+
+    // Past the deadline it is deleted anyway, and says so; the refresh's outcome is dropped.
+    let idp = FakeIdp::new(Rotation::OneTime);
+    let c = &replicas_on(store, 1, &idp, fast())[0];
+    let (id, _) = create(c, "forget-interrupted");
+    idp.hold_first();
+    let caller = {
+        let (c, id) = (c.clone(), id.clone());
+        std::thread::spawn(move || {
+            c.token(
+                &id,
+                Duration::from_secs(60),
+                Instant::now() + Duration::from_millis(200),
+            )
+        })
+    };
+    support::eventually("the presentation", || {
+        (idp.entered.load(Ordering::SeqCst) == 1).then_some(())
+    });
+    let gone = c
+        .forget(&id, Instant::now() + Duration::from_millis(300))
+        .unwrap();
+    assert!(gone.interrupted);
+    assert_eq!(gone.refresh_token.unwrap().expose(), rt(0));
+    idp.release();
+    assert_eq!(caller.join().unwrap().unwrap_err(), ConnError::Pending);
+    support::eventually("the refresh to end", || (c.refreshing() == 0).then_some(()));
+    assert_eq!(c.get(&id).unwrap_err(), ConnError::NotFound);
+    assert_eq!(idp.answered(), 1);
 }
 
 fn listing(store: Arc<dyn ConnectionStore>) {
@@ -916,7 +990,7 @@ fn listing(store: Arc<dyn ConnectionStore>) {
         vec![e.id.clone()]
     );
     assert_eq!(c.list(None, None).unwrap().len(), 4);
-    c.forget(&b.id).unwrap();
+    c.forget(&b.id, in_a_while()).unwrap();
     assert_eq!(
         ids(c.list(Some(PROVIDER), Some("ana")).unwrap()),
         vec![a.id]

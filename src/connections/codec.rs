@@ -189,6 +189,11 @@ pub(crate) mod tests {
         }
         assert_eq!(open(&keys, "ctx", &sealed).unwrap(), c);
         assert!(open(&keys, "other", &sealed).is_err());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("at-1") && !shown.contains("rt-1"),
+            "{shown}"
+        );
         let mut future = to_json(&c);
         future["v"] = json!(2);
         assert!(from_json(&future).is_none());

@@ -332,3 +332,40 @@ impl ConnectionStore for RedisConnections {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_connections_keys_share_a_hash_tag_and_name_no_id() {
+        let config = crate::config::RedisConfig {
+            url: crate::secret::Secret::new("redis://127.0.0.1:1/0"),
+            password: None,
+            ca_pem: None,
+            keys: Arc::new(
+                crate::keyring::Keyring::parse("k:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+                    .unwrap(),
+            ),
+            prefix: "oauth-relay:".into(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let store =
+            Arc::new(RedisStore::new(&config, std::time::Duration::from_secs(1), 1).unwrap());
+        let c = RedisConnections::new(store, 1);
+        let name = c.name("conn_visible-id");
+        let tag = |key: &str| {
+            let open = key.find('{').unwrap();
+            let close = open + key[open..].find('}').unwrap();
+            key[open + 1..close].to_string()
+        };
+        let (state, used) = (c.state_key(&name), c.used_key(&name));
+        assert_eq!(tag(&state), name);
+        assert_eq!(tag(&used), name);
+        assert_ne!(tag(&c.state_key(&c.name("conn_other"))), name);
+        assert!(state.starts_with("oauth-relay:conn:{") && state.ends_with("}:state"));
+        for key in [state, used, c.subject_key("github", "visible-subject")] {
+            assert!(!key.contains("visible"), "{key}");
+        }
+    }
+}

@@ -15,7 +15,9 @@ pub enum Rotation {
     /// most once; if its outcome is unknown the connection needs re-authorization.
     OneTime,
     /// The provider issues a new refresh token each time but the old one stays valid
-    /// (Microsoft Entra): presenting an old one again is harmless.
+    /// (Microsoft Entra): presenting an old one again is harmless. A provider that accepts an
+    /// old token only within a reuse grace window (Dex, Okta, Auth0 "leeway") is `OneTime`:
+    /// the settle window may well outlast the grace.
     ReusableAfterRotation,
     /// The refresh token does not change (Google): presenting it again is harmless.
     NoRotation,

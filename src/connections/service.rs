@@ -45,6 +45,9 @@ pub struct Forgotten {
     pub provider: String,
     pub refresh_token: Option<Secret>,
     pub access_token: Secret,
+    /// A refresh was still running when the deadline came: the provider may have issued
+    /// tokens that are not these (revoking these may not end the grant).
+    pub interrupted: bool,
 }
 
 /// What one keep-alive pass did.
@@ -247,18 +250,33 @@ impl Connections {
     }
 
     /// Deletes a connection and hands back its tokens (once) so the caller can revoke them
-    /// upstream. A refresh still running for it finds the record gone and drops its outcome.
-    pub fn forget(&self, id: &str) -> Result<Forgotten, ConnError> {
+    /// upstream. A refresh in progress (its replica alive) is waited for until `deadline`, so
+    /// that the tokens handed back are the newest; past it the connection is deleted anyway
+    /// (`Forgotten::interrupted`), and the refresh finds the record gone and drops its outcome.
+    pub fn forget(&self, id: &str, deadline: Instant) -> Result<Forgotten, ConnError> {
         loop {
-            let Some(v) = self.inner.store.load(id)?.found else {
+            let seen = self.inner.wake.seq();
+            let snap = self.inner.store.load(id)?;
+            let Some(v) = snap.found else {
                 return Err(ConnError::NotFound);
             };
+            let running = v.conn.intent.as_ref().is_some_and(|i| {
+                i.state == super::model::IntentState::InFlight
+                    && (self.inner.owns(&i.attempt)
+                        || snap.now < i.since + self.inner.policy.stale_after)
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if running && !left.is_zero() {
+                self.inner.wake.wait(seen, left.min(POLL_MAX));
+                continue;
+            }
             if self.inner.store.remove(id, v.revision)? {
                 self.inner.changed(id);
                 return Ok(Forgotten {
                     provider: v.conn.provider,
                     refresh_token: v.conn.grant.refresh_token,
                     access_token: v.conn.grant.access_token,
+                    interrupted: running,
                 });
             }
         }
