@@ -822,10 +822,11 @@ fn refreshes_are_serialized_generation_after_generation() {
             expected_refresh
         );
         for n in 0..3 {
-            let presented = if rotation == Rotation::NoRotation {
-                3 * (n == 0) as u32
-            } else {
-                1
+            // A refresh token that never changes is presented each time; others once each.
+            let presented = match (rotation, n) {
+                (Rotation::NoRotation, 0) => 3,
+                (Rotation::NoRotation, _) => 0,
+                _ => 1,
             };
             assert_eq!(
                 idp.presented(&rt(n)),

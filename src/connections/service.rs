@@ -285,8 +285,9 @@ impl Connections {
     /// Up to `limit` connections the keep-alive should look at now: a refresh to keep the
     /// grant alive has come due, or an intent may need resolving.
     pub fn due(&self, limit: usize) -> Result<Vec<String>, ConnError> {
-        let now = self.inner.store_now();
-        Ok(self.inner.store.due(now, limit)?)
+        // The local clock: attention times were written from the store's, and a skew only
+        // moves a keep-alive by that much.
+        Ok(self.inner.store.due(SystemTime::now(), limit)?)
     }
 
     /// One keep-alive pass: for each due connection, begins its refresh (through the same
@@ -347,12 +348,6 @@ impl Inner {
             .get(provider)
             .cloned()
             .ok_or_else(|| ConnError::NoRefresher(provider.to_string()))
-    }
-
-    fn store_now(&self) -> SystemTime {
-        // The local clock for `due`: the attention times it compares with were written from
-        // store clocks, and a skew only moves a keep-alive by that much.
-        SystemTime::now()
     }
 
     fn owns(&self, attempt: &str) -> bool {
