@@ -31,7 +31,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// pooled connection every second and so moves the epoch within a second of most outages.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
-const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+/// Sets `now` to Redis's clock in ms: every script that judges time uses the one clock all
+/// replicas share (also the connection store's, `connections::redis`).
+pub(crate) const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
 // Values under a callback key: `L` fingerprint sealed-callback (live), `T` fingerprint (taken);
 // for a state registered with a retrieval hash, `G` fingerprint guard sealed-callback and
@@ -203,8 +205,8 @@ pub struct RedisStore {
     /// Moves on every connection error: whatever was pooled before may be dead too.
     epoch: AtomicU64,
     timeout: Duration,
-    prefix: String,
-    keys: Arc<Keyring>,
+    pub(crate) prefix: String,
+    pub(crate) keys: Arc<Keyring>,
     ttl: Duration,
     max_pending: usize,
     scripts: Scripts,
@@ -410,7 +412,7 @@ impl RedisStore {
     /// run it, and running it again would answer wrongly (a take "already taken", with the
     /// code handed to nobody; a store "repeated", so no replica is told it landed), so the
     /// request fails closed.
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> StoreResult<T> {
@@ -423,7 +425,7 @@ impl RedisStore {
     /// timeout, which says Redis is slow and would make a second try wait as long again) is
     /// replaced and the read asked once more. The failure moved the epoch, so the second try
     /// does not get another connection from before it.
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> StoreResult<T> {
