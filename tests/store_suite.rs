@@ -106,8 +106,12 @@ fn bounded(new: Factory) {
         s.register_state("d", Duration::from_secs(60)).unwrap(),
         Register::Full
     );
-    // A registered state may still receive its callback at the cap.
-    assert_eq!(s.put_callback(cb("b", "1"), false).unwrap(), Put::Stored);
+    // A registered state may still receive its callback at the cap (and is told apart from an
+    // unregistered one: anyone can make those).
+    assert_eq!(
+        s.put_callback(cb("b", "1"), false).unwrap(),
+        Put::StoredRegistered
+    );
     assert!(matches!(s.take_callback("a").unwrap(), Take::Taken(_)));
     assert_eq!(s.put_callback(cb("c", "1"), false).unwrap(), Put::Stored);
 }
@@ -129,7 +133,10 @@ fn registration(new: Factory) {
     assert!(!s.has_callback("r").unwrap());
     assert_eq!(s.take_callback("r").unwrap(), Take::Missing);
     assert_eq!(s.active_callbacks().unwrap(), 0);
-    assert_eq!(s.put_callback(cb("r", "1"), true).unwrap(), Put::Stored);
+    assert_eq!(
+        s.put_callback(cb("r", "1"), true).unwrap(),
+        Put::StoredRegistered
+    );
     assert_eq!(s.active_callbacks().unwrap(), 1);
 }
 
@@ -460,7 +467,7 @@ fn retrieval_secrets(new: Factory) {
     }
     assert_eq!(
         s.put_callback(cb("g", "the code"), true).unwrap(),
-        Put::Stored
+        Put::StoredRegistered
     );
     for proof in &others {
         assert!(!s.has_callback_for("g", proof).unwrap(), "{proof:?}");
@@ -572,7 +579,10 @@ fn retrieval_secrets_are_bounded_and_expire(new: Factory) {
         .then_some(())
     });
     // What replaced it is unguarded: the expired hash is gone with its registration.
-    assert_eq!(s.put_callback(cb("short", "1"), true).unwrap(), Put::Stored);
+    assert_eq!(
+        s.put_callback(cb("short", "1"), true).unwrap(),
+        Put::StoredRegistered
+    );
     assert!(matches!(s.take_callback("short").unwrap(), Take::Taken(_)));
 }
 

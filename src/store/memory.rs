@@ -265,7 +265,7 @@ impl Store for MemoryStore {
                     Put::Conflict
                 });
             }
-            Some(Entry::Registered { .. }) => Put::Stored,
+            Some(Entry::Registered { .. }) => Put::StoredRegistered,
             None if require_registered => return Ok(Put::NotRegistered),
             None if inner.live >= self.max_pending => return Ok(Put::Full),
             None => Put::Stored,

@@ -70,6 +70,10 @@ impl Callback {
 pub enum Put {
     /// First callback for this state: stored.
     Stored,
+    /// First callback for a state registered beforehand: stored. Told apart from `Stored`
+    /// because anyone can make the latter, so its completion event may not push out others
+    /// (`events::outbox`).
+    StoredRegistered,
     /// The same callback again (a person reloading the page): nothing changes.
     Repeated,
     /// A different callback for a state that already has one: refused, the first one stays.

@@ -67,6 +67,7 @@ redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + ttl, KEYS[1])
+if reg then return 'stored_registered' end
 return 'stored'";
 
 // Who may have a callback (`Proof::opens`): a guarded one only a request whose presented guard
@@ -698,6 +699,7 @@ impl Store for RedisStore {
         })?;
         Ok(match outcome.as_str() {
             "stored" => Put::Stored,
+            "stored_registered" => Put::StoredRegistered,
             "repeated" => Put::Repeated,
             "conflict" => Put::Conflict,
             "not_registered" => Put::NotRegistered,
