@@ -281,14 +281,27 @@ fn expected_account(session: &Session, identity: &Identity) -> Result<(), SignIn
         }
     }
     if let Some(expected) = &session.expected_email {
+        let expected = expected.to_lowercase();
         match &identity.email {
-            Some(email) if *email == expected.to_lowercase() => {
+            Some(email) if *email == expected => {
                 if !identity.email_verified {
                     return Err(SignInFailure::new(
                         Reason::EmailUnverified,
                         "the address matches, but the provider does not vouch for it",
                     ));
                 }
+            }
+            // The account carries the address, but what the provider vouches for is another
+            // (Microsoft's xms_edov speaks of the id_token's email, not Graph's mail).
+            Some(email) if identity.unverified_email.as_deref() == Some(expected.as_str()) => {
+                return Err(SignInFailure::new(
+                    Reason::EmailUnverified,
+                    format!(
+                        "the address is one the account carries, but the provider vouches only \
+                         for {}",
+                        audit::mask_email(email)
+                    ),
+                ))
             }
             Some(email) => {
                 return Err(SignInFailure::new(
@@ -395,6 +408,7 @@ mod tests {
             subject: subject.into(),
             email: email.map(String::from),
             email_verified: verified,
+            unverified_email: None,
             tenant: None,
         }
     }
@@ -435,6 +449,24 @@ mod tests {
         );
         assert_eq!(
             reason(&both, &identity("5830144", Some("bob@example.com"), true)),
+            Some(Reason::EmailMismatch)
+        );
+        // A verified address and another, unverified one: only the verified one matches.
+        let two = Identity {
+            unverified_email: Some("ana@example.com".into()),
+            ..identity("1", Some("x@vouched.example"), true)
+        };
+        assert_eq!(
+            reason(&by_email, &two),
+            Some(Reason::EmailUnverified),
+            "an address the provider does not vouch for matched"
+        );
+        assert_eq!(
+            reason(&session(Some("X@Vouched.example"), None), &two),
+            None
+        );
+        assert_eq!(
+            reason(&session(Some("carol@example.com"), None), &two),
             Some(Reason::EmailMismatch)
         );
     }
