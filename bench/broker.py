@@ -31,14 +31,17 @@ def create(conn):
 
 
 def oauth_state(conn, session):
+    """Opens the link as the person's browser: the OAuth state, the nonce, and the binding
+    cookie the callback must bring back."""
     path = urllib.parse.urlsplit(session["login_url"]).path
     conn.request("GET", path)
     r = conn.getresponse()
     r.read()
     location = r.getheader("Location")
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    cookie = r.getheader("Set-Cookie").split(";")[0]
     # The nonce rides in the code to bench/slow_idp.py, which puts it in the id_token.
-    return query["state"][0], query["nonce"][0]
+    return query["state"][0], query["nonce"][0], cookie
 
 
 def stuck(port, n):
@@ -46,10 +49,11 @@ def stuck(port, n):
     states = [oauth_state(conn, create(conn)) for _ in range(n)]
     statuses = []
 
-    def sign_in(state_nonce):
-        state, nonce = state_nonce
+    def sign_in(opened):
+        state, nonce, cookie = opened
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("GET", f"/m365/callback?code=bench.{urllib.parse.quote(nonce)}&state={urllib.parse.quote(state)}")
+        c.request("GET", f"/m365/callback?code=bench.{urllib.parse.quote(nonce)}&state={urllib.parse.quote(state)}",
+                  headers={"Cookie": cookie})
         r = c.getresponse()
         r.read()
         statuses.append(r.status)

@@ -238,8 +238,11 @@ def broker_delays(bin_path, receiver, n):
         r.read()
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(r.getheader("Location")).query)
         state, nonce = query["state"][0], query["nonce"][0]
+        # The browser binding: the callback brings the link's cookie back.
+        cookie = r.getheader("Set-Cookie").split(";")[0]
         # The nonce rides in the code to bench/slow_idp.py, which puts it in the id_token.
-        conn.request("GET", f"/m365/callback?code=bench.{urllib.parse.quote(nonce)}&state={urllib.parse.quote(state)}")
+        conn.request("GET", f"/m365/callback?code=bench.{urllib.parse.quote(nonce)}&state={urllib.parse.quote(state)}",
+                     headers={"Cookie": cookie})
         r = conn.getresponse()
         r.read()
         done = time.perf_counter()

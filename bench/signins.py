@@ -101,6 +101,8 @@ class Client:
         link = urllib.parse.urlsplit(session["login_url"])
         r = self.request("link", "relay", "GET", link.path)
         self.expect("link", r, 302)
+        # The browser binding: the callback must bring the link's cookie back.
+        cookie = (r.getheader("Set-Cookie") or "").split(";")[0]
         authorize = urllib.parse.urlsplit(r.getheader("Location", ""))
         addr = (authorize.hostname, authorize.port)
         if addr != self.idp_addr:
@@ -112,11 +114,11 @@ class Client:
         callback = urllib.parse.urlsplit(r.getheader("Location", ""))
         if callback.port != self.port or not callback.path.startswith("/login/"):
             raise StepFailed("authorize", f"redirected to {r.getheader('Location')!r}")
-        return session["state"], f"{callback.path}?{callback.query}"
+        return session["state"], f"{callback.path}?{callback.query}", cookie
 
-    def finish(self, handle, callback):
+    def finish(self, handle, callback, cookie):
         """Callback and token."""
-        r = self.request("callback", "relay", "GET", callback)
+        r = self.request("callback", "relay", "GET", callback, None, {"Cookie": cookie})
         self.expect("callback", r, 200)
         r = self.request("token", "relay", "GET", f"/token/{handle}", None, TOKEN_HEADERS)
         self.expect("token", r, 200)

@@ -204,6 +204,10 @@ pub enum Reason {
     StateExpired,
     /// The OAuth state was used already.
     StateReused,
+    /// The callback came from a browser that did not open the link (no binding cookie, or a
+    /// wrong one): nothing was taken or changed, the person is asked to open the link again in
+    /// the browser they sign in with. Never a session's outcome.
+    BrowserMismatch,
     LinkUnknown,
     LinkExpired,
     /// The link's sign-in failed; a new link is needed.
@@ -230,7 +234,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::AccessDenied,
         Reason::EmailMismatch,
         Reason::SubjectMismatch,
@@ -241,6 +245,7 @@ impl Reason {
         Reason::StateUnknown,
         Reason::StateExpired,
         Reason::StateReused,
+        Reason::BrowserMismatch,
         Reason::LinkUnknown,
         Reason::LinkExpired,
         Reason::LinkUsed,
@@ -268,6 +273,7 @@ impl Reason {
             Reason::StateUnknown => "state_unknown",
             Reason::StateExpired => "state_expired",
             Reason::StateReused => "state_reused",
+            Reason::BrowserMismatch => "browser_mismatch",
             Reason::LinkUnknown => "link_unknown",
             Reason::LinkExpired => "link_expired",
             Reason::LinkUsed => "link_used",
@@ -297,7 +303,8 @@ impl Reason {
             | Reason::SubjectMismatch
             | Reason::EmailUnverified
             | Reason::TenantMismatch
-            | Reason::HostedDomainMismatch => 403,
+            | Reason::HostedDomainMismatch
+            | Reason::BrowserMismatch => 403,
             Reason::StateMissing | Reason::StateUnknown | Reason::LinkUnknown => 404,
             Reason::StateExpired | Reason::LinkExpired => 410,
             Reason::StateReused | Reason::LinkUsed => 409,

@@ -111,11 +111,6 @@ pub fn render(app: &App) -> Result<Response, Error> {
                 load(&c.gave_up),
             ),
             (
-                "dropped",
-                "Completion events dropped, oldest first, at OAUTH_RELAY_WEBHOOK_MAX_QUEUE.",
-                load(&c.dropped),
-            ),
-            (
                 "enqueue_failed",
                 "Completion events lost because the outbox did not answer.",
                 load(&c.enqueue_failed),
@@ -136,6 +131,19 @@ pub fn render(app: &App) -> Result<Response, Error> {
                 "Completion events waiting in the outbox (shared by all replicas on Redis).",
                 n,
             );
+        }
+        // Labelled, so written here (the closure above holds `out` until its last use).
+        let name = "oauth_relay_webhook_events_dropped_total";
+        let help = "Completion events dropped at OAUTH_RELAY_WEBHOOK_MAX_QUEUE, by class: \
+            unregistered (callbacks of relay states nobody registered, which anyone can make: \
+            dropped first) and registered (broker sign-ins, registered states: the oldest, only \
+            when no unregistered one is left).";
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+        for (class, counter) in [
+            ("registered", &c.dropped_registered),
+            ("unregistered", &c.dropped_unregistered),
+        ] {
+            let _ = writeln!(out, "{name}{{class=\"{class}\"}} {}", load(counter));
         }
     }
     Ok(Response::text(200, "text/plain; version=0.0.4", out))

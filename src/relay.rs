@@ -83,7 +83,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         .store
         .put_callback(callback, app.config.require_registered_state)?
     {
-        Put::Stored => {
+        stored @ (Put::Stored | Put::StoredRegistered) => {
             // The fields (a hash among them) are built only when the line is written.
             if logging::enabled(logging::Level::Info) {
                 logging::info(
@@ -92,7 +92,8 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                 );
             }
             app.notify("relay", &state);
-            crate::events::callback_received(app, &state, has_code, error.as_deref());
+            let registered = stored == Put::StoredRegistered;
+            crate::events::callback_received(app, &state, has_code, error.as_deref(), registered);
         }
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}

@@ -83,6 +83,35 @@ impl std::fmt::Debug for RetrievalHash {
     }
 }
 
+/// SHA-256 of the value of a browser-binding cookie (`broker/binding.rs`): all a broker session
+/// keeps of the browsers that opened its link, so the store never holds a cookie a callback
+/// could present. Comparison is constant-time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BindingHash([u8; 32]);
+
+impl BindingHash {
+    pub fn of_value(value: &str) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest(&SHA256, value.as_bytes()).as_ref());
+        BindingHash(out)
+    }
+
+    /// Compares in constant time.
+    pub fn matches(&self, other: &BindingHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BindingHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindingHash([redacted])")
+    }
+}
+
 /// The first 6 bytes of SHA-256, in hex: enough to correlate log lines about one state,
 /// useless for reconstructing a random state or guessing it.
 pub fn short_hash(value: &str) -> String {

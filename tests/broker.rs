@@ -573,6 +573,57 @@ fn without_a_pinned_tenant_an_email_counts_only_when_its_domain_owner_is_verifie
     assert_eq!(t["subject"], format!("{OTHER_TENANT}/{oid}"));
 }
 
+/// Issue 13, item 9: `xms_edov` vouches for the id_token's `email` claim, not for Graph's `mail`
+/// (which a tenant admin sets to anything). When the two differ, only the id_token's address is
+/// verified: an expected e-mail equal to Graph's `mail` fails closed as unverified, one equal to
+/// the vouched address succeeds.
+#[test]
+fn xms_edov_vouches_for_the_id_tokens_email_not_for_graphs_mail() {
+    const VOUCHED: &str = "ana.x@vouched.example";
+    let s = setup(
+        |c| {
+            c.user_tid = Some(OTHER_TENANT.into());
+            c.xms_edov = Some(true);
+            c.user_mail = Some(EMAIL.into());
+            c.user_email_claim = Some(VOUCHED.into());
+        },
+        &[("WK_M365_TENANT_ID", "organizations")],
+    );
+    // Graph's mail is the expected address: not verified, whatever xms_edov says.
+    let session = s.session();
+    let page = s.sign_in(&session);
+    s.broker.assert_failed(
+        &session,
+        &page,
+        "email_unverified",
+        403,
+        "does not confirm that the address belongs to it",
+    );
+    let line = s.broker.audit_line(&session, "callback_failed");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("vouches only for a***@vouched.example"),
+        "{line}"
+    );
+    // Without a pinned tenant the broker asks for the `email` scope: the claim xms_edov is about.
+    let scope = fake::param(&s.fake.authorize_requests()[0], "scope")
+        .unwrap()
+        .to_string();
+    assert!(scope.split(' ').any(|x| x == "email"), "{scope}");
+    // The vouched address is the expected one: connected, and that is the e-mail reported.
+    let session = s.create(json!({ "expected_email": VOUCHED })).json();
+    let page = s.sign_in(&session);
+    let t = s
+        .broker
+        .assert_connected(&session, &page, "Microsoft 365 connected (read-only)");
+    assert_eq!(
+        (t["email"].as_str(), t["email_verified"].as_bool()),
+        (Some(VOUCHED), Some(true))
+    );
+}
+
 #[test]
 fn the_subject_is_the_tenant_and_object_id() {
     let s = setup(|_| {}, &[]);

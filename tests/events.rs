@@ -193,6 +193,15 @@ fn a_relay_callback_sends_one_signed_event_without_the_code() {
 /// A fake Microsoft and a broker sending events to `receiver` (the set-up of tests/broker.rs,
 /// reduced to what events need).
 fn broker(receiver: &Receiver, tweak: impl FnOnce(&mut FakeConfig)) -> (FakeMicrosoft, Relay) {
+    broker_with(receiver, tweak, &[])
+}
+
+/// `broker` with `extra` settings.
+fn broker_with(
+    receiver: &Receiver,
+    tweak: impl FnOnce(&mut FakeConfig),
+    extra: &[(&str, &str)],
+) -> (FakeMicrosoft, Relay) {
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let mut cfg = FakeConfig {
@@ -202,7 +211,7 @@ fn broker(receiver: &Receiver, tweak: impl FnOnce(&mut FakeConfig)) -> (FakeMicr
     tweak(&mut cfg);
     let fake = FakeMicrosoft::start_with(cfg.clone());
     let base = fake.base_url();
-    let mut env = webhook_env(receiver, &[]);
+    let mut env = webhook_env(receiver, extra);
     for (k, v) in [
         ("WK_PUBLIC_BASE_URL", public.as_str()),
         ("WK_M365_CLIENT_ID", cfg.client_id.as_str()),
@@ -375,7 +384,10 @@ fn past_the_queue_bound_the_oldest_events_are_dropped() {
         );
     }
     assert_eq!(
-        metric(&relay, "oauth_relay_webhook_events_dropped_total"),
+        metric(
+            &relay,
+            "oauth_relay_webhook_events_dropped_total{class=\"unregistered\"}"
+        ),
         3
     );
     relay.wait_for_log("\"webhook_dropped\"");
@@ -393,6 +405,105 @@ fn past_the_queue_bound_the_oldest_events_are_dropped() {
     eventually("an empty queue", || {
         (metric(&relay, "oauth_relay_webhook_queue_length") == 0).then_some(())
     });
+}
+
+const API_TOKEN: &str = "api-token-0123456789abcdef";
+
+/// Issue 13, item 7: while the receiver is down, a flood of callbacks for states nobody
+/// registered (anyone can send those) fills the small outbox; a broker sign-in and a registered
+/// state's callback that come in the middle of the flood still get their events out when the
+/// receiver is back, the junk is dropped (and counted as such), and the queue stays bounded.
+fn strangers_cannot_evict_real_events(relay: &Relay, receiver: &Receiver, max_queue: usize) {
+    let auth = format!("Bearer {API_TOKEN}");
+    let registered = relay.request(
+        "POST",
+        "/api/states",
+        &[("Authorization", &auth)],
+        json!({ "state": "st-registered-1" }).to_string().as_bytes(),
+    );
+    assert_eq!(registered.status, 201, "{}", registered.text());
+    let flood = |from: usize| {
+        for i in from..from + 40 {
+            let path = format!("/callback?code=junk&state=st-junk-{i}");
+            assert_eq!(relay.get(&path).status, 200);
+        }
+    };
+    flood(0);
+    let (session, status) = sign_in(relay);
+    assert_eq!(status, 200);
+    let registered_callback = relay.get("/callback?code=c&state=st-registered-1");
+    assert_eq!(registered_callback.status, 200);
+    flood(40);
+    // Every junk event past the bound was dropped, none of the others.
+    let dropped = |class: &str| {
+        metric(
+            relay,
+            &format!("oauth_relay_webhook_events_dropped_total{{class=\"{class}\"}}"),
+        )
+    };
+    assert_eq!(dropped("registered"), 0);
+    assert!(
+        dropped("unregistered") >= (80 - max_queue) as u64,
+        "{} unregistered events dropped",
+        dropped("unregistered")
+    );
+    relay.wait_for_log("\"webhook_dropped\"");
+    receiver.up();
+    let handle = session["state"].as_str().unwrap();
+    let signed_in = eventually("the sign-in's event", || {
+        Some(events_for(receiver, handle)).filter(|e| !e.is_empty())
+    });
+    assert_eq!(signed_in[0]["type"], "broker.sign_in_succeeded");
+    let callback = eventually("the registered state's event", || {
+        Some(events_for(receiver, "st-registered-1")).filter(|e| !e.is_empty())
+    });
+    assert_eq!(callback[0]["data"]["status"], "succeeded");
+    eventually("an empty queue", || {
+        (metric(relay, "oauth_relay_webhook_queue_length") == 0).then_some(())
+    });
+    // What junk got through is what the bound let stay (an attempt under way when its event
+    // was dropped may finish too).
+    let junk = receiver
+        .accepted()
+        .iter()
+        .filter(|a| a.json()["type"] == "relay.callback_received")
+        .count()
+        - 1;
+    assert!(junk <= max_queue, "{junk} junk events delivered");
+}
+
+#[test]
+fn strangers_callbacks_cannot_evict_real_events_from_the_memory_outbox() {
+    let receiver = Receiver::down(&test_secret());
+    let (_fake, relay) = broker_with(
+        &receiver,
+        |_| {},
+        &[
+            ("OAUTH_RELAY_WEBHOOK_MAX_QUEUE", "6"),
+            ("OAUTH_RELAY_WEBHOOK_WORKERS", "1"),
+            ("OAUTH_RELAY_API_TOKEN", API_TOKEN),
+        ],
+    );
+    strangers_cannot_evict_real_events(&relay, &receiver, 6);
+}
+
+#[test]
+fn strangers_callbacks_cannot_evict_real_events_from_the_redis_outbox() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::down(&test_secret());
+    let url = redis.url();
+    let (_fake, relay) = broker_with(
+        &receiver,
+        |_| {},
+        &[
+            ("OAUTH_RELAY_WEBHOOK_MAX_QUEUE", "6"),
+            ("OAUTH_RELAY_WEBHOOK_WORKERS", "1"),
+            ("OAUTH_RELAY_API_TOKEN", API_TOKEN),
+            ("OAUTH_RELAY_REDIS_URL", &url),
+            ("OAUTH_RELAY_ENCRYPTION_KEY", KEY),
+        ],
+    );
+    strangers_cannot_evict_real_events(&relay, &receiver, 6);
 }
 
 #[test]

@@ -417,6 +417,9 @@ fn broker_flows(api: &Api) {
     let location = api.get(&start).header("Location").unwrap().to_string();
     let oauth_state = query_param(&location, "state");
     let cancelled = format!("/m365/callback?state={oauth_state}&error=access_denied");
+    // From another browser (not the link's binding cookie): 403, and nothing is taken.
+    let elsewhere = [("Cookie", "__Host-oauth-relay-000000000000=elsewhere")];
+    assert_eq!(api.get_with(&cancelled, &elsewhere).status, 403);
     assert_eq!(api.get(&cancelled).status, 200);
     assert_eq!(api.get(&cancelled).status, 409, "the state is used up");
     let failed = api.get_with(&format!("/status/{handle}"), &auth).json();

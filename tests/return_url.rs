@@ -192,6 +192,56 @@ fn invalid_allowed_origins_stop_start_up() {
     }
 }
 
+/// Issue 13, item 10: a port must be a number a browser reads the same way (at most 65535,
+/// digits only). `http::Uri` let `:99999` (no port at all, so the default) and `:+443` (443)
+/// through, so such a URL passed as the allowed origin.
+#[test]
+fn ports_that_are_not_numbers_are_refused_in_urls_and_at_start_up() {
+    let s = setup(Some("https://chat.example.com"), |_| {});
+    for url in [
+        "https://chat.example.com:99999/c/42",
+        "https://chat.example.com:65536/",
+        "https://chat.example.com:+443/c/42",
+        "https://chat.example.com:-443/",
+        "https://chat.example.com:443abc/",
+        "https://chat.example.com:0x1bb/",
+        "https://chat.example.com:443:443/",
+    ] {
+        for path in ["/m365/sessions", "/sessions"] {
+            let body = json!({ "provider": "m365", "expected_email": EMAIL, "return_url": url });
+            let res = s.create(path, body);
+            assert_eq!(res.status, 400, "{path} {url}: {}", res.text());
+            assert!(res.text().contains("return_url"), "{}", res.text());
+        }
+    }
+    // The same origin with its port spelled as a number still passes.
+    let body =
+        json!({ "expected_email": EMAIL, "return_url": "https://chat.example.com:443/c/42" });
+    assert_eq!(s.create("/m365/sessions", body).status, 200);
+    for origins in [
+        "https://chat.example.com:99999",
+        "https://chat.example.com:+443",
+        "https://chat.example.com,https://teams.example.com:65536",
+        "http://127.0.0.1:+9",
+    ] {
+        let env: Vec<(String, String)> = [
+            ("OAUTH_RELAY_PUBLIC_URL", "https://relay.example.com"),
+            ("OAUTH_RELAY_BROKER_TOKEN", BROKER_TOKEN),
+            ("WK_M365_CLIENT_ID", "client"),
+            ("OAUTH_RELAY_RETURN_URL_ORIGINS", origins),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let stderr = start_up_fails(&env);
+        assert!(
+            stderr.contains("OAUTH_RELAY_RETURN_URL_ORIGINS")
+                && stderr.contains("is not an origin"),
+            "{origins}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_success_page_links_back_in_the_persons_language() {
     let s = setup(Some(CHAT), |_| {});

@@ -5,12 +5,12 @@ mod support;
 
 use oauth_relay::config::RedisConfig;
 use oauth_relay::keyring::Keyring;
-use oauth_relay::secret::{RetrievalHash, Secret};
+use oauth_relay::secret::{BindingHash, RetrievalHash, Secret};
 use oauth_relay::store::memory::MemoryStore;
 use oauth_relay::store::redis::RedisStore;
 use oauth_relay::store::{
     Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, Take, TokenTake,
-    Tokens,
+    Tokens, MAX_BROWSERS,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,8 +106,12 @@ fn bounded(new: Factory) {
         s.register_state("d", Duration::from_secs(60)).unwrap(),
         Register::Full
     );
-    // A registered state may still receive its callback at the cap.
-    assert_eq!(s.put_callback(cb("b", "1"), false).unwrap(), Put::Stored);
+    // A registered state may still receive its callback at the cap (and is told apart from an
+    // unregistered one: anyone can make those).
+    assert_eq!(
+        s.put_callback(cb("b", "1"), false).unwrap(),
+        Put::StoredRegistered
+    );
     assert!(matches!(s.take_callback("a").unwrap(), Take::Taken(_)));
     assert_eq!(s.put_callback(cb("c", "1"), false).unwrap(), Put::Stored);
 }
@@ -129,7 +133,10 @@ fn registration(new: Factory) {
     assert!(!s.has_callback("r").unwrap());
     assert_eq!(s.take_callback("r").unwrap(), Take::Missing);
     assert_eq!(s.active_callbacks().unwrap(), 0);
-    assert_eq!(s.put_callback(cb("r", "1"), true).unwrap(), Put::Stored);
+    assert_eq!(
+        s.put_callback(cb("r", "1"), true).unwrap(),
+        Put::StoredRegistered
+    );
     assert_eq!(s.active_callbacks().unwrap(), 1);
 }
 
@@ -179,6 +186,80 @@ fn session(n: usize, ttl: Duration) -> Session {
     }
 }
 
+/// A browser opens session `n`'s link: the hash of the binding cookie it was given.
+fn open_link(s: &dyn Store, n: usize) -> BindingHash {
+    static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nth = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let browser = BindingHash::of_value(&format!("cookie-{n}-{nth}"));
+    s.bind_browser(&format!("handle-{n}"), &browser).unwrap();
+    browser
+}
+
+/// Only a browser that opened the link takes the OAuth state; any other callback (no cookie,
+/// a wrong one, one forgotten past the bound) takes nothing, so the person can still finish.
+fn browsers_are_bound(new: Factory) {
+    let ttl = Duration::from_secs(60);
+    let s = new(ttl, 100);
+    assert!(s.create_session(session(1, ttl)).unwrap());
+    let stranger = BindingHash::of_value("a-guess");
+    for _ in 0..3 {
+        assert_eq!(
+            s.take_oauth_state("ostate-1", None).unwrap(),
+            StateTake::OtherBrowser
+        );
+        assert_eq!(
+            s.take_oauth_state("ostate-1", Some(&stranger)).unwrap(),
+            StateTake::OtherBrowser,
+            "before any browser opened the link"
+        );
+    }
+    let phone = open_link(&*s, 1);
+    let laptop = open_link(&*s, 1);
+    assert_eq!(
+        s.take_oauth_state("ostate-1", Some(&stranger)).unwrap(),
+        StateTake::OtherBrowser
+    );
+    assert_eq!(
+        s.take_oauth_state("ostate-1", None).unwrap(),
+        StateTake::OtherBrowser
+    );
+    assert_eq!(
+        s.session_status("handle-1").unwrap().unwrap().1,
+        SessionStatus::Pending
+    );
+    match s.take_oauth_state("ostate-1", Some(&phone)).unwrap() {
+        StateTake::Taken(taken) => assert_eq!(taken.verifier.expose(), "verifier-1"),
+        other => panic!("{other:?}"),
+    }
+    // Used up, whoever asks; a binding after that changes nothing.
+    s.bind_browser("handle-1", &stranger).unwrap();
+    for browser in [Some(&laptop), Some(&stranger), None] {
+        assert_eq!(
+            s.take_oauth_state("ostate-1", browser).unwrap(),
+            StateTake::Reused(SessionStatus::Pending)
+        );
+    }
+    // Unknown states are unknown to anyone.
+    assert_eq!(
+        s.take_oauth_state("nope", None).unwrap(),
+        StateTake::Unknown
+    );
+    // The newest MAX_BROWSERS are remembered.
+    assert!(s.create_session(session(2, ttl)).unwrap());
+    let browsers: Vec<BindingHash> = (0..=MAX_BROWSERS).map(|_| open_link(&*s, 2)).collect();
+    assert_eq!(
+        s.take_oauth_state("ostate-2", Some(&browsers[0])).unwrap(),
+        StateTake::OtherBrowser,
+        "the oldest browser was kept past the bound"
+    );
+    assert!(matches!(
+        s.take_oauth_state("ostate-2", Some(&browsers[1])).unwrap(),
+        StateTake::Taken(_)
+    ));
+    // Binding a session that does not exist is no error, and binds nothing.
+    s.bind_browser("handle-none", &stranger).unwrap();
+}
+
 /// A session's return URL comes back with its link (for the page) and with its state (for the
 /// success page), exactly as stored, on any replica; a session without one has none.
 fn return_urls_round_trip(new: Factory) {
@@ -195,7 +276,8 @@ fn return_urls_round_trip(new: Factory) {
     assert_eq!(by_link.return_url.as_deref(), Some(url));
     let (by_handle, _) = s.session_status("handle-7").unwrap().unwrap();
     assert_eq!(by_handle.return_url.as_deref(), Some(url));
-    match s.take_oauth_state("ostate-7").unwrap() {
+    let browser = open_link(&*s, 7);
+    match s.take_oauth_state("ostate-7", Some(&browser)).unwrap() {
         StateTake::Taken(taken) => assert_eq!(taken.return_url.as_deref(), Some(url)),
         other => panic!("{other:?}"),
     }
@@ -232,10 +314,14 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
     // The link needs the verifier to compute the PKCE challenge, on any replica.
     assert_eq!(by_link.verifier.expose(), "verifier-1");
     assert!(s.session_by_link("link-x").unwrap().is_none());
-    assert_eq!(s.take_oauth_state("nope").unwrap(), StateTake::Unknown);
+    assert_eq!(
+        s.take_oauth_state("nope", None).unwrap(),
+        StateTake::Unknown
+    );
+    let browser = open_link(&*s, 1);
     let takes: Vec<StateTake> = std::thread::scope(|scope| {
         (0..8)
-            .map(|_| scope.spawn(|| s.take_oauth_state("ostate-1").unwrap()))
+            .map(|_| scope.spawn(|| s.take_oauth_state("ostate-1", Some(&browser)).unwrap()))
             .collect::<Vec<_>>()
             .into_iter()
             .map(|h| h.join().unwrap())
@@ -267,7 +353,7 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
         SessionStatus::Ready
     );
     assert_eq!(
-        s.take_oauth_state("ostate-1").unwrap(),
+        s.take_oauth_state("ostate-1", Some(&browser)).unwrap(),
         StateTake::Reused(SessionStatus::Ready)
     );
     let got: Vec<TokenTake> = std::thread::scope(|scope| {
@@ -293,8 +379,9 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
     );
 
     assert!(s.create_session(session(2, ttl)).unwrap());
+    let browser = open_link(&*s, 2);
     assert!(matches!(
-        s.take_oauth_state("ostate-2").unwrap(),
+        s.take_oauth_state("ostate-2", Some(&browser)).unwrap(),
         StateTake::Taken(_)
     ));
     s.finish_session("handle-2", Err("email_mismatch".into()))
@@ -312,6 +399,7 @@ fn sessions_expire_and_are_bounded(new: Factory) {
     assert!(s
         .create_session(session(1, Duration::from_millis(100)))
         .unwrap());
+    let browser = open_link(&*s, 1);
     assert!(s.create_session(session(2, ttl)).unwrap());
     assert!(
         !s.create_session(session(3, ttl)).unwrap(),
@@ -319,10 +407,12 @@ fn sessions_expire_and_are_bounded(new: Factory) {
     );
     std::thread::sleep(Duration::from_millis(200));
     // Expired but remembered: the person is told it expired, not that it never existed.
-    assert!(matches!(
-        s.take_oauth_state("ostate-1").unwrap(),
-        StateTake::Expired | StateTake::Unknown
-    ));
+    for browser in [Some(&browser), None] {
+        assert!(matches!(
+            s.take_oauth_state("ostate-1", browser).unwrap(),
+            StateTake::Expired | StateTake::Unknown
+        ));
+    }
     assert!(s.session_status("handle-1").unwrap().is_none());
     assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::NotFound);
 }
@@ -377,7 +467,7 @@ fn retrieval_secrets(new: Factory) {
     }
     assert_eq!(
         s.put_callback(cb("g", "the code"), true).unwrap(),
-        Put::Stored
+        Put::StoredRegistered
     );
     for proof in &others {
         assert!(!s.has_callback_for("g", proof).unwrap(), "{proof:?}");
@@ -489,7 +579,10 @@ fn retrieval_secrets_are_bounded_and_expire(new: Factory) {
         .then_some(())
     });
     // What replaced it is unguarded: the expired hash is gone with its registration.
-    assert_eq!(s.put_callback(cb("short", "1"), true).unwrap(), Put::Stored);
+    assert_eq!(
+        s.put_callback(cb("short", "1"), true).unwrap(),
+        Put::StoredRegistered
+    );
     assert!(matches!(s.take_callback("short").unwrap(), Take::Taken(_)));
 }
 
@@ -499,6 +592,7 @@ fn run_suite(new: Factory) {
     retrieval_secrets_are_bounded_and_expire(new);
     sessions_state_and_tokens_are_taken_once(new);
     sessions_expire_and_are_bounded(new);
+    browsers_are_bound(new);
     return_urls_round_trip(new);
     first_callback_wins(new);
     taken_once(new);
@@ -576,6 +670,12 @@ fn redis_holds_nothing_usable_in_the_clear() {
         s.take_callback_by("STATE-guarded-6", &holder).unwrap(),
         Take::Taken(_)
     ));
+    // A browser bound to a session: Redis keeps a keyed MAC of its cookie's hash, not the hash.
+    assert!(s
+        .create_session(session(1, Duration::from_secs(60)))
+        .unwrap());
+    let browser = BindingHash::of_value("COOKIE-value");
+    s.bind_browser("handle-1", &browser).unwrap();
     let dump = server.dump();
     assert!(!dump.is_empty());
     let encoded = hash.encode();
@@ -588,6 +688,7 @@ fn redis_holds_nothing_usable_in_the_clear() {
         &hash.as_bytes()[..],
         &hash.as_bytes()[..8],
         encoded.as_bytes(),
+        &browser.as_bytes()[..8],
     ] {
         assert!(
             !dump.windows(needle.len()).any(|w| w == needle),

@@ -1,11 +1,11 @@
 //! The person's side of the broker: the login link (`GET /login/{link}`, or a provider's own
-//! link path) sends the browser to the session's provider, and the provider's callback
-//! (`GET /login/{provider}/callback`, or its own path) takes the OAuth state once, checks the
-//! response's issuer, redeems the code on the blocking pool, checks the account and shows the
-//! result.
+//! link path) binds the browser (`binding.rs`) and sends it to the session's provider, and the
+//! provider's callback (`GET /login/{provider}/callback`, or its own path) takes the OAuth state
+//! once, for a browser that opened the link, checks the response's issuer, redeems the code on
+//! the blocking pool, checks the account and shows the result.
 
 use super::pages::{self, Lang};
-use super::{broker, pkce_challenge, return_url, ExchangeSlot};
+use super::{binding, broker, pkce_challenge, return_url, ExchangeSlot};
 use crate::app::App;
 use crate::audit;
 use crate::error::{Error, Reason, SignInFailure};
@@ -18,8 +18,10 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// `GET /login/{link_id}`: redirects to the session's provider. Opening it does not use it up
-/// (chat apps fetch links to draw previews, some with `HEAD`).
+/// `GET /login/{link_id}`: binds this browser to the session (a cookie, see `binding.rs`) and
+/// redirects to the session's provider. Opening it does not use it up (chat apps fetch links to
+/// draw previews); `HEAD` (how some preview bots ask) gets the same redirect without a binding
+/// and writes nothing.
 pub fn start(app: &App, req: &HttpRequest, raw_link: &str) -> Result<Response, Error> {
     let broker = broker(app)?;
     let lang = Lang::from_accept_language(req.header("accept-language"));
@@ -43,12 +45,23 @@ pub fn start(app: &App, req: &HttpRequest, raw_link: &str) -> Result<Response, E
         }
         SessionStatus::Failed(_) => return Ok(pages::failure(lang, Reason::LinkUsed, display)),
     }
-    audit::record(
-        "link_opened",
-        Some(&session.handle),
-        session.expected_email.as_deref(),
-        json!({ "provider": provider.name() }),
-    );
+    let cookie = if req.method == "HEAD" {
+        None
+    } else {
+        let lifetime = session
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let (cookie, browser) = binding::issue(&session.oauth_state, lifetime);
+        app.store.bind_browser(&session.handle, &browser)?;
+        audit::record(
+            "link_opened",
+            Some(&session.handle),
+            session.expected_email.as_deref(),
+            json!({ "provider": provider.name() }),
+        );
+        Some(cookie)
+    };
     let url = provider.authorize_url(&AuthorizeRequest {
         state: &session.oauth_state,
         code_challenge: &pkce_challenge(&session.verifier),
@@ -59,14 +72,18 @@ pub fn start(app: &App, req: &HttpRequest, raw_link: &str) -> Result<Response, E
     });
     let title = format!("{display} sign-in");
     let heading = format!("Opening {display} sign-in…");
-    Ok(
-        Response::html(302, crate::pages::page(&title, &heading, &[], true))
-            .with_header("Location", url),
-    )
+    let response = Response::html(302, crate::pages::page(&title, &heading, &[], true))
+        .with_header("Location", url);
+    Ok(match cookie {
+        Some(cookie) => response.with_header("Set-Cookie", cookie),
+        None => response,
+    })
 }
 
-/// `GET /login/{provider}/callback`: takes the OAuth state once, then redeems the code on the
-/// blocking pool. `provider_name` is the provider whose callback this is.
+/// `GET /login/{provider}/callback`: takes the OAuth state once, for a browser that opened the
+/// link, then redeems the code on the blocking pool. `provider_name` is the provider whose
+/// callback this is. Any other browser's callback (a stranger who saw the state) changes
+/// nothing: the person may still finish.
 pub fn callback(app: &Arc<App>, req: &HttpRequest, provider_name: &str) -> Result<Reply, Error> {
     let broker = broker(app)?;
     let provider = broker
@@ -96,9 +113,24 @@ pub fn callback(app: &Arc<App>, req: &HttpRequest, provider_name: &str) -> Resul
             display,
         )));
     };
-    let session = match app.store.take_oauth_state(&state)? {
+    let browser = binding::presented(req, &state);
+    let session = match app.store.take_oauth_state(&state, browser.as_ref())? {
         StateTake::Taken(session) => session,
         StateTake::Unknown => return fail_early(Reason::StateUnknown),
+        StateTake::OtherBrowser => {
+            audit::record(
+                "callback_refused",
+                None,
+                None,
+                json!({ "reason": Reason::BrowserMismatch.code(), "state": short_hash(&state),
+                        "cookie": browser.is_some(), "provider": provider_name }),
+            );
+            return Ok(Reply::Now(pages::failure(
+                lang,
+                Reason::BrowserMismatch,
+                display,
+            )));
+        }
         StateTake::Expired => {
             audit::record(
                 "state_expired",
@@ -249,14 +281,27 @@ fn expected_account(session: &Session, identity: &Identity) -> Result<(), SignIn
         }
     }
     if let Some(expected) = &session.expected_email {
+        let expected = expected.to_lowercase();
         match &identity.email {
-            Some(email) if *email == expected.to_lowercase() => {
+            Some(email) if *email == expected => {
                 if !identity.email_verified {
                     return Err(SignInFailure::new(
                         Reason::EmailUnverified,
                         "the address matches, but the provider does not vouch for it",
                     ));
                 }
+            }
+            // The account carries the address, but what the provider vouches for is another
+            // (Microsoft's xms_edov speaks of the id_token's email, not Graph's mail).
+            Some(email) if identity.unverified_email.as_deref() == Some(expected.as_str()) => {
+                return Err(SignInFailure::new(
+                    Reason::EmailUnverified,
+                    format!(
+                        "the address is one the account carries, but the provider vouches only \
+                         for {}",
+                        audit::mask_email(email)
+                    ),
+                ))
             }
             Some(email) => {
                 return Err(SignInFailure::new(
@@ -275,7 +320,8 @@ fn expected_account(session: &Session, identity: &Identity) -> Result<(), SignIn
     Ok(())
 }
 
-/// Records the outcome, wakes waiting callers, audits, and picks the page.
+/// Records the outcome, wakes waiting callers, audits, and picks the page, which also clears the
+/// browser's binding cookie: the state it was for is used up.
 fn finish(
     app: &App,
     provider: &dyn Provider,
@@ -333,6 +379,7 @@ fn finish(
             pages::failure(lang, Reason::Unavailable, display)
         }
     }
+    .with_header("Set-Cookie", binding::clear(&session.oauth_state))
 }
 
 #[cfg(test)]
@@ -361,6 +408,7 @@ mod tests {
             subject: subject.into(),
             email: email.map(String::from),
             email_verified: verified,
+            unverified_email: None,
             tenant: None,
         }
     }
@@ -401,6 +449,24 @@ mod tests {
         );
         assert_eq!(
             reason(&both, &identity("5830144", Some("bob@example.com"), true)),
+            Some(Reason::EmailMismatch)
+        );
+        // A verified address and another, unverified one: only the verified one matches.
+        let two = Identity {
+            unverified_email: Some("ana@example.com".into()),
+            ..identity("1", Some("x@vouched.example"), true)
+        };
+        assert_eq!(
+            reason(&by_email, &two),
+            Some(Reason::EmailUnverified),
+            "an address the provider does not vouch for matched"
+        );
+        assert_eq!(
+            reason(&session(Some("X@Vouched.example"), None), &two),
+            None
+        );
+        assert_eq!(
+            reason(&session(Some("carol@example.com"), None), &two),
             Some(Reason::EmailMismatch)
         );
     }

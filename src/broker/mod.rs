@@ -4,9 +4,11 @@
 //! code, an audit line and a page the person understands.
 //!
 //! `sessions.rs` serves the caller (create, status, tokens), `login.rs` the person (the link and
-//! the provider's callback), `pages.rs` what the person reads. Providers are reached only through
+//! the provider's callback), `binding.rs` the cookie that ties a callback to the browser that
+//! opened the link, `pages.rs` what the person reads. Providers are reached only through
 //! the `Provider` trait.
 
+pub mod binding;
 pub mod login;
 pub mod pages;
 pub mod return_url;

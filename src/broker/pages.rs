@@ -123,6 +123,9 @@ pub fn failure(lang: Lang, reason: Reason, display: &str) -> Response {
         Reason::StateReused | Reason::LinkUsed => (
             ["This link was already used".into(), "This sign-in link has already been used. If you still need to connect, ask the assistant for a new link.".into()],
             ["Este link já foi usado".into(), "Este link de login já foi usado. Se ainda precisar conectar, peça um novo link ao assistente.".into()]),
+        Reason::BrowserMismatch => (
+            ["Open the link again in this browser".into(), format!("This {d} sign-in was started in another browser, or this browser no longer has its sign-in cookie, so nothing was connected. Open the sign-in link again in this same browser and sign in from here.")],
+            ["Abra o link de novo neste navegador".into(), format!("Este login da conta {d} foi iniciado em outro navegador, ou este navegador não tem mais o cookie do login, então nada foi conectado. Abra o link de login de novo neste mesmo navegador e entre por aqui.")]),
         Reason::Unavailable => (
             ["Please try again in a minute".into(), "The sign-in service is busy right now. Wait a minute and open the link again.".into()],
             ["Tente de novo em um minuto".into(), "O serviço de login está ocupado agora. Espere um minuto e abra o link de novo.".into()]),

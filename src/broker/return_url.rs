@@ -38,15 +38,15 @@ impl Origin {
             "http" => 80,
             _ => return None,
         };
-        let port = match authority.port() {
-            None => default,
-            Some(p) => {
-                if p.as_str().is_empty() {
-                    default
-                } else {
-                    p.as_u16()
-                }
-            }
+        // The port as written, after the host (`[::1]` keeps its colons inside the brackets):
+        // `http::Uri` lets through ports that are not numbers a browser accepts (`:99999`,
+        // `:+443`), and then reports no port at all, or 443.
+        let written = &authority.as_str()[authority.host().len()..];
+        let port = match written.strip_prefix(':') {
+            None if written.is_empty() => default,
+            Some("") => default,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+            _ => return None,
         };
         Some(Origin { scheme, host, port })
     }
@@ -169,12 +169,26 @@ mod tests {
         );
         assert_eq!(parse_origins("").unwrap(), []);
         assert_eq!(
+            parse_origins("http://[::1]:9").unwrap(),
+            [Origin {
+                scheme: "http".into(),
+                host: "[::1]".into(),
+                port: 9
+            }]
+        );
+        assert_eq!(
             parse_origins("https://a.example:443,https://a.example")
                 .unwrap()
                 .len(),
             1
         );
         for bad in [
+            "https://chat.example.com:99999",
+            "https://chat.example.com:65536",
+            "https://chat.example.com:+443",
+            "https://chat.example.com:443a",
+            "https://[::1]:+9",
+            "https://[::1]:99999",
             "http://chat.example.com",
             "https://chat.example.com/path",
             "https://chat.example.com?x",
@@ -199,6 +213,8 @@ mod tests {
             "https://chat.example.com/",
             "https://chat.example.com/c/123?x=1&y=2",
             "https://CHAT.example.com:443/#/room/!abc:example.com",
+            "https://chat.example.com:/empty-port-is-the-default",
+            "https://chat.example.com:000000443/leading-zeros",
             "https://teams.example.com:8443/l/chat",
             "http://127.0.0.1:9/back",
         ] {
@@ -226,6 +242,14 @@ mod tests {
             "chat.example.com/x",
             "https:chat.example.com/x",
             "https://chat.example.com:8443/",
+            "https://chat.example.com:99999/",
+            "https://chat.example.com:65979/",
+            "https://chat.example.com:+443/",
+            "https://chat.example.com:-443/",
+            "https://chat.example.com:443x/",
+            "https://chat.example.com:0x1bb/",
+            "https://chat.example.com:4 43/",
+            "https://chat.example.com:443:443/",
             "http://chat.example.com/",
             "https://teams.example.com/",
             "http://127.0.0.1:10/",

@@ -41,8 +41,9 @@ pub struct WebhookArgs {
     /// First retry delay in milliseconds; it doubles per attempt (with jitter), up to 5 minutes.
     #[arg(long, env = "OAUTH_RELAY_WEBHOOK_RETRY_BASE_MS", default_value_t = defaults::RETRY_BASE_MS)]
     pub webhook_retry_base_ms: u64,
-    /// Most undelivered events held (per replica in memory, shared in Redis); past it the oldest
-    /// is dropped for the newest (logged as webhook_dropped, counted in /metrics).
+    /// Most undelivered events held (per replica in memory, shared in Redis); past it events of
+    /// unregistered relay states (anyone can cause them) are dropped first, then the oldest
+    /// (logged as webhook_dropped, counted by class in /metrics).
     #[arg(long, env = "OAUTH_RELAY_WEBHOOK_MAX_QUEUE", default_value_t = defaults::MAX_QUEUE)]
     pub webhook_max_queue: usize,
     /// Delivery threads (each sends one event at a time).

@@ -1,8 +1,9 @@
-//! The in-process outbox of a single replica: events by age (the cap drops the oldest) and a
-//! due-time index, under one mutex; a condition variable wakes the delivery threads. Events do
-//! not outlive the process (with Redis they do, see redis_outbox.rs).
+//! The in-process outbox of a single replica: events by age, the unregistered ones also apart
+//! (the cap drops those first, see outbox.rs), and a due-time index, under one mutex; a
+//! condition variable wakes the delivery threads. Events do not outlive the process (with Redis
+//! they do, see redis_outbox.rs).
 
-use super::outbox::{Claimed, Outbox, OutboxError};
+use super::outbox::{Claimed, Class, Outbox, OutboxError, Pushed};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ struct Entry {
 struct Inner {
     /// By sequence number: the first is the oldest.
     entries: BTreeMap<u64, Entry>,
+    /// The sequence numbers of the unregistered events among them.
+    unregistered: BTreeSet<u64>,
     due: BTreeSet<(Instant, u64)>,
     next_seq: u64,
 }
@@ -49,19 +52,40 @@ fn seq_of(token: &str) -> Option<u64> {
     token.parse().ok()
 }
 
+impl Inner {
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.entries.remove(&seq)?;
+        if let Some(at) = e.due {
+            self.due.remove(&(at, seq));
+        }
+        self.unregistered.remove(&seq);
+        Some(e)
+    }
+}
+
 impl Outbox for MemoryOutbox {
-    fn push(&self, id: &str, body: &str, created_ms: u64) -> Result<usize, OutboxError> {
+    fn push(
+        &self,
+        id: &str,
+        body: &str,
+        created_ms: u64,
+        class: Class,
+    ) -> Result<Pushed, OutboxError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let mut dropped = 0;
+        let mut pushed = Pushed::default();
         while inner.entries.len() >= self.max {
-            let Some((seq, old)) = inner.entries.pop_first() else {
-                break;
-            };
-            if let Some(at) = old.due {
-                inner.due.remove(&(at, seq));
+            if let Some(&seq) = inner.unregistered.first() {
+                inner.remove(seq);
+                pushed.dropped_unregistered += 1;
+            } else if class == Class::Unregistered {
+                // Only registered events fill the outbox: they stay.
+                pushed.dropped_unregistered += 1;
+                return Ok(pushed);
+            } else if let Some(&seq) = inner.entries.keys().next() {
+                inner.remove(seq);
+                pushed.dropped_registered += 1;
             }
-            dropped += 1;
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -76,9 +100,13 @@ impl Outbox for MemoryOutbox {
             },
         );
         inner.due.insert((now, seq));
+        if class == Class::Unregistered {
+            inner.unregistered.insert(seq);
+        }
         drop(inner);
         self.wake.notify_one();
-        Ok(dropped)
+        pushed.queued = true;
+        Ok(pushed)
     }
 
     fn claim(&self) -> Result<Option<Claimed>, OutboxError> {
@@ -107,12 +135,7 @@ impl Outbox for MemoryOutbox {
 
     fn remove(&self, claim: &Claimed) -> Result<(), OutboxError> {
         if let Some(seq) = seq_of(&claim.token) {
-            let mut inner = self.lock();
-            if let Some(e) = inner.entries.remove(&seq) {
-                if let Some(at) = e.due {
-                    inner.due.remove(&(at, seq));
-                }
-            }
+            self.lock().remove(seq);
         }
         Ok(())
     }
@@ -161,11 +184,20 @@ impl Outbox for MemoryOutbox {
 mod tests {
     use super::*;
 
+    fn queued(dropped_registered: usize, dropped_unregistered: usize) -> Pushed {
+        Pushed {
+            queued: true,
+            dropped_registered,
+            dropped_unregistered,
+        }
+    }
+
     #[test]
     fn claims_in_order_retries_later_and_drops_the_oldest_at_the_cap() {
         let o = MemoryOutbox::new(3);
         for i in 0..3 {
-            assert_eq!(o.push(&format!("e{i}"), "{}", i).unwrap(), 0);
+            let pushed = o.push(&format!("e{i}"), "{}", i, Class::Registered);
+            assert_eq!(pushed.unwrap(), queued(0, 0));
         }
         let first = o.claim().unwrap().unwrap();
         assert_eq!((first.id.as_str(), first.attempts), ("e0", 0));
@@ -175,13 +207,70 @@ mod tests {
         o.remove(&second).unwrap();
         assert_eq!(o.count().unwrap(), 2);
         // e0 (waiting for its retry) is the oldest: the fifth event pushes it out.
-        assert_eq!(o.push("e3", "{}", 3).unwrap(), 0);
-        assert_eq!(o.push("e4", "{}", 4).unwrap(), 1);
+        assert_eq!(
+            o.push("e3", "{}", 3, Class::Registered).unwrap(),
+            queued(0, 0)
+        );
+        assert_eq!(
+            o.push("e4", "{}", 4, Class::Registered).unwrap(),
+            queued(1, 0)
+        );
         assert_eq!(o.count().unwrap(), 3);
         let ids: Vec<String> = std::iter::from_fn(|| o.claim().unwrap().map(|c| c.id)).collect();
         assert_eq!(ids, ["e2", "e3", "e4"]);
         // A lapsed claim changes nothing.
         o.reschedule(&first, Duration::ZERO).unwrap();
         assert!(o.claim().unwrap().is_none());
+    }
+
+    #[test]
+    fn unregistered_events_never_push_out_the_others() {
+        let o = MemoryOutbox::new(4);
+        let ids = |o: &MemoryOutbox| -> Vec<String> {
+            let inner = o.lock();
+            inner.entries.values().map(|e| e.id.clone()).collect()
+        };
+        // A flood of unregistered events fills the outbox, the newest kept.
+        for i in 0..10 {
+            let pushed = o.push(&format!("junk{i}"), "{}", i, Class::Unregistered);
+            assert_eq!(pushed.unwrap(), queued(0, usize::from(i >= 4)));
+        }
+        assert_eq!(ids(&o), ["junk6", "junk7", "junk8", "junk9"]);
+        // Registered events push the unregistered ones out, oldest first...
+        for i in 0..4 {
+            let pushed = o.push(&format!("real{i}"), "{}", 10 + i, Class::Registered);
+            assert_eq!(pushed.unwrap(), queued(0, 1));
+        }
+        assert_eq!(ids(&o), ["real0", "real1", "real2", "real3"]);
+        // ... and then no unregistered event gets in: it is dropped itself.
+        let refused = o.push("junk10", "{}", 20, Class::Unregistered).unwrap();
+        assert_eq!(
+            refused,
+            Pushed {
+                queued: false,
+                dropped_registered: 0,
+                dropped_unregistered: 1
+            }
+        );
+        assert_eq!(ids(&o), ["real0", "real1", "real2", "real3"]);
+        // Among registered events the oldest makes room, as before.
+        assert_eq!(
+            o.push("real4", "{}", 21, Class::Registered).unwrap(),
+            queued(1, 0)
+        );
+        assert_eq!(ids(&o), ["real1", "real2", "real3", "real4"]);
+        // A delivered event frees its place for anyone.
+        let claim = o.claim().unwrap().unwrap();
+        o.remove(&claim).unwrap();
+        assert_eq!(
+            o.push("junk11", "{}", 22, Class::Unregistered).unwrap(),
+            queued(0, 0)
+        );
+        assert_eq!(
+            o.push("real5", "{}", 23, Class::Registered).unwrap(),
+            queued(0, 1)
+        );
+        assert!(o.lock().unregistered.is_empty());
+        assert_eq!(o.count().unwrap(), 4);
     }
 }

@@ -19,7 +19,7 @@ pub mod signing;
 use crate::app::App;
 use crate::logging;
 use base64::Engine;
-use outbox::Outbox;
+use outbox::{Class, Outbox};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +36,9 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
     pub gave_up: AtomicU64,
-    pub dropped: AtomicU64,
+    /// Dropped at the queue bound, by class (see `outbox.rs`).
+    pub dropped_registered: AtomicU64,
+    pub dropped_unregistered: AtomicU64,
     pub enqueue_failed: AtomicU64,
     /// Events in the outbox at the delivery threads' last look; -1 when it did not answer.
     pub queue: AtomicI64,
@@ -93,9 +95,10 @@ impl Events {
         }
     }
 
-    /// Puts an event in the outbox. Never waits on the receiver; a failure to enqueue (Redis
-    /// out of reach) is logged and counted, and never fails the request that produced it.
-    pub fn emit(&self, kind: &str, data: Value) {
+    /// Puts an event of `class` in the outbox. Never waits on the receiver; a failure to
+    /// enqueue (Redis out of reach) is logged and counted, and never fails the request that
+    /// produced it.
+    pub fn emit(&self, kind: &str, data: Value, class: Class) {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).expect("the system random source failed");
         let id = format!(
@@ -113,22 +116,30 @@ impl Events {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        match self.outbox.push(&id, &body, created_ms) {
-            Ok(dropped) => {
-                self.counters.queued.fetch_add(1, Ordering::Relaxed);
-                if dropped > 0 {
-                    self.counters
-                        .dropped
-                        .fetch_add(dropped as u64, Ordering::Relaxed);
+        match self.outbox.push(&id, &body, created_ms, class) {
+            Ok(pushed) => {
+                let c = &self.counters;
+                if pushed.queued {
+                    c.queued.fetch_add(1, Ordering::Relaxed);
                 }
+                let (registered, unregistered) =
+                    (pushed.dropped_registered, pushed.dropped_unregistered);
+                c.dropped_registered
+                    .fetch_add(registered as u64, Ordering::Relaxed);
+                c.dropped_unregistered
+                    .fetch_add(unregistered as u64, Ordering::Relaxed);
                 // At most one line a second: a receiver down under traffic would otherwise
-                // double the log volume. The counter has every drop.
+                // double the log volume. The counters have every drop.
                 let second = created_ms / 1000;
-                if dropped > 0 && self.last_drop_log.swap(second, Ordering::Relaxed) != second {
+                if registered + unregistered > 0
+                    && self.last_drop_log.swap(second, Ordering::Relaxed) != second
+                {
                     logging::warn(
                         "webhook_dropped",
-                        json!({ "dropped": dropped, "dropped_total": self.counters.dropped.load(Ordering::Relaxed),
-                                "reason": "the outbox is full (OAUTH_RELAY_WEBHOOK_MAX_QUEUE): the oldest events make room for new ones" }),
+                        json!({ "dropped_registered": registered, "dropped_unregistered": unregistered,
+                                "dropped_registered_total": c.dropped_registered.load(Ordering::Relaxed),
+                                "dropped_unregistered_total": c.dropped_unregistered.load(Ordering::Relaxed),
+                                "reason": "the outbox is full (OAUTH_RELAY_WEBHOOK_MAX_QUEUE): events of unregistered relay states make room first, then the oldest" }),
                     );
                 }
             }
@@ -166,16 +177,30 @@ fn reason_from_provider(error: &str) -> String {
 
 /// A relay callback was stored (the first for its state). `error` is the provider's `error`
 /// parameter; without it and without a code the callback still counts, as `no_code`.
-pub fn callback_received(app: &App, state: &str, has_code: bool, error: Option<&str>) {
+/// `registered`: the state was registered beforehand; anyone can make the other events, so
+/// they never push out the rest (`outbox.rs`).
+pub fn callback_received(
+    app: &App,
+    state: &str,
+    has_code: bool,
+    error: Option<&str>,
+    registered: bool,
+) {
     let Some(events) = &app.events else { return };
     let (status, reason) = match (error, has_code) {
         (Some(e), _) => ("failed", Some(reason_from_provider(e))),
         (None, true) => ("succeeded", None),
         (None, false) => ("failed", Some("no_code".to_string())),
     };
+    let class = if registered {
+        Class::Registered
+    } else {
+        Class::Unregistered
+    };
     events.emit(
         RELAY_CALLBACK_RECEIVED,
         json!({ "handle": handle_hash(state), "status": status, "reason": reason }),
+        class,
     );
 }
 
@@ -189,6 +214,7 @@ pub fn sign_in_finished(app: &App, handle: &str, provider: &str, failure: Option
     events.emit(
         kind,
         json!({ "handle": handle_hash(handle), "provider": provider, "status": status, "reason": failure }),
+        Class::Registered,
     );
 }
 

@@ -1,8 +1,35 @@
 //! The outbox: events waiting for delivery, behind one trait so one replica keeps them in
 //! process and several share them in Redis. An event leaves it when delivered or given up;
 //! a failed attempt puts it back with a later due time.
+//!
+//! It is bounded, and which event makes room at the bound depends on who can cause it
+//! ([`Class`]): anyone can send `/callback` for a state nobody registered, so while the
+//! receiver is down a flood of those must not push out the events of sign-ins and registered
+//! states. Those unregistered events have no share of their own: they use the room the others
+//! leave, and are the first to go. At the bound an unregistered event pushes out the oldest
+//! unregistered one, or is dropped itself when there is none; any other event pushes out the
+//! oldest unregistered one, else the oldest of its own class.
 
 use std::time::Duration;
+
+/// Who can cause an event, which decides what it may push out of a full outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Broker sign-ins and callbacks of registered relay states: started by a holder of the
+    /// broker token, the API token or a registration.
+    Registered,
+    /// Callbacks of relay states nobody registered: anyone can make them.
+    Unregistered,
+}
+
+/// What a push did: whether the event went in, and the events of each class dropped to make
+/// room (or, for an unregistered event refused at the bound, that event itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    pub queued: bool,
+    pub dropped_registered: usize,
+    pub dropped_unregistered: usize,
+}
 
 /// An event taken for one delivery attempt. `token` identifies this claim: acknowledging or
 /// rescheduling with a claim that has since lapsed (Redis: the lease expired and another
@@ -23,9 +50,15 @@ pub struct Claimed {
 pub struct OutboxError(pub String);
 
 pub trait Outbox: Send + Sync {
-    /// Adds an event, due now. Never waits on the receiver: in memory a map insert, in Redis
-    /// one script. Past the cap the oldest events are dropped; returns how many.
-    fn push(&self, id: &str, body: &str, created_ms: u64) -> Result<usize, OutboxError>;
+    /// Adds an event of `class`, due now. Never waits on the receiver: in memory a map insert,
+    /// in Redis one script. At the cap events are dropped as the module says.
+    fn push(
+        &self,
+        id: &str,
+        body: &str,
+        created_ms: u64,
+        class: Class,
+    ) -> Result<Pushed, OutboxError>;
 
     /// The next due event, leased to the caller; `None` when nothing is due.
     fn claim(&self) -> Result<Option<Claimed>, OutboxError>;

@@ -1,7 +1,9 @@
 //! The outbox shared by replicas on Redis, so an event outlives the replica that produced it.
 //!
 //! `events:due` is a sorted set of event ids by the time (Redis's clock, ms) they may next be
-//! attempted; `events:age` the same ids by creation, for the cap (the oldest is dropped);
+//! attempted; `events:age` the same ids by creation, for the cap; `events:unregistered` those of
+//! unregistered events by creation, which the cap drops first (see outbox.rs; an event pushed by
+//! a version before classes is in no such set, so it counts as registered);
 //! `event:{id}` a hash with the body (sealed with the keyring like everything else at rest,
 //! though it holds only hashes and reason codes), the attempt count and the current claim.
 //! Claiming moves an event's due time a lease ahead and records a random token: a replica that
@@ -12,7 +14,7 @@
 //! The scripts name `event:{id}` keys they build themselves: fine on one Redis (what the store
 //! supports), not on a Redis Cluster.
 
-use super::outbox::{Claimed, Outbox, OutboxError};
+use super::outbox::{Claimed, Class, Outbox, OutboxError, Pushed};
 use crate::keyring::Keyring;
 use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,23 +28,33 @@ thread_local! {
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
-/// KEYS: due, age, this event's hash. ARGV: id, sealed body, created ms, cap, hash prefix,
-/// hash lifetime ms.
+/// KEYS: due, age, this event's hash, unregistered. ARGV: id, sealed body, created ms, cap,
+/// hash prefix, hash lifetime ms, `u` for an unregistered event. Returns queued (1 or 0),
+/// registered and unregistered events dropped.
 const PUSH: &str = "
-local dropped = 0
+local dropped_r, dropped_u = 0, 0
 while redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) do
-  local old = redis.call('ZPOPMIN', KEYS[2])
+  local old = redis.call('ZPOPMIN', KEYS[4])
+  if #old > 0 then
+    -- (Unless another version's replica removed it already.)
+    if redis.call('ZREM', KEYS[2], old[1]) == 1 then dropped_u = dropped_u + 1 end
+  elseif ARGV[7] == 'u' then
+    return {0, dropped_r, dropped_u + 1}
+  else
+    old = redis.call('ZPOPMIN', KEYS[2])
+    dropped_r = dropped_r + 1
+  end
   redis.call('ZREM', KEYS[1], old[1])
   redis.call('DEL', ARGV[5] .. old[1])
-  dropped = dropped + 1
 end
 redis.call('HSET', KEYS[3], 'body', ARGV[2], 'attempts', 0, 'created', ARGV[3], 'token', '')
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-return dropped";
+if ARGV[7] == 'u' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
+return {1, dropped_r, dropped_u}";
 
-/// KEYS: due, age. ARGV: hash prefix, lease ms, token.
+/// KEYS: due, age, unregistered. ARGV: hash prefix, lease ms, token.
 const CLAIM: &str = "
 for i = 1, 16 do
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
@@ -58,15 +70,17 @@ for i = 1, 16 do
   -- Its hash expired (older than any event is kept): forget the id.
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
 end
 return false";
 
-/// KEYS: due, age, hash. ARGV: id, token.
+/// KEYS: due, age, hash, unregistered. ARGV: id, token.
 const REMOVE: &str = "
 if redis.call('HGET', KEYS[3], 'token') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1";
 
 /// KEYS: due, hash. ARGV: id, token, delay ms.
@@ -179,26 +193,45 @@ impl RedisOutbox {
 }
 
 impl Outbox for RedisOutbox {
-    fn push(&self, id: &str, body: &str, created_ms: u64) -> Result<usize, OutboxError> {
+    fn push(
+        &self,
+        id: &str,
+        body: &str,
+        created_ms: u64,
+        class: Class,
+    ) -> Result<Pushed, OutboxError> {
         let hash = self.hash(id);
         let sealed = self.keys.seal(hash.as_bytes(), body.as_bytes());
-        let dropped: usize = self.with(|c| {
-            self.push
-                .key(self.name("events:due"))
-                .key(self.name("events:age"))
-                .key(&hash)
-                .arg(id)
-                .arg(&sealed)
-                .arg(created_ms)
-                .arg(self.max)
-                .arg(self.hash_prefix())
-                .arg(self.keep.as_millis() as u64)
-                .invoke(c)
-        })?;
-        let (count, wake) = &self.pushed;
-        *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        wake.notify_all();
-        Ok(dropped)
+        let (queued, dropped_registered, dropped_unregistered): (u8, usize, usize) =
+            self.with(|c| {
+                self.push
+                    .key(self.name("events:due"))
+                    .key(self.name("events:age"))
+                    .key(&hash)
+                    .key(self.name("events:unregistered"))
+                    .arg(id)
+                    .arg(&sealed)
+                    .arg(created_ms)
+                    .arg(self.max)
+                    .arg(self.hash_prefix())
+                    .arg(self.keep.as_millis() as u64)
+                    .arg(if class == Class::Unregistered {
+                        "u"
+                    } else {
+                        "r"
+                    })
+                    .invoke(c)
+            })?;
+        if queued == 1 {
+            let (count, wake) = &self.pushed;
+            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            wake.notify_all();
+        }
+        Ok(Pushed {
+            queued: queued == 1,
+            dropped_registered,
+            dropped_unregistered,
+        })
     }
 
     fn claim(&self) -> Result<Option<Claimed>, OutboxError> {
@@ -210,6 +243,7 @@ impl Outbox for RedisOutbox {
             self.claim
                 .key(self.name("events:due"))
                 .key(self.name("events:age"))
+                .key(self.name("events:unregistered"))
                 .arg(self.hash_prefix())
                 .arg(self.lease.as_millis() as u64)
                 .arg(&token)
@@ -242,6 +276,7 @@ impl Outbox for RedisOutbox {
                 .key(self.name("events:due"))
                 .key(self.name("events:age"))
                 .key(self.hash(&claim.id))
+                .key(self.name("events:unregistered"))
                 .arg(&claim.id)
                 .arg(&claim.token)
                 .invoke::<i64>(c)

@@ -245,6 +245,7 @@ impl Provider for GitHub {
             subject: id.to_string(),
             email,
             email_verified,
+            unverified_email: None,
             tenant: None,
         })
     }

@@ -7,9 +7,12 @@
 //! in it: an `oid` is unique only within its tenant, and the pair never changes, unlike `mail`
 //! or the UPN). A pinned tenant (a GUID, or a domain such as `contoso.onmicrosoft.com`, which
 //! is resolved to its GUID through the tenant's OpenID configuration) must be the id_token's
-//! `tid`, and its directory vouches for the e-mail. With `organizations` or `common` any
-//! tenant's admin can set any `mail`, so an e-mail counts as verified only when the id_token's
-//! `xms_edov` claim (an optional claim: "the e-mail's domain owner is verified") is true.
+//! `tid`, and its directory vouches for the e-mail (Graph's `mail`, else the UPN). With
+//! `organizations`, `common` or `consumers` any tenant's admin can set any `mail`, so the only
+//! verified address is the one the id_token's `xms_edov` claim (an optional claim: "the
+//! e-mail's domain owner is verified") speaks of: the id_token's own `email` claim, which the
+//! `email` scope (asked for without a pinned tenant) brings. A different Graph `mail` is then only
+//! an unverified address of the account (`Identity::unverified_email`).
 //!
 //! The id_token comes straight from the token endpoint over TLS, so its claims are read
 //! without checking its signature (OpenID Connect Core 3.1.3.7, item 6).
@@ -287,8 +290,13 @@ impl Provider for Microsoft {
             }
         };
         // offline_access brings the refresh token; openid brings the id_token whose `tid` the
-        // tenant check reads. Both are sign-in scopes, not data access.
-        Ok(with_scopes(scopes, &["openid", "offline_access"]))
+        // tenant check reads; without a pinned tenant, email brings the `email` claim that
+        // `xms_edov` vouches for. All are sign-in scopes, not data access.
+        let sign_in: &[&str] = match self.pinned {
+            Pinned::No => &["openid", "offline_access", "email"],
+            _ => &["openid", "offline_access"],
+        };
+        Ok(with_scopes(scopes, sign_in))
     }
 
     fn authorize_url(&self, r: &AuthorizeRequest) -> String {
@@ -445,16 +453,12 @@ impl Provider for Microsoft {
                 "Graph /me answered for another object than the id_token's oid",
             ));
         }
-        let email = me["mail"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .or_else(|| me["userPrincipalName"].as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_lowercase);
+        let addresses = addresses(&claims, &me, pinned.is_some());
         Ok(Identity {
             subject: format!("{tenant}/{oid}"),
-            email,
-            email_verified: pinned.is_some() || domain_owner_verified(&claims["xms_edov"]),
+            email: addresses.email,
+            email_verified: addresses.verified,
+            unverified_email: addresses.unverified,
             tenant: Some(tenant),
         })
     }
@@ -479,6 +483,45 @@ impl Provider for Microsoft {
             "confidential_client": self.client_auth.is_confidential(),
             "scopes": self.scopes.join(" "),
         })
+    }
+}
+
+/// The account's addresses, and which one the sign-in vouches for.
+#[derive(Debug, PartialEq, Eq)]
+struct Addresses {
+    email: Option<String>,
+    verified: bool,
+    /// Another address the account carries, not vouched for.
+    unverified: Option<String>,
+}
+
+/// A pinned tenant's directory vouches for Graph's `mail` (else the UPN). Without one, only
+/// `xms_edov` vouches, and for the id_token's `email` claim: that address is the account's
+/// verified e-mail, and a different Graph `mail` (a tenant admin's to set, to anything) is only
+/// an unverified one. No true `xms_edov`, or no `email` claim for it to vouch for: the Graph
+/// address, unverified. Lower-cased.
+fn addresses(claims: &Value, me: &Value, pinned: bool) -> Addresses {
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_lowercase);
+    let graph = text(&me["mail"]).or_else(|| text(&me["userPrincipalName"]));
+    if pinned {
+        return Addresses {
+            email: graph,
+            verified: true,
+            unverified: None,
+        };
+    }
+    let vouched = text(&claims["email"]).filter(|_| domain_owner_verified(&claims["xms_edov"]));
+    match vouched {
+        Some(email) => Addresses {
+            unverified: graph.filter(|g| *g != email),
+            email: Some(email),
+            verified: true,
+        },
+        None => Addresses {
+            email: graph,
+            verified: false,
+            unverified: None,
+        },
     }
 }
 
@@ -664,7 +707,81 @@ mod tests {
             Err(Error::WriteScope)
         );
         let scopes = m.scopes(Some(&["User.Read".to_string()])).unwrap();
+        assert_eq!(scopes, ["openid", "offline_access", "email", "User.Read"]);
+        // A pinned tenant's directory vouches for Graph's mail: no `email` claim needed.
+        let mut s = settings();
+        s.tenant = Some("11111111-2222-3333-4444-555555555555".into());
+        check_settings(&mut s).unwrap();
+        let pinned = Microsoft::new(&s, Duration::from_secs(1));
+        let scopes = pinned.scopes(Some(&["User.Read".to_string()])).unwrap();
         assert_eq!(scopes, ["openid", "offline_access", "User.Read"]);
+    }
+
+    #[test]
+    fn xms_edov_vouches_for_the_id_tokens_email_not_graphs_mail() {
+        let me =
+            |mail: Option<&str>| json!({ "mail": mail, "userPrincipalName": "Ana@Tenant.Example" });
+        let claims = |email: Option<&str>, edov: Value| json!({ "email": email, "xms_edov": edov });
+        let addr = |email: Option<&str>, verified, unverified: Option<&str>| Addresses {
+            email: email.map(String::from),
+            verified,
+            unverified: unverified.map(String::from),
+        };
+        // The same address in both: verified.
+        assert_eq!(
+            addresses(
+                &claims(Some("Ana@Contoso.Example"), json!(true)),
+                &me(Some("ana@contoso.example")),
+                false
+            ),
+            addr(Some("ana@contoso.example"), true, None)
+        );
+        // xms_edov vouches for the id_token's email; Graph's other mail is not verified.
+        assert_eq!(
+            addresses(
+                &claims(Some("x@vouched.example"), json!(true)),
+                &me(Some("Y@Victim.Example")),
+                false
+            ),
+            addr(Some("x@vouched.example"), true, Some("y@victim.example"))
+        );
+        // Without a true xms_edov, or without an email claim to vouch for: Graph's, unverified.
+        for edov in [json!(false), Value::Null] {
+            assert_eq!(
+                addresses(
+                    &claims(Some("x@vouched.example"), edov),
+                    &me(Some("y@victim.example")),
+                    false
+                ),
+                addr(Some("y@victim.example"), false, None)
+            );
+        }
+        assert_eq!(
+            addresses(
+                &claims(None, json!(true)),
+                &me(Some("y@victim.example")),
+                false
+            ),
+            addr(Some("y@victim.example"), false, None)
+        );
+        assert_eq!(
+            addresses(&claims(None, json!(true)), &me(None), false),
+            addr(Some("ana@tenant.example"), false, None),
+            "the UPN when there is no mail"
+        );
+        // A pinned tenant vouches for Graph's mail (else the UPN), whatever the claims say.
+        assert_eq!(
+            addresses(
+                &claims(Some("x@vouched.example"), json!(false)),
+                &me(Some("Y@Contoso.Example")),
+                true
+            ),
+            addr(Some("y@contoso.example"), true, None)
+        );
+        assert_eq!(
+            addresses(&claims(None, Value::Null), &me(None), true),
+            addr(Some("ana@tenant.example"), true, None)
+        );
     }
 
     #[test]

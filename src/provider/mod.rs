@@ -53,6 +53,11 @@ pub struct Identity {
     /// Whether the provider vouches that the address belongs to the account: only then does
     /// an e-mail match count.
     pub email_verified: bool,
+    /// Another address the account carries that the provider does not vouch for, when `email`
+    /// is one it does (Microsoft without a pinned tenant: Graph's `mail` when `xms_edov` vouches
+    /// for a different id_token `email`). An expected e-mail matching only this fails as
+    /// unverified.
+    pub unverified_email: Option<String>,
     /// The tenant the account belongs to, for providers that have tenants.
     pub tenant: Option<String>,
 }

@@ -289,6 +289,7 @@ impl Oidc {
                 subject,
                 email,
                 email_verified,
+                unverified_email: None,
                 tenant: None,
             },
             claims,

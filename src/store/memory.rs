@@ -7,7 +7,7 @@ use super::{
     Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
     TokenTake, Tokens,
 };
-use crate::secret::RetrievalHash;
+use crate::secret::{BindingHash, RetrievalHash};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -105,6 +105,9 @@ struct Sessions {
 struct SessionEntry {
     session: Session,
     state_taken: bool,
+    /// Hashes of the binding cookies of the browsers that opened the link, oldest first (at most
+    /// `MAX_BROWSERS`).
+    browsers: Vec<BindingHash>,
     status: SessionStatus,
     tokens: Option<Tokens>,
     expires: Instant,
@@ -262,7 +265,7 @@ impl Store for MemoryStore {
                     Put::Conflict
                 });
             }
-            Some(Entry::Registered { .. }) => Put::Stored,
+            Some(Entry::Registered { .. }) => Put::StoredRegistered,
             None if require_registered => return Ok(Put::NotRegistered),
             None if inner.live >= self.max_pending => return Ok(Put::Full),
             None => Put::Stored,
@@ -412,6 +415,7 @@ impl Store for MemoryStore {
             SessionEntry {
                 session,
                 state_taken: false,
+                browsers: Vec::new(),
                 status: SessionStatus::Pending,
                 tokens: None,
                 expires,
@@ -430,7 +434,25 @@ impl Store for MemoryStore {
             .map(|e| (e.session.clone(), e.status.clone())))
     }
 
-    fn take_oauth_state(&self, oauth_state: &str) -> StoreResult<StateTake> {
+    fn bind_browser(&self, handle: &str, browser: &BindingHash) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut s = self.sessions();
+        if let Some(entry) = s.by_handle.get_mut(handle) {
+            if entry.expires > now && !entry.state_taken {
+                if entry.browsers.len() >= super::MAX_BROWSERS {
+                    entry.browsers.remove(0);
+                }
+                entry.browsers.push(browser.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn take_oauth_state(
+        &self,
+        oauth_state: &str,
+        browser: Option<&BindingHash>,
+    ) -> StoreResult<StateTake> {
         let now = Instant::now();
         let mut s = self.sessions();
         let Some(handle) = s.state_to_handle.get(oauth_state).cloned() else {
@@ -444,6 +466,16 @@ impl Store for MemoryStore {
         }
         if entry.state_taken {
             return Ok(StateTake::Reused(entry.status.clone()));
+        }
+        // Every known browser is compared (no early exit), each in constant time.
+        let opened_here = browser.is_some_and(|b| {
+            entry
+                .browsers
+                .iter()
+                .fold(false, |found, known| found | known.matches(b))
+        });
+        if !opened_here {
+            return Ok(StateTake::OtherBrowser);
         }
         entry.state_taken = true;
         let session = entry.session.clone();

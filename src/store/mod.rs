@@ -5,8 +5,13 @@
 pub mod memory;
 pub mod redis;
 
-use crate::secret::{RetrievalHash, Secret};
+use crate::secret::{BindingHash, RetrievalHash, Secret};
 use std::time::{Duration, SystemTime};
+
+/// How many browsers a session remembers as having opened its link (the newest): a person's
+/// phone and laptop, a preview bot's GET or two. Past it the oldest is forgotten; that browser
+/// is asked to open the link again.
+pub const MAX_BROWSERS: usize = 8;
 
 /// What a retrieval can show. A callback whose state was registered with a retrieval hash goes
 /// only to the holder of that secret (the API token does not stand in for it: every client
@@ -65,6 +70,10 @@ impl Callback {
 pub enum Put {
     /// First callback for this state: stored.
     Stored,
+    /// First callback for a state registered beforehand: stored. Told apart from `Stored`
+    /// because anyone can make the latter, so its completion event may not push out others
+    /// (`events::outbox`).
+    StoredRegistered,
     /// The same callback again (a person reloading the page): nothing changes.
     Repeated,
     /// A different callback for a state that already has one: refused, the first one stays.
@@ -166,6 +175,9 @@ pub enum StateTake {
     Reused(SessionStatus),
     Expired,
     Unknown,
+    /// The callback came from a browser that did not open the session's link (no binding
+    /// cookie, or one the session does not know): nothing was taken or changed.
+    OtherBrowser,
 }
 
 // As StateTake: a one-shot answer.
@@ -234,8 +246,20 @@ pub trait Store: Send + Sync {
     /// The session behind a login link, while it lives (opening a link does not use it up).
     fn session_by_link(&self, link_id: &str) -> StoreResult<Option<(Session, SessionStatus)>>;
 
-    /// Takes the OAuth state once: the first caller gets the session and its verifier.
-    fn take_oauth_state(&self, oauth_state: &str) -> StoreResult<StateTake>;
+    /// Remembers that a browser opened the session's link: `browser` is the hash of the
+    /// binding cookie it was given (the newest `MAX_BROWSERS` are kept). Does nothing for a
+    /// session that is gone, expired or whose state was taken.
+    fn bind_browser(&self, handle: &str, browser: &BindingHash) -> StoreResult<()>;
+
+    /// Takes the OAuth state once: the first caller gets the session and its verifier, if
+    /// `browser` (the hash of the callback's binding cookie) is one that opened the link;
+    /// otherwise `OtherBrowser`, and the state stays for the browser that did. Unknown, expired
+    /// and reused states are answered as such whatever the browser.
+    fn take_oauth_state(
+        &self,
+        oauth_state: &str,
+        browser: Option<&BindingHash>,
+    ) -> StoreResult<StateTake>;
 
     /// Records the outcome of a taken state: tokens to hand out, or a failure reason.
     fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()>;

@@ -18,7 +18,7 @@ use super::{
     TokenTake, Tokens, Unavailable,
 };
 use crate::keyring::Keyring;
-use crate::secret::{RetrievalHash, Secret};
+use crate::secret::{BindingHash, RetrievalHash, Secret};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,7 @@ redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + ttl, KEYS[1])
+if reg then return 'stored_registered' end
 return 'stored'";
 
 // Who may have a callback (`Proof::opens`): a guarded one only a request whose presented guard
@@ -131,6 +132,21 @@ redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), KEYS[1])
 return 1";
 
+// `browsers`: the keyed MACs (32 bytes each, `RedisStore::browser`) of the binding cookies of the
+// browsers that opened the link, oldest first, at most ARGV[2] of them. A session written before
+// bindings has none, so its callback is `other_browser` until the person opens the link again.
+const BIND_BROWSER: &str = "
+local exp = redis.call('HGET', KEYS[1], 'exp')
+if not exp or now >= tonumber(exp) or redis.call('HGET', KEYS[1], 'taken') == '1' then return 0 end
+local known = (redis.call('HGET', KEYS[1], 'browsers') or '') .. ARGV[1]
+local keep = 32 * tonumber(ARGV[2])
+if #known > keep then known = string.sub(known, #known - keep + 1) end
+redis.call('HSET', KEYS[1], 'browsers', known)
+return 1";
+
+// ARGV[1]: the presented browser's MAC (empty without a cookie). The MACs compared are keyed:
+// timing could at most tell how many leading bytes of two values nobody can compute without the
+// key agree (as for retrieval guards, see OPENS).
 const TAKE_STATE: &str = "
 local exp = redis.call('HGET', KEYS[1], 'exp')
 if not exp then return {'unknown'} end
@@ -138,6 +154,14 @@ if now >= tonumber(exp) then return {'expired'} end
 if redis.call('HGET', KEYS[1], 'taken') == '1' then
   return {'reused', redis.call('HGET', KEYS[1], 'status')}
 end
+local known = redis.call('HGET', KEYS[1], 'browsers') or ''
+local opened = false
+if ARGV[1] ~= '' then
+  for i = 1, #known - 31, 32 do
+    if string.sub(known, i, i + 31) == ARGV[1] then opened = true end
+  end
+end
+if not opened then return {'other_browser'} end
 redis.call('HSET', KEYS[1], 'taken', '1')
 local verifier = redis.call('HGET', KEYS[1], 'verifier')
 redis.call('HDEL', KEYS[1], 'verifier')
@@ -172,6 +196,7 @@ struct Scripts {
     register: redis::Script,
     active: redis::Script,
     create_session: redis::Script,
+    bind_browser: redis::Script,
     take_state: redis::Script,
     finish: redis::Script,
     take_tokens: redis::Script,
@@ -267,6 +292,7 @@ impl RedisStore {
                 register: script(REGISTER),
                 active: script(ACTIVE),
                 create_session: script(CREATE_SESSION),
+                bind_browser: script(BIND_BROWSER),
                 take_state: script(TAKE_STATE),
                 finish: script(FINISH),
                 take_tokens: script(TAKE_TOKENS),
@@ -484,6 +510,13 @@ impl RedisStore {
         self.keys.mac(&input)
     }
 
+    /// What Redis keeps of a browser's binding-cookie hash, and compares: its keyed MAC.
+    fn browser(&self, hash: &BindingHash) -> [u8; 32] {
+        let mut input = b"oauth-relay browser binding v1\0".to_vec();
+        input.extend_from_slice(hash.as_bytes());
+        self.keys.mac(&input)
+    }
+
     /// A proof as the scripts take it: the presented guard (empty when none), authorized.
     fn proof_args(&self, proof: &Proof) -> (Vec<u8>, &'static str) {
         (
@@ -668,6 +701,7 @@ impl Store for RedisStore {
         })?;
         Ok(match outcome.as_str() {
             "stored" => Put::Stored,
+            "stored_registered" => Put::StoredRegistered,
             "repeated" => Put::Repeated,
             "conflict" => Put::Conflict,
             "not_registered" => Put::NotRegistered,
@@ -808,12 +842,34 @@ impl Store for RedisStore {
         Ok(self.load_session(&handle)?.map(|(s, st, _)| (s, st)))
     }
 
-    fn take_oauth_state(&self, oauth_state: &str) -> StoreResult<StateTake> {
+    fn bind_browser(&self, handle: &str, browser: &BindingHash) -> StoreResult<()> {
+        let key = self.session_key(handle);
+        let mac = self.browser(browser);
+        self.with(|c| {
+            self.scripts
+                .bind_browser
+                .key(&key)
+                .arg(&mac[..])
+                .arg(super::MAX_BROWSERS)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn take_oauth_state(
+        &self,
+        oauth_state: &str,
+        browser: Option<&BindingHash>,
+    ) -> StoreResult<StateTake> {
         let Some(handle) = self.handle_for("o", oauth_state)? else {
             return Ok(StateTake::Unknown);
         };
         let key = self.session_key(&handle);
-        let reply: Vec<Vec<u8>> = self.with(|c| self.scripts.take_state.key(&key).invoke(c))?;
+        let mac = browser
+            .map(|b| self.browser(b).to_vec())
+            .unwrap_or_default();
+        let reply: Vec<Vec<u8>> =
+            self.with(|c| self.scripts.take_state.key(&key).arg(&mac).invoke(c))?;
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
         match field(0) {
             b"ok" => {
@@ -828,6 +884,7 @@ impl Store for RedisStore {
                 field(1),
             )))),
             b"expired" => Ok(StateTake::Expired),
+            b"other_browser" => Ok(StateTake::OtherBrowser),
             _ => Ok(StateTake::Unknown),
         }
     }

@@ -46,6 +46,9 @@ pub struct FakeConfig {
     pub client_secret: Option<String>,
     /// Graph `mail` of the user who signs in (`None`: `null`, as for accounts without a mailbox).
     pub user_mail: Option<String>,
+    /// The id_token's `email` claim (given the `email` scope) when it is not `user_mail`: the
+    /// address `xms_edov` speaks of. `None`: `user_mail`, as for most accounts.
+    pub user_email_claim: Option<String>,
     /// `userPrincipalName` / `preferred_username`.
     pub user_upn: String,
     /// The user's tenant (`tid`); `None`: the same as `tenant_id`.
@@ -90,6 +93,7 @@ impl Default for FakeConfig {
             redirect_uris: vec!["http://localhost/callback".into()],
             client_secret: None,
             user_mail: Some("ana.silva@contoso.example".into()),
+            user_email_claim: None,
             user_upn: "ana.silva@contoso.example".into(),
             user_tid: None,
             user_oid: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
@@ -126,6 +130,7 @@ struct User {
     oid: String,
     upn: String,
     mail: Option<String>,
+    email_claim: Option<String>,
     name: String,
 }
 
@@ -669,6 +674,7 @@ fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) 
                 oid: cfg.user_oid.clone(),
                 upn: cfg.user_upn.clone(),
                 mail: cfg.user_mail.clone(),
+                email_claim: cfg.user_email_claim.clone().or(cfg.user_mail.clone()),
                 name: cfg.user_name.clone(),
             },
             issued: Instant::now(),
@@ -966,8 +972,8 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
             claims["preferred_username"] = json!(user.upn);
         }
         if has_scope(&scopes, "email") {
-            if let Some(mail) = &user.mail {
-                claims["email"] = json!(mail);
+            if let Some(email) = &user.email_claim {
+                claims["email"] = json!(email);
             }
         }
         if let Some(n) = nonce {

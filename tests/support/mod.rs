@@ -228,8 +228,73 @@ impl HttpResponse {
     }
 }
 
-/// One request on a fresh connection (`Connection: close`), read to the end.
+/// The cookies answers have set, kept as one browser keeps a host's cookies (all tests talk to
+/// 127.0.0.1, and a browser shares a host's cookies across its ports): `http` sends them with
+/// every request that does not bring its own `Cookie` header, and keeps or removes what each
+/// answer's `Set-Cookie` says. The broker's login link sets one that its callback needs back, so
+/// a test following the link then the callback is the person's browser; a stranger's requests
+/// go through `http_without_cookies`. Each entry: name, value, expiry.
+static JAR: Mutex<Vec<(String, String, Instant)>> = Mutex::new(Vec::new());
+
+/// The jar's live cookies as a `Cookie` header value (`None` when it has none).
+fn jar_cookies() -> Option<String> {
+    let now = Instant::now();
+    let mut jar = JAR.lock().unwrap_or_else(|e| e.into_inner());
+    jar.retain(|(_, _, expires)| *expires > now);
+    let pairs: Vec<String> = jar.iter().map(|(n, v, _)| format!("{n}={v}")).collect();
+    (!pairs.is_empty()).then(|| pairs.join("; "))
+}
+
+/// Keeps what an answer's `Set-Cookie` headers say: a cookie, or its removal (`Max-Age=0`).
+fn keep_cookies(res: &HttpResponse) {
+    let mut jar = JAR.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, set) in res
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+    {
+        let mut parts = set.split(';');
+        let Some((name, value)) = parts.next().and_then(|p| p.trim().split_once('=')) else {
+            continue;
+        };
+        let max_age = parts
+            .filter_map(|a| a.trim().split_once('='))
+            .find(|(k, _)| k.eq_ignore_ascii_case("max-age"))
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        jar.retain(|(n, _, _)| n != name);
+        if max_age != Some(0) && !value.is_empty() {
+            let lifetime = Duration::from_secs(max_age.unwrap_or(24 * 3600));
+            jar.push((name.into(), value.into(), Instant::now() + lifetime));
+        }
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end, as the tests'
+/// browser: with the jar's cookies unless `headers` has a `Cookie` of its own (see `JAR`).
 pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let jar = jar_cookies().filter(|_| {
+        !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+    });
+    let mut with_jar: Vec<(&str, &str)> = headers.to_vec();
+    if let Some(cookies) = &jar {
+        with_jar.push(("Cookie", cookies));
+    }
+    let res = http_without_cookies(addr, method, path, &with_jar, body);
+    keep_cookies(&res);
+    res
+}
+
+/// One request on a fresh connection, sending exactly `headers`: no cookie from the jar, and
+/// the answer's `Set-Cookie` is not kept (a stranger's client, or another browser).
+pub fn http_without_cookies(
     addr: SocketAddr,
     method: &str,
     path: &str,

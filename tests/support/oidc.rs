@@ -448,6 +448,16 @@ impl Browser<'_> {
         self
     }
 
+    /// After this run (and any before it), `step` in the same browser, its cookies kept: the
+    /// result's [`BrowseResult::then`] has one entry per step, in order.
+    pub fn then(mut self, step: Step) -> Self {
+        if !self.input["then"].is_array() {
+            self.input["then"] = json!([]);
+        }
+        self.input["then"].as_array_mut().unwrap().push(step.0);
+        self
+    }
+
     /// Runs Chromium; fails the test if it cannot (never skips: scripts/test.sh installs it).
     pub fn run(self) -> BrowseResult {
         let mut child = Command::new("node")
@@ -509,6 +519,53 @@ impl Browser<'_> {
     }
 }
 
+/// A further run in the same browser ([`Browser::then`]): open a URL, or go back to the provider
+/// page where an earlier run stopped, and act on the provider's pages.
+#[derive(Clone, Debug)]
+pub struct Step(Value);
+
+impl Step {
+    pub fn open(url: &str) -> Step {
+        Step(json!({ "url": url }))
+    }
+
+    /// Back to the provider page where run `run` stopped (0: the first run, 1: the first step,
+    /// ...), which must have stopped there ([`OnLogin::Stop`], [`OnConsent::Stop`]).
+    pub fn resume(run: usize) -> Step {
+        Step(json!({ "resume": run }))
+    }
+
+    pub fn account(mut self, account: &OidcAccount) -> Step {
+        self.0["login"] = json!(account.id);
+        self.0["password"] = json!(account.password);
+        self
+    }
+
+    pub fn on_login(mut self, action: OnLogin) -> Step {
+        self.0["on_login"] = json!(match action {
+            OnLogin::Submit => "submit",
+            OnLogin::Cancel => "cancel",
+            OnLogin::Stop => "stop",
+        });
+        self
+    }
+}
+
+/// A cookie the browser holds.
+#[derive(Clone, Debug)]
+pub struct BrowserCookie {
+    pub name: String,
+    pub value: String,
+    pub domain: String,
+    pub path: String,
+    pub secure: bool,
+    pub http_only: bool,
+    /// `Strict`, `Lax` or `None`.
+    pub same_site: String,
+    /// Unix seconds; -1 for a session cookie.
+    pub expires: f64,
+}
+
 /// Where the browser ended and what it saw on the way.
 #[derive(Clone, Debug)]
 pub struct BrowseResult {
@@ -532,6 +589,10 @@ pub struct BrowseResult {
     pub outcome: String,
     /// With [`Browser::follow_link`]: the page the link was on.
     pub link_page: Option<LinkPage>,
+    /// The browser's cookies when this run ended (every host's: here all are 127.0.0.1).
+    pub cookies: Vec<BrowserCookie>,
+    /// With [`Browser::then`]: each further run, in order (their `html` is left empty).
+    pub then: Vec<BrowseResult>,
 }
 
 /// The page a followed link was on.
@@ -580,7 +641,39 @@ impl BrowseResult {
                 text: p["text"].as_str().unwrap_or_default().to_string(),
                 html: p["html"].as_str().unwrap_or_default().to_string(),
             }),
+            cookies: v["cookies"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .map(|c| {
+                            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                            BrowserCookie {
+                                name: text("name"),
+                                value: text("value"),
+                                domain: text("domain"),
+                                path: text("path"),
+                                secure: c["secure"].as_bool().unwrap_or(false),
+                                http_only: c["httpOnly"].as_bool().unwrap_or(false),
+                                same_site: text("sameSite"),
+                                expires: c["expires"].as_f64().unwrap_or(-1.0),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            then: v["then"]
+                .as_array()
+                .map(|runs| runs.iter().map(BrowseResult::from_json).collect())
+                .unwrap_or_default(),
         }
+    }
+
+    /// The cookies whose name starts with `prefix`.
+    pub fn cookies_named(&self, prefix: &str) -> Vec<&BrowserCookie> {
+        self.cookies
+            .iter()
+            .filter(|c| c.name.starts_with(prefix))
+            .collect()
     }
 
     /// The kinds of provider pages seen, in order (`["login", "consent"]`).

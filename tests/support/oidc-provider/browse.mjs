@@ -15,6 +15,9 @@
 //   follow_link   once out of the provider, click the link whose text is exactly this (a person
 //                 following "Back to ..." on the broker's page); the result is where it led
 //   chromium      the browser binary (default: `chromium` on PATH)
+//   then          further runs in the same browser (its cookies kept), one after the other, each
+//                 with url (or resume: the index of an earlier run, to go back to the provider
+//                 page where that run stopped), login, password, on_login, on_consent
 // Output:
 //   url, status   where the browser ended and the HTTP status of that page (null if none)
 //   title, text, html   that page's title, visible text and DOM
@@ -25,6 +28,10 @@
 //                 came back after a wrong password), "stopped" (on_login/on_consent "stop"),
 //                 "unknown_page" (a provider page with neither form), "followed_link"
 //   link_page     with follow_link: {url, status, text, html} of the page the link was on
+//   cookies       the browser's cookies at the end: {name, value, domain, path, secure,
+//                 httpOnly, sameSite, expires}
+//   then          with then: each further run's {url, status, title, text, pages, navigations,
+//                 outcome, cookies} (cookies as that run left them)
 //
 // Only loopback is reachable: other host names do not resolve and other requests are aborted.
 
@@ -60,50 +67,15 @@ try {
   );
   const page = await context.newPage();
   page.setDefaultTimeout(60_000); // bounds a hang; not a timing assertion
-  page.on('request', (request) => {
+  const recordInto = (run) => (request) => {
     if (request.isNavigationRequest() && request.frame() === page.mainFrame()) {
-      result.navigations.push(request.url());
+      run.navigations.push(request.url());
     }
-  });
+  };
+  const recordFirst = recordInto(result);
+  page.on('request', recordFirst);
 
-  let response = await page.goto(input.url);
-  for (;;) {
-    const here = new URL(page.url());
-    if (here.origin !== issuer || !here.pathname.startsWith('/interaction/')) {
-      result.outcome = 'left_provider';
-      break;
-    }
-    const kind = (await page.locator('input[name="login"]').count()) ? 'login'
-      : (await page.locator('input[name="prompt"][value="consent"]').count()) ? 'consent' : 'unknown';
-    const loginError = (await page.locator('.login-error').count()) > 0;
-    result.pages.push({ page: kind, url: page.url(), login_error: loginError });
-    if (kind === 'unknown') {
-      result.outcome = 'unknown_page';
-      break;
-    }
-    if (kind === 'login' && loginError) {
-      result.outcome = 'login_failed';
-      break;
-    }
-    const action = kind === 'login' ? (input.on_login ?? 'submit') : (input.on_consent ?? 'accept');
-    if (action === 'stop') {
-      result.outcome = 'stopped';
-      break;
-    }
-    let click;
-    if (action === 'cancel' || action === 'refuse') {
-      click = 'a[href$="/abort"]';
-    } else if (action === 'submit' && kind === 'login') {
-      await page.fill('input[name="login"]', input.login ?? '');
-      await page.fill('input[name="password"]', input.password ?? '');
-      click = 'button[type="submit"]';
-    } else if (action === 'accept' && kind === 'consent') {
-      click = 'button[type="submit"]';
-    } else {
-      throw new Error(`no action ${JSON.stringify(action)} on the ${kind} page`);
-    }
-    [response] = await Promise.all([page.waitForNavigation(), page.click(click)]);
-  }
+  let response = await drive(page, input, result, input.url);
 
   if (input.follow_link !== undefined && result.outcome === 'left_provider') {
     result.link_page = {
@@ -117,17 +89,88 @@ try {
     result.outcome = 'followed_link';
   }
 
-  result.url = page.url();
-  result.status = response ? response.status() : null;
-  result.title = await page.title();
-  result.text = await page.evaluate(() => document.body?.innerText ?? '');
-  result.html = await page.content();
+  await describe(page, response, result);
+  result.cookies = await context.cookies();
+  page.off('request', recordFirst);
+  const runs = [result];
+  for (const step of input.then ?? []) {
+    const run = { pages: [], navigations: [] };
+    const url = step.resume === undefined ? step.url : runs[step.resume].stopped_at;
+    if (!url) {
+      throw new Error(`run ${step.resume} did not stop on a provider page to resume`);
+    }
+    const record = recordInto(run);
+    page.on('request', record);
+    const stepResponse = await drive(page, step, run, url);
+    page.off('request', record);
+    await describe(page, stepResponse, run);
+    delete run.html;
+    run.cookies = await context.cookies();
+    runs.push(run);
+  }
+  if (input.then) {
+    result.then = runs.slice(1);
+  }
   process.stdout.write(`${JSON.stringify(result)}\n`);
   await browser.close();
 } catch (error) {
   process.stdout.write(`${JSON.stringify({ ...result, error: String(error?.stack ?? error) })}\n`);
   await browser?.close().catch(() => {});
   process.exitCode = 1;
+}
+
+// Opens url and acts on the provider's pages as opts says, recording them in run; resolves to
+// the last navigation's response. A run that stops on a provider page records its URL
+// (stopped_at), so a later run can go back to it.
+async function drive(page, opts, run, url) {
+  let response = await page.goto(url);
+  for (;;) {
+    const here = new URL(page.url());
+    if (here.origin !== issuer || !here.pathname.startsWith('/interaction/')) {
+      run.outcome = 'left_provider';
+      return response;
+    }
+    const kind = (await page.locator('input[name="login"]').count()) ? 'login'
+      : (await page.locator('input[name="prompt"][value="consent"]').count()) ? 'consent' : 'unknown';
+    const loginError = (await page.locator('.login-error').count()) > 0;
+    run.pages.push({ page: kind, url: page.url(), login_error: loginError });
+    if (kind === 'unknown') {
+      run.outcome = 'unknown_page';
+      return response;
+    }
+    if (kind === 'login' && loginError) {
+      run.outcome = 'login_failed';
+      return response;
+    }
+    const action = kind === 'login' ? (opts.on_login ?? 'submit') : (opts.on_consent ?? 'accept');
+    if (action === 'stop') {
+      run.outcome = 'stopped';
+      run.stopped_at = page.url();
+      return response;
+    }
+    let click;
+    if (action === 'cancel' || action === 'refuse') {
+      click = 'a[href$="/abort"]';
+    } else if (action === 'submit' && kind === 'login') {
+      await page.fill('input[name="login"]', opts.login ?? '');
+      await page.fill('input[name="password"]', opts.password ?? '');
+      click = 'button[type="submit"]';
+    } else if (action === 'accept' && kind === 'consent') {
+      click = 'button[type="submit"]';
+    } else {
+      throw new Error(`no action ${JSON.stringify(action)} on the ${kind} page`);
+    }
+    [response] = await Promise.all([page.waitForNavigation(), page.click(click)]);
+  }
+}
+
+// Where the page is and what it shows.
+async function describe(page, response, run) {
+  run.url = page.url();
+  run.status = response ? response.status() : null;
+  run.title = await page.title();
+  run.text = await page.evaluate(() => document.body?.innerText ?? '');
+  run.html = await page.content();
 }
 
 function onPath(name) {
