@@ -13,6 +13,7 @@ need chromium chromium     # a real browser follows a login link (tests/broker.r
 need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
 need redis-cli redis-tools
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
+need curl curl             # the README's examples, run as written (tests/retrieval_secret.rs)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

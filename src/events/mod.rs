@@ -179,6 +179,17 @@ pub fn callback_received(app: &App, state: &str, has_code: bool, error: Option<&
     );
 }
 
+/// A second, different callback for a relay state: the state is in conflict and neither callback
+/// is handed out (one may be a stranger's). A receiver told `succeeded` for the first learns
+/// here that the code will not come.
+pub fn callback_conflict(app: &App, state: &str) {
+    let Some(events) = &app.events else { return };
+    events.emit(
+        RELAY_CALLBACK_RECEIVED,
+        json!({ "handle": handle_hash(state), "status": "conflict", "reason": "conflict" }),
+    );
+}
+
 /// A broker sign-in finished: `failure` is its reason code when it failed.
 pub fn sign_in_finished(app: &App, handle: &str, provider: &str, failure: Option<&str>) {
     let Some(events) = &app.events else { return };
