@@ -101,7 +101,8 @@ pub struct ServeArgs {
     /// path alone, to resolve against the URL the session was created at.
     #[arg(long, env = "OAUTH_RELAY_INTERNAL_URL")]
     pub internal_url: Option<String>,
-    /// Seconds anything pending (a callback, a registered state) is kept.
+    /// Seconds anything pending (a callback, a registered state) is kept; also how long an
+    /// expired registration stays a tombstone (nobody may register its state again).
     #[arg(long, env = "OAUTH_RELAY_TTL_SECS", default_value_t = defaults::TTL_SECS)]
     pub ttl_secs: u64,
     /// Most callbacks and registered states held at once; past it /callback answers 503.
