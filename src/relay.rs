@@ -86,7 +86,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     let too_long = callback
         .values()
         .iter()
-        .any(|(_, v)| v.is_some_and(|v| v.len() > MAX_PARAM_BYTES));
+        .any(|v| v.is_some_and(|v| v.len() > MAX_PARAM_BYTES));
     if too_long || callback.payload_bytes() > MAX_CALLBACK_BYTES {
         return Err(Error::CallbackTooLarge);
     }

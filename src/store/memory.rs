@@ -111,7 +111,7 @@ impl Packed {
 
     fn pack(cb: &Callback) -> Packed {
         let mut out = Vec::with_capacity(4 * Self::FIELDS + cb.payload_bytes());
-        for (_, value) in cb.values() {
+        for value in cb.values() {
             match value {
                 None => out.extend_from_slice(&0u32.to_be_bytes()),
                 Some(v) => {

@@ -112,21 +112,18 @@ impl Callback {
     /// The bytes of what the provider sent besides the state: what `max_bytes` and the
     /// per-callback bound count.
     pub fn payload_bytes(&self) -> usize {
-        self.values()
-            .iter()
-            .map(|(_, v)| v.map_or(0, str::len))
-            .sum()
+        self.values().iter().map(|v| v.map_or(0, str::len)).sum()
     }
 
-    /// Each kept parameter by name, the state aside.
-    pub fn values(&self) -> [(&'static str, Option<&str>); 6] {
+    /// Each kept parameter, the state aside, in the order of the fields.
+    pub fn values(&self) -> [Option<&str>; 6] {
         [
-            ("code", self.code.as_ref().map(Secret::expose)),
-            ("error", self.error.as_deref()),
-            ("error_description", self.error_description.as_deref()),
-            ("iss", self.iss.as_deref()),
-            ("session_state", self.session_state.as_deref()),
-            ("error_uri", self.error_uri.as_deref()),
+            self.code.as_ref().map(Secret::expose),
+            self.error.as_deref(),
+            self.error_description.as_deref(),
+            self.iss.as_deref(),
+            self.session_state.as_deref(),
+            self.error_uri.as_deref(),
         ]
     }
 }

@@ -842,6 +842,7 @@ impl Store for RedisStore {
         client: Option<Client>,
     ) -> StoreResult<Register> {
         let guard = guard.map(|h| self.guard(h).to_vec()).unwrap_or_default();
+        // Declared either way; a trusted caller's registration leaves it untouched.
         let share = self.share_key(client.unwrap_or(Client::Unknown));
         let outcome: String = self.with(|c| {
             self.scripts
