@@ -50,6 +50,9 @@ BROKER_SESSIONS=${BROKER_SESSIONS:-10000}
 FILL_CALLBACKS=${FILL_CALLBACKS:-100000}
 
 OUT=bench/out
+# Every request here comes from one address: its share of the pending cap
+# (OAUTH_RELAY_MAX_PENDING_PER_CLIENT, 1 % by default) would stop the fills long before the cap.
+export OAUTH_RELAY_MAX_PENDING_PER_CLIENT=${OAUTH_RELAY_MAX_PENDING_PER_CLIENT:-1000000000}
 UTIL=(python3 bench/util.py)
 FRONT=(python3 bench/front.py)
 # The helpers import bench/httpc.py; keep bench/ free of __pycache__ (it is not git-ignored).

@@ -66,6 +66,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Every request here comes from one address: its share of the pending cap
+# (OAUTH_RELAY_MAX_PENDING_PER_CLIENT, 1 % by default) would stop the fills long before the cap.
+export OAUTH_RELAY_MAX_PENDING_PER_CLIENT=${OAUTH_RELAY_MAX_PENDING_PER_CLIENT:-1000000000}
+
 # Starts a fresh server on a free loopback port (extra flags are passed on); sets PORT.
 start_server() {
     PORT=$("${UTIL[@]}" free-port)

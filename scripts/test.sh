@@ -15,6 +15,7 @@ need redis-cli redis-tools
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
 need python3 python3        # kubernetes-validate checks the manifests (tests/manifests.rs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # target/test-venv below
+need curl curl             # the README's examples, run as written (tests/retrieval_secret.rs)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

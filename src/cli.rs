@@ -213,7 +213,7 @@ impl Backoff {
     }
 }
 
-/// Long-polls `url(wait_secs)` until it answers something other than `pending` (or 503) or
+/// Long-polls `url(wait_secs)` until it answers something other than `pending` (or 202, 503) or
 /// the deadline passes. Connection errors are reported and retried; answers that come back
 /// much sooner than the wait asked for are retried only after a back-off pause.
 fn poll(
@@ -239,7 +239,9 @@ fn poll(
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let body = r.body_mut().read_to_string().unwrap_or_default();
-                if status != pending && status != 503 {
+                // 202 is "not yet" everywhere: the broker's pending tokens, and the relay's
+                // answer to the owner of a registered state whose callback has not arrived.
+                if ![pending, 202, 503].contains(&status) {
                     let json = serde_json::from_str(&body).unwrap_or(Value::Null);
                     return Polled::Answer(status, body, json);
                 }

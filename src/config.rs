@@ -14,6 +14,13 @@ pub mod defaults {
     pub const PORT: u16 = 8000;
     pub const TTL_SECS: u64 = 600;
     pub const MAX_PENDING: usize = 100_000;
+    /// A client's share of OAUTH_RELAY_MAX_PENDING, unless OAUTH_RELAY_MAX_PENDING_PER_CLIENT
+    /// says otherwise: 1 % of it (1,000 of the default 100,000: far more sign-ins than a NAT full
+    /// of people has under way at once; one address needs 100 like it to fill the cap), and at
+    /// least 10.
+    pub fn max_pending_per_client(max_pending: usize) -> usize {
+        (max_pending / 100).max(10)
+    }
     pub const MAX_URL_BYTES: usize = 8 * 1024;
     pub const MAX_WAIT_SECS: u64 = 60;
     pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
@@ -94,19 +101,25 @@ pub struct ServeArgs {
     /// path alone, to resolve against the URL the session was created at.
     #[arg(long, env = "OAUTH_RELAY_INTERNAL_URL")]
     pub internal_url: Option<String>,
-    /// Seconds anything pending (a callback, a registered state) is kept.
+    /// Seconds anything pending (a callback, a registered state) is kept; also how long an
+    /// expired registration stays a tombstone (nobody may register its state again).
     #[arg(long, env = "OAUTH_RELAY_TTL_SECS", default_value_t = defaults::TTL_SECS)]
     pub ttl_secs: u64,
     /// Most callbacks and registered states held at once; past it /callback answers 503.
     #[arg(long, env = "OAUTH_RELAY_MAX_PENDING", default_value_t = defaults::MAX_PENDING)]
     pub max_pending: usize,
+    /// Most callbacks and self-registrations (without the API token) one client holds at once;
+    /// past it it gets 429. A client is an IPv4 address or an IPv6 /64. Defaults to 1 % of
+    /// OAUTH_RELAY_MAX_PENDING, at least 10.
+    #[arg(long, env = "OAUTH_RELAY_MAX_PENDING_PER_CLIENT")]
+    pub max_pending_per_client: Option<usize>,
     /// Bearer token required on /api/... (off when unset). Prefer the environment variable:
     /// command lines are visible to other users of the machine.
     #[arg(long, env = "OAUTH_RELAY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Accept /callback only for states registered beforehand with POST /api/states. Clients
-    /// may then register a state with the hash of their own retrieval secret without the API
-    /// token; without an API token every registration must carry one.
+    /// Accept /callback only for states registered beforehand with POST /api/states. With an API
+    /// token, registering needs it; without one, every registration must carry the hash of the
+    /// client's own retrieval secret.
     #[arg(long, env = "OAUTH_RELAY_REQUIRE_REGISTERED_STATE")]
     pub require_registered_state: bool,
     /// Most bytes of callback data (state, code, error texts) held at once; past it /callback
@@ -360,6 +373,8 @@ pub struct Config {
     pub internal_url: Option<String>,
     pub ttl: Duration,
     pub max_pending: usize,
+    /// Each client's share of `max_pending`.
+    pub max_pending_per_client: usize,
     pub max_pending_bytes: usize,
     pub max_sessions: usize,
     pub api_token: Option<Secret>,
@@ -447,6 +462,7 @@ impl Default for Config {
             internal_url: None,
             ttl: Duration::from_secs(defaults::TTL_SECS),
             max_pending: defaults::MAX_PENDING,
+            max_pending_per_client: defaults::max_pending_per_client(defaults::MAX_PENDING),
             max_pending_bytes: defaults::MAX_PENDING_BYTES,
             max_sessions: defaults::MAX_SESSIONS,
             api_token: None,
@@ -523,6 +539,10 @@ impl Config {
             internal_url,
             ttl: Duration::from_secs(positive("OAUTH_RELAY_TTL_SECS", a.ttl_secs)?),
             max_pending: positive("OAUTH_RELAY_MAX_PENDING", a.max_pending as u64)? as usize,
+            max_pending_per_client: match a.max_pending_per_client {
+                None => defaults::max_pending_per_client(a.max_pending),
+                Some(n) => positive("OAUTH_RELAY_MAX_PENDING_PER_CLIENT", n as u64)? as usize,
+            },
             max_pending_bytes: positive(
                 "OAUTH_RELAY_MAX_PENDING_BYTES",
                 a.max_pending_bytes as u64,
@@ -583,7 +603,28 @@ mod tests {
             (c.host, c.port, c.ttl, c.max_pending),
             (d.host, d.port, d.ttl, d.max_pending)
         );
+        assert_eq!(c.max_pending_per_client, d.max_pending_per_client);
         assert_eq!(c.server.read_timeout, d.server.read_timeout);
+    }
+
+    #[test]
+    fn a_clients_share_follows_the_cap_unless_set() {
+        assert_eq!(parse(&[]).unwrap().max_pending_per_client, 1_000);
+        assert_eq!(
+            parse(&["--max-pending", "100"])
+                .unwrap()
+                .max_pending_per_client,
+            10
+        );
+        assert_eq!(
+            parse(&["--max-pending-per-client", "3"])
+                .unwrap()
+                .max_pending_per_client,
+            3
+        );
+        assert!(parse(&["--max-pending-per-client", "0"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_MAX_PENDING_PER_CLIENT"));
     }
 
     fn explain(args: &[&str]) -> ParseFailure {

@@ -15,14 +15,26 @@ pub enum Error {
     MissingState,
     StateTooLong,
     StateNotRegistered,
+    /// A different callback for a state whose callback was already retrieved.
     StateConflict,
+    /// A callback's parameters over `relay::MAX_PARAM_BYTES` each or `MAX_CALLBACK_BYTES` in all.
+    CallbackTooLarge,
+    /// The person's page when a state has two different callbacks (`store::Put::Conflicted`).
+    SignInConflict,
+    /// The person's page when the state's registration expired (a tombstone).
+    StateExpired,
     /// The relay's `/api/...` without `OAUTH_RELAY_API_TOKEN`.
     Unauthorized,
     /// The broker's endpoints without `WK_M365_BROKER_TOKEN`.
     BrokerUnauthorized,
     CallbackNotFound,
     CallbackGone,
-    RegistrationDisabled,
+    /// To the owner: the registration expired before its callback arrived.
+    RegistrationExpired,
+    /// To the owner: two different callbacks arrived, neither is handed out.
+    CallbackConflict,
+    /// A client's share of pending entries is used up (`OAUTH_RELAY_MAX_PENDING_PER_CLIENT`).
+    TooManyPending,
     StateExists,
     StoreFull,
     SessionsFull,
@@ -66,18 +78,23 @@ impl Face {
 impl Error {
     pub fn status(&self) -> u16 {
         match self {
-            Error::NotFound | Error::CallbackNotFound | Error::RegistrationDisabled => 404,
+            Error::NotFound | Error::CallbackNotFound => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::BadRequest(_)
             | Error::MissingState
             | Error::StateTooLong
             | Error::StateNotRegistered
+            | Error::CallbackTooLarge
             | Error::WriteScope
             | Error::UnknownProvider
             | Error::ScopeNotAllowed => 400,
-            Error::StateConflict | Error::StateExists => 409,
+            Error::StateConflict
+            | Error::SignInConflict
+            | Error::CallbackConflict
+            | Error::StateExists => 409,
             Error::Unauthorized | Error::BrokerUnauthorized => 401,
-            Error::CallbackGone => 410,
+            Error::CallbackGone | Error::StateExpired | Error::RegistrationExpired => 410,
+            Error::TooManyPending => 429,
             Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
                 503
             }
@@ -100,13 +117,22 @@ impl Error {
             }
             Error::StateNotRegistered => "Unknown or expired sign-in",
             Error::StateConflict => "This sign-in was already completed with a different response",
+            Error::CallbackTooLarge => "The sign-in response has a parameter longer than 4096 bytes, or more than 6144 bytes of them",
+            Error::SignInConflict => "This sign-in received two different responses, so neither will be used",
+            Error::StateExpired => "This sign-in has expired",
             // Word for word as before: existing relay clients may match on it.
             Error::Unauthorized => "Missing or invalid API token",
             Error::BrokerUnauthorized => "Missing or invalid broker token",
             Error::CallbackNotFound => "Callback not found or expired",
             Error::CallbackGone => "Callback already retrieved",
-            Error::RegistrationDisabled => {
-                "State registration is not enabled (set OAUTH_RELAY_API_TOKEN)"
+            Error::RegistrationExpired => {
+                "The state's registration expired before its callback arrived"
+            }
+            Error::CallbackConflict => {
+                "Two different callbacks arrived for this state, so neither is handed out: start a new sign-in"
+            }
+            Error::TooManyPending => {
+                "Too many pending sign-ins from this address (OAUTH_RELAY_MAX_PENDING_PER_CLIENT); try again later"
             }
             Error::StateExists => "State already registered or used",
             Error::StoreFull => "Too many pending callbacks; try again later",
@@ -128,11 +154,20 @@ impl Error {
     /// What a person is told to do about it.
     fn advice(&self) -> &'static str {
         match self {
-            Error::MissingState | Error::StateTooLong | Error::StateNotRegistered => {
-                "Start the sign-in again from the application."
-            }
+            Error::MissingState
+            | Error::StateTooLong
+            | Error::StateNotRegistered
+            | Error::CallbackTooLarge
+            | Error::StateExpired => "Start the sign-in again from the application.",
             Error::StateConflict => "You can close this window and return to the application.",
-            Error::StoreFull | Error::Unavailable | Error::TooManyWaiters | Error::Internal => {
+            Error::SignInConflict => {
+                "Someone else may have used this sign-in's address. Return to the application and start the sign-in again."
+            }
+            Error::StoreFull
+            | Error::Unavailable
+            | Error::TooManyWaiters
+            | Error::TooManyPending
+            | Error::Internal => {
                 "Please wait a minute and start the sign-in again from the application."
             }
             _ => "Check the address, or start again from the application.",
@@ -160,6 +195,9 @@ impl Error {
             Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
                 response = response.with_header("Retry-After", "5")
             }
+            // A share frees as the client's entries are retrieved or expire: minutes, not
+            // seconds, for one that filled it with junk.
+            Error::TooManyPending => response = response.with_header("Retry-After", "60"),
             _ => {}
         }
         response

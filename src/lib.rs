@@ -96,14 +96,14 @@ pub fn serve(config: config::Config) -> Result<(), String> {
                 config.max_pending,
                 config.max_pending_bytes,
             )
-            .with_max_sessions(config.max_sessions),
+            .with_max_sessions(config.max_sessions)
+            .with_max_per_client(config.max_pending_per_client),
         ),
         Some(r) => {
-            let redis = Arc::new(store::redis::RedisStore::new(
-                r,
-                config.ttl,
-                config.max_pending,
-            )?);
+            let redis = Arc::new(
+                store::redis::RedisStore::new(r, config.ttl, config.max_pending)?
+                    .with_max_per_client(config.max_pending_per_client),
+            );
             let w = waiters.clone();
             redis.start_background(move |key| w.notify(key));
             if let Err(e) = store::Store::ping(redis.as_ref()) {
@@ -168,6 +168,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "internal_addr": running.addr_of(http::Listener::Internal).map(|a| a.to_string()),
             "ttl_secs": config.ttl.as_secs(),
             "max_pending": config.max_pending,
+            "max_pending_per_client": config.max_pending_per_client,
             "api_token": config.api_token.is_some(),
             "require_registered_state": config.require_registered_state,
             "store": if config.redis.is_some() { "redis" } else { "memory" },

@@ -18,6 +18,8 @@ pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
 pub static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
 /// Requests answered, by any status.
 pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Callbacks and self-registrations refused (429) past their client's share of pending entries.
+pub static PENDING_SHARE_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 pub fn render(app: &App) -> Result<Response, Error> {
     // (Result kept so the router treats every handler alike.)
@@ -146,5 +148,13 @@ pub fn render(app: &App) -> Result<Response, Error> {
             let _ = writeln!(out, "{name}{{class=\"{class}\"}} {}", load(counter));
         }
     }
+    // One family, labelled by share, so other shares (connections, say) can join it.
+    let _ = write!(
+        out,
+        "# HELP oauth_relay_quota_refused_total Requests refused (429) past the client's share.\n\
+         # TYPE oauth_relay_quota_refused_total counter\n\
+         oauth_relay_quota_refused_total{{share=\"pending\"}} {}\n",
+        PENDING_SHARE_REFUSED.load(Ordering::Relaxed)
+    );
     Ok(Response::text(200, "text/plain; version=0.0.4", out))
 }

@@ -2,7 +2,9 @@
 //! hands it out once (optionally long-polling), `/api/states` registers states ahead of time
 //! (optionally with the hash of a retrieval secret only the registering client holds),
 //! `/health` reports. Every answer here is the Python server's shape unless the README's
-//! "Differences" says otherwise.
+//! "Differences" says otherwise: a state with two different callbacks hands out neither, an
+//! expired registration stays a tombstone for the TTL, and the owner of a registered state is
+//! told "not yet" (202) and "expired" (410) in words of their own.
 
 use crate::app::App;
 use crate::error::Error;
@@ -10,7 +12,7 @@ use crate::http::{decode_segment, HttpRequest, Reply, Response};
 use crate::logging;
 use crate::pages;
 use crate::secret::{short_hash, RetrievalHash, Secret};
-use crate::store::{Callback, Proof, Put, Register, Take, Unavailable};
+use crate::store::{Callback, Client, Proof, Put, Register, Take, Unavailable};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,6 +20,14 @@ use std::time::{Duration, SystemTime};
 /// States longer than this are refused, at registration and in callbacks (real ones are tens of
 /// bytes): a bound on what a stranger can make us hold per entry.
 pub const MAX_STATE_BYTES: usize = 1024;
+
+/// Each parameter kept from a callback (code, error texts, issuer, ...) is refused past this
+/// many bytes, and a callback past `MAX_CALLBACK_BYTES` of them together (the state aside): real
+/// codes are tens to about two thousand bytes, issuers and error pages are URLs. With
+/// `MAX_STATE_BYTES`, a bound on what a stranger can make us hold per entry whatever
+/// `OAUTH_RELAY_MAX_URL_BYTES` allows; all of it counts against `OAUTH_RELAY_MAX_PENDING_BYTES`.
+pub const MAX_PARAM_BYTES: usize = 4096;
+pub const MAX_CALLBACK_BYTES: usize = 6144;
 
 /// The header a retrieval presents its retrieval secret in: a header, not a query parameter, so
 /// it stays out of access logs, proxy logs and browser history.
@@ -69,7 +79,17 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         code: req.query_param("code").map(Secret::new),
         error: req.query_param("error"),
         error_description: req.query_param("error_description"),
+        iss: req.query_param("iss"),
+        session_state: req.query_param("session_state"),
+        error_uri: req.query_param("error_uri"),
     };
+    let too_long = callback
+        .values()
+        .iter()
+        .any(|v| v.is_some_and(|v| v.len() > MAX_PARAM_BYTES));
+    if too_long || callback.payload_bytes() > MAX_CALLBACK_BYTES {
+        return Err(Error::CallbackTooLarge);
+    }
     let outcome = if callback.error.is_some() {
         "provider_error"
     } else {
@@ -79,9 +99,10 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     // same page); the callback itself moves into the store.
     let (error, description) = (callback.error.clone(), callback.error_description.clone());
     let has_code = callback.code.is_some();
+    let client = Client::of(req.client_ip());
     match app
         .store
-        .put_callback(callback, app.config.require_registered_state)?
+        .put_callback_from(callback, app.config.require_registered_state, client)?
     {
         stored @ (Put::Stored | Put::StoredRegistered) => {
             // The fields (a hash among them) are built only when the line is written.
@@ -97,6 +118,17 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         }
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}
+        Put::Conflicted => {
+            logging::warn(
+                "callback_conflict",
+                json!({ "state": short_hash(&state), "effect": "neither callback is handed out" }),
+            );
+            // A long-poll waiting for this state is answered with the conflict now.
+            app.notify("relay", &state);
+            crate::events::callback_conflict(app, &state);
+            return Err(Error::SignInConflict);
+        }
+        Put::InConflict => return Err(Error::SignInConflict),
         Put::Conflict => {
             logging::warn("callback_conflict", json!({ "state": short_hash(&state) }));
             return Err(Error::StateConflict);
@@ -108,6 +140,13 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             );
             return Err(Error::StateNotRegistered);
         }
+        Put::Expired => {
+            logging::warn(
+                "callback_after_registration_expired",
+                json!({ "state": short_hash(&state) }),
+            );
+            return Err(Error::StateExpired);
+        }
         Put::Full => {
             logging::warn(
                 "store_full",
@@ -115,6 +154,7 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             );
             return Err(Error::StoreFull);
         }
+        Put::Quota => return Err(share_used_up(app)),
     }
     let page = match error {
         None => pages::relay_success(),
@@ -123,16 +163,30 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     Ok(Response::html(200, page))
 }
 
+/// A client's share of pending entries is used up: counted, and refused (429).
+fn share_used_up(app: &App) -> Error {
+    crate::metrics::PENDING_SHARE_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    logging::warn(
+        "pending_share_full",
+        json!({ "max_pending_per_client": app.config.max_pending_per_client }),
+    );
+    Error::TooManyPending
+}
+
 pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Reply, Error> {
     let proof = proof_of(app, req)?;
     let state = decode_segment(raw_state)
         .filter(|s| !s.is_empty())
         .ok_or(Error::CallbackNotFound)?;
+    let asked_to_wait = req.query_param("wait").is_some();
     let wait = wait_param(app, req)?;
-    let response = take(app, &state, &proof)?;
-    if response.status != 404 || wait.is_zero() {
-        return Ok(Reply::Now(response));
-    }
+    let found = app.store.take_callback_by(&state, &proof)?;
+    let wait = match &found {
+        Take::Missing if !wait.is_zero() => wait,
+        // The owner is answered when the registration ends, not at its own deadline.
+        Take::Pending { expires_in } if !wait.is_zero() => wait.min(*expires_in + EXPIRY_MARGIN),
+        _ => return Ok(Reply::Now(answer(&state, found, asked_to_wait))),
+    };
     let key = app.store.waiter_key("relay", &state);
     let (ready_state, ready_proof) = (state.clone(), proof.clone());
     Ok(crate::app::long_poll(
@@ -145,29 +199,33 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
                 .unwrap_or(true)
         },
         move |app| {
-            take(app, &state, &proof)
-                .unwrap_or_else(|e| e.into_response())
+            app.store
+                .take_callback_by(&state, &proof)
+                .map(|found| answer(&state, found, true))
+                .unwrap_or_else(|e| Error::from(e).into_response())
                 .tagged("/api/callback/{state}", Some(&state))
         },
     ))
 }
 
-/// What a retrieval shows: the hash of its `X-Retrieval-Secret` (hashed at once; the secret
-/// itself goes no further), and whether it passed the API token check. With neither it is
-/// refused (401) as before retrieval secrets existed; a secret without the token may still
-/// open the callback that secret guards, and nothing else.
+/// How long past a registration's end a long-poll parked on it waits before asking again: the
+/// store's clock (Redis's, with several replicas) and ours may differ by that much.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(100);
+
+/// What a retrieval shows. With an API token configured, a request without it is refused at
+/// once (401), whatever else it carries: a retrieval secret is no way past the token (it let
+/// anyone park long-polls and fill OAUTH_RELAY_MAX_WAITERS). Then the hash of its
+/// `X-Retrieval-Secret` (hashed at once; the secret itself goes no further), which opens only a
+/// state registered with that hash.
 fn proof_of(app: &App, req: &HttpRequest) -> Result<Proof, Error> {
+    app.authorize(req)?;
     let secret = req
         .header(RETRIEVAL_SECRET_HEADER)
         .filter(|s| !s.is_empty())
         .map(RetrievalHash::of_secret);
-    let authorized = app.authorize(req);
-    if secret.is_none() {
-        authorized.clone()?;
-    }
     Ok(Proof {
         secret,
-        authorized: authorized.is_ok(),
+        authorized: true,
     })
 }
 
@@ -183,15 +241,18 @@ pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
     })
 }
 
-/// One retrieval attempt, answered as the Python server answers it. A request without the
-/// right to the callback gets the unknown state's answer, and the callback stays.
-fn take(app: &App, state: &str, proof: &Proof) -> Result<Response, Error> {
-    match app.store.take_callback_by(state, proof)? {
+/// The answer to a retrieval that found `found`, as the Python server answers where it had an
+/// answer. A request without the right to the callback was told `Missing` by the store and gets
+/// the unknown state's answer, byte for byte. To the owner of a registered state "not yet" is an
+/// answer of its own (202, with the seconds its registration has left) when it asked to
+/// `wait`; a plain retrieval says 404, as the Python server did.
+fn answer(state: &str, found: Take, asked_to_wait: bool) -> Response {
+    match found {
         Take::Taken(cb) => {
             if logging::enabled(logging::Level::Info) {
                 logging::info("callback_retrieved", json!({ "state": short_hash(state) }));
             }
-            Ok(Response::json(
+            Response::json(
                 200,
                 &json!({
                     "status": "success",
@@ -199,35 +260,45 @@ fn take(app: &App, state: &str, proof: &Proof) -> Result<Response, Error> {
                     "state": cb.state,
                     "error": cb.error,
                     "error_description": cb.error_description,
+                    "iss": cb.iss,
+                    "session_state": cb.session_state,
+                    "error_uri": cb.error_uri,
                 }),
             )
             .with_header("Access-Control-Allow-Origin", "*")
-            .with_header("Cache-Control", "no-store"))
+            .with_header("Cache-Control", "no-store")
         }
+        Take::Pending { expires_in } if asked_to_wait => Response::json(
+            202,
+            &json!({
+                "status": "pending",
+                "message": "The callback has not arrived yet",
+                "state": state,
+                // Whole seconds, rounded up: 0 only once it has expired.
+                "expires_in": expires_in.as_millis().div_ceil(1000) as u64,
+            }),
+        )
+        .with_header("Access-Control-Allow-Origin", "*")
+        .with_header("Cache-Control", "no-store"),
         // The Python server's answers, not failures of this request.
-        Take::AlreadyTaken => Ok(Error::CallbackGone.into_response()),
-        Take::Missing => Ok(Error::CallbackNotFound.into_response()),
+        Take::AlreadyTaken => Error::CallbackGone.into_response(),
+        Take::Missing | Take::Pending { .. } => Error::CallbackNotFound.into_response(),
+        Take::Expired => Error::RegistrationExpired.into_response(),
+        Take::Conflict => Error::CallbackConflict.into_response(),
     }
 }
 
-/// `POST /api/states`. Registering without a `retrieval_hash` needs the API token, as always.
-/// With one, in registered-states mode, it needs nothing else: the client proves its claim on
-/// the callback with the secret, not with a token shared by every client. Outside that mode a
-/// hash still needs the token: there, states nobody registered are accepted, and a stranger who
-/// saw such a state in an authorization URL could otherwise register it first, under their own
-/// secret, and collect its code. In registered-states mode every state is registered before
-/// its URL exists, so it can only be claimed twice (409).
+/// `POST /api/states`. With an API token configured, registering needs it, like everything
+/// under `/api/` (with a hash or without); such a registration is a trusted caller's and counts
+/// against no client's share. Without one, anyone may register a state with the hash of their
+/// own retrieval secret: on such a server whoever knows a state can already take its code, so a
+/// stranger gains nothing, and the client gets a code nobody else can take. Those
+/// self-registrations count against the client's share of `OAUTH_RELAY_MAX_PENDING`. A
+/// registration without a hash and without a token would open the callback to everyone, as no
+/// registration does, so it is refused, naming the setting that allows it.
 pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
-    let open = app.config.require_registered_state;
-    let refused = if app.config.api_token.is_none() {
-        Error::RegistrationDisabled
-    } else {
-        Error::Unauthorized
-    };
-    let authorized = app.config.api_token.is_some() && app.authorize(req).is_ok();
-    if !authorized && !open {
-        return Err(refused);
-    }
+    app.authorize(req)?;
+    let trusted = app.config.api_token.is_some();
     let body: Value = serde_json::from_slice(&req.body)
         .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
     let state = body
@@ -252,16 +323,13 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             ),
         )?),
     };
-    if guard.is_none() && !authorized {
-        return Err(match refused {
-            // Registered-states mode without an API token: every registration carries a hash.
-            Error::RegistrationDisabled => Error::BadRequest(
-                "retrieval_hash is required (registering without one needs OAUTH_RELAY_API_TOKEN)",
-            ),
-            other => other,
-        });
+    if guard.is_none() && !trusted {
+        return Err(Error::BadRequest(
+            "retrieval_hash is required (registering without one needs OAUTH_RELAY_API_TOKEN)",
+        ));
     }
-    match app.store.register_guarded(state, ttl, guard.as_ref())? {
+    let client = (!trusted).then(|| Client::of(req.client_ip()));
+    match app.store.register_by(state, ttl, guard.as_ref(), client)? {
         Register::Registered { expires_at } => {
             logging::info(
                 "state_registered",
@@ -280,5 +348,22 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         }
         Register::Exists => Err(Error::StateExists),
         Register::Full => Err(Error::StoreFull),
+        Register::Quota => Err(share_used_up(app)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bounds_are_the_ones_the_refusal_names() {
+        let message = Error::CallbackTooLarge.message();
+        assert!(message.contains(&MAX_PARAM_BYTES.to_string()), "{message}");
+        assert!(
+            message.contains(&MAX_CALLBACK_BYTES.to_string()),
+            "{message}"
+        );
+        const { assert!(MAX_PARAM_BYTES < MAX_CALLBACK_BYTES) };
     }
 }

@@ -240,6 +240,7 @@ fn identity(subject: &str) -> Identity {
         email: Some(format!("{subject}@example.com")),
         email_verified: true,
         tenant: Some("tenant-1".into()),
+        unverified_email: None,
     }
 }
 

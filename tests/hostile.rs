@@ -1116,7 +1116,8 @@ fn states_longer_than_1024_bytes_are_refused_and_store_nothing() {
 
 #[test]
 fn thousands_of_longest_states_stay_within_their_memory_budget() {
-    let mut relay = Relay::start(&[]);
+    // All from one address: past the default share of one client (1,000).
+    let mut relay = Relay::start(&["--max-pending-per-client", "3000"]);
     store_canary(&relay);
     const CALLBACKS: usize = 2000;
     // Per stored callback: its 1,024-byte state perhaps twice (a key and a field), a short code,

@@ -289,8 +289,15 @@ fn relay_flows(api: &Api) {
     // A callback lands, is retrieved once, then gone.
     assert_eq!(api.get("/callback?code=c1&state=s1").status, 200);
     assert_eq!(api.get("/callback?code=c1&state=s1").status, 200);
-    assert_eq!(api.get("/callback?code=other&state=s1").status, 409);
     assert_eq!(api.get("/callback?code=c1").status, 400);
+    // Kept parameters, and their bound.
+    let iss = "/callback?code=ci&state=si&iss=https%3A%2F%2Fas.example&session_state=x";
+    assert_eq!(api.get(iss).status, 200);
+    let over = format!("/callback?code=c&state=so&iss={}", "a".repeat(4097));
+    assert_eq!(api.get(&over).status, 400);
+    // Two different callbacks: in conflict, neither handed out.
+    assert_eq!(api.get("/callback?code=c1&state=sc").status, 200);
+    assert_eq!(api.get("/callback?code=other&state=sc").status, 409);
     assert_eq!(
         api.get("/callback?error=access_denied&state=s0").status,
         200
@@ -298,6 +305,12 @@ fn relay_flows(api: &Api) {
     assert_eq!(api.get("/api/callback/s1").status, 401);
     assert_eq!(api.get_with("/api/callback/s1", &auth).status, 200);
     assert_eq!(api.get_with("/api/callback/s1", &auth).status, 410);
+    assert_eq!(api.get("/callback?code=other&state=s1").status, 409);
+    assert_eq!(
+        api.get_with("/api/callback/si", &auth).json()["iss"],
+        "https://as.example"
+    );
+    assert_eq!(api.get_with("/api/callback/sc", &auth).status, 409);
     assert_eq!(api.get_with("/api/callback/s0", &auth).status, 200);
     assert_eq!(api.get_with("/api/callback/unknown", &auth).status, 404);
     assert_eq!(api.get_with("/api/callback/s1?wait=abc", &auth).status, 400);
@@ -326,6 +339,14 @@ fn relay_flows(api: &Api) {
     assert_eq!(api.post("/api/states", &with_token, &s3).status, 201);
     assert_eq!(api.post("/api/states", &with_token, &s3).status, 409);
     assert_eq!(api.post("/api/states", &[json_type], &s3).status, 401);
+    // Its owner (the token, here) is told "not yet", and "expired" once it is.
+    assert_eq!(api.get_with("/api/callback/s3?wait=0", &auth).status, 202);
+    let short = json!({ "state": "s6", "ttl_secs": 1 });
+    assert_eq!(api.post("/api/states", &with_token, &short).status, 201);
+    eventually("the registration to expire", || {
+        (api.get_with("/api/callback/s6", &auth).status == 410).then_some(())
+    });
+    assert_eq!(api.get("/callback?code=late&state=s6").status, 410);
     assert_eq!(
         api.post("/api/states", &with_token, &json!({ "state": "" }))
             .status,
@@ -347,7 +368,14 @@ fn relay_flows(api: &Api) {
     assert_eq!(api.post("/api/states", &with_token, &s4).status, 201);
     assert_eq!(api.get("/callback?code=c4&state=s4").status, 200);
     assert_eq!(api.get_with("/api/callback/s4", &auth).status, 404);
-    let res = api.get_with("/api/callback/s4", &[("X-Retrieval-Secret", secret)]);
+    // The secret alone is no way past the token; with it, the secret opens its state.
+    let holder = [auth[0], ("X-Retrieval-Secret", secret)];
+    assert_eq!(
+        api.get_with("/api/callback/s4", &[("X-Retrieval-Secret", secret)])
+            .status,
+        401
+    );
+    let res = api.get_with("/api/callback/s4", &holder);
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["auth_code"], "c4");
     // Probes, metrics, this document.
@@ -505,8 +533,14 @@ fn provider_flows(api: &Api) {
 
 /// No API token, no broker: what is off answers as documented.
 fn disabled_flows(api: &Api) {
+    // Without a token, registering needs a retrieval hash (and nothing else).
     let body = json!({ "state": "s1" });
-    assert_eq!(api.post("/api/states", &[], &body).status, 404);
+    assert_eq!(api.post("/api/states", &[], &body).status, 400);
+    let body = json!({ "state": "s1", "retrieval_hash": hash_of("secret") });
+    assert_eq!(api.post("/api/states", &[], &body).status, 201);
+    assert_eq!(api.get("/callback?code=c&state=s1").status, 200);
+    let holder = [("X-Retrieval-Secret", "secret")];
+    assert_eq!(api.get_with("/api/callback/s1", &holder).status, 200);
     let session = json!({ "expected_email": EMAIL });
     assert_eq!(api.post("/m365/sessions", &[], &session).status, 404);
     let session = json!({ "provider": "corp", "expected_email": EMAIL });
@@ -525,6 +559,15 @@ fn disabled_flows(api: &Api) {
     assert_eq!(api.get("/callback?code=c&state=third").status, 503);
     let partial = b"POST /api/states HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}";
     assert_eq!(api.raw("POST", "/api/states", partial).status, 408);
+}
+
+/// A client's share of pending entries (one, here) used up: 429 with Retry-After, a page for
+/// the callback, JSON for a self-registration.
+fn share_flows(api: &Api) {
+    assert_eq!(api.get("/callback?code=c&state=mine").status, 200);
+    assert_eq!(api.get("/callback?code=c&state=more").status, 429);
+    let body = json!({ "state": "reg", "retrieval_hash": hash_of("secret") });
+    assert_eq!(api.post("/api/states", &[], &body).status, 429);
 }
 
 #[test]
@@ -551,6 +594,17 @@ fn every_documented_operation_answers_as_documented() {
     ]);
     disabled_flows(&Api {
         relay: &plain,
+        doc: &doc,
+        seen: &seen,
+    });
+    let shared = Relay::start(&[
+        "--internal-addr",
+        "127.0.0.1:0",
+        "--max-pending-per-client",
+        "1",
+    ]);
+    share_flows(&Api {
+        relay: &shared,
         doc: &doc,
         seen: &seen,
     });

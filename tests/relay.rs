@@ -32,23 +32,40 @@ fn reflected_values_are_escaped() {
 }
 
 #[test]
-fn the_first_callback_wins_and_a_reload_shows_the_same_page() {
+fn a_second_different_callback_hands_out_neither_and_a_reload_shows_the_same_page() {
     let relay = Relay::start(&[]);
     assert_eq!(relay.get("/callback?code=real&state=s1").status, 200);
     // A reload of the same redirect: same page, nothing changes.
     let reload = relay.get("/callback?code=real&state=s1");
     assert_eq!(reload.status, 200);
     assert!(reload.text().contains("Authentication Successful"));
-    // Someone else's code for the same state is refused.
+    // Someone else's code for the same state: nobody can tell which came from the person, so
+    // the state is in conflict and neither code is handed out.
     let planted = relay.get("/callback?code=attacker&state=s1");
     assert_eq!(planted.status, 409);
     assert!(!planted.text().contains("Authentication Successful"));
-    let got = relay.get("/api/callback/s1");
-    assert_eq!(got.json()["auth_code"], "real");
-    // After retrieval, the reload still shows the page and the planted code is still refused.
-    assert_eq!(relay.get("/callback?code=real&state=s1").status, 200);
-    assert_eq!(relay.get("/callback?code=attacker&state=s1").status, 409);
-    assert_eq!(relay.get("/api/callback/s1").status, 410);
+    assert!(planted.text().contains("two different responses"));
+    for _ in 0..2 {
+        let got = relay.get("/api/callback/s1");
+        assert_eq!(got.status, 409);
+        assert_eq!(
+            got.json(),
+            serde_json::json!({ "status": "error",
+                "message": "Two different callbacks arrived for this state, so neither is handed out: start a new sign-in" })
+        );
+    }
+    // From then on every callback for it, a reload of either included, is told so.
+    assert_eq!(relay.get("/callback?code=real&state=s1").status, 409);
+
+    // After retrieval the first one stays the client's: a reload still shows its page, and
+    // another code is refused as before.
+    assert_eq!(relay.get("/callback?code=real&state=s2").status, 200);
+    assert_eq!(relay.get("/api/callback/s2").json()["auth_code"], "real");
+    assert_eq!(relay.get("/callback?code=real&state=s2").status, 200);
+    let late = relay.get("/callback?code=attacker&state=s2");
+    assert_eq!(late.status, 409);
+    assert!(late.text().contains("already completed"));
+    assert_eq!(relay.get("/api/callback/s2").status, 410);
 }
 
 #[test]
@@ -223,14 +240,23 @@ fn registered_states_mode_accepts_only_registered_states() {
 }
 
 #[test]
-fn registration_is_off_without_a_token() {
+fn without_a_token_registration_needs_a_retrieval_hash() {
     let relay = Relay::start(&[]);
     let res = relay.request("POST", "/api/states", &[], br#"{"state":"x"}"#);
-    assert_eq!(res.status, 404);
-    assert!(res.json()["message"]
-        .as_str()
-        .unwrap()
-        .contains("OAUTH_RELAY_API_TOKEN"));
+    assert_eq!(res.status, 400);
+    let message = res.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("retrieval_hash") && message.contains("OAUTH_RELAY_API_TOKEN"),
+        "{message}"
+    );
+    let hash = "K7gNU3sdo-OL0wNhqoVWhr3g6s1xYv72ol_pe_Unols";
+    let res = relay.request(
+        "POST",
+        "/api/states",
+        &[],
+        format!(r#"{{"state":"x","retrieval_hash":"{hash}"}}"#).as_bytes(),
+    );
+    assert_eq!(res.status, 201, "{}", res.text());
 }
 
 #[test]
@@ -271,6 +297,8 @@ fn logs_are_json_and_never_hold_a_code_or_a_raw_state() {
     relay.get(&format!("/callback?code={code}&state={state}"));
     relay.get(&format!("/api/callback/{state}"));
     relay.get(&format!("/callback?code=other-{code}&state={state}"));
+    relay.get(&format!("/callback?code=other-{code}&state={state}-c"));
+    relay.get(&format!("/callback?code={code}&state={state}-c"));
     relay.get(&format!("/callback?state={state}-e&error=access_denied"));
     relay.wait_for_log("\"status\":409");
     let logs = relay.logs();

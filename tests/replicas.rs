@@ -45,20 +45,27 @@ fn a_relay_flow_spread_over_three_replicas() {
     let redis = RedisServer::start();
     let [a, b, c] = three(&redis);
     assert_eq!(a.get("/callback?code=code-1&state=st-1").status, 200);
-    // A reload on another replica is recognised; someone else's code is refused there too.
+    // A reload on another replica is recognised.
     assert_eq!(b.get("/callback?code=code-1&state=st-1").status, 200);
-    assert_eq!(c.get("/callback?code=evil&state=st-1").status, 409);
     let got = b.get("/api/callback/st-1");
     assert_eq!(
         (got.status, got.json()["auth_code"].as_str()),
         (200, Some("code-1"))
     );
+    // Someone else's code after retrieval is refused there too.
+    assert_eq!(c.get("/callback?code=evil&state=st-1").status, 409);
     assert_eq!(c.get("/api/callback/st-1").status, 410);
     assert_eq!(a.get("/api/callback/st-1").status, 410);
     assert_eq!(a.get("/api/callback/never").status, 404);
+    // Before retrieval, it puts the state in conflict on every replica.
+    assert_eq!(a.get("/callback?code=code-2&state=st-2").status, 200);
+    assert_eq!(c.get("/callback?code=evil&state=st-2").status, 409);
+    for r in [&a, &b, &c] {
+        assert_eq!(r.get("/api/callback/st-2").status, 409);
+    }
     for r in [&a, &b, &c] {
         eventually("the shared count on every replica", || {
-            (r.active_callbacks() == 1).then_some(())
+            (r.active_callbacks() == 2).then_some(())
         });
     }
 }

@@ -1,8 +1,9 @@
 //! Retrieval that needs more than the state: a client registers its state with
 //! base64url(SHA-256(secret)) and only a retrieval presenting the secret in `X-Retrieval-Secret`
 //! gets the code. Anyone else gets exactly the unknown state's answer and takes nothing; long-polls
-//! behave the same; registration with a hash needs no operator token in registered-states mode;
-//! across replicas on Redis; and the `register` and `wait` commands.
+//! behave the same; registration with a hash needs no operator token on a server without one
+//! (the README's example works on a server started with no settings), and with a token
+//! everything needs it; across replicas on Redis; and the `register` and `wait` commands.
 
 mod support;
 
@@ -135,77 +136,65 @@ fn only_the_secret_gets_the_code_and_a_wrong_one_does_not_use_it_up() {
 #[test]
 fn registration_rules() {
     let hash = hash_of("x");
-    // Registered-states mode, no token: a hash is required, and a malformed one refused.
-    let relay = Relay::start(&["--require-registered-state"]);
-    let no_hash = register(&relay, json!({ "state": "a" }), None);
-    assert_eq!(no_hash.status, 400, "{}", no_hash.text());
-    assert!(no_hash.json()["message"]
-        .as_str()
-        .unwrap()
-        .contains("retrieval_hash"));
-    for bad in [json!("short"), json!(42), json!(format!("{hash}="))] {
-        let res = register(&relay, json!({ "state": "a", "retrieval_hash": bad }), None);
-        assert_eq!(res.status, 400, "{bad}");
+    // No API token (registered-states mode or not): anyone may register with a hash; without
+    // one the refusal names the setting that allows it; a malformed hash is refused.
+    for mode in [&["--require-registered-state"][..], &[]] {
+        let relay = Relay::start(mode);
+        let no_hash = register(&relay, json!({ "state": "a" }), None);
+        assert_eq!(no_hash.status, 400, "{mode:?}: {}", no_hash.text());
+        let message = no_hash.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("retrieval_hash") && message.contains("OAUTH_RELAY_API_TOKEN"),
+            "{message}"
+        );
+        for bad in [json!("short"), json!(42), json!(format!("{hash}="))] {
+            let res = register(&relay, json!({ "state": "a", "retrieval_hash": bad }), None);
+            assert_eq!(res.status, 400, "{mode:?}: {bad}");
+        }
+        let res = register(
+            &relay,
+            json!({ "state": "a", "retrieval_hash": hash }),
+            None,
+        );
+        assert_eq!(res.status, 201, "{mode:?}: {}", res.text());
     }
-    // An unregistered state's callback is still refused.
+    // An unregistered state's callback is still refused in registered-states mode.
+    let relay = Relay::start(&["--require-registered-state"]);
     assert_eq!(
         relay.get("/callback?code=c&state=never-registered").status,
         400
     );
     drop(relay);
 
-    // Registered-states mode with a token: a hash needs no token, no hash needs the token.
-    let relay = Relay::start(&["--require-registered-state", "--api-token", API_TOKEN]);
-    assert_eq!(
-        register(
-            &relay,
+    // With an API token (registered-states mode or not), everything under /api/ needs it: with
+    // a hash or without.
+    for mode in [
+        &["--require-registered-state", "--api-token", API_TOKEN][..],
+        &["--api-token", API_TOKEN],
+    ] {
+        let relay = Relay::start(mode);
+        for body in [
             json!({ "state": "b", "retrieval_hash": hash }),
-            None
-        )
-        .status,
-        201
-    );
-    assert_eq!(register(&relay, json!({ "state": "c" }), None).status, 401);
-    assert_eq!(
-        register(&relay, json!({ "state": "c" }), Some(API_TOKEN)).status,
-        201
-    );
-    drop(relay);
-
-    // Callbacks for unregistered states accepted: a stranger who saw a state could claim it
-    // first, so a hash needs the token here.
-    let relay = Relay::start(&["--api-token", API_TOKEN]);
-    assert_eq!(
-        register(
-            &relay,
-            json!({ "state": "d", "retrieval_hash": hash }),
-            None
-        )
-        .status,
-        401
-    );
-    assert_eq!(
-        register(
-            &relay,
-            json!({ "state": "d", "retrieval_hash": hash }),
-            Some(API_TOKEN)
-        )
-        .status,
-        201
-    );
-    drop(relay);
-
-    // No token, no registered-states mode: registration stays off, as before.
-    let relay = Relay::start(&[]);
-    assert_eq!(
-        register(
-            &relay,
-            json!({ "state": "e", "retrieval_hash": hash }),
-            None
-        )
-        .status,
-        404
-    );
+            json!({ "state": "b" }),
+        ] {
+            let refused = register(&relay, body, None);
+            assert_eq!(refused.status, 401, "{mode:?}");
+            assert_eq!(refused.json()["message"], "Missing or invalid API token");
+        }
+        assert_eq!(
+            register(
+                &relay,
+                json!({ "state": "b", "retrieval_hash": hash }),
+                Some(API_TOKEN)
+            )
+            .status,
+            201
+        );
+        assert_eq!(
+            register(&relay, json!({ "state": "c" }), Some(API_TOKEN)).status,
+            201
+        );
+    }
 }
 
 #[test]
@@ -233,25 +222,61 @@ fn the_api_token_alone_does_not_open_a_guarded_callback() {
     register(&relay, json!({ "state": "plain" }), Some(API_TOKEN));
     relay.get("/callback?code=guarded-code&state=g");
     relay.get("/callback?code=plain-code&state=plain");
-    // Nothing shown at all: 401, as for any state.
-    let (none, none_unknown) = (
-        retrieve(&relay, "/api/callback/g", None, None),
-        retrieve(&relay, "/api/callback/unknown", None, None),
-    );
-    assert_eq!(none.status, 401);
-    assert_same_answer(&none, &none_unknown, "nothing shown");
     // The operator's token, which every client holds, is not the client's secret.
     let unknown = retrieve(&relay, "/api/callback/unknown", None, Some(API_TOKEN));
     let token_only = retrieve(&relay, "/api/callback/g", None, Some(API_TOKEN));
     assert_same_answer(&token_only, &unknown, "the token alone");
-    // A secret without the token opens only what that secret guards.
-    let secret_only_plain = retrieve(&relay, "/api/callback/plain", Some(secret), None);
-    assert_eq!(secret_only_plain.status, 404);
-    let got = retrieve(&relay, "/api/callback/g", Some(secret), None);
+    let wrong = retrieve(&relay, "/api/callback/g", Some("wrong"), Some(API_TOKEN));
+    assert_same_answer(&wrong, &unknown, "the token and a wrong secret");
+    // A secret opens only what it guards: the plain state is the token's.
+    let plain_with_secret = retrieve(&relay, "/api/callback/plain", Some(secret), Some(API_TOKEN));
+    assert_eq!(plain_with_secret.json()["auth_code"], "plain-code");
+    let got = retrieve(&relay, "/api/callback/g", Some(secret), Some(API_TOKEN));
     assert_eq!(got.json()["auth_code"], "guarded-code");
-    // The unguarded state still works with the token, as before.
-    let plain = retrieve(&relay, "/api/callback/plain", None, Some(API_TOKEN));
-    assert_eq!(plain.json()["auth_code"], "plain-code");
+}
+
+/// With an API token configured, a request without it is refused at once, whatever else it
+/// carries: a retrieval secret (right, wrong or junk) is no way past the token, with `wait` or
+/// without, so nobody without the token can park long-polls and fill OAUTH_RELAY_MAX_WAITERS.
+#[test]
+fn with_an_api_token_a_retrieval_secret_is_no_way_past_it() {
+    let relay = Relay::start(&[
+        "--require-registered-state",
+        "--api-token",
+        API_TOKEN,
+        "--max-waiters",
+        "2",
+    ]);
+    let secret = "client-secret-0123456789";
+    register(
+        &relay,
+        json!({ "state": "g", "retrieval_hash": hash_of(secret) }),
+        Some(API_TOKEN),
+    );
+    let refused = retrieve(&relay, "/api/callback/unknown", None, None);
+    assert_eq!(refused.status, 401);
+    for presented in ["junk", "wrong", secret] {
+        for path in [
+            "/api/callback/g",
+            "/api/callback/g?wait=60",
+            "/api/callback/x?wait=60",
+        ] {
+            // Each answered at once (a parked one would hold this thread for a minute; the
+            // parked count below shows none was).
+            let res = retrieve(&relay, path, Some(presented), None);
+            assert_same_answer(&res, &refused, &format!("{presented} {path}"));
+        }
+    }
+    assert_eq!(waiting_clients(&relay), 0);
+    // The places are all there for clients with the token.
+    assert_eq!(relay.get("/callback?code=c&state=g").status, 200);
+    let got = retrieve(
+        &relay,
+        "/api/callback/g?wait=60",
+        Some(secret),
+        Some(API_TOKEN),
+    );
+    assert_eq!(got.json()["auth_code"], "c");
 }
 
 fn waiting_clients(relay: &Relay) -> u64 {
@@ -511,4 +536,83 @@ fn register_and_wait_commands() {
     );
     let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(v["auth_code"], "cli-code-2");
+}
+
+/// The README's example ("A retrieval secret: the state alone is not enough"), run as written
+/// (sh, curl, openssl, the CLI) against a server started with no settings: the registration is
+/// 201, and the retrieval with the secret gets the code. The person's redirect (step 2) is a
+/// curl to /callback where the example says to send the person.
+#[test]
+fn the_readme_example_works_on_a_server_with_no_settings() {
+    let relay = Relay::start(&[]);
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("### A retrieval secret")
+        .nth(1)
+        .expect("the README's retrieval secret section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its sh block");
+    let lines: Vec<&str> = block.lines().collect();
+    let cli_from = lines
+        .iter()
+        .position(|l| l.starts_with("# or, with the CLI"))
+        .expect("the CLI part");
+    let person = |line: &str| {
+        if line.starts_with("# 2.") {
+            format!("curl -s -o /dev/null \"$RELAY/callback?code=readme-code-$STATE&state=$STATE\"\n{line}")
+        } else {
+            line.to_string()
+        }
+    };
+    let by_hand: Vec<String> = lines[..cli_from].iter().map(|l| person(l)).collect();
+    // The CLI lines: the person's redirect comes between `register` and `wait`.
+    let with_cli: Vec<String> = lines[cli_from..]
+        .iter()
+        .map(|l| {
+            if l.starts_with("oauth-relay wait") {
+                format!("curl -s -o /dev/null \"$RELAY/callback?code=readme-code-$STATE&state=$STATE\"\n{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(by_hand.iter().any(|l| l.contains("/api/states")));
+    assert!(with_cli.iter().any(|l| l.contains("\noauth-relay wait")));
+    // `oauth-relay` on the PATH, as the example assumes.
+    let bin = std::env::temp_dir().join(format!("readme-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    let link = bin.join("oauth-relay");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for (state, script) in [("readme-1", by_hand), ("readme-2", with_cli)] {
+        let out = Command::new("sh")
+            .args(["-ec", &script.join("\n")])
+            .env("RELAY", relay.url(""))
+            .env("STATE", state)
+            .env("PATH", &path)
+            .env_remove("OAUTH_RELAY_API_TOKEN")
+            .env_remove("OAUTH_RELAY_SERVER")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{state}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // What the example prints: the code, once, to the holder of the secret.
+        assert!(
+            stdout.contains(&format!("\"auth_code\":\"readme-code-{state}\"")),
+            "{state}: {stdout}"
+        );
+        if state == "readme-1" {
+            assert!(stdout.contains("\"status\":\"registered\""), "{stdout}");
+        }
+        assert_eq!(relay.get(&format!("/api/callback/{state}")).status, 404);
+    }
+    let _ = std::fs::remove_dir_all(&bin);
 }

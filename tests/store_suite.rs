@@ -1,5 +1,7 @@
 //! The store's contract, written once against `&dyn Store` and run for every backend, so a new
-//! backend (Redis, for several replicas) must give exactly the same guarantees.
+//! backend (Redis, for several replicas) must give exactly the same guarantees: taken once,
+//! conflicts that hand out nothing, registrations that say "not yet" and "expired" to their
+//! owner only and leave a tombstone, per-client shares, and every kept parameter round trip.
 
 mod support;
 
@@ -9,8 +11,8 @@ use oauth_relay::secret::{BindingHash, RetrievalHash, Secret};
 use oauth_relay::store::memory::MemoryStore;
 use oauth_relay::store::redis::RedisStore;
 use oauth_relay::store::{
-    Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, Take, TokenTake,
-    Tokens, MAX_BROWSERS,
+    Callback, Client, Proof, Put, Register, Session, SessionStatus, StateTake, Store, Take,
+    TokenTake, Tokens, MAX_BROWSERS,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,23 +22,322 @@ fn cb(state: &str, code: &str) -> Callback {
     Callback {
         state: state.into(),
         code: Some(Secret::new(code)),
-        error: None,
-        error_description: None,
+        ..Callback::default()
     }
 }
+
+const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// Each check gets a fresh store with this TTL and cap.
 type Factory<'a> = &'a dyn Fn(Duration, usize) -> Arc<dyn Store>;
 
-fn first_callback_wins(new: Factory) {
+/// The same, with each client's share of the cap.
+type SharedFactory<'a> = &'a dyn Fn(Duration, usize, usize) -> Arc<dyn Store>;
+
+/// Two different callbacks for one state: nobody can tell which is the person's (a stranger
+/// who saw the state may have sent theirs first), so neither is handed out, and the state says
+/// so until it expires. A reload of either changes nothing.
+fn a_second_different_callback_puts_the_state_in_conflict(new: Factory) {
     let s = new(Duration::from_secs(60), 10);
     assert_eq!(s.put_callback(cb("a", "1"), false).unwrap(), Put::Stored);
     assert_eq!(s.put_callback(cb("a", "1"), false).unwrap(), Put::Repeated);
-    assert_eq!(s.put_callback(cb("a", "2"), false).unwrap(), Put::Conflict);
-    match s.take_callback("a").unwrap() {
-        Take::Taken(c) => assert_eq!(c.code.unwrap().expose(), "1"),
+    assert_eq!(
+        s.put_callback(cb("a", "2"), false).unwrap(),
+        Put::Conflicted
+    );
+    for again in ["1", "2", "3"] {
+        assert_eq!(
+            s.put_callback(cb("a", again), false).unwrap(),
+            Put::InConflict
+        );
+    }
+    assert!(s.has_callback("a").unwrap());
+    for _ in 0..2 {
+        assert_eq!(s.take_callback("a").unwrap(), Take::Conflict);
+    }
+    assert_eq!(s.active_callbacks().unwrap(), 1);
+    // Nothing usable went to anyone: a stranger is told nothing at all.
+    assert_eq!(s.take_callback_by("a", &stranger()).unwrap(), Take::Missing);
+}
+
+/// A registered state, guarded by its owner's secret: a stranger's callback first, then the
+/// person's. The owner learns of the conflict and gets no code; nobody else learns anything.
+fn a_strangers_callback_does_not_pre_empt_a_registered_state(new: Factory) {
+    let s = new(Duration::from_secs(60), 10);
+    let owner = RetrievalHash::of_secret("owner");
+    s.register_guarded("g", Duration::from_secs(60), Some(&owner))
+        .unwrap();
+    assert_eq!(
+        s.put_callback(cb("g", "THEIRS"), true).unwrap(),
+        Put::Stored
+    );
+    assert!(s.has_callback_for("g", &holder_of("owner")).unwrap());
+    assert_eq!(
+        s.put_callback(cb("g", "MINE"), true).unwrap(),
+        Put::Conflicted
+    );
+    assert_eq!(
+        s.put_callback(cb("g", "THEIRS"), true).unwrap(),
+        Put::InConflict
+    );
+    assert!(s.has_callback_for("g", &holder_of("owner")).unwrap());
+    assert_eq!(
+        s.take_callback_by("g", &holder_of("owner")).unwrap(),
+        Take::Conflict
+    );
+    for proof in [stranger(), Proof::authorized(), holder_of("THEIRS")] {
+        assert!(!s.has_callback_for("g", &proof).unwrap());
+        assert_eq!(s.take_callback_by("g", &proof).unwrap(), Take::Missing);
+    }
+    // A different callback after the owner took the first: refused, the owner keeps it.
+    s.register_guarded("h", Duration::from_secs(60), Some(&owner))
+        .unwrap();
+    s.put_callback(cb("h", "MINE"), true).unwrap();
+    assert!(matches!(
+        s.take_callback_by("h", &holder_of("owner")).unwrap(),
+        Take::Taken(_)
+    ));
+    assert_eq!(
+        s.put_callback(cb("h", "THEIRS"), true).unwrap(),
+        Put::Conflict
+    );
+    assert_eq!(
+        s.take_callback_by("h", &holder_of("owner")).unwrap(),
+        Take::AlreadyTaken
+    );
+}
+
+/// A registration says "not yet" (with the time it has left) to its owner while it waits, and
+/// "expired" once it ended; to anyone else nothing. Expired, it stays a tombstone for the
+/// store's TTL: nobody may register the state again (a late sign-in would go to them), and a
+/// late callback is refused. Then it is forgotten.
+fn registrations_say_pending_then_expired_and_leave_a_tombstone(new: Factory) {
+    let ttl = Duration::from_millis(1500);
+    let s = new(ttl, 10);
+    let owner = RetrievalHash::of_secret("owner");
+    let lives = Duration::from_millis(400);
+    s.register_guarded("t", lives, Some(&owner)).unwrap();
+    s.register_state("u", lives).unwrap();
+    match s.take_callback_by("t", &holder_of("owner")).unwrap() {
+        Take::Pending { expires_in } => {
+            assert!(
+                expires_in <= lives && !expires_in.is_zero(),
+                "{expires_in:?}"
+            )
+        }
         other => panic!("{other:?}"),
     }
+    // Unguarded: the API token check is what opens it.
+    assert!(matches!(
+        s.take_callback("u").unwrap(),
+        Take::Pending { .. }
+    ));
+    for proof in [stranger(), Proof::authorized(), holder_of("other")] {
+        assert_eq!(s.take_callback_by("t", &proof).unwrap(), Take::Missing);
+    }
+    assert!(!s.has_callback_for("t", &holder_of("owner")).unwrap());
+    support::eventually("the registration to end", || {
+        (s.take_callback_by("t", &holder_of("owner")).unwrap() == Take::Expired).then_some(())
+    });
+    s.sweep();
+    assert_eq!(s.take_callback("u").unwrap(), Take::Expired);
+    assert!(s.has_callback_for("t", &holder_of("owner")).unwrap());
+    for proof in [stranger(), Proof::authorized(), holder_of("other")] {
+        assert!(!s.has_callback_for("t", &proof).unwrap());
+        assert_eq!(s.take_callback_by("t", &proof).unwrap(), Take::Missing);
+    }
+    let other = RetrievalHash::of_secret("other");
+    for state in ["t", "u"] {
+        assert_eq!(
+            s.register_guarded(state, Duration::from_secs(60), Some(&other))
+                .unwrap(),
+            Register::Exists,
+            "{state}"
+        );
+        assert_eq!(
+            s.register_state(state, Duration::from_secs(60)).unwrap(),
+            Register::Exists
+        );
+        for registered_only in [false, true] {
+            assert_eq!(
+                s.put_callback(cb(state, "late"), registered_only).unwrap(),
+                Put::Expired
+            );
+        }
+    }
+    // The tombstone holds a place under the cap, and counts no callback.
+    assert_eq!(s.active_callbacks().unwrap(), 0);
+    // Gone after the TTL: the state is unknown again.
+    support::eventually("the tombstone to go", || {
+        s.sweep();
+        (s.take_callback_by("t", &holder_of("owner")).unwrap() == Take::Missing).then_some(())
+    });
+    assert!(matches!(
+        s.register_guarded("t", Duration::from_secs(60), Some(&other))
+            .unwrap(),
+        Register::Registered { .. }
+    ));
+}
+
+/// Tombstones count against the cap like the registrations they were.
+fn tombstones_are_bounded(new: Factory) {
+    let s = new(Duration::from_secs(60), 2);
+    s.register_state("a", Duration::from_millis(100)).unwrap();
+    s.register_state("b", Duration::from_millis(100)).unwrap();
+    support::eventually("both registrations to end", || {
+        (s.take_callback("a").unwrap() == Take::Expired
+            && s.take_callback("b").unwrap() == Take::Expired)
+            .then_some(())
+    });
+    s.sweep();
+    assert_eq!(
+        s.register_state("c", Duration::from_secs(1)).unwrap(),
+        Register::Full
+    );
+    assert_eq!(s.put_callback(cb("c", "1"), false).unwrap(), Put::Full);
+}
+
+/// Each client holds at most its share of pending entries: callbacks for unregistered states
+/// and registrations without the API token. A callback for a registered state counts against
+/// its registration's client; retrieval and expiry free the place; a trusted registration
+/// counts against nobody's. An IPv6 client is its /64.
+fn shares(new: SharedFactory) {
+    let ip = |s: &str| Client::of(Some(s.parse().unwrap()));
+    let (a, b) = (ip("192.0.2.1"), ip("198.51.100.7"));
+    let s = new(Duration::from_secs(60), 100, 2);
+    assert_eq!(
+        s.put_callback_from(cb("a1", "1"), false, a).unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("a2", "1"), false, a).unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("a3", "1"), false, a).unwrap(),
+        Put::Quota
+    );
+    assert_eq!(
+        s.register_by("a3", Duration::from_secs(60), None, Some(a))
+            .unwrap(),
+        Register::Quota
+    );
+    // Nothing was stored for the refused one; a reload of a stored one is still a reload.
+    assert_eq!(s.take_callback("a3").unwrap(), Take::Missing);
+    assert_eq!(
+        s.put_callback_from(cb("a1", "1"), false, a).unwrap(),
+        Put::Repeated
+    );
+    // Others are served; a trusted registration counts against nobody.
+    assert_eq!(
+        s.put_callback_from(cb("b1", "1"), false, b).unwrap(),
+        Put::Stored
+    );
+    assert!(matches!(
+        s.register_by("t1", Duration::from_secs(60), None, None)
+            .unwrap(),
+        Register::Registered { .. }
+    ));
+    assert!(matches!(
+        s.register_by("b2", Duration::from_secs(60), None, Some(b))
+            .unwrap(),
+        Register::Registered { .. }
+    ));
+    assert_eq!(
+        s.register_by("b3", Duration::from_secs(60), None, Some(b))
+            .unwrap(),
+        Register::Quota
+    );
+    // A's callback for B's registration counts against B's share, which has room for it.
+    assert_eq!(
+        s.put_callback_from(cb("b2", "1"), false, a).unwrap(),
+        Put::Stored
+    );
+    // So does one for the trusted registration (nobody's).
+    assert_eq!(
+        s.put_callback_from(cb("t1", "1"), false, a).unwrap(),
+        Put::Stored
+    );
+    // A conflict still holds its place.
+    assert_eq!(
+        s.put_callback_from(cb("a1", "2"), false, b).unwrap(),
+        Put::Conflicted
+    );
+    assert_eq!(
+        s.put_callback_from(cb("a4", "1"), false, a).unwrap(),
+        Put::Quota
+    );
+    // A retrieval frees one place of A's.
+    assert!(matches!(s.take_callback("a2").unwrap(), Take::Taken(_)));
+    assert_eq!(
+        s.put_callback_from(cb("a4", "1"), false, a).unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("a5", "1"), false, a).unwrap(),
+        Put::Quota
+    );
+    // IPv6: one /64 is one client; the next /64 another; an IPv4-mapped address is IPv4.
+    let v6 = ip("2001:db8::1");
+    assert_eq!(
+        s.put_callback_from(cb("v1", "1"), false, v6).unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("v2", "1"), false, ip("2001:db8::ffff:2"))
+            .unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("v3", "1"), false, ip("2001:db8::3"))
+            .unwrap(),
+        Put::Quota
+    );
+    assert_eq!(
+        s.put_callback_from(cb("v3", "1"), false, ip("2001:db8:0:1::3"))
+            .unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("m1", "1"), false, ip("::ffff:192.0.2.1"))
+            .unwrap(),
+        Put::Quota
+    );
+    // Requests without an address are one client.
+    assert_eq!(s.put_callback(cb("n1", "1"), false).unwrap(), Put::Stored);
+    assert_eq!(s.put_callback(cb("n2", "1"), false).unwrap(), Put::Stored);
+    assert_eq!(s.put_callback(cb("n3", "1"), false).unwrap(), Put::Quota);
+
+    // Expiry frees the place, and a registration's tombstone holds it until it goes.
+    let s = new(Duration::from_millis(300), 100, 1);
+    assert_eq!(
+        s.put_callback_from(cb("x", "1"), false, a).unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback_from(cb("y", "1"), false, a).unwrap(),
+        Put::Quota
+    );
+    support::eventually("A's callback to expire", || {
+        s.sweep();
+        (s.put_callback_from(cb("y", "1"), false, a).unwrap() == Put::Stored).then_some(())
+    });
+    assert!(matches!(
+        s.register_by("r", Duration::from_millis(100), None, Some(b))
+            .unwrap(),
+        Register::Registered { .. }
+    ));
+    support::eventually("B's registration to end", || {
+        (s.take_callback("r").unwrap() == Take::Expired).then_some(())
+    });
+    assert_eq!(
+        s.put_callback_from(cb("z", "1"), false, b).unwrap(),
+        Put::Quota
+    );
+    support::eventually("B's tombstone to go", || {
+        s.sweep();
+        (s.put_callback_from(cb("z", "1"), false, b).unwrap() == Put::Stored).then_some(())
+    });
 }
 
 fn taken_once(new: Factory) {
@@ -77,21 +378,22 @@ fn taken_once_under_concurrency(new: Factory) {
 
 fn created_once_under_concurrency(new: Factory) {
     let s = new(Duration::from_secs(60), 1000);
-    let stored: usize = std::thread::scope(|scope| {
+    let outcomes: Vec<Put> = std::thread::scope(|scope| {
         (0..8)
             .map(|i| {
                 let s = &s;
-                scope.spawn(move || {
-                    (s.put_callback(cb("one", &format!("c{i}")), false).unwrap() == Put::Stored)
-                        as usize
-                })
+                scope.spawn(move || s.put_callback(cb("one", &format!("c{i}")), false).unwrap())
             })
             .collect::<Vec<_>>()
             .into_iter()
             .map(|h| h.join().unwrap())
-            .sum()
+            .collect()
     });
-    assert_eq!(stored, 1);
+    let count = |p: Put| outcomes.iter().filter(|o| **o == p).count();
+    assert_eq!(count(Put::Stored), 1, "{outcomes:?}");
+    assert_eq!(count(Put::Conflicted), 1, "{outcomes:?}");
+    assert_eq!(count(Put::InConflict), 6, "{outcomes:?}");
+    assert_eq!(s.take_callback("one").unwrap(), Take::Conflict);
 }
 
 fn bounded(new: Factory) {
@@ -131,7 +433,10 @@ fn registration(new: Factory) {
         Register::Exists
     );
     assert!(!s.has_callback("r").unwrap());
-    assert_eq!(s.take_callback("r").unwrap(), Take::Missing);
+    assert!(matches!(
+        s.take_callback("r").unwrap(),
+        Take::Pending { .. }
+    ));
     assert_eq!(s.active_callbacks().unwrap(), 0);
     assert_eq!(
         s.put_callback(cb("r", "1"), true).unwrap(),
@@ -148,25 +453,72 @@ fn expiry(new: Factory) {
     s.sweep();
     assert_eq!(s.take_callback("e").unwrap(), Take::Missing);
     assert!(!s.has_callback("e").unwrap());
-    assert_eq!(
-        s.put_callback(cb("reg", "1"), true).unwrap(),
-        Put::NotRegistered
-    );
+    // The registration is a tombstone for the TTL, then forgotten.
+    assert_eq!(s.put_callback(cb("reg", "1"), true).unwrap(), Put::Expired);
+    support::eventually("the tombstone to go", || {
+        s.sweep();
+        (s.put_callback(cb("reg", "1"), true).unwrap() == Put::NotRegistered).then_some(())
+    });
     assert_eq!(s.active_callbacks().unwrap(), 0);
     // An expired state can be used afresh.
     assert_eq!(s.put_callback(cb("e", "2"), false).unwrap(), Put::Stored);
 }
 
-fn provider_errors_round_trip(new: Factory) {
+/// Every parameter kept (RFC 9207's `iss`, OpenID's `session_state`, RFC 6749's `error_uri`,
+/// the error texts) comes back as it was sent, on any backend.
+fn kept_parameters_round_trip(new: Factory) {
     let s = new(Duration::from_secs(60), 10);
     let c = Callback {
         state: "p".into(),
         code: None,
         error: Some("access_denied".into()),
         error_description: Some("User cancelled".into()),
+        iss: Some("https://as.example/tenant?x=\"1\"".into()),
+        session_state: Some("a1b2.c3".into()),
+        error_uri: Some("https://as.example/errors/access_denied".into()),
     };
     s.put_callback(c.clone(), false).unwrap();
     assert_eq!(s.take_callback("p").unwrap(), Take::Taken(c));
+    let c = Callback {
+        state: "i".into(),
+        code: Some(Secret::new("code")),
+        iss: Some("https://as.example".into()),
+        ..Callback::default()
+    };
+    s.put_callback(c.clone(), false).unwrap();
+    assert_eq!(s.take_callback("i").unwrap(), Take::Taken(c));
+}
+
+/// The issuer is part of what makes two callbacks the same: a reload is one, the same code
+/// from another issuer is not.
+fn the_issuer_is_part_of_the_callback(new: Factory) {
+    let s = new(Duration::from_secs(60), 10);
+    let from = |iss: Option<&str>| Callback {
+        iss: iss.map(String::from),
+        ..cb("f", "same-code")
+    };
+    assert_eq!(
+        s.put_callback(from(Some("https://a.example")), false)
+            .unwrap(),
+        Put::Stored
+    );
+    assert_eq!(
+        s.put_callback(from(Some("https://a.example")), false)
+            .unwrap(),
+        Put::Repeated
+    );
+    assert_eq!(
+        s.put_callback(from(Some("https://b.example")), false)
+            .unwrap(),
+        Put::Conflicted
+    );
+    let s = new(Duration::from_secs(60), 10);
+    s.put_callback(from(None), false).unwrap();
+    assert_eq!(
+        s.put_callback(from(Some("https://a.example")), false)
+            .unwrap(),
+        Put::Conflicted
+    );
 }
 
 fn session(n: usize, ttl: Duration) -> Session {
@@ -566,11 +918,14 @@ fn retrieval_secrets_are_bounded_and_expire(new: Factory) {
         Register::Full
     );
     assert_eq!(s.put_callback(cb("c", "1"), false).unwrap(), Put::Full);
-    let s = new(Duration::from_secs(60), 10);
+    // A short TTL: the expired registration's tombstone goes soon.
+    let s = new(Duration::from_millis(300), 10);
     s.register_guarded("short", Duration::from_millis(200), Some(&h))
         .unwrap();
-    // Asking changes nothing while it lives (Exists); once it has expired the state is free.
-    support::eventually("the registration to expire", || {
+    // Asking changes nothing while it lives, or while its tombstone does (Exists); once that
+    // has gone the state is free.
+    support::eventually("the registration and its tombstone to go", || {
+        s.sweep();
         matches!(
             s.register_guarded("short", Duration::from_secs(60), None)
                 .unwrap(),
@@ -586,7 +941,14 @@ fn retrieval_secrets_are_bounded_and_expire(new: Factory) {
     assert!(matches!(s.take_callback("short").unwrap(), Take::Taken(_)));
 }
 
-fn run_suite(new: Factory) {
+fn run_suite(new: Factory, shared: SharedFactory) {
+    a_second_different_callback_puts_the_state_in_conflict(new);
+    a_strangers_callback_does_not_pre_empt_a_registered_state(new);
+    registrations_say_pending_then_expired_and_leave_a_tombstone(new);
+    tombstones_are_bounded(new);
+    shares(shared);
+    kept_parameters_round_trip(new);
+    the_issuer_is_part_of_the_callback(new);
     retrieval_secrets(new);
     retrieval_secrets_under_concurrency(new);
     retrieval_secrets_are_bounded_and_expire(new);
@@ -594,19 +956,22 @@ fn run_suite(new: Factory) {
     sessions_expire_and_are_bounded(new);
     browsers_are_bound(new);
     return_urls_round_trip(new);
-    first_callback_wins(new);
     taken_once(new);
     taken_once_under_concurrency(new);
     created_once_under_concurrency(new);
     bounded(new);
     registration(new);
     expiry(new);
-    provider_errors_round_trip(new);
 }
 
 #[test]
 fn memory_store_keeps_the_contract() {
-    run_suite(&|ttl, max| Arc::new(MemoryStore::new(ttl, max, usize::MAX)));
+    run_suite(
+        &|ttl, max| Arc::new(MemoryStore::new(ttl, max, usize::MAX)),
+        &|ttl, max, per_client| {
+            Arc::new(MemoryStore::new(ttl, max, usize::MAX).with_max_per_client(per_client))
+        },
+    );
 }
 
 fn redis_store(
@@ -615,26 +980,41 @@ fn redis_store(
     ttl: Duration,
     max: usize,
 ) -> Arc<dyn Store> {
+    redis_store_shared(server, prefix, ttl, max, max)
+}
+
+fn redis_store_shared(
+    server: &support::RedisServer,
+    prefix: &str,
+    ttl: Duration,
+    max: usize,
+    per_client: usize,
+) -> Arc<dyn Store> {
     let config = RedisConfig {
         url: Secret::new(server.url()),
         password: None,
         ca_pem: None,
-        keys: Arc::new(Keyring::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()),
+        keys: Arc::new(Keyring::parse(KEY).unwrap()),
         prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
     };
-    Arc::new(RedisStore::new(&config, ttl, max).unwrap())
+    Arc::new(
+        RedisStore::new(&config, ttl, max)
+            .unwrap()
+            .with_max_per_client(per_client),
+    )
 }
 
 #[test]
 fn redis_store_keeps_the_contract() {
     let server = support::RedisServer::start();
     let n = std::sync::atomic::AtomicUsize::new(0);
-    run_suite(&|ttl, max| {
-        // A fresh prefix per check: the same isolation as a fresh memory store.
-        let prefix = format!("t{}:", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        redis_store(&server, &prefix, ttl, max)
-    });
+    // A fresh prefix per check: the same isolation as a fresh memory store.
+    let prefix = || format!("t{}:", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    run_suite(
+        &|ttl, max| redis_store(&server, &prefix(), ttl, max),
+        &|ttl, max, per_client| redis_store_shared(&server, &prefix(), ttl, max, per_client),
+    );
 }
 
 #[test]
@@ -676,6 +1056,26 @@ fn redis_holds_nothing_usable_in_the_clear() {
         .unwrap());
     let browser = BindingHash::of_value("COOKIE-value");
     s.bind_browser("handle-1", &browser).unwrap();
+    // The kept parameters, and the clients counted by their shares.
+    let client = Client::of(Some("203.0.113.77".parse().unwrap()));
+    s.put_callback_from(
+        Callback {
+            iss: Some("https://ISSUER-visible.example".into()),
+            session_state: Some("SESSION-visible".into()),
+            error_uri: Some("https://ERROR-visible.example".into()),
+            ..cb("STATE-visible-7", "CODE-secret-7")
+        },
+        false,
+        client,
+    )
+    .unwrap();
+    s.register_by(
+        "STATE-registered-8",
+        Duration::from_secs(60),
+        Some(&hash),
+        Some(Client::of(Some("2001:db8:77::1".parse().unwrap()))),
+    )
+    .unwrap();
     let dump = server.dump();
     assert!(!dump.is_empty());
     let encoded = hash.encode();
@@ -685,6 +1085,11 @@ fn redis_holds_nothing_usable_in_the_clear() {
         b"secret",
         b"visible",
         b"RETRIEVAL",
+        b"ISSUER",
+        b"SESSION",
+        b"ERROR",
+        b"203.0.113",
+        b"2001:db8",
         &hash.as_bytes()[..],
         &hash.as_bytes()[..8],
         encoded.as_bytes(),
@@ -696,6 +1101,70 @@ fn redis_holds_nothing_usable_in_the_clear() {
             String::from_utf8_lossy(needle)
         );
     }
+}
+
+/// What earlier versions wrote still reads, so a rolling upgrade loses nothing: a callback
+/// without the later parameters (under the fingerprint they computed, so its reload is still a
+/// reload), and a registration without an end or a share (live until its key expires).
+#[test]
+fn what_earlier_versions_stored_still_reads() {
+    let server = support::RedisServer::start();
+    let keys = Keyring::parse(KEY).unwrap();
+    let s = redis_store(&server, "old:", Duration::from_secs(60), 100);
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut set = |key: &str, value: &[u8]| {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(60_000)
+            .query::<()>(&mut con)
+            .unwrap()
+    };
+    let key = format!("old:c:{}", keys.name("c", "before"));
+    let before = serde_json::json!({ "state": "before", "code": "old-code",
+                                     "error": null, "error_description": null });
+    let mut value = b"L".to_vec();
+    // The fingerprint as earlier versions computed it: code, error, description.
+    value.extend(keys.mac(&oauth_relay::secret::fingerprint(&[
+        Some("old-code"),
+        None,
+        None,
+    ])));
+    value.extend(keys.seal(key.as_bytes(), before.to_string().as_bytes()));
+    set(&key, &value);
+    assert_eq!(
+        s.put_callback(cb("before", "old-code"), false).unwrap(),
+        Put::Repeated
+    );
+    assert_eq!(
+        s.take_callback("before").unwrap(),
+        Take::Taken(cb("before", "old-code"))
+    );
+    set(
+        &format!("old:r:{}", keys.name("r", "old-registration")),
+        b"1",
+    );
+    assert!(matches!(
+        s.take_callback("old-registration").unwrap(),
+        Take::Pending { expires_in } if expires_in > Duration::from_secs(50)
+    ));
+    assert_eq!(
+        s.register_state("old-registration", Duration::from_secs(60))
+            .unwrap(),
+        Register::Exists
+    );
+    assert_eq!(
+        s.put_callback(cb("old-registration", "c"), true).unwrap(),
+        Put::Stored
+    );
+    assert!(matches!(
+        s.take_callback("old-registration").unwrap(),
+        Take::Taken(_)
+    ));
 }
 
 /// A TCP proxy in front of Redis that, once armed, lets the next command naming `armed` reach

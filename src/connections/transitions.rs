@@ -647,6 +647,7 @@ mod tests {
             email: None,
             email_verified: false,
             tenant: tenant.map(String::from),
+            unverified_email: None,
         };
         let n = revive(&c, grant(), &who("5830144", Some("t")), at(1), None).unwrap();
         assert_eq!((n.grant.generation, n.status), (4, Status::Active));

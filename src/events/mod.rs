@@ -204,6 +204,21 @@ pub fn callback_received(
     );
 }
 
+/// A second, different callback for a relay state: the state is in conflict and neither callback
+/// is handed out (one may be a stranger's). A receiver told `succeeded` for the first learns
+/// here that the code will not come. Anyone can put their own unregistered state in conflict,
+/// so these events are of the class strangers can make (`Class::Unregistered`): under a flood
+/// one may be dropped, and then the retrieval's own 409 is what tells the owner; no code is
+/// handed out either way.
+pub fn callback_conflict(app: &App, state: &str) {
+    let Some(events) = &app.events else { return };
+    events.emit(
+        RELAY_CALLBACK_RECEIVED,
+        json!({ "handle": handle_hash(state), "status": "conflict", "reason": "conflict" }),
+        Class::Unregistered,
+    );
+}
+
 /// A broker sign-in finished: `failure` is its reason code when it failed.
 pub fn sign_in_finished(app: &App, handle: &str, provider: &str, failure: Option<&str>) {
     let Some(events) = &app.events else { return };

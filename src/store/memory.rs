@@ -1,11 +1,12 @@
 //! The in-memory store: one mutex over a map, a min-heap of expiries for live entries, and a
-//! FIFO of retrieved markers. Everything is bounded by `max_pending` entries and `max_bytes` of
-//! what strangers choose the size of (states, codes, error texts). A state is held once, as an
-//! `Arc<str>` shared by the map, the expiry heap and the marker FIFO.
+//! FIFO of retrieved markers. Everything is bounded by `max_pending` entries (`max_per_client`
+//! of them per client) and `max_bytes` of what strangers choose the size of (states, codes,
+//! error texts, issuers). A state is held once, as an `Arc<str>` shared by the map, the expiry
+//! heap and the marker FIFO.
 
 use super::{
-    Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
-    TokenTake, Tokens,
+    Callback, Client, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult,
+    Take, TokenTake, Tokens,
 };
 use crate::secret::{BindingHash, RetrievalHash};
 use std::cmp::Reverse;
@@ -18,17 +19,31 @@ use std::time::{Duration, Instant, SystemTime};
 /// one pointer.
 type Guard = Option<Box<RetrievalHash>>;
 
+/// The client whose share a live entry counts against; `None` for a trusted caller's.
+type Owner = Option<Client>;
+
 enum Entry {
+    /// Registered ahead of its callback until `until`; from then on a tombstone until
+    /// `expires`, refusing a late callback and a new registration (which would hand the
+    /// person's late sign-in to whoever registered next).
     Registered {
+        until: Instant,
         expires: Instant,
         guard: Guard,
+        owner: Owner,
     },
     Received {
-        /// Its `state` is left empty: the map's key holds it.
-        callback: Callback,
+        callback: Packed,
         fingerprint: [u8; 32],
         expires: Instant,
         guard: Guard,
+        owner: Owner,
+    },
+    /// Two different callbacks arrived: both were dropped; only the answer remains.
+    Conflict {
+        expires: Instant,
+        guard: Guard,
+        owner: Owner,
     },
     /// The code is gone; only what is needed to answer 410 (to whoever may know), and to
     /// recognise a reload, remains.
@@ -40,10 +55,12 @@ enum Entry {
 }
 
 impl Entry {
+    /// When the entry goes (a registration: when its tombstone does).
     fn expires(&self) -> Instant {
         match self {
             Entry::Registered { expires, .. }
             | Entry::Received { expires, .. }
+            | Entry::Conflict { expires, .. }
             | Entry::Retrieved { expires, .. } => *expires,
         }
     }
@@ -52,10 +69,22 @@ impl Entry {
         match self {
             Entry::Registered { guard, .. }
             | Entry::Received { guard, .. }
+            | Entry::Conflict { guard, .. }
             | Entry::Retrieved { guard, .. } => guard.as_deref(),
         }
     }
 
+    /// The share the entry counts against while it lives.
+    fn owner(&self) -> Owner {
+        match self {
+            Entry::Registered { owner, .. }
+            | Entry::Received { owner, .. }
+            | Entry::Conflict { owner, .. } => *owner,
+            Entry::Retrieved { .. } => None,
+        }
+    }
+
+    /// What the cap counts: everything but retrieved markers (tombstones and conflicts too).
     fn is_live(&self) -> bool {
         !matches!(self, Entry::Retrieved { .. })
     }
@@ -64,16 +93,61 @@ impl Entry {
     fn bytes(&self, state: &str) -> usize {
         state.len()
             + match self {
-                Entry::Received { callback, .. } => payload(callback),
+                Entry::Received { callback, .. } => callback.payload_bytes(),
                 _ => 0,
             }
     }
 }
 
-fn payload(cb: &Callback) -> usize {
-    cb.code.as_ref().map_or(0, |c| c.expose().len())
-        + cb.error.as_ref().map_or(0, String::len)
-        + cb.error_description.as_ref().map_or(0, String::len)
+/// What the provider sent, besides the state (the map's key holds it), in one allocation of
+/// the values' bytes: per parameter, in `Callback::values` order, 0 when absent, else its
+/// length + 1 (a u32, big-endian) and its bytes. Six `Option<String>`s in the entry would cost
+/// every entry (registrations, tombstones, markers) 144 bytes and a callback an allocation per
+/// value. It holds the code, so it has no `Debug`.
+struct Packed(Box<[u8]>);
+
+impl Packed {
+    const FIELDS: usize = 6;
+
+    fn pack(cb: &Callback) -> Packed {
+        let mut out = Vec::with_capacity(4 * Self::FIELDS + cb.payload_bytes());
+        for value in cb.values() {
+            match value {
+                None => out.extend_from_slice(&0u32.to_be_bytes()),
+                Some(v) => {
+                    // Values are bounded far below 4 GiB (relay::MAX_PARAM_BYTES, the URL cap).
+                    out.extend_from_slice(&(v.len() as u32 + 1).to_be_bytes());
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        Packed(out.into_boxed_slice())
+    }
+
+    fn unpack(&self, state: &str) -> Callback {
+        let mut rest = &self.0[..];
+        let mut next = || {
+            let (len, tail) = rest.split_at(4);
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let (value, tail) = tail.split_at(len.saturating_sub(1));
+            rest = tail;
+            // Packed from `&str`s: always UTF-8.
+            (len > 0).then(|| String::from_utf8_lossy(value).into_owned())
+        };
+        Callback {
+            state: state.to_string(),
+            code: next().map(crate::secret::Secret::new),
+            error: next(),
+            error_description: next(),
+            iss: next(),
+            session_state: next(),
+            error_uri: next(),
+        }
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.0.len() - 4 * Self::FIELDS
+    }
 }
 
 #[derive(Default)]
@@ -87,11 +161,13 @@ struct Inner {
     retrieved: VecDeque<(Instant, Arc<str>)>,
     /// Registered and received entries (what the cap counts).
     live: usize,
-    /// Of those, registered states still waiting for their callback.
+    /// Of those, registered states still waiting for their callback (or tombstones).
     registered: usize,
     retrieved_count: usize,
     /// `Entry::bytes` of every entry.
     bytes: usize,
+    /// Live entries per owner (clients with none are not kept).
+    shares: HashMap<Client, usize>,
 }
 
 /// Broker sessions: few (people clicking links), so expiry is a linear sweep.
@@ -133,6 +209,7 @@ pub struct MemoryStore {
     max_pending: usize,
     max_bytes: usize,
     max_sessions: usize,
+    max_per_client: usize,
 }
 
 impl MemoryStore {
@@ -144,7 +221,15 @@ impl MemoryStore {
             max_pending,
             max_bytes,
             max_sessions: max_pending,
+            max_per_client: max_pending,
         }
+    }
+
+    /// Caps each client's share of `max_pending` (`Store::put_callback_from`,
+    /// `Store::register_by`). Defaults to `max_pending`: no share smaller than the whole.
+    pub fn with_max_per_client(mut self, max_per_client: usize) -> Self {
+        self.max_per_client = max_per_client;
+        self
     }
 
     /// Caps broker sessions separately (each costs more than a callback). Defaults to
@@ -176,6 +261,7 @@ impl Inner {
     fn remove(&mut self, state: &str) {
         if let Some(e) = self.entries.remove(state) {
             self.bytes -= e.bytes(state);
+            self.unshare(e.owner());
             if matches!(e, Entry::Registered { .. }) {
                 self.registered -= 1;
             }
@@ -183,6 +269,27 @@ impl Inner {
                 self.live -= 1;
             } else {
                 self.retrieved_count -= 1;
+            }
+        }
+    }
+
+    fn share_of(&self, client: Client) -> usize {
+        self.shares.get(&client).copied().unwrap_or(0)
+    }
+
+    fn share(&mut self, owner: Owner) {
+        if let Some(client) = owner {
+            *self.shares.entry(client).or_default() += 1;
+        }
+    }
+
+    fn unshare(&mut self, owner: Owner) {
+        if let Some(client) = owner {
+            if let Some(n) = self.shares.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    self.shares.remove(&client);
+                }
             }
         }
     }
@@ -215,10 +322,12 @@ impl Inner {
         }
         let key = self.key(state);
         self.bytes += entry.bytes(state);
+        self.share(entry.owner());
         self.live_expiries
             .push(Reverse((entry.expires(), key.clone())));
         if let Some(old) = self.entries.insert(key, entry) {
             self.bytes -= old.bytes(state);
+            self.unshare(old.owner());
             if matches!(old, Entry::Registered { .. }) {
                 self.registered -= 1;
             }
@@ -250,52 +359,94 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put> {
+    fn put_callback_from(
+        &self,
+        cb: Callback,
+        require_registered: bool,
+        client: Client,
+    ) -> StoreResult<Put> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.expire_one(&cb.state, now);
         let fingerprint = cb.fingerprint();
-        let outcome = match inner.entries.get(cb.state.as_str()) {
-            Some(
-                Entry::Received { fingerprint: f, .. } | Entry::Retrieved { fingerprint: f, .. },
-            ) => {
+        let known = match inner.entries.get_mut(cb.state.as_str()) {
+            None => false,
+            Some(Entry::Conflict { .. }) => return Ok(Put::InConflict),
+            Some(Entry::Retrieved { fingerprint: f, .. }) => {
                 return Ok(if *f == fingerprint {
                     Put::Repeated
                 } else {
                     Put::Conflict
                 });
             }
-            Some(Entry::Registered { .. }) => Put::StoredRegistered,
-            None if require_registered => return Ok(Put::NotRegistered),
-            None if inner.live >= self.max_pending => return Ok(Put::Full),
-            None => Put::Stored,
+            Some(Entry::Received { fingerprint: f, .. }) if *f == fingerprint => {
+                return Ok(Put::Repeated)
+            }
+            Some(entry @ Entry::Received { .. }) => {
+                // Nobody can tell which of the two is the person's: neither is handed out, and
+                // the first one's data goes now.
+                let (conflict, freed) = match entry {
+                    Entry::Received {
+                        callback,
+                        expires,
+                        guard,
+                        owner,
+                        ..
+                    } => (
+                        Entry::Conflict {
+                            expires: *expires,
+                            guard: guard.take(),
+                            owner: *owner,
+                        },
+                        callback.payload_bytes(),
+                    ),
+                    _ => return Ok(Put::InConflict),
+                };
+                *entry = conflict;
+                inner.bytes -= freed;
+                return Ok(Put::Conflicted);
+            }
+            Some(Entry::Registered { until, .. }) if *until <= now => return Ok(Put::Expired),
+            Some(Entry::Registered { .. }) => true,
         };
-        let guard = match inner.entries.get_mut(cb.state.as_str()) {
-            Some(Entry::Registered { guard, .. }) => guard.take(),
-            _ => None,
-        };
-        let mut cb = cb;
-        let state = std::mem::take(&mut cb.state);
-        let added = state.len() + payload(&cb);
+        if !known {
+            if require_registered {
+                return Ok(Put::NotRegistered);
+            }
+            if inner.share_of(client) >= self.max_per_client {
+                return Ok(Put::Quota);
+            }
+            if inner.live >= self.max_pending {
+                return Ok(Put::Full);
+            }
+        }
+        let state = cb.state.as_str();
+        let added = state.len() + cb.payload_bytes();
         self.evict_markers(&mut inner, added);
         if inner.bytes + added > self.max_bytes {
-            // The registration stays as it was.
-            if let Some(Entry::Registered { guard: g, .. }) = inner.entries.get_mut(state.as_str())
-            {
-                *g = guard;
-            }
+            // The registration, if any, stays as it was.
             return Ok(Put::Full);
         }
+        // A registered state's callback keeps its registration's guard and share.
+        let (guard, owner) = match inner.entries.get_mut(state) {
+            Some(Entry::Registered { guard, owner, .. }) => (guard.take(), *owner),
+            _ => (None, Some(client)),
+        };
         inner.insert_live(
-            &state,
+            state,
             Entry::Received {
-                callback: cb,
+                callback: Packed::pack(&cb),
                 fingerprint,
                 expires: now + self.ttl,
                 guard,
+                owner,
             },
         );
-        Ok(outcome)
+        Ok(if known {
+            Put::StoredRegistered
+        } else {
+            Put::Stored
+        })
     }
 
     fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
@@ -308,38 +459,38 @@ impl Store for MemoryStore {
         if !proof.opens(entry.guard()) {
             return Ok(Take::Missing);
         }
-        let (callback, fingerprint, guard) = match entry {
-            Entry::Registered { .. } => return Ok(Take::Missing),
+        match entry {
+            Entry::Registered { until, .. } if *until <= now => return Ok(Take::Expired),
+            Entry::Registered { until, .. } => {
+                return Ok(Take::Pending {
+                    expires_in: *until - now,
+                })
+            }
             Entry::Retrieved { .. } => return Ok(Take::AlreadyTaken),
+            Entry::Conflict { .. } => return Ok(Take::Conflict),
+            Entry::Received { .. } => {}
+        }
+        let expires = now + self.ttl;
+        let (callback, owner) = match entry {
             Entry::Received {
                 callback,
                 fingerprint,
                 guard,
+                owner,
                 ..
-            } => (
-                Callback {
-                    state: state.to_string(),
-                    ..std::mem::replace(
-                        callback,
-                        Callback {
-                            state: String::new(),
-                            code: None,
-                            error: None,
-                            error_description: None,
-                        },
-                    )
-                },
-                *fingerprint,
-                guard.take(),
-            ),
+            } => {
+                let taken = (callback.unpack(state), *owner);
+                *entry = Entry::Retrieved {
+                    fingerprint: *fingerprint,
+                    expires,
+                    guard: guard.take(),
+                };
+                taken
+            }
+            _ => return Ok(Take::Missing),
         };
-        let expires = now + self.ttl;
-        *entry = Entry::Retrieved {
-            fingerprint,
-            expires,
-            guard,
-        };
-        inner.bytes -= payload(&callback);
+        inner.bytes -= callback.payload_bytes();
+        inner.unshare(owner);
         inner.live -= 1;
         inner.retrieved_count += 1;
         inner.compact_expiries();
@@ -353,21 +504,30 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let inner = self.lock();
         Ok(inner.entries.get(state).is_some_and(|e| {
-            e.expires() > now && !matches!(e, Entry::Registered { .. }) && proof.opens(e.guard())
+            e.expires() > now
+                && proof.opens(e.guard())
+                && match e {
+                    Entry::Registered { until, .. } => *until <= now,
+                    _ => true,
+                }
         }))
     }
 
-    fn register_guarded(
+    fn register_by(
         &self,
         state: &str,
         ttl: Duration,
         guard: Option<&RetrievalHash>,
+        client: Option<Client>,
     ) -> StoreResult<Register> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.expire_one(state, now);
         if inner.entries.contains_key(state) {
             return Ok(Register::Exists);
+        }
+        if client.is_some_and(|c| inner.share_of(c) >= self.max_per_client) {
+            return Ok(Register::Quota);
         }
         self.evict_markers(&mut inner, state.len());
         if inner.live >= self.max_pending || inner.bytes + state.len() > self.max_bytes {
@@ -376,8 +536,10 @@ impl Store for MemoryStore {
         inner.insert_live(
             state,
             Entry::Registered {
-                expires: now + ttl,
+                until: now + ttl,
+                expires: now + ttl + self.ttl,
                 guard: guard.cloned().map(Box::new),
+                owner: client,
             },
         );
         Ok(Register::Registered {
@@ -581,8 +743,7 @@ mod tests {
         Callback {
             state: state.into(),
             code: Some(Secret::new(code)),
-            error: None,
-            error_description: None,
+            ..Callback::default()
         }
     }
 
@@ -624,15 +785,41 @@ mod tests {
 
     #[test]
     fn counters_match_a_full_scan() {
-        let s = MemoryStore::new(Duration::from_secs(60), 50, usize::MAX);
-        for i in 0..200 {
+        let s = MemoryStore::new(Duration::from_millis(30), 50, usize::MAX).with_max_per_client(7);
+        let clients = [
+            Client::of(Some([10, 0, 0, 1].into())),
+            Client::of(Some([10, 0, 0, 2].into())),
+            Client::Unknown,
+        ];
+        for i in 0..400 {
             let state = format!("s{}", i % 37);
-            match i % 5 {
-                0 => drop(s.register_state(&state, Duration::from_secs(60))),
-                1 | 2 => drop(s.put_callback(cb(&state, &format!("c{i}")), i % 2 == 0)),
+            let client = clients[i % 3];
+            // Short registrations, a short TTL and a pause now and then: tombstones, expiries
+            // and conflicts come and go among the rest.
+            let ttl = Duration::from_millis(if i % 7 == 0 { 1 } else { 60 });
+            match i % 6 {
+                0 => drop(s.register_by(&state, ttl, None, Some(client))),
+                1 => drop(s.register_state(&state, ttl)),
+                2 | 3 => drop(s.put_callback_from(
+                    cb(&state, &format!("c{}", i % 4)),
+                    i % 2 == 0,
+                    client,
+                )),
                 _ => drop(s.take_callback(&state)),
             }
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(35));
+                s.sweep();
+            }
             let inner = s.lock();
+            let mut shares: HashMap<Client, usize> = HashMap::new();
+            for e in inner.entries.values() {
+                if let Some(c) = e.owner() {
+                    *shares.entry(c).or_default() += 1;
+                }
+            }
+            assert_eq!(inner.shares, shares, "step {i}");
+            assert!(inner.shares.values().all(|n| *n <= 7), "step {i}");
             let scan = |f: fn(&Entry) -> bool| inner.entries.values().filter(|e| f(e)).count();
             assert_eq!(
                 inner.registered,
@@ -704,6 +891,42 @@ mod tests {
             s.take_callback(&state(2)).unwrap(),
             Take::Taken(_)
         ));
+    }
+
+    #[test]
+    fn callbacks_pack_and_unpack_exactly() {
+        let full = Callback {
+            state: "s".into(),
+            code: Some(Secret::new("c\u{e9}")),
+            error: Some(String::new()),
+            error_description: Some("d".repeat(300)),
+            iss: Some("https://as.example".into()),
+            session_state: None,
+            error_uri: Some("u".into()),
+        };
+        for cb in [
+            full,
+            cb("s", "x"),
+            Callback {
+                state: "s".into(),
+                ..Callback::default()
+            },
+        ] {
+            let packed = Packed::pack(&cb);
+            assert_eq!(packed.payload_bytes(), cb.payload_bytes());
+            assert_eq!(packed.unpack("s"), cb);
+        }
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // What `budget::PENDING_ENTRY` was measured with: a registration, tombstone or marker
+        // does not pay for a callback's fields (they are packed).
+        assert!(
+            std::mem::size_of::<Entry>() <= 88,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]

@@ -1,12 +1,42 @@
 //! All state the service keeps, behind one trait, so the in-memory backend (one replica) and a
 //! shared backend (several replicas) give the same guarantees: created once, taken once,
-//! expiring by itself, bounded in count.
+//! expiring by itself, bounded in count and per client.
 
 pub mod memory;
 pub mod redis;
 
 use crate::secret::{BindingHash, RetrievalHash, Secret};
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
+
+/// A client as per-client shares count it: an IPv4 address, or an IPv6 /64 (what one
+/// subscriber is usually given: counting single IPv6 addresses would hand one attacker 2^64
+/// shares). Requests without an address (built without a socket, in unit tests) are one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Client {
+    V4(u32),
+    V6Prefix(u64),
+    Unknown,
+}
+
+impl Client {
+    pub fn of(ip: Option<IpAddr>) -> Client {
+        match ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(v4)) => Client::V4(u32::from(v4)),
+            Some(IpAddr::V6(v6)) => Client::V6Prefix((u128::from(v6) >> 64) as u64),
+            None => Client::Unknown,
+        }
+    }
+
+    /// A stable name for the client (a shared store hashes it before it leaves the process).
+    pub fn id(&self) -> String {
+        match self {
+            Client::V4(a) => std::net::Ipv4Addr::from(*a).to_string(),
+            Client::V6Prefix(p) => format!("{}/64", std::net::Ipv6Addr::from(u128::from(*p) << 64)),
+            Client::Unknown => "unknown".into(),
+        }
+    }
+}
 
 /// How many browsers a session remembers as having opened its link (the newest): a person's
 /// phone and laptop, a preview bot's GET or two. Past it the oldest is forgotten; that browser
@@ -45,24 +75,61 @@ impl Proof {
     }
 }
 
-/// What the provider sent to `/callback` for one state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the provider sent to `/callback` for one state: every authorization-response
+/// parameter a client needs to finish the flow (README, "What comes back").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Callback {
     pub state: String,
     pub code: Option<Secret>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// RFC 9207: the issuer that sent the response, which a client checks against the one it
+    /// started the flow with (mix-up attacks).
+    pub iss: Option<String>,
+    /// OpenID Connect Session Management 1.0.
+    pub session_state: Option<String>,
+    /// RFC 6749 4.1.2.1: a page about the error.
+    pub error_uri: Option<String>,
 }
 
 impl Callback {
     /// Identifies the callback's content without keeping it: a reload of the same redirect has
-    /// the same fingerprint, a different code does not.
+    /// the same fingerprint, a different code (or issuer) does not. A callback without the
+    /// later parameters has the fingerprint earlier versions gave it, so a reload of a callback
+    /// they stored is still recognised as one during a rolling upgrade.
     pub fn fingerprint(&self) -> [u8; 32] {
-        crate::secret::fingerprint(&[
+        let mut parts = vec![
             self.code.as_ref().map(|c| c.expose()),
             self.error.as_deref(),
             self.error_description.as_deref(),
-        ])
+        ];
+        let later = [
+            self.iss.as_deref(),
+            self.session_state.as_deref(),
+            self.error_uri.as_deref(),
+        ];
+        if later.iter().any(Option::is_some) {
+            parts.extend(later);
+        }
+        crate::secret::fingerprint(&parts)
+    }
+
+    /// The bytes of what the provider sent besides the state: what `max_bytes` and the
+    /// per-callback bound count.
+    pub fn payload_bytes(&self) -> usize {
+        self.values().iter().map(|v| v.map_or(0, str::len)).sum()
+    }
+
+    /// Each kept parameter, the state aside, in the order of the fields.
+    pub fn values(&self) -> [Option<&str>; 6] {
+        [
+            self.code.as_ref().map(Secret::expose),
+            self.error.as_deref(),
+            self.error_description.as_deref(),
+            self.iss.as_deref(),
+            self.session_state.as_deref(),
+            self.error_uri.as_deref(),
+        ]
     }
 }
 
@@ -76,26 +143,51 @@ pub enum Put {
     StoredRegistered,
     /// The same callback again (a person reloading the page): nothing changes.
     Repeated,
-    /// A different callback for a state that already has one: refused, the first one stays.
+    /// A different callback while the first waits for retrieval: the state is now in conflict,
+    /// and neither is ever handed out (one of them may be a stranger's, sent first to have the
+    /// client sign in with the stranger's account; nobody can tell which).
+    Conflicted,
+    /// Any callback for a state already in conflict.
+    InConflict,
+    /// A different callback for a state whose callback was already retrieved: refused (the
+    /// client has the first one).
     Conflict,
-    /// Registered-states mode and nobody registered this state (or its registration expired).
+    /// Registered-states mode and nobody registered this state.
     NotRegistered,
+    /// The state's registration expired (its tombstone remains): a late callback is refused.
+    Expired,
     /// The pending-entry cap is reached.
     Full,
+    /// The client's share of pending entries is reached.
+    Quota,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
     Taken(Callback),
     AlreadyTaken,
+    /// Nothing this proof may know of: an unknown state, or one it does not open.
     Missing,
+    /// Registered, its callback not arrived yet; the registration lives `expires_in` more.
+    Pending {
+        expires_in: Duration,
+    },
+    /// The registration expired before its callback arrived.
+    Expired,
+    /// Two different callbacks arrived (`Put::Conflicted`): neither is handed out.
+    Conflict,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Register {
-    Registered { expires_at: SystemTime },
+    Registered {
+        expires_at: SystemTime,
+    },
+    /// Registered, used, or expired and not yet forgotten (a tombstone).
     Exists,
     Full,
+    /// The client's share of pending entries is reached.
+    Quota,
 }
 
 /// A broker login session: three unrelated random values (link id, OAuth state, retrieval
@@ -198,14 +290,29 @@ pub struct Unavailable(pub String);
 pub type StoreResult<T> = Result<T, Unavailable>;
 
 pub trait Store: Send + Sync {
-    /// Stores the first callback for `cb.state`. With `require_registered`, only a state
-    /// registered beforehand is accepted.
-    fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put>;
+    /// Stores the first callback for `cb.state`, sent by `client`. With `require_registered`,
+    /// only a state registered beforehand is accepted. A callback for a state nobody
+    /// registered is a new pending entry, counted against `client`'s share; one for a
+    /// registered state counts against its registration's. A registration that expired leaves
+    /// a tombstone for the TTL: its late callback is refused (`Expired`), not stored as a
+    /// callback nobody registered.
+    fn put_callback_from(
+        &self,
+        cb: Callback,
+        require_registered: bool,
+        client: Client,
+    ) -> StoreResult<Put>;
+
+    /// `put_callback_from` a client without an address.
+    fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put> {
+        self.put_callback_from(cb, require_registered, Client::Unknown)
+    }
 
     /// Hands out the callback once to a request with `proof` of the right to it (see `Proof`);
-    /// afterwards the state answers `AlreadyTaken` to such requests until it expires. To any
-    /// other request it answers `Missing` and changes nothing: a wrong secret does not use a
-    /// callback up.
+    /// afterwards the state answers `AlreadyTaken` to such requests until it expires. To such a
+    /// request a registered state also says `Pending`, `Expired` or `Conflict`. To any other
+    /// request it answers `Missing` and changes nothing: a wrong secret does not use a
+    /// callback up, nor learn that the state exists.
     fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take>;
 
     /// `take_callback_by` an authorized request without a retrieval secret.
@@ -213,9 +320,10 @@ pub trait Store: Send + Sync {
         self.take_callback_by(state, &Proof::authorized())
     }
 
-    /// Whether a callback `proof` may have has landed for `state` (taken or not): used by
-    /// long-polls to avoid missing a callback that landed while they were being parked, and
-    /// so that news of a callback another's secret guards does not end their wait.
+    /// Whether `state` has news `proof` may have: a callback landed (taken, or in conflict),
+    /// or its registration expired. Used by long-polls to avoid missing news that came while
+    /// they were being parked, and so that news another's secret guards does not end their
+    /// wait.
     fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool>;
 
     /// `has_callback_for` an authorized request without a retrieval secret.
@@ -224,13 +332,27 @@ pub trait Store: Send + Sync {
     }
 
     /// Registers a state ahead of its callback, for at most `ttl`; with `guard`, its callback
-    /// will go only to a retrieval presenting the secret behind that hash.
+    /// will go only to a retrieval presenting the secret behind that hash. With `client`, the
+    /// registration (and its tombstone, and then its callback) counts against that client's
+    /// share; `None` for a trusted caller (one with the API token). When it expires it leaves
+    /// a tombstone for the store's TTL, so nobody can register the state again meanwhile.
+    fn register_by(
+        &self,
+        state: &str,
+        ttl: Duration,
+        guard: Option<&RetrievalHash>,
+        client: Option<Client>,
+    ) -> StoreResult<Register>;
+
+    /// `register_by` a trusted caller.
     fn register_guarded(
         &self,
         state: &str,
         ttl: Duration,
         guard: Option<&RetrievalHash>,
-    ) -> StoreResult<Register>;
+    ) -> StoreResult<Register> {
+        self.register_by(state, ttl, guard, None)
+    }
 
     /// `register_guarded` without a retrieval hash.
     fn register_state(&self, state: &str, ttl: Duration) -> StoreResult<Register> {

@@ -12,11 +12,11 @@
 //! store key is the associated data), and key names are keyed hashes of states, handles and
 //! link ids, so reading Redis alone yields nothing usable.
 
-use super::Proof;
 use super::{
     Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
     TokenTake, Tokens, Unavailable,
 };
+use super::{Client, Proof};
 use crate::keyring::Keyring;
 use crate::secret::{BindingHash, RetrievalHash, Secret};
 use serde_json::{json, Value};
@@ -35,36 +35,71 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// replicas share (also the connection store's, `connections::redis`).
 pub(crate) const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
-// Values under a callback key: `L` fingerprint sealed-callback (live), `T` fingerprint (taken);
-// for a state registered with a retrieval hash, `G` fingerprint guard sealed-callback and
-// `U` fingerprint guard. The fingerprint (32 bytes) is always at 2..33, so a replica that
-// predates guards still recognises reloads and conflicts; asked for a `G` value it would read
-// sealed data that does not decrypt and fail closed (503, the code lost), never hand it out.
-// But such a replica would store a callback for an `H` registration unguarded, which is why
-// every replica must run this version before clients register with a retrieval hash (README).
-// The guard is the keyed MAC of the retrieval hash (`RedisStore::guard`).
-// A registration key holds `1`, or `H` guard.
+// Values under a callback key: `L` fingerprint sealed-callback (live), `T` fingerprint (taken),
+// `X` fingerprint (in conflict: two different callbacks, neither handed out); for a state
+// registered with a retrieval hash, `G` fingerprint guard sealed-callback, `U` fingerprint
+// guard and `Y` fingerprint guard. The fingerprint (32 bytes) is always at 2..33, so a replica
+// that predates guards still recognises reloads and conflicts; asked for a `G` value it would
+// read sealed data that does not decrypt and fail closed (503, the code lost), never hand it
+// out, and the same for `X` and `Y` in a replica that predates conflicts. But such a replica
+// would store a callback for an `H` registration unguarded (and one that predates tombstones
+// would accept a late callback for an expired registration), which is why every replica must
+// run this version before clients register (README). The guard is the keyed MAC of the
+// retrieval hash (`RedisStore::guard`).
+//
+// A registration key holds `1`, or `H` guard; then `;` the end of the registration in Unix
+// milliseconds, `;` and the share key it counts against (empty for a trusted caller). It lives
+// the TTL past that end, as a tombstone. (Earlier versions wrote neither suffix: such a
+// registration is live until its key expires.)
+//
+// Per-client shares: a sorted set per client (`q:` the keyed hash of its address) of the
+// owner-link keys (`w:` per state) of the entries it holds, scored by when each stops counting;
+// the owner-link key holds the name of that set, so a retrieval (by another client) can free
+// the place. That set is named by a stored value, not declared in KEYS: fine on one Redis (and
+// Sentinel); a Redis Cluster would need every key of a state and its client in one slot.
+const REGISTRATION: &str = "
+local function registered_until(reg)
+  local off = 2
+  if string.sub(reg, 1, 1) == 'H' then off = 34 end
+  local ms = string.match(string.sub(reg, off), '^;(%d+);')
+  return ms and tonumber(ms)
+end
+";
+
 const PUT: &str = "
 local cur = redis.call('GET', KEYS[1])
 if cur then
+  local kind = string.sub(cur, 1, 1)
+  if kind == 'X' or kind == 'Y' then return 'in_conflict' end
   if string.sub(cur, 2, 33) == ARGV[2] then return 'repeated' end
-  return 'conflict'
+  if kind == 'T' or kind == 'U' then return 'conflict' end
+  local marker = 'X' .. string.sub(cur, 2, 33)
+  if kind == 'G' then marker = 'Y' .. string.sub(cur, 2, 65) end
+  redis.call('SET', KEYS[1], marker, 'KEEPTTL')
+  return 'conflicted'
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local ttl = tonumber(ARGV[3])
 local reg = redis.call('GET', KEYS[2])
 if reg then
+  local until_ms = registered_until(reg)
+  if until_ms and now >= until_ms then return 'expired' end
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[3], KEYS[2])
 elseif ARGV[4] == '1' then
   return 'not_registered'
-elseif redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
-  return 'full'
+else
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[6]) then return 'quota' end
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return 'full' end
+  redis.call('ZADD', KEYS[6], now + ttl, KEYS[5])
+  redis.call('PEXPIRE', KEYS[6], 2 * ttl)
+  redis.call('SET', KEYS[5], KEYS[6], 'PX', ttl)
 end
 local value = ARGV[1]
 if reg and string.sub(reg, 1, 1) == 'H' then
   value = 'G' .. string.sub(ARGV[1], 2, 33) .. string.sub(reg, 2, 33) .. string.sub(ARGV[1], 34)
 end
-local ttl = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -74,13 +109,20 @@ return 'stored'";
 
 // Who may have a callback (`Proof::opens`): a guarded one only a request whose presented guard
 // (ARGV[1], empty when none) is the stored one; another only an authorized request (ARGV[2]).
-// The guards compared are keyed MACs: timing could at most tell how many leading bytes of two
-// values nobody can compute without the key agree, which helps find no secret.
+// The same for a registration. The guards compared are keyed MACs: timing could at most tell
+// how many leading bytes of two values nobody can compute without the key agree, which helps
+// find no secret.
 const OPENS: &str = "
 local function opens(cur)
   local kind = string.sub(cur, 1, 1)
-  if kind == 'G' or kind == 'U' then
+  if kind == 'G' or kind == 'U' or kind == 'Y' then
     return ARGV[1] ~= '' and string.sub(cur, 34, 65) == ARGV[1]
+  end
+  return ARGV[2] == '1'
+end
+local function opens_registration(reg)
+  if string.sub(reg, 1, 1) == 'H' then
+    return ARGV[1] ~= '' and string.sub(reg, 2, 33) == ARGV[1]
   end
   return ARGV[2] == '1'
 end
@@ -88,9 +130,18 @@ end
 
 const TAKE: &str = "
 local cur = redis.call('GET', KEYS[1])
-if not cur or not opens(cur) then return {'missing'} end
+if not cur then
+  local reg = redis.call('GET', KEYS[4])
+  if not reg or not opens_registration(reg) then return {'missing'} end
+  local until_ms = registered_until(reg)
+  if not until_ms then return {'pending', tostring(redis.call('PTTL', KEYS[4]))} end
+  if now >= until_ms then return {'expired'} end
+  return {'pending', string.format('%.0f', until_ms - now)}
+end
+if not opens(cur) then return {'missing'} end
 local kind = string.sub(cur, 1, 1)
 if kind == 'T' or kind == 'U' then return {'taken'} end
+if kind == 'X' or kind == 'Y' then return {'conflict'} end
 local ttl = tonumber(ARGV[3])
 local marker, sealed
 if kind == 'G' then
@@ -101,21 +152,48 @@ end
 redis.call('SET', KEYS[1], marker, 'PX', ttl)
 redis.call('ZREM', KEYS[2], KEYS[1])
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
+local share = redis.call('GET', KEYS[5])
+if share then
+  redis.call('ZREM', share, KEYS[5])
+  redis.call('DEL', KEYS[5])
+end
 return {'ok', sealed}";
 
 const HAS: &str = "
 local cur = redis.call('GET', KEYS[1])
-if cur and opens(cur) then return 1 end
+if cur then
+  if opens(cur) then return 1 end
+  return 0
+end
+local reg = redis.call('GET', KEYS[2])
+if reg and opens_registration(reg) then
+  local until_ms = registered_until(reg)
+  if until_ms and now >= until_ms then return 1 end
+end
 return 0";
 
 const REGISTER: &str = "
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local counted = ARGV[6] == '1'
+if counted then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[5]) then return 'quota' end
+end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
+local keep = tonumber(ARGV[1]) + tonumber(ARGV[4])
+local owner = ''
+if counted then
+  owner = KEYS[5]
+  redis.call('ZADD', KEYS[5], now + keep, KEYS[4])
+  redis.call('PEXPIRE', KEYS[5], 2 * tonumber(ARGV[4]))
+  redis.call('SET', KEYS[4], owner, 'PX', keep)
+end
 local reg = '1'
 if ARGV[3] ~= '' then reg = 'H' .. ARGV[3] end
-redis.call('SET', KEYS[2], reg, 'PX', ARGV[1])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), KEYS[2])
+reg = reg .. ';' .. string.format('%.0f', now + tonumber(ARGV[1])) .. ';' .. owner
+redis.call('SET', KEYS[2], reg, 'PX', keep)
+redis.call('ZADD', KEYS[3], now + keep, KEYS[2])
 return 'ok'";
 
 const ACTIVE: &str = "
@@ -234,6 +312,7 @@ pub struct RedisStore {
     pub(crate) keys: Arc<Keyring>,
     ttl: Duration,
     max_pending: usize,
+    max_per_client: usize,
     scripts: Scripts,
     /// `active_callbacks` as last counted by the background thread; -1: Redis unreachable.
     active_cache: AtomicI64,
@@ -285,10 +364,11 @@ impl RedisStore {
             keys,
             ttl,
             max_pending,
+            max_per_client: max_pending,
             scripts: Scripts {
-                put: script(PUT),
-                take: redis::Script::new(&format!("{NOW}{OPENS}{TAKE}")),
-                has: redis::Script::new(&format!("{OPENS}{HAS}")),
+                put: redis::Script::new(&format!("{NOW}{REGISTRATION}{PUT}")),
+                take: redis::Script::new(&format!("{NOW}{REGISTRATION}{OPENS}{TAKE}")),
+                has: redis::Script::new(&format!("{NOW}{REGISTRATION}{OPENS}{HAS}")),
                 register: script(REGISTER),
                 active: script(ACTIVE),
                 create_session: script(CREATE_SESSION),
@@ -299,6 +379,13 @@ impl RedisStore {
             },
             active_cache: AtomicI64::new(-1),
         })
+    }
+
+    /// Caps each client's share of `max_pending`, across every replica on this Redis.
+    /// Defaults to `max_pending`: no share smaller than the whole.
+    pub fn with_max_per_client(mut self, max_per_client: usize) -> Self {
+        self.max_per_client = max_per_client;
+        self
     }
 
     fn channel(&self) -> String {
@@ -529,6 +616,11 @@ impl RedisStore {
         )
     }
 
+    /// The sorted set of `client`'s share.
+    fn share_key(&self, client: Client) -> String {
+        self.key("q", &client.id())
+    }
+
     fn session_key(&self, handle: &str) -> String {
         self.key("s", handle)
     }
@@ -632,9 +724,12 @@ fn session_from_json(v: &Value, verifier: Secret) -> Session {
 
 fn callback_to_json(cb: &Callback) -> Value {
     json!({ "state": cb.state, "code": cb.code.as_ref().map(Secret::expose),
-            "error": cb.error, "error_description": cb.error_description })
+            "error": cb.error, "error_description": cb.error_description,
+            "iss": cb.iss, "session_state": cb.session_state, "error_uri": cb.error_uri })
 }
 
+/// Reads callbacks written by this version and by the ones before it (no `iss`,
+/// `session_state` or `error_uri`: they read as absent).
 fn callback_from_json(v: &Value) -> Callback {
     let opt = |k: &str| v[k].as_str().map(String::from);
     Callback {
@@ -642,6 +737,9 @@ fn callback_from_json(v: &Value) -> Callback {
         code: opt("code").map(Secret::new),
         error: opt("error"),
         error_description: opt("error_description"),
+        iss: opt("iss"),
+        session_state: opt("session_state"),
+        error_uri: opt("error_uri"),
     }
 }
 
@@ -679,7 +777,12 @@ fn tokens_from_json(v: &Value) -> Tokens {
 }
 
 impl Store for RedisStore {
-    fn put_callback(&self, cb: Callback, require_registered: bool) -> StoreResult<Put> {
+    fn put_callback_from(
+        &self,
+        cb: Callback,
+        require_registered: bool,
+        client: Client,
+    ) -> StoreResult<Put> {
         let key = self.key("c", &cb.state);
         let fp = self.keys.mac(&cb.fingerprint());
         let mut value = b"L".to_vec();
@@ -692,19 +795,26 @@ impl Store for RedisStore {
                 .key(self.key("r", &cb.state))
                 .key(self.set("pending"))
                 .key(self.set("active"))
+                .key(self.key("w", &cb.state))
+                .key(self.share_key(client))
                 .arg(value)
                 .arg(&fp[..])
                 .arg(self.ttl_ms())
                 .arg(if require_registered { "1" } else { "0" })
                 .arg(self.max_pending)
+                .arg(self.max_per_client)
                 .invoke(c)
         })?;
         Ok(match outcome.as_str() {
             "stored" => Put::Stored,
             "stored_registered" => Put::StoredRegistered,
             "repeated" => Put::Repeated,
+            "conflicted" => Put::Conflicted,
+            "in_conflict" => Put::InConflict,
             "conflict" => Put::Conflict,
             "not_registered" => Put::NotRegistered,
+            "expired" => Put::Expired,
+            "quota" => Put::Quota,
             _ => Put::Full,
         })
     }
@@ -718,52 +828,72 @@ impl Store for RedisStore {
                 .key(&key)
                 .key(self.set("pending"))
                 .key(self.set("active"))
+                .key(self.key("r", state))
+                .key(self.key("w", state))
                 .arg(&guard)
                 .arg(authorized)
                 .arg(self.ttl_ms())
                 .invoke(c)
         })?;
-        match reply.first().map(Vec::as_slice) {
-            Some(b"ok") => {
-                let v =
-                    self.open_json(&key, reply.get(1).map(Vec::as_slice).unwrap_or_default())?;
+        let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
+        match field(0) {
+            b"ok" => {
+                let v = self.open_json(&key, field(1))?;
                 Ok(Take::Taken(callback_from_json(&v)))
             }
-            Some(b"taken") => Ok(Take::AlreadyTaken),
+            b"taken" => Ok(Take::AlreadyTaken),
+            b"pending" => Ok(Take::Pending {
+                expires_in: Duration::from_millis(
+                    std::str::from_utf8(field(1))
+                        .ok()
+                        .and_then(|ms| ms.parse().ok())
+                        .unwrap_or(0),
+                ),
+            }),
+            b"expired" => Ok(Take::Expired),
+            b"conflict" => Ok(Take::Conflict),
             _ => Ok(Take::Missing),
         }
     }
 
     fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
-        let key = self.key("c", state);
         let (guard, authorized) = self.proof_args(proof);
         // Reads only: asking twice changes nothing.
         self.read(|c| {
             self.scripts
                 .has
-                .key(&key)
+                .key(self.key("c", state))
+                .key(self.key("r", state))
                 .arg(&guard)
                 .arg(authorized)
                 .invoke(c)
         })
     }
 
-    fn register_guarded(
+    fn register_by(
         &self,
         state: &str,
         ttl: Duration,
         guard: Option<&RetrievalHash>,
+        client: Option<Client>,
     ) -> StoreResult<Register> {
         let guard = guard.map(|h| self.guard(h).to_vec()).unwrap_or_default();
+        // Declared either way; a trusted caller's registration leaves it untouched.
+        let share = self.share_key(client.unwrap_or(Client::Unknown));
         let outcome: String = self.with(|c| {
             self.scripts
                 .register
                 .key(self.key("c", state))
                 .key(self.key("r", state))
                 .key(self.set("pending"))
+                .key(self.key("w", state))
+                .key(&share)
                 .arg(ttl.as_millis() as u64)
                 .arg(self.max_pending)
                 .arg(&guard)
+                .arg(self.ttl_ms())
+                .arg(self.max_per_client)
+                .arg(if client.is_some() { "1" } else { "0" })
                 .invoke(c)
         })?;
         Ok(match outcome.as_str() {
@@ -771,6 +901,7 @@ impl Store for RedisStore {
                 expires_at: SystemTime::now() + ttl,
             },
             "exists" => Register::Exists,
+            "quota" => Register::Quota,
             _ => Register::Full,
         })
     }
@@ -971,6 +1102,22 @@ mod tests {
         );
         assert_eq!(t.email.as_deref(), Some("ana@contoso.example"));
         assert!(!t.email_verified && t.tenant.is_none());
+    }
+
+    #[test]
+    fn callbacks_of_the_previous_version_are_read() {
+        let old = json!({ "state": "s", "code": "c", "error": null, "error_description": null });
+        let cb = callback_from_json(&old);
+        assert_eq!(cb.code.unwrap().expose(), "c");
+        assert_eq!((cb.iss, cb.session_state, cb.error_uri), (None, None, None));
+        let new = Callback {
+            state: "s".into(),
+            iss: Some("https://as.example".into()),
+            session_state: Some("ss".into()),
+            error_uri: Some("https://as.example/e".into()),
+            ..Callback::default()
+        };
+        assert_eq!(callback_from_json(&callback_to_json(&new)), new);
     }
 
     #[test]

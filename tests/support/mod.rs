@@ -318,6 +318,38 @@ pub fn http_without_cookies(
     read_response(&mut stream)
 }
 
+/// `http` from another loopback address (`127.0.0.2`, say: all of 127/8 is the loopback
+/// interface), so the relay sees another client.
+pub fn http_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    socket.connect(&addr.into()).expect("connect");
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    read_response(&mut stream)
+}
+
 pub fn read_response(stream: &mut TcpStream) -> HttpResponse {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
@@ -353,6 +385,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 pub mod broker;
 pub mod fake_microsoft;
 pub mod openapi;
+pub mod relay_api;
 pub mod webhook_receiver;
 
 /// A port that was free a moment ago, for a service whose own URL must be known before it
