@@ -4,8 +4,8 @@
 //! `Arc<str>` shared by the map, the expiry heap and the marker FIFO.
 
 use super::{
-    Callback, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
-    TokenTake, Tokens,
+    Callback, Handoff, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult,
+    Take, TokenTake,
 };
 use crate::secret::RetrievalHash;
 use std::cmp::Reverse;
@@ -106,7 +106,8 @@ struct SessionEntry {
     session: Session,
     state_taken: bool,
     status: SessionStatus,
-    tokens: Option<Tokens>,
+    /// What the caller is handed; for a sealed session only the sealed answer, ever.
+    handoff: Option<Handoff>,
     expires: Instant,
 }
 
@@ -413,7 +414,7 @@ impl Store for MemoryStore {
                 session,
                 state_taken: false,
                 status: SessionStatus::Pending,
-                tokens: None,
+                handoff: None,
                 expires,
             },
         );
@@ -452,13 +453,13 @@ impl Store for MemoryStore {
         Ok(StateTake::Taken(session))
     }
 
-    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()> {
+    fn finish_session(&self, handle: &str, outcome: Result<Handoff, String>) -> StoreResult<()> {
         let mut s = self.sessions();
         if let Some(entry) = s.by_handle.get_mut(handle) {
             match outcome {
-                Ok(tokens) => {
+                Ok(handoff) => {
                     entry.status = SessionStatus::Ready;
-                    entry.tokens = Some(tokens);
+                    entry.handoff = Some(handoff);
                     // The caller gets a full lifetime to collect them.
                     entry.expires = Instant::now() + self.ttl;
                 }
@@ -486,7 +487,7 @@ impl Store for MemoryStore {
             SessionStatus::Failed(r) => TokenTake::Failed(r.clone()),
             SessionStatus::Ready => {
                 entry.status = SessionStatus::Consumed;
-                match entry.tokens.take() {
+                match entry.handoff.take() {
                     Some(t) => TokenTake::Taken(t),
                     None => TokenTake::Consumed,
                 }
