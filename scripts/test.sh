@@ -13,6 +13,8 @@ need chromium chromium     # a real browser follows a login link (tests/broker.r
 need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
 need redis-cli redis-tools
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
+need gcore gdb             # a core dump of the broker, searched for sealed tokens (tests/seal.rs)
+need python3 python3       # Python libraries as third parties (the virtualenv below)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
@@ -34,6 +36,21 @@ if [ ! -f $oidc/node_modules/.package-lock.json ] || [ $oidc/package-lock.json -
   echo "installing the OpenID Provider for the tests: npm ci in $oidc" >&2
   (cd $oidc && npm ci --no-audit --no-fund >&2)
 fi
+
+# Python libraries the tests use as independent third parties, in one virtualenv under target/.
+# Each branch adds its own `venv_need` lines: each installs its package only when that version
+# is not there yet, so a warm run asks pip nothing.
+venv=target/test-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" >&2 || { echo "python3 -m venv failed (Debian package python3-venv)" >&2; exit 1; }
+fi
+venv_need() { # PACKAGE VERSION
+  "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$1') != '$2')" 2>/dev/null \
+    || "$venv/bin/python" -m pip install -q --disable-pip-version-check "$1==$2" >&2
+}
+# jwcrypto opens sealed answers as a Python caller would (tests/seal.rs).
+venv_need cryptography 51.0.1
+venv_need jwcrypto 1.6.1
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"
