@@ -89,6 +89,23 @@ impl Setup {
     }
 }
 
+/// A directory of the test's own, removed when the test ends, passed or not (a core is large).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("oauth-relay-{what}-{}", support::free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -487,8 +504,8 @@ fn the_in_memory_broker_process_holds_no_sealed_token() {
     let sealed = s.session(&public);
     s.sign_in(&sealed);
 
-    let dir = std::env::temp_dir().join(format!("oauth-relay-core-{}", support::free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("core");
+    let dir = &dir.0;
     let pid = s.broker.relay.pid();
     let out = Command::new("gcore")
         .arg("-o")
@@ -512,7 +529,6 @@ fn the_in_memory_broker_process_holds_no_sealed_token() {
     let control: Vec<usize> = secrets_of(&clear_tokens).iter().map(|t| found(t)).collect();
     let stored = found(&jwe);
     let leaked: Vec<usize> = secrets_of(&claims).iter().map(|t| found(t)).collect();
-    let _ = std::fs::remove_dir_all(&dir);
     // The method finds what the process holds: the clear session's tokens, the sealed answer.
     assert!(control.iter().all(|n| *n > 0), "control: {control:?}");
     assert!(stored > 0);
@@ -638,8 +654,8 @@ fn keygen_open_and_login_link_seal_to_round_trip() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
     let s = setup(&[]);
-    let dir = std::env::temp_dir().join(format!("oauth-relay-keys-{}", support::free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("keys");
+    let dir = &dir.0;
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
 
     // keygen: the private JWK in a file only its owner reads, the public one printed.
@@ -768,5 +784,4 @@ fn keygen_open_and_login_link_seal_to_round_trip() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("RSA keys are not supported"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
