@@ -16,6 +16,7 @@ need openssl openssl       # a private CA for the rediss:// test (tests/replicas
 need python3 python3        # kubernetes-validate checks the manifests (tests/manifests.rs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # target/test-venv below
 need curl curl             # the README's examples, run as written (tests/retrieval_secret.rs)
+need gcore gdb             # a core dump of the broker, searched for sealed tokens (tests/seal.rs)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
@@ -62,6 +63,9 @@ pip_need() {  # pip_need NAME==VERSION
   fi
 }
 pip_need kubernetes-validate==1.37.0  # the Kubernetes schemas, offline (tests/manifests.rs)
+# jwcrypto opens sealed answers as a Python caller would (tests/seal.rs).
+pip_need cryptography==51.0.1
+pip_need jwcrypto==1.6.1
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"

@@ -1,9 +1,11 @@
 //! The client subcommands: `wait` (long-poll a relay for one state), `register` (register a
 //! state with the hash of a new retrieval secret), `login-link` (ask a broker for a login
-//! link, optionally wait for the tokens) and `healthcheck`.
+//! link, optionally wait for the tokens, optionally sealed to a key), `keygen` and `open` (a key
+//! pair for sealed answers, and opening one) and `healthcheck`.
 
-use crate::config::{HealthcheckArgs, LoginLinkArgs, RegisterArgs, WaitArgs};
+use crate::config::{HealthcheckArgs, KeygenArgs, LoginLinkArgs, OpenArgs, RegisterArgs, WaitArgs};
 use crate::relay::RETRIEVAL_SECRET_HEADER;
+use crate::seal::{self, PrivateKey, SealKey};
 use crate::secret::{RetrievalHash, Secret};
 use serde_json::Value;
 use std::process::ExitCode;
@@ -284,9 +286,16 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let sealing = match args.seal_to.as_deref().map(seal_key_file).transpose() {
+        Ok(sealing) => sealing,
+        Err(message) => {
+            eprintln!("{LABEL}: --seal-to: {message}");
+            return ExitCode::from(1);
+        }
+    };
     let auth = format!("Bearer {token}");
     // The Microsoft 365 provider keeps its own endpoint (and login link path), as before.
-    let (path, body) = if args.provider == crate::providers_config::M365 {
+    let (path, mut body) = if args.provider == crate::providers_config::M365 {
         (
             "/m365/sessions",
             serde_json::json!({ "expected_email": args.email, "force_consent": args.force_consent,
@@ -299,6 +308,9 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
                                 "force_consent": args.force_consent, "return_url": args.return_url }),
         )
     };
+    if let Some((public, _)) = &sealing {
+        body["seal_to"] = public.to_jwk();
+    }
     let created = crate::outbound::agent(Duration::from_secs(30))
         .post(&format!("{base}{path}"))
         .header("Authorization", &auth)
@@ -317,6 +329,14 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     };
     if status != 200 {
         eprintln!("{LABEL}: {}", message_of(status, &session));
+        return ExitCode::from(1);
+    }
+    // A broker that predates sealing ignores seal_to: it would hand the tokens out in the clear.
+    if sealing.is_some() && !session["seal_to"].is_object() {
+        eprintln!(
+            "{LABEL}: the broker did not take --seal-to (a version without sealed hand-offs?); \
+             not printing the link"
+        );
         return ExitCode::from(1);
     }
     for key in ["login_url", "expected_email", "expires_at"] {
@@ -342,10 +362,30 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
             eprintln!("{LABEL}: {message}");
             ExitCode::from(1)
         }
-        Polled::Answer(200, body, _) => {
-            println!("{body}");
-            ExitCode::SUCCESS
-        }
+        Polled::Answer(200, body, json) => match &sealing {
+            None => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Some(_) if !json["sealed"].is_string() => {
+                eprintln!("{LABEL}: the broker answered without sealing; refusing the answer");
+                ExitCode::from(1)
+            }
+            Some((_, None)) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Some((_, Some(private))) => match open_answer(private, &body, Some(handle)) {
+                Ok(claims) => {
+                    println!("{claims}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{LABEL}: the sealed answer: {message}");
+                    ExitCode::from(1)
+                }
+            },
+        },
         Polled::Answer(409, _, json) => {
             eprintln!(
                 "{LABEL}: the sign-in failed: {}",
@@ -355,6 +395,109 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
         }
         Polled::Answer(status, _, json) => {
             eprintln!("{LABEL}: {}", message_of(status, &json));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A JWK file read whole; its content is never repeated in a message (it may hold a private key).
+fn jwk_file(path: &std::path::Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|_| format!("{} does not hold a JWK (JSON)", path.display()))
+}
+
+/// The key `--seal-to` names: its public part (all that is sent), and the private key when the
+/// file has it.
+fn seal_key_file(path: &std::path::Path) -> Result<(SealKey, Option<PrivateKey>), String> {
+    let jwk = jwk_file(path)?;
+    if jwk.get("d").is_some() {
+        let private = PrivateKey::from_jwk(&jwk)?;
+        Ok((private.public(), Some(private)))
+    } else {
+        let public = SealKey::from_jwk(&jwk).map_err(|e| e.replacen("seal_to", "the key", 1))?;
+        Ok((public, None))
+    }
+}
+
+/// Opens a sealed answer (`{"sealed":"..."}`, or the JWE alone) and checks its claims as an
+/// opener should: not expired, and for `audience` when given.
+fn open_answer(key: &PrivateKey, text: &str, audience: Option<&str>) -> Result<Value, String> {
+    let text = text.trim();
+    let jwe = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(answer)) => answer
+            .get("sealed")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or("the JSON has no \"sealed\" member")?,
+        _ => text.to_string(),
+    };
+    let claims = seal::open(key, &jwe)?;
+    seal::check_claims(&claims, audience, std::time::SystemTime::now())?;
+    Ok(claims)
+}
+
+pub fn keygen(args: KeygenArgs) -> ExitCode {
+    const LABEL: &str = "oauth-relay keygen";
+    let curve = match args.curve.as_str() {
+        "x25519" => seal::Curve::X25519,
+        _ => seal::Curve::P256,
+    };
+    let key = PrivateKey::generate(curve);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&args.out).and_then(|mut file| {
+        use std::io::Write;
+        writeln!(file, "{}", key.to_jwk())?;
+        file.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            println!("{}", key.public().to_jwk());
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "{LABEL}: {} exists; keygen never overwrites a key",
+                args.out.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{LABEL}: {}: {e}", args.out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn open(args: OpenArgs) -> ExitCode {
+    const LABEL: &str = "oauth-relay open";
+    let key = match jwk_file(&args.key).and_then(|jwk| PrivateKey::from_jwk(&jwk)) {
+        Ok(key) => key,
+        Err(message) => {
+            eprintln!("{LABEL}: --key: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    // An answer is a few kilobytes; a bound keeps a wrong pipe from filling memory.
+    let mut text = String::new();
+    let read = std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::io::stdin(), 1024 * 1024),
+        &mut text,
+    );
+    if let Err(e) = read {
+        eprintln!("{LABEL}: reading stdin: {e}");
+        return ExitCode::from(1);
+    }
+    match open_answer(&key, &text, args.audience.as_deref()) {
+        Ok(claims) => {
+            println!("{claims}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{LABEL}: {message}");
             ExitCode::from(1)
         }
     }

@@ -78,6 +78,16 @@ pub enum Command {
     /// --wait, then waits for the person to sign in and prints the tokens as one JSON line.
     /// Exit status: 0 on success, 2 when the sign-in failed (reason on stderr), 1 otherwise.
     LoginLink(LoginLinkArgs),
+    /// Make a key pair for sealed hand-offs: write the private JWK to --out (readable by its
+    /// owner alone; an existing file is never overwritten) and print the public JWK, to give as
+    /// a session's `seal_to` (or use with `login-link --seal-to`).
+    Keygen(KeygenArgs),
+    /// Open a sealed answer read from stdin (`{"sealed":"..."}` as /token answers it, or the JWE
+    /// alone) with the private JWK of --key, and print what it holds as one JSON line.
+    ///
+    /// Exit status: 0 when opened; 1 for an answer sealed to another key, altered, expired, for
+    /// another session (with --audience), or anything else.
+    Open(OpenArgs),
     /// Exit 0 when the local server answers /health, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
 }
@@ -256,12 +266,37 @@ pub struct LoginLinkArgs {
     /// in the broker's OAUTH_RELAY_RETURN_URL_ORIGINS.
     #[arg(long)]
     pub return_url: Option<String>,
+    /// A JWK file: the broker seals the tokens to its public key (only the public part is ever
+    /// sent). With --wait, a private key (as `keygen` writes it) opens the answer and the tokens
+    /// are printed as without sealing; a public key prints the sealed answer as it came.
+    #[arg(long, value_name = "FILE")]
+    pub seal_to: Option<std::path::PathBuf>,
     /// Wait for the sign-in and print the tokens.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = defaults::TTL_SECS)]
     pub timeout_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the private key (a JWK, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+    /// p-256 (an EC key: every JOSE library opens it) or x25519 (an OKP key).
+    #[arg(long, default_value = "p-256", value_parser = ["p-256", "x25519"])]
+    pub curve: String,
+}
+
+#[derive(Args, Debug)]
+pub struct OpenArgs {
+    /// The private JWK the answer was sealed to (as `keygen` writes it).
+    #[arg(long, value_name = "FILE")]
+    pub key: std::path::PathBuf,
+    /// The `state` of the session the answer must be for (its `aud`); not checked when absent.
+    #[arg(long, value_name = "STATE")]
+    pub audience: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -20,6 +20,7 @@ pub mod provider;
 pub mod providers_config;
 pub mod relay;
 pub mod routes;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod store;

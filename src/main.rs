@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         Some(Command::Wait(args)) => oauth_relay::cli::wait(args),
         Some(Command::Register(args)) => oauth_relay::cli::register(args),
         Some(Command::LoginLink(args)) => oauth_relay::cli::login_link(args),
+        Some(Command::Keygen(args)) => oauth_relay::cli::keygen(args),
+        Some(Command::Open(args)) => oauth_relay::cli::open(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),

@@ -531,6 +531,45 @@ fn provider_flows(api: &Api) {
     assert_eq!(api.get("/login/nope/callback?state=x&code=y").status, 404);
 }
 
+/// A sealed hand-off: a session created with `seal_to`, the key echoed, a key the broker cannot
+/// use refused, and the tokens answered only as `{"sealed": JWE}`, whose plaintext is the
+/// document's SealedClaims.
+fn sealed_flows(api: &Api) {
+    use oauth_relay::seal::{open, Curve, PrivateKey};
+    let bearer = format!("Bearer {BROKER_TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let create = [auth[0], ("Content-Type", "application/json")];
+    let key = PrivateKey::generate(Curve::X25519);
+    let rsa = json!({ "provider": "corp", "expected_email": EMAIL,
+                      "seal_to": { "kty": "RSA", "n": "AQAB", "e": "AQAB" } });
+    assert_eq!(api.post("/sessions", &create, &rsa).status, 400);
+    let body = json!({ "provider": "corp", "expected_email": EMAIL,
+                       "seal_to": key.public().to_jwk() });
+    let res = api.post("/sessions", &create, &body);
+    assert_eq!(res.status, 200);
+    let session = res.json();
+    assert_eq!(session["seal_to"], key.public().to_jwk());
+    let handle = session["state"].as_str().unwrap();
+    let start = path_of(session["login_url"].as_str().unwrap());
+    let authorize = get_url(api.get(&start).header("Location").unwrap());
+    assert_eq!(
+        api.get(&path_of(authorize.header("Location").unwrap()))
+            .status,
+        200
+    );
+    let sealed = api.get_with(&format!("/token/{handle}"), &auth);
+    assert_eq!(sealed.status, 200);
+    let claims = open(&key, sealed.json()["sealed"].as_str().unwrap()).unwrap();
+    assert_eq!(claims["aud"], handle);
+    validate(
+        api.doc,
+        &json!({ "$ref": "#/components/schemas/SealedClaims" }),
+        &claims,
+    )
+    .unwrap();
+    assert_eq!(api.get_with(&format!("/token/{handle}"), &auth).status, 410);
+}
+
 /// No API token, no broker: what is off answers as documented.
 fn disabled_flows(api: &Api) {
     // Without a token, registering needs a retrieval hash (and nothing else).
@@ -584,6 +623,7 @@ fn every_documented_operation_answers_as_documented() {
     relay_flows(&api);
     broker_flows(&api);
     provider_flows(&api);
+    sealed_flows(&api);
     let plain = Relay::start(&[
         "--internal-addr",
         "127.0.0.1:0",

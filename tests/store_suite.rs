@@ -11,8 +11,8 @@ use oauth_relay::secret::{BindingHash, RetrievalHash, Secret};
 use oauth_relay::store::memory::MemoryStore;
 use oauth_relay::store::redis::RedisStore;
 use oauth_relay::store::{
-    Callback, Client, Proof, Put, Register, Session, SessionStatus, StateTake, Store, Take,
-    TokenTake, Tokens, MAX_BROWSERS,
+    Callback, Client, Handoff, Proof, Put, Register, Session, SessionStatus, StateTake, Store,
+    Take, TokenTake, Tokens, MAX_BROWSERS,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -535,6 +535,7 @@ fn session(n: usize, ttl: Duration) -> Session {
         scopes: vec!["offline_access".into(), "Mail.Read".into()],
         expires_at: SystemTime::now() + ttl,
         return_url: None,
+        seal_to: None,
     }
 }
 
@@ -699,7 +700,7 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
         ("corp", "nonce-1", Some("subject-1"))
     );
     assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::Pending);
-    s.finish_session("handle-1", Ok(tokens())).unwrap();
+    s.finish_session("handle-1", Ok(tokens().into())).unwrap();
     assert_eq!(
         s.session_status("handle-1").unwrap().unwrap().1,
         SessionStatus::Ready
@@ -723,7 +724,7 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
         1,
         "{got:?}"
     );
-    assert!(got.contains(&TokenTake::Taken(tokens())));
+    assert!(got.contains(&TokenTake::Taken(Handoff::Clear(tokens()))));
     assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::Consumed);
     assert_eq!(
         s.session_status("handle-1").unwrap().unwrap().1,
@@ -743,6 +744,42 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
         TokenTake::Failed("email_mismatch".into())
     );
     assert_eq!(s.take_tokens("unknown").unwrap(), TokenTake::NotFound);
+}
+
+/// A session sealed to a caller's key keeps its key through every step, and its hand-off is only
+/// the sealed answer, handed out once like tokens.
+fn sealed_handoffs_round_trip(new: Factory) {
+    use oauth_relay::seal::{Curve, PrivateKey};
+    let ttl = Duration::from_secs(60);
+    let s = new(ttl, 100);
+    let key = PrivateKey::generate(Curve::P256).public();
+    let sealed = Session {
+        seal_to: Some(key.clone()),
+        ..session(9, ttl)
+    };
+    assert!(s.create_session(sealed).unwrap());
+    let (by_link, _) = s.session_by_link("link-9").unwrap().unwrap();
+    assert_eq!(by_link.seal_to.as_ref(), Some(&key));
+    let browser = open_link(&*s, 9);
+    let taken = match s.take_oauth_state("ostate-9", Some(&browser)).unwrap() {
+        StateTake::Taken(taken) => taken,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(taken.seal_to, Some(key));
+    let handoff = Handoff::Sealed {
+        provider: "corp".into(),
+        jwe: "eyJhbGciOiJFQ0RILUVTIn0..aXY.Y2lwaGVy.dGFn".into(),
+    };
+    s.finish_session("handle-9", Ok(handoff.clone())).unwrap();
+    assert_eq!(
+        s.session_status("handle-9").unwrap().unwrap().1,
+        SessionStatus::Ready
+    );
+    assert_eq!(
+        s.take_tokens("handle-9").unwrap(),
+        TokenTake::Taken(handoff)
+    );
+    assert_eq!(s.take_tokens("handle-9").unwrap(), TokenTake::Consumed);
 }
 
 fn sessions_expire_and_are_bounded(new: Factory) {
@@ -955,6 +992,7 @@ fn run_suite(new: Factory, shared: SharedFactory) {
     sessions_state_and_tokens_are_taken_once(new);
     sessions_expire_and_are_bounded(new);
     browsers_are_bound(new);
+    sealed_handoffs_round_trip(new);
     return_urls_round_trip(new);
     taken_once(new);
     taken_once_under_concurrency(new);

@@ -345,10 +345,12 @@ fn finish(
                 "callback_succeeded",
                 Some(handle),
                 email,
-                json!({ "provider": provider.name() }),
+                json!({ "provider": provider.name(), "sealed": session.seal_to.is_some() }),
             );
             (
-                app.store.finish_session(handle, Ok(tokens)),
+                // Sealed to the caller's key (when it gave one) before anything is stored.
+                app.store
+                    .finish_session(handle, Ok(super::sessions::handoff(app, session, tokens))),
                 pages::success(lang, display, provider.read_only(), back.as_ref()),
             )
         }
@@ -400,6 +402,7 @@ mod tests {
             scopes: Vec::new(),
             expires_at: SystemTime::now(),
             return_url: None,
+            seal_to: None,
         }
     }
 

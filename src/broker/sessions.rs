@@ -8,9 +8,10 @@ use crate::app::App;
 use crate::audit;
 use crate::error::Error;
 use crate::http::{decode_segment, HttpRequest, Reply, Response};
+use crate::seal::{Envelope, SealKey};
 use crate::secret::Secret;
-use crate::store::{Session, SessionStatus, TokenTake};
-use serde_json::{json, Value};
+use crate::store::{Handoff, Session, SessionStatus, TokenTake, Tokens};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -124,6 +125,12 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         ),
         _ => return Err(Error::BadRequest("return_url must be a URL (a string)")),
     };
+    // Checked here, so a key the broker cannot seal to is refused before anyone signs in. The
+    // words name what is wrong and never repeat the key (nor the private part sent by mistake).
+    let seal_to = match &body["seal_to"] {
+        Value::Null => None,
+        jwk => Some(SealKey::from_jwk(jwk).map_err(Error::BadRequest)?),
+    };
     let scopes = provider.scopes(requested.as_deref())?;
     let expires_at = SystemTime::now() + app.config.ttl;
     let session = Session {
@@ -139,6 +146,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         scopes,
         expires_at,
         return_url: return_url.clone(),
+        seal_to: seal_to.clone(),
     };
     let (handle, link_id) = (session.handle.clone(), session.link_id.clone());
     if !app.store.create_session(session)? {
@@ -149,7 +157,8 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         Some(&handle),
         email.as_deref(),
         json!({ "provider": provider.name(), "force_consent": force_consent,
-                "expected_subject": subject.is_some(), "return_url": return_url.is_some() }),
+                "expected_subject": subject.is_some(), "return_url": return_url.is_some(),
+                "sealed": seal_to.is_some() }),
     );
     let base = &broker.config.public_base_url;
     // /status is a program's route: on the internal listener when the listeners are split.
@@ -169,9 +178,61 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
             "status_url": status_url,
             "expires_at": rfc3339(expires_at),
             "return_url": return_url,
+            // The key as the broker will seal to it: a caller that asked for sealing and finds
+            // null here (a replica that predates it) knows before sending the link.
+            "seal_to": seal_to.as_ref().map(SealKey::to_jwk),
         }),
     )
     .with_header("Cache-Control", "no-store"))
+}
+
+/// What a successful sign-in leaves for the caller. With `seal_to`, the tokens are sealed here,
+/// the moment they arrive: from then on only the sealed answer exists, and nothing the broker
+/// holds (its store, its store's key) opens it. Its claims are the clear answer's fields plus
+/// `iss` (the public URL), `aud` (the session's handle, the caller's `state`), `iat`, `exp` and
+/// `jti`; it may be opened until the broker would stop handing it out, and `OPEN_GRACE` more.
+pub fn handoff(app: &App, session: &Session, tokens: Tokens) -> Handoff {
+    let Some(key) = &session.seal_to else {
+        return Handoff::Clear(tokens);
+    };
+    let issuer = app
+        .broker
+        .as_ref()
+        .map(|b| b.config.public_base_url.as_str())
+        .unwrap_or_default();
+    let envelope = Envelope {
+        issuer,
+        audience: &session.handle,
+        lifetime: app.config.ttl + crate::seal::OPEN_GRACE,
+    };
+    Handoff::Sealed {
+        provider: tokens.provider.clone(),
+        jwe: key.seal_answer(&envelope, answer(&tokens)),
+    }
+}
+
+/// The token answer: what `/token` says in the clear, and what a sealed answer carries.
+fn answer(t: &Tokens) -> Map<String, Value> {
+    let mut body = json!({
+        "access_token": t.access_token.expose(),
+        "refresh_token": t.refresh_token.as_ref().map(Secret::expose),
+        "id_token": t.id_token.as_ref().map(Secret::expose),
+        "token_type": t.token_type,
+        "expiry": t.expiry.map(rfc3339),
+        "scope": t.scope,
+        "email": t.email,
+        "email_verified": t.email_verified,
+        "provider": t.provider,
+        "subject": t.subject,
+    });
+    // Only providers with tenants have the field.
+    if let Some(tenant) = &t.tenant {
+        body["tenant"] = json!(tenant);
+    }
+    match body {
+        Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal is an object"),
+    }
 }
 
 /// `GET /status/{handle}`
@@ -229,30 +290,25 @@ pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Erro
 
 fn take_tokens(app: &App, handle: &str) -> Result<Response, Error> {
     Ok(match app.store.take_tokens(handle)? {
-        TokenTake::Taken(t) => {
+        TokenTake::Taken(Handoff::Clear(t)) => {
             audit::record(
                 "tokens_retrieved",
                 Some(handle),
                 t.email.as_deref(),
-                json!({ "provider": t.provider }),
+                json!({ "provider": t.provider, "sealed": false }),
             );
-            let mut body = json!({
-                "access_token": t.access_token.expose(),
-                "refresh_token": t.refresh_token.as_ref().map(Secret::expose),
-                "id_token": t.id_token.as_ref().map(Secret::expose),
-                "token_type": t.token_type,
-                "expiry": t.expiry.map(rfc3339),
-                "scope": t.scope,
-                "email": t.email,
-                "email_verified": t.email_verified,
-                "provider": t.provider,
-                "subject": t.subject,
-            });
-            // Only providers with tenants have the field.
-            if let Some(tenant) = &t.tenant {
-                body["tenant"] = json!(tenant);
-            }
-            Response::json(200, &body)
+            Response::json(200, &Value::Object(answer(&t)))
+        }
+        // Nothing outside the seal: fields out here would be readable by every proxy and log on
+        // the way, and unauthenticated (anyone on the way could change them).
+        TokenTake::Taken(Handoff::Sealed { provider, jwe }) => {
+            audit::record(
+                "tokens_retrieved",
+                Some(handle),
+                None,
+                json!({ "provider": provider, "sealed": true }),
+            );
+            Response::json(200, &json!({ "sealed": jwe }))
         }
         TokenTake::Pending => Response::json(202, &json!({ "status": "pending" })),
         TokenTake::Consumed => Response::json(

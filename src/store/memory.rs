@@ -5,8 +5,8 @@
 //! heap and the marker FIFO.
 
 use super::{
-    Callback, Client, Proof, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult,
-    Take, TokenTake, Tokens,
+    Callback, Client, Handoff, Proof, Put, Register, Session, SessionStatus, StateTake, Store,
+    StoreResult, Take, TokenTake,
 };
 use crate::secret::{BindingHash, RetrievalHash};
 use std::cmp::Reverse;
@@ -185,7 +185,8 @@ struct SessionEntry {
     /// `MAX_BROWSERS`).
     browsers: Vec<BindingHash>,
     status: SessionStatus,
-    tokens: Option<Tokens>,
+    /// What the caller is handed; for a sealed session only the sealed answer, ever.
+    handoff: Option<Handoff>,
     expires: Instant,
 }
 
@@ -579,7 +580,7 @@ impl Store for MemoryStore {
                 state_taken: false,
                 browsers: Vec::new(),
                 status: SessionStatus::Pending,
-                tokens: None,
+                handoff: None,
                 expires,
             },
         );
@@ -646,13 +647,13 @@ impl Store for MemoryStore {
         Ok(StateTake::Taken(session))
     }
 
-    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()> {
+    fn finish_session(&self, handle: &str, outcome: Result<Handoff, String>) -> StoreResult<()> {
         let mut s = self.sessions();
         if let Some(entry) = s.by_handle.get_mut(handle) {
             match outcome {
-                Ok(tokens) => {
+                Ok(handoff) => {
                     entry.status = SessionStatus::Ready;
-                    entry.tokens = Some(tokens);
+                    entry.handoff = Some(handoff);
                     // The caller gets a full lifetime to collect them.
                     entry.expires = Instant::now() + self.ttl;
                 }
@@ -680,7 +681,7 @@ impl Store for MemoryStore {
             SessionStatus::Failed(r) => TokenTake::Failed(r.clone()),
             SessionStatus::Ready => {
                 entry.status = SessionStatus::Consumed;
-                match entry.tokens.take() {
+                match entry.handoff.take() {
                     Some(t) => TokenTake::Taken(t),
                     None => TokenTake::Consumed,
                 }

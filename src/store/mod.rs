@@ -5,6 +5,7 @@
 pub mod memory;
 pub mod redis;
 
+use crate::seal::SealKey;
 use crate::secret::{BindingHash, RetrievalHash, Secret};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -212,6 +213,9 @@ pub struct Session {
     /// Where the success page links back to (the chat the link came from), checked against the
     /// operator's allowed origins when the session was created.
     pub return_url: Option<String>,
+    /// The caller's public key: the tokens are sealed to it the moment they arrive, and only
+    /// the sealed answer is kept.
+    pub seal_to: Option<SealKey>,
 }
 
 /// What a successful sign-in yields, waiting to be handed to the caller once.
@@ -231,6 +235,24 @@ pub struct Tokens {
     pub email: Option<String>,
     pub email_verified: bool,
     pub tenant: Option<String>,
+}
+
+/// What a successful sign-in leaves for the caller, to be handed out once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    Clear(Tokens),
+    /// The answer sealed to the session's `seal_to` key (a compact JWE): nothing the broker
+    /// holds opens it. `provider` is for the audit line.
+    Sealed {
+        provider: String,
+        jwe: String,
+    },
+}
+
+impl From<Tokens> for Handoff {
+    fn from(tokens: Tokens) -> Handoff {
+        Handoff::Clear(tokens)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,7 +298,7 @@ pub enum StateTake {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenTake {
-    Taken(Tokens),
+    Taken(Handoff),
     Pending,
     Consumed,
     Failed(String),
@@ -383,8 +405,8 @@ pub trait Store: Send + Sync {
         browser: Option<&BindingHash>,
     ) -> StoreResult<StateTake>;
 
-    /// Records the outcome of a taken state: tokens to hand out, or a failure reason.
-    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()>;
+    /// Records the outcome of a taken state: what to hand out, or a failure reason.
+    fn finish_session(&self, handle: &str, outcome: Result<Handoff, String>) -> StoreResult<()>;
 
     /// The session behind a retrieval handle, while it lives.
     fn session_status(&self, handle: &str) -> StoreResult<Option<(Session, SessionStatus)>>;

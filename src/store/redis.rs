@@ -13,11 +13,12 @@
 //! link ids, so reading Redis alone yields nothing usable.
 
 use super::{
-    Callback, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
+    Callback, Handoff, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
     TokenTake, Tokens, Unavailable,
 };
 use super::{Client, Proof};
 use crate::keyring::Keyring;
+use crate::seal::SealKey;
 use crate::secret::{BindingHash, RetrievalHash, Secret};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -245,10 +246,14 @@ local verifier = redis.call('HGET', KEYS[1], 'verifier')
 redis.call('HDEL', KEYS[1], 'verifier')
 return {'ok', redis.call('HGET', KEYS[1], 'data'), verifier}";
 
+// A hand-off is kept under `tokens` (sealed with the keyring), or under `sealed` when the tokens
+// were sealed to the caller's key (that JWE, sealed with the keyring too). A replica that
+// predates sealed hand-offs finds no `tokens` and fails closed (503), never hands out a
+// half-read answer.
 const FINISH: &str = "
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[1] == 'ready' then
-  redis.call('HSET', KEYS[1], 'status', 'ready', 'tokens', ARGV[2], 'exp', now + tonumber(ARGV[3]))
+  redis.call('HSET', KEYS[1], 'status', 'ready', ARGV[4], ARGV[2], 'exp', now + tonumber(ARGV[3]))
   redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 else
   redis.call('HSET', KEYS[1], 'status', ARGV[1])
@@ -260,10 +265,11 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'notfound'} end
 if now >= tonumber(redis.call('HGET', KEYS[1], 'exp')) then return {'notfound'} end
 if st == 'ready' then
-  local tokens = redis.call('HGET', KEYS[1], 'tokens')
-  redis.call('HDEL', KEYS[1], 'tokens')
+  local tokens = redis.call('HGET', KEYS[1], 'tokens') or ''
+  local sealed = redis.call('HGET', KEYS[1], 'sealed') or ''
+  redis.call('HDEL', KEYS[1], 'tokens', 'sealed')
   redis.call('HSET', KEYS[1], 'status', 'consumed')
-  return {'ok', tokens}
+  return {'ok', tokens, sealed}
 end
 return {st}";
 
@@ -659,7 +665,7 @@ impl RedisStore {
             None => String::new(),
         };
         Ok(Some((
-            session_from_json(&v, Secret::new(verifier)),
+            session_from_json(&v, Secret::new(verifier))?,
             parse_status(&status),
             exp,
         )))
@@ -690,16 +696,25 @@ fn session_to_json(s: &Session) -> Value {
         "expected_email": s.expected_email, "expected_subject": s.expected_subject,
         "force_consent": s.force_consent, "scopes": s.scopes, "return_url": s.return_url,
         "expires_at": s.expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        "seal_to": s.seal_to.as_ref().map(SealKey::to_jwk),
     })
 }
 
 /// Reads sessions written by this version and by the ones before it (Microsoft only: no
-/// `provider`, `nonce` or `expected_subject`; before return URLs: no `return_url`), so a rolling
-/// upgrade loses no sign-in.
-fn session_from_json(v: &Value, verifier: Secret) -> Session {
+/// `provider`, `nonce` or `expected_subject`; before return URLs: no `return_url`; before sealed
+/// hand-offs: no `seal_to`), so a rolling upgrade loses no sign-in. A `seal_to` that no longer
+/// reads as a key fails closed: the tokens are never kept in the clear instead.
+fn session_from_json(v: &Value, verifier: Secret) -> StoreResult<Session> {
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let opt = |k: &str| v[k].as_str().map(String::from);
-    Session {
+    let seal_to =
+        match &v["seal_to"] {
+            Value::Null => None,
+            jwk => Some(SealKey::from_jwk(jwk).map_err(|_| {
+                Unavailable("redis: a session's seal_to is not a usable key".into())
+            })?),
+        };
+    Ok(Session {
         handle: text("handle"),
         link_id: text("link_id"),
         oauth_state: text("oauth_state"),
@@ -719,7 +734,8 @@ fn session_from_json(v: &Value, verifier: Secret) -> Session {
             .unwrap_or_default(),
         expires_at: from_unix_secs(&v["expires_at"]),
         return_url: opt("return_url"),
-    }
+        seal_to,
+    })
 }
 
 fn callback_to_json(cb: &Callback) -> Value {
@@ -1009,7 +1025,7 @@ impl Store for RedisStore {
                 Ok(StateTake::Taken(session_from_json(
                     &data,
                     Secret::new(verifier),
-                )))
+                )?))
             }
             b"reused" => Ok(StateTake::Reused(parse_status(&String::from_utf8_lossy(
                 field(1),
@@ -1020,22 +1036,32 @@ impl Store for RedisStore {
         }
     }
 
-    fn finish_session(&self, handle: &str, outcome: Result<Tokens, String>) -> StoreResult<()> {
+    fn finish_session(&self, handle: &str, outcome: Result<Handoff, String>) -> StoreResult<()> {
         let key = self.session_key(handle);
-        let (status, tokens) = match &outcome {
-            Ok(t) => (
+        let (status, field, value) = match &outcome {
+            Ok(Handoff::Clear(t)) => (
                 "ready".to_string(),
+                "tokens",
                 self.seal_json(&format!("{key}/tokens"), &tokens_to_json(t)),
             ),
-            Err(reason) => (format!("failed:{reason}"), Vec::new()),
+            Ok(Handoff::Sealed { provider, jwe }) => (
+                "ready".to_string(),
+                "sealed",
+                self.seal_json(
+                    &format!("{key}/sealed"),
+                    &json!({ "provider": provider, "jwe": jwe }),
+                ),
+            ),
+            Err(reason) => (format!("failed:{reason}"), "tokens", Vec::new()),
         };
         self.with(|c| {
             self.scripts
                 .finish
                 .key(&key)
                 .arg(status)
-                .arg(tokens)
+                .arg(value)
                 .arg(self.ttl_ms())
+                .arg(field)
                 .invoke::<i64>(c)
         })?;
         Ok(())
@@ -1054,13 +1080,21 @@ impl Store for RedisStore {
         let reply: Vec<Vec<u8>> = self.with(|c| self.scripts.take_tokens.key(&key).invoke(c))?;
         let first = String::from_utf8_lossy(reply.first().map(Vec::as_slice).unwrap_or_default())
             .to_string();
+        let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
         Ok(match first.as_str() {
+            "ok" if !field(2).is_empty() => {
+                let v = self.open_json(&format!("{key}/sealed"), field(2))?;
+                match (v["provider"].as_str(), v["jwe"].as_str()) {
+                    (Some(provider), Some(jwe)) => TokenTake::Taken(Handoff::Sealed {
+                        provider: provider.to_string(),
+                        jwe: jwe.to_string(),
+                    }),
+                    _ => return Err(Unavailable("redis: a sealed hand-off is unreadable".into())),
+                }
+            }
             "ok" => {
-                let v = self.open_json(
-                    &format!("{key}/tokens"),
-                    reply.get(1).map(Vec::as_slice).unwrap_or_default(),
-                )?;
-                TokenTake::Taken(tokens_from_json(&v))
+                let v = self.open_json(&format!("{key}/tokens"), field(1))?;
+                TokenTake::Taken(Handoff::Clear(tokens_from_json(&v)))
             }
             "pending" => TokenTake::Pending,
             "consumed" => TokenTake::Consumed,
@@ -1081,12 +1115,13 @@ mod tests {
             "expected_email": "ana@contoso.example", "force_consent": true,
             "scopes": ["openid", "offline_access"], "expires_at": 1_900_000_000u64,
         });
-        let s = session_from_json(&old, Secret::new("v"));
+        let s = session_from_json(&old, Secret::new("v")).unwrap();
         assert_eq!(s.provider, "m365");
         assert_eq!(s.nonce, "");
         assert_eq!(s.expected_email.as_deref(), Some("ana@contoso.example"));
         assert_eq!(s.expected_subject, None);
         assert_eq!(s.return_url, None);
+        assert_eq!(s.seal_to, None);
         assert!(s.force_consent);
         let old = json!({
             "access_token": "at", "refresh_token": "rt", "id_token": null,
@@ -1135,8 +1170,15 @@ mod tests {
             scopes: vec!["read:user".into()],
             expires_at: UNIX_EPOCH + Duration::from_secs(1_900_000_000),
             return_url: Some("https://chat.example.com/c/1?x=\"<&>#/room".into()),
+            seal_to: Some(crate::seal::PrivateKey::generate(crate::seal::Curve::X25519).public()),
         };
-        assert_eq!(session_from_json(&session_to_json(&s), Secret::new("v")), s);
+        assert_eq!(
+            session_from_json(&session_to_json(&s), Secret::new("v")).unwrap(),
+            s
+        );
+        let mut broken = session_to_json(&s);
+        broken["seal_to"]["x"] = json!("not a key");
+        assert!(session_from_json(&broken, Secret::new("v")).is_err());
         let t = Tokens {
             provider: "github".into(),
             access_token: Secret::new("gho_x"),
