@@ -69,7 +69,7 @@ fn a_strangers_callback_does_not_pre_empt_a_registered_state(new: Factory) {
         .unwrap();
     assert_eq!(
         s.put_callback(cb("g", "THEIRS"), true).unwrap(),
-        Put::Stored
+        Put::StoredRegistered
     );
     assert!(s.has_callback_for("g", &holder_of("owner")).unwrap());
     assert_eq!(
@@ -251,12 +251,12 @@ fn shares(new: SharedFactory) {
     // A's callback for B's registration counts against B's share, which has room for it.
     assert_eq!(
         s.put_callback_from(cb("b2", "1"), false, a).unwrap(),
-        Put::Stored
+        Put::StoredRegistered
     );
     // So does one for the trusted registration (nobody's).
     assert_eq!(
         s.put_callback_from(cb("t1", "1"), false, a).unwrap(),
-        Put::Stored
+        Put::StoredRegistered
     );
     // A conflict still holds its place.
     assert_eq!(
@@ -1197,7 +1197,7 @@ fn what_earlier_versions_stored_still_reads() {
     );
     assert_eq!(
         s.put_callback(cb("old-registration", "c"), true).unwrap(),
-        Put::Stored
+        Put::StoredRegistered
     );
     assert!(matches!(
         s.take_callback("old-registration").unwrap(),
