@@ -35,6 +35,26 @@ if [ ! -f $oidc/node_modules/.package-lock.json ] || [ $oidc/package-lock.json -
   (cd $oidc && npm ci --no-audit --no-fund >&2)
 fi
 
+# Python tools the tests run for real (schemathesis, the MCP SDK), pinned in
+# tests/support/python/requirements.txt, in a virtual environment under the target directory
+# (tests/support/python.rs looks there); reinstalled only when the pins change.
+venv="${CARGO_TARGET_DIR:-target}/test-venv"
+requirements=tests/support/python/requirements.txt
+if ! cmp -s $requirements "$venv/requirements.txt"; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing test dependencies: python3-venv" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >&2
+  fi
+  echo "installing the Python test tools into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r $requirements >&2
+  cp $requirements "$venv/requirements.txt"
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"
 else

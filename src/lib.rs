@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod json_body;
 pub mod keyring;
 pub mod logging;
 pub mod metrics;
