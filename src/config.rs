@@ -31,6 +31,8 @@ pub mod defaults {
     pub const SERVER_URL: &str = "http://127.0.0.1:8000";
     pub const REDIS_PREFIX: &str = "oauth-relay:";
     pub const REDIS_TIMEOUT_MS: u64 = 500;
+    /// Any origin, as the Python server answered.
+    pub const CORS_ORIGINS: &str = "*";
 }
 
 #[derive(Parser, Debug)]
@@ -176,6 +178,12 @@ pub struct ServeArgs {
     /// Milliseconds a Redis call may take (connect, read, write) before the request gets 503.
     #[arg(long, env = "OAUTH_RELAY_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
+    /// Origins of web pages that may call the retrieval endpoints (/api/callback/{state},
+    /// /api/states) from a browser: `*` (any), or a comma-separated list such as
+    /// https://app.example.com,http://localhost:3000 (each answer then names the page's origin
+    /// when listed); blank: none.
+    #[arg(long, env = "OAUTH_RELAY_CORS_ORIGINS", default_value = defaults::CORS_ORIGINS)]
+    pub cors_origins: String,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
     #[command(flatten)]
@@ -367,6 +375,8 @@ pub struct Config {
     pub max_wait: Duration,
     pub max_waiters: usize,
     pub log_level: Level,
+    /// Which web pages' origins may read the retrieval endpoints' answers.
+    pub cors: crate::cors::Cors,
     pub server: server::Options,
     /// Broker mode, when its settings are present.
     pub broker: Option<crate::broker_config::BrokerConfig>,
@@ -454,6 +464,7 @@ impl Default for Config {
             max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
             max_waiters: defaults::MAX_WAITERS,
             log_level: Level::Info,
+            cors: crate::cors::Cors::Any,
             server: server::Options {
                 read_timeout: Duration::from_secs(defaults::READ_TIMEOUT_SECS),
                 max_url_bytes: defaults::MAX_URL_BYTES,
@@ -533,6 +544,7 @@ impl Config {
             max_wait: Duration::from_secs(a.max_wait_secs),
             max_waiters: a.max_waiters,
             log_level,
+            cors: crate::cors::Cors::parse(&a.cors_origins)?,
             server: server::Options {
                 workers: match a.workers {
                     None => Config::default().server.workers,

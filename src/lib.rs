@@ -7,6 +7,7 @@ pub mod broker_config;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod http;

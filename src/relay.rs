@@ -203,7 +203,6 @@ fn take(app: &App, state: &str, proof: &Proof) -> Result<Response, Error> {
                     "error_description": cb.error_description,
                 }),
             )
-            .with_header("Access-Control-Allow-Origin", "*")
             .with_header("Cache-Control", "no-store"))
         }
         // The Python server's answers, not failures of this request.
@@ -289,8 +288,7 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                     "state": state,
                     "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
                 }),
-            )
-            .with_header("Access-Control-Allow-Origin", "*"))
+            ))
         }
         Register::Exists => Err(Error::StateExists),
         Register::Full => Err(Error::StoreFull),
