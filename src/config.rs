@@ -384,6 +384,11 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Signed completion events, when an endpoint is configured.
     pub webhook: Option<crate::events::config::WebhookConfig>,
+    /// OAUTH_RELAY_ENCRYPTION_KEY is set (and valid) but nothing uses it: it seals only what is
+    /// stored in Redis. Start-up warns rather than refuses: the key is harmless, an operator may
+    /// set it ahead of moving to Redis, and a store in this process may use it later; but
+    /// nobody should believe it protects what is held in memory.
+    pub unused_encryption_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -479,15 +484,62 @@ impl Default for Config {
             broker: None,
             redis: None,
             webhook: None,
+            unused_encryption_key: false,
         }
     }
 }
 
+/// `message` with each setting's variable followed by its flag, `OAUTH_RELAY_TTL_SECS
+/// (--ttl-secs)`, where the message does not name the flag already: a refused value says both
+/// ways to set it, whichever was used. Variables without a flag (a provider's own) stay as they are.
+pub fn name_flags(message: &str) -> String {
+    use clap::CommandFactory;
+    let mut root = Cli::command();
+    root.build();
+    let mut out = String::with_capacity(message.len() + 32);
+    let mut named: Vec<String> = Vec::new();
+    let mut rest = message;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_uppercase()) {
+        out.push_str(&rest[..start]);
+        let word = &rest[start..];
+        let end = word
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(word.len());
+        let (variable, after) = word.split_at(end);
+        out.push_str(variable);
+        let flag = root
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == variable))
+            .and_then(|a| a.get_long())
+            .map(|long| format!("--{long}"));
+        if let Some(flag) = flag {
+            let already = message.contains(&format!("{flag} ")) || message.ends_with(&flag);
+            if !already && !named.contains(&flag) && !after.starts_with(" (--") {
+                out.push_str(&format!(" ({flag})"));
+                named.push(flag);
+            }
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Config {
-    /// Checks every setting; the error names the variable to fix. `env` holds the environment
-    /// variables clap does not declare (the providers' own).
+    /// Checks every setting; the error names the variable to fix and its flag. `env` holds the
+    /// environment variables clap does not declare (the providers' own).
     pub fn from_args(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
+        Config::checked(a, env).map_err(|message| name_flags(&message))
+    }
+
+    fn checked(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
         let redis = RedisConfig::from_args(&a)?;
+        let key = a.encryption_key.as_deref().filter(|k| !k.trim().is_empty());
+        if let (None, Some(key)) = (&redis, key) {
+            // Checked all the same: a typo should not wait for the day Redis is turned on.
+            crate::keyring::Keyring::parse(key)?;
+        }
+        let unused_encryption_key = redis.is_none() && key.is_some();
         let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())?;
         fn positive(name: &str, v: u64) -> Result<u64, String> {
             if v == 0 {
@@ -570,6 +622,7 @@ impl Config {
             },
             broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)?,
             webhook,
+            unused_encryption_key,
         })
     }
 }
@@ -629,6 +682,30 @@ mod tests {
         assert_eq!((f.subcommand.as_deref(), f.message), (Some("wait"), None));
         let f = explain(&["--no-such-flag"]);
         assert_eq!((f.subcommand, f.message), (None, None));
+    }
+
+    #[test]
+    fn refusals_name_the_flag_of_each_variable_once() {
+        assert_eq!(
+            name_flags("OAUTH_RELAY_TTL_SECS must be at least 1"),
+            "OAUTH_RELAY_TTL_SECS (--ttl-secs) must be at least 1"
+        );
+        assert_eq!(
+            name_flags("OAUTH_RELAY_MAX_HEADER_BYTES must be at least OAUTH_RELAY_MAX_URL_BYTES + 256 (OAUTH_RELAY_MAX_URL_BYTES)"),
+            "OAUTH_RELAY_MAX_HEADER_BYTES (--max-header-bytes) must be at least OAUTH_RELAY_MAX_URL_BYTES (--max-url-bytes) + 256 (OAUTH_RELAY_MAX_URL_BYTES)"
+        );
+        // Already named, or no flag to name: unchanged.
+        for kept in [
+            "--internal-url (or OAUTH_RELAY_INTERNAL_URL) must be an http:// URL",
+            "OAUTH_RELAY_PROVIDER_CORP_ISSUER: discovery failed",
+            "OAUTH_RELAY_CORS_ORIGINS (--cors-origins): \"x\" is not an origin",
+            "no variable here: HTTP 500",
+        ] {
+            assert_eq!(name_flags(kept), kept);
+        }
+        assert!(parse(&["--workers", "0"])
+            .unwrap_err()
+            .starts_with("OAUTH_RELAY_WORKERS (--workers) must be at least 1"));
     }
 
     #[test]
