@@ -90,14 +90,15 @@ class Relay:
         )
 
     async def callback(self) -> AuthorizationCodeResult:
-        # Long-poll until the code is there (a 404 at the wait's end means "not yet").
+        # Long-poll until the code is there: at the wait's end "not yet" is 404, or 202 to the
+        # proven owner of a registered state on relays that tell it apart.
         url = f"{config['relay_internal']}/api/callback/{quote(self.state, safe='')}?wait=60"
         deadline = time.monotonic() + 300  # bounds a broken set-up; not a timing assertion
         async with httpx2.AsyncClient(timeout=90) as http:
             while True:
                 report["polls"] += 1
                 r = await http.get(url, headers={"X-Retrieval-Secret": self.secret})
-                if r.status_code != 404 or time.monotonic() > deadline:
+                if r.status_code not in (202, 404) or time.monotonic() > deadline:
                     break
         body = r.json()
         report["retrieved"] = {k: v for k, v in body.items() if k != "auth_code"}
