@@ -13,7 +13,7 @@ need chromium chromium     # a real browser follows a login link (tests/broker.r
 need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
 need redis-cli redis-tools
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
-need python3 python3        # kubernetes-validate checks the manifests (tests/manifests.rs)
+need python3 python3        # Python tools the tests run (the virtual environment below)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # target/test-venv below
 need curl curl             # the README's examples, run as written (tests/retrieval_secret.rs)
 need gcore gdb             # a core dump of the broker, searched for sealed tokens (tests/seal.rs)
@@ -46,26 +46,18 @@ if ! command -v kubectl >/dev/null 2>&1 || ! kubectl kustomize --help >/dev/null
   exit 1
 fi
 
-# Python tools the tests run, in a virtual environment under target/ (never the system's
-# site-packages). Each pip_need line installs one pinned package unless that version is already
-# there, so this is quick when nothing changed; a new tool is one more line.
-venv=target/test-venv
-if [ ! -x $venv/bin/python ]; then
-  echo "creating the tests' Python environment in $venv" >&2
-  python3 -m venv $venv
+# Python tools the tests run for real (schemathesis, the MCP SDK, kubernetes-validate, jwcrypto), pinned in
+# tests/support/python/requirements.txt, in a virtual environment under the target directory
+# (tests/support/python.rs looks there); reinstalled only when the pins change.
+venv="${CARGO_TARGET_DIR:-target}/test-venv"
+requirements=tests/support/python/requirements.txt
+if ! cmp -s $requirements "$venv/requirements.txt"; then
+  echo "installing the Python test tools into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r $requirements >&2
+  cp $requirements "$venv/requirements.txt"
 fi
-pip_need() {  # pip_need NAME==VERSION
-  local installed
-  installed="$($venv/bin/python -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "${1%%==*}" 2>/dev/null || true)"
-  if [ "$installed" != "${1##*==}" ]; then
-    echo "installing $1 into $venv" >&2
-    $venv/bin/pip install --quiet --disable-pip-version-check "$1" >&2
-  fi
-}
-pip_need kubernetes-validate==1.37.0  # the Kubernetes schemas, offline (tests/manifests.rs)
-# jwcrypto opens sealed answers as a Python caller would (tests/seal.rs).
-pip_need cryptography==51.0.1
-pip_need jwcrypto==1.6.1
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"

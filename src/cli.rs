@@ -38,7 +38,12 @@ pub fn wait(args: WaitArgs) -> ExitCode {
     if let Some(secret) = &secret {
         headers.push((RETRIEVAL_SECRET_HEADER, secret.expose().to_string()));
     }
-    let answer = poll(LABEL, deadline, 404, &headers, |wait| {
+    // "Not yet" is the relay's own 404; any other (a path nobody serves, the public listener)
+    // will not change by waiting.
+    let not_yet = |status: u16, json: &Value| {
+        status == 404 && json["message"] == crate::error::Error::CallbackNotFound.message()
+    };
+    let answer = poll(LABEL, deadline, not_yet, &headers, |wait| {
         format!("{base}/api/callback/{state}?wait={wait}")
     });
     match answer {
@@ -75,9 +80,22 @@ pub fn wait(args: WaitArgs) -> ExitCode {
         }
         Polled::Answer(status, _, json) => {
             eprintln!("{LABEL}: {}", message_of(status, &json));
+            if status == 404 {
+                eprintln!("{LABEL}: {}", not_served_hint("OAUTH_RELAY_SERVER", ""));
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// What to check when the server at --server does not serve the path asked for (its own 404,
+/// `Not found`): most often the public listener where the internal one was meant.
+fn not_served_hint(variable: &str, also: &str) -> String {
+    format!(
+        "this path is not served at --server ({variable}): with split listeners, programs use \
+         the internal listener (OAUTH_RELAY_INTERNAL_ADDR, e.g. http://oauth-relay-internal:8001), \
+         not the public one; and --server is the relay's base URL, without a path{also}"
+    )
 }
 
 /// The retrieval secret `wait` presents: from the variable `--retrieval-secret-env` names, or
@@ -145,6 +163,9 @@ pub fn register(args: RegisterArgs) -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("{LABEL}: {}", message_of(status, &answer));
+                if status == 404 && answer["message"] == crate::error::Error::NotFound.message() {
+                    eprintln!("{LABEL}: {}", not_served_hint("OAUTH_RELAY_SERVER", ""));
+                }
                 ExitCode::from(1)
             }
         }
@@ -215,13 +236,14 @@ impl Backoff {
     }
 }
 
-/// Long-polls `url(wait_secs)` until it answers something other than `pending` (or 202, 503) or
-/// the deadline passes. Connection errors are reported and retried; answers that come back
-/// much sooner than the wait asked for are retried only after a back-off pause.
+/// Long-polls `url(wait_secs)` until it answers something `pending` does not call "keep
+/// waiting" (202 and 503 always are) or the deadline passes. Connection errors are reported and
+/// retried; answers that come back much sooner than the wait asked for are retried only after a
+/// back-off pause.
 fn poll(
     label: &str,
     deadline: Instant,
-    pending: u16,
+    pending: impl Fn(u16, &Value) -> bool,
     headers: &[(&str, String)],
     url: impl Fn(u64) -> String,
 ) -> Polled {
@@ -241,10 +263,10 @@ fn poll(
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let body = r.body_mut().read_to_string().unwrap_or_default();
+                let json = serde_json::from_str(&body).unwrap_or(Value::Null);
                 // 202 is "not yet" everywhere: the broker's pending tokens, and the relay's
                 // answer to the owner of a registered state whose callback has not arrived.
-                if ![pending, 202, 503].contains(&status) {
-                    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+                if !pending(status, &json) && ![202, 503].contains(&status) {
                     return Polled::Answer(status, body, json);
                 }
                 // A long-poll that held for at least half its wait was a real one.
@@ -329,6 +351,10 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     };
     if status != 200 {
         eprintln!("{LABEL}: {}", message_of(status, &session));
+        if status == 404 && session["message"] == crate::error::Error::NotFound.message() {
+            let also = "; and broker mode must be on there";
+            eprintln!("{LABEL}: {}", not_served_hint("WK_CALLBACK_SERVER", also));
+        }
         return ExitCode::from(1);
     }
     // A broker that predates sealing ignores seal_to: it would hand the tokens out in the clear.
@@ -350,9 +376,14 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     }
     let handle = session["state"].as_str().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let answer = poll(LABEL, deadline, 202, &[("Authorization", auth)], |wait| {
-        format!("{base}/token/{handle}?wait={wait}")
-    });
+    let pending = |status: u16, _: &Value| status == 202;
+    let answer = poll(
+        LABEL,
+        deadline,
+        pending,
+        &[("Authorization", auth)],
+        |wait| format!("{base}/token/{handle}?wait={wait}"),
+    );
     match answer {
         Polled::TimedOut => {
             eprintln!("{LABEL}: timed out waiting for the sign-in");

@@ -38,6 +38,8 @@ pub mod defaults {
     pub const SERVER_URL: &str = "http://127.0.0.1:8000";
     pub const REDIS_PREFIX: &str = "oauth-relay:";
     pub const REDIS_TIMEOUT_MS: u64 = 500;
+    /// Any origin, as the Python server answered.
+    pub const CORS_ORIGINS: &str = "*";
 }
 
 #[derive(Parser, Debug)]
@@ -199,6 +201,12 @@ pub struct ServeArgs {
     /// Milliseconds a Redis call may take (connect, read, write) before the request gets 503.
     #[arg(long, env = "OAUTH_RELAY_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
+    /// Origins of web pages that may call the retrieval endpoints (/api/callback/{state},
+    /// /api/states) from a browser: `*` (any), or a comma-separated list such as
+    /// https://app.example.com,http://localhost:3000 (each answer then names the page's origin
+    /// when listed); blank: none.
+    #[arg(long, env = "OAUTH_RELAY_CORS_ORIGINS", default_value = defaults::CORS_ORIGINS)]
+    pub cors_origins: String,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
     #[command(flatten)]
@@ -417,6 +425,8 @@ pub struct Config {
     pub max_wait: Duration,
     pub max_waiters: usize,
     pub log_level: Level,
+    /// Which web pages' origins may read the retrieval endpoints' answers.
+    pub cors: crate::cors::Cors,
     pub server: server::Options,
     /// Broker mode, when its settings are present.
     pub broker: Option<crate::broker_config::BrokerConfig>,
@@ -424,6 +434,11 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Signed completion events, when an endpoint is configured.
     pub webhook: Option<crate::events::config::WebhookConfig>,
+    /// OAUTH_RELAY_ENCRYPTION_KEY is set (and valid) but nothing uses it: it seals only what is
+    /// stored in Redis. Start-up warns rather than refuses: the key is harmless, an operator may
+    /// set it ahead of moving to Redis, and a store in this process may use it later; but
+    /// nobody should believe it protects what is held in memory.
+    pub unused_encryption_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +520,7 @@ impl Default for Config {
             max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
             max_waiters: defaults::MAX_WAITERS,
             log_level: Level::Info,
+            cors: crate::cors::Cors::Any,
             server: server::Options {
                 read_timeout: Duration::from_secs(defaults::READ_TIMEOUT_SECS),
                 max_url_bytes: defaults::MAX_URL_BYTES,
@@ -519,15 +535,62 @@ impl Default for Config {
             broker: None,
             redis: None,
             webhook: None,
+            unused_encryption_key: false,
         }
     }
 }
 
+/// `message` with each setting's variable followed by its flag, `OAUTH_RELAY_TTL_SECS
+/// (--ttl-secs)`, where the message does not name the flag already: a refused value says both
+/// ways to set it, whichever was used. Variables without a flag (a provider's own) stay as they are.
+pub fn name_flags(message: &str) -> String {
+    use clap::CommandFactory;
+    let mut root = Cli::command();
+    root.build();
+    let mut out = String::with_capacity(message.len() + 32);
+    let mut named: Vec<String> = Vec::new();
+    let mut rest = message;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_uppercase()) {
+        out.push_str(&rest[..start]);
+        let word = &rest[start..];
+        let end = word
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(word.len());
+        let (variable, after) = word.split_at(end);
+        out.push_str(variable);
+        let flag = root
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == variable))
+            .and_then(|a| a.get_long())
+            .map(|long| format!("--{long}"));
+        if let Some(flag) = flag {
+            let already = message.contains(&format!("{flag} ")) || message.ends_with(&flag);
+            if !already && !named.contains(&flag) && !after.starts_with(" (--") {
+                out.push_str(&format!(" ({flag})"));
+                named.push(flag);
+            }
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Config {
-    /// Checks every setting; the error names the variable to fix. `env` holds the environment
-    /// variables clap does not declare (the providers' own).
+    /// Checks every setting; the error names the variable to fix and its flag. `env` holds the
+    /// environment variables clap does not declare (the providers' own).
     pub fn from_args(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
+        Config::checked(a, env).map_err(|message| name_flags(&message))
+    }
+
+    fn checked(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
         let redis = RedisConfig::from_args(&a)?;
+        let key = a.encryption_key.as_deref().filter(|k| !k.trim().is_empty());
+        if let (None, Some(key)) = (&redis, key) {
+            // Checked all the same: a typo should not wait for the day Redis is turned on.
+            crate::keyring::Keyring::parse(key)?;
+        }
+        let unused_encryption_key = redis.is_none() && key.is_some();
         let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())?;
         fn positive(name: &str, v: u64) -> Result<u64, String> {
             if v == 0 {
@@ -588,6 +651,7 @@ impl Config {
             max_wait: Duration::from_secs(a.max_wait_secs),
             max_waiters: a.max_waiters,
             log_level,
+            cors: crate::cors::Cors::parse(&a.cors_origins)?,
             server: server::Options {
                 workers: match a.workers {
                     None => Config::default().server.workers,
@@ -613,6 +677,7 @@ impl Config {
             },
             broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)?,
             webhook,
+            unused_encryption_key,
         })
     }
 }
@@ -693,6 +758,30 @@ mod tests {
         assert_eq!((f.subcommand.as_deref(), f.message), (Some("wait"), None));
         let f = explain(&["--no-such-flag"]);
         assert_eq!((f.subcommand, f.message), (None, None));
+    }
+
+    #[test]
+    fn refusals_name_the_flag_of_each_variable_once() {
+        assert_eq!(
+            name_flags("OAUTH_RELAY_TTL_SECS must be at least 1"),
+            "OAUTH_RELAY_TTL_SECS (--ttl-secs) must be at least 1"
+        );
+        assert_eq!(
+            name_flags("OAUTH_RELAY_MAX_HEADER_BYTES must be at least OAUTH_RELAY_MAX_URL_BYTES + 256 (OAUTH_RELAY_MAX_URL_BYTES)"),
+            "OAUTH_RELAY_MAX_HEADER_BYTES (--max-header-bytes) must be at least OAUTH_RELAY_MAX_URL_BYTES (--max-url-bytes) + 256 (OAUTH_RELAY_MAX_URL_BYTES)"
+        );
+        // Already named, or no flag to name: unchanged.
+        for kept in [
+            "--internal-url (or OAUTH_RELAY_INTERNAL_URL) must be an http:// URL",
+            "OAUTH_RELAY_PROVIDER_CORP_ISSUER: discovery failed",
+            "OAUTH_RELAY_CORS_ORIGINS (--cors-origins): \"x\" is not an origin",
+            "no variable here: HTTP 500",
+        ] {
+            assert_eq!(name_flags(kept), kept);
+        }
+        assert!(parse(&["--workers", "0"])
+            .unwrap_err()
+            .starts_with("OAUTH_RELAY_WORKERS (--workers) must be at least 1"));
     }
 
     #[test]

@@ -8,9 +8,11 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod json_body;
 pub mod keyring;
 pub mod logging;
 pub mod metrics;
@@ -76,6 +78,13 @@ fn start_events(
 pub fn serve(config: config::Config) -> Result<(), String> {
     logging::init(config.log_level);
     logging::install_panic_hook();
+    if config.unused_encryption_key {
+        logging::warn(
+            "encryption_key_unused",
+            json!({ "setting": "OAUTH_RELAY_ENCRYPTION_KEY",
+                    "effect": "it seals only what is stored in Redis, and OAUTH_RELAY_REDIS_URL is not set: pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
+        );
+    }
     let public = server::bind(&config.host, config.port)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let listeners = match config.internal_addr {

@@ -229,15 +229,18 @@ fn proof_of(app: &App, req: &HttpRequest) -> Result<Proof, Error> {
     })
 }
 
-/// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent.
+/// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent. Any whole number
+/// is capped, however many digits it has (a client may ask for "as long as you allow").
 pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
     Ok(match req.query_param("wait") {
         None => Duration::ZERO,
-        Some(w) => Duration::from_secs(
-            w.parse::<u64>()
-                .map_err(|_| Error::BadRequest("wait must be a whole number of seconds"))?,
-        )
-        .min(app.config.max_wait),
+        Some(w) => {
+            let digits = w.strip_prefix('+').unwrap_or(&w);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::BadRequest("wait must be a whole number of seconds"));
+            }
+            Duration::from_secs(digits.parse::<u64>().unwrap_or(u64::MAX)).min(app.config.max_wait)
+        }
     })
 }
 
@@ -265,7 +268,6 @@ fn answer(state: &str, found: Take, asked_to_wait: bool) -> Response {
                     "error_uri": cb.error_uri,
                 }),
             )
-            .with_header("Access-Control-Allow-Origin", "*")
             .with_header("Cache-Control", "no-store")
         }
         Take::Pending { expires_in } if asked_to_wait => Response::json(
@@ -278,7 +280,6 @@ fn answer(state: &str, found: Take, asked_to_wait: bool) -> Response {
                 "expires_in": expires_in.as_millis().div_ceil(1000) as u64,
             }),
         )
-        .with_header("Access-Control-Allow-Origin", "*")
         .with_header("Cache-Control", "no-store"),
         // The Python server's answers, not failures of this request.
         Take::AlreadyTaken => Error::CallbackGone.into_response(),
@@ -287,6 +288,19 @@ fn answer(state: &str, found: Take, asked_to_wait: bool) -> Response {
         Take::Conflict => Error::CallbackConflict.into_response(),
     }
 }
+
+/// A JSON number that is a whole number (`300`, and `300.0`, an integer to JSON Schema), at
+/// least 0; one past `u64` is `u64::MAX` (capped by the caller anyway).
+fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+            .map(|f| f as u64) // saturates
+    })
+}
+
+/// The keys of a `POST /api/states` body; any other is refused (400) naming it.
+const REGISTRATION_KEYS: &[&str] = &["state", "ttl_secs", "retrieval_hash"];
 
 /// `POST /api/states`. With an API token configured, registering needs it, like everything
 /// under `/api/` (with a hash or without); such a registration is a trusted caller's and counts
@@ -299,8 +313,7 @@ fn answer(state: &str, found: Take, asked_to_wait: bool) -> Response {
 pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     app.authorize(req)?;
     let trusted = app.config.api_token.is_some();
-    let body: Value = serde_json::from_slice(&req.body)
-        .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
+    let body = crate::json_body::object(&req.body, REGISTRATION_KEYS)?;
     let state = body
         .get("state")
         .and_then(Value::as_str)
@@ -310,9 +323,9 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         ))?;
     let ttl = match body.get("ttl_secs") {
         None | Some(Value::Null) => app.config.ttl,
-        Some(v) => Duration::from_secs(v.as_u64().filter(|n| *n > 0).ok_or(Error::BadRequest(
-            "ttl_secs must be a positive whole number",
-        ))?)
+        Some(v) => Duration::from_secs(whole_number(v).filter(|n| *n > 0).ok_or(
+            Error::BadRequest("ttl_secs must be a positive whole number"),
+        )?)
         .min(app.config.ttl),
     };
     let guard = match body.get("retrieval_hash") {
@@ -343,8 +356,7 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                     "state": state,
                     "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
                 }),
-            )
-            .with_header("Access-Control-Allow-Origin", "*"))
+            ))
         }
         Register::Exists => Err(Error::StateExists),
         Register::Full => Err(Error::StoreFull),

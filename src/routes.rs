@@ -64,6 +64,10 @@ pub struct Route {
     pub pattern: Pattern,
     /// Methods served; the first is what `Allow` names on a 405.
     pub methods: &'static [&'static str],
+    /// Open to web pages of other origins (CORS, `cors.rs`): the request headers such a page
+    /// may send; preflights (`OPTIONS`) are answered and every answer says which origins may
+    /// read it. `None`: not for pages (`OPTIONS` is 405 like any other method).
+    pub cors: Option<&'static [&'static str]>,
     pub exposure: Exposure,
     handle: Handle,
     subject: Subject,
@@ -92,6 +96,7 @@ pub const ROUTES: &[Route] = &[
         name: "/health",
         pattern: Pattern::Exact("/health"),
         methods: &["GET"],
+        cors: None,
         exposure: Public,
         handle: |app, _, _| relay::health(app).map(Reply::Now),
         subject: Subject::None,
@@ -100,6 +105,7 @@ pub const ROUTES: &[Route] = &[
         name: "/ready",
         pattern: Pattern::Exact("/ready"),
         methods: &["GET"],
+        cors: None,
         exposure: Public,
         handle: |app, _, _| relay::ready(app).map(Reply::Now),
         subject: Subject::None,
@@ -108,6 +114,7 @@ pub const ROUTES: &[Route] = &[
         name: "/metrics",
         pattern: Pattern::Exact("/metrics"),
         methods: &["GET"],
+        cors: None,
         exposure: Internal,
         handle: |app, _, _| crate::metrics::render(app).map(Reply::Now),
         subject: Subject::None,
@@ -116,6 +123,7 @@ pub const ROUTES: &[Route] = &[
         name: "/callback",
         pattern: Pattern::Exact("/callback"),
         methods: &["GET"],
+        cors: None,
         exposure: Public,
         handle: |app, req, _| relay::callback(app, req).map(Reply::Now),
         subject: Subject::StateParam,
@@ -124,6 +132,7 @@ pub const ROUTES: &[Route] = &[
         name: "/api/callback/{state}",
         pattern: Pattern::Prefix("/api/callback/"),
         methods: &["GET"],
+        cors: Some(&["Authorization", "X-Retrieval-Secret"]),
         exposure: Internal,
         handle: relay::retrieve,
         subject: Subject::Tail,
@@ -132,6 +141,7 @@ pub const ROUTES: &[Route] = &[
         name: "/api/states",
         pattern: Pattern::Exact("/api/states"),
         methods: &["POST"],
+        cors: Some(&["Authorization", "Content-Type"]),
         exposure: Internal,
         handle: |app, req, _| relay::register(app, req).map(Reply::Now),
         subject: Subject::None,
@@ -140,6 +150,7 @@ pub const ROUTES: &[Route] = &[
         name: "/sessions",
         pattern: Pattern::Exact("/sessions"),
         methods: &["POST"],
+        cors: None,
         exposure: Internal,
         handle: |app, req, _| {
             let endpoint = Endpoint {
@@ -154,6 +165,7 @@ pub const ROUTES: &[Route] = &[
         name: "/login/{provider}/callback",
         pattern: Pattern::Around("/login/", "/callback"),
         methods: &["GET"],
+        cors: None,
         exposure: Public,
         handle: |app, req, provider| broker::login::callback(app, req, provider),
         subject: Subject::StateParam,
@@ -163,6 +175,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Prefix("/login/"),
         // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
         methods: &["GET", "HEAD"],
+        cors: None,
         exposure: Public,
         handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
         subject: Subject::Tail,
@@ -171,6 +184,7 @@ pub const ROUTES: &[Route] = &[
         name: "/m365/sessions",
         pattern: Pattern::Exact("/m365/sessions"),
         methods: &["POST"],
+        cors: None,
         exposure: Internal,
         handle: |app, req, _| {
             let endpoint = Endpoint {
@@ -186,6 +200,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Prefix("/m365/start/"),
         // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
         methods: &["GET", "HEAD"],
+        cors: None,
         exposure: Public,
         handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
         subject: Subject::Tail,
@@ -194,6 +209,7 @@ pub const ROUTES: &[Route] = &[
         name: "/m365/callback",
         pattern: Pattern::Exact("/m365/callback"),
         methods: &["GET"],
+        cors: None,
         exposure: Public,
         handle: |app, req, _| broker::login::callback(app, req, M365),
         subject: Subject::StateParam,
@@ -202,6 +218,7 @@ pub const ROUTES: &[Route] = &[
         name: "/status/{state}",
         pattern: Pattern::Prefix("/status/"),
         methods: &["GET"],
+        cors: None,
         exposure: Internal,
         handle: |app, req, handle| broker::sessions::status(app, req, handle).map(Reply::Now),
         subject: Subject::Tail,
@@ -210,6 +227,7 @@ pub const ROUTES: &[Route] = &[
         name: "/token/{state}",
         pattern: Pattern::Prefix("/token/"),
         methods: &["GET"],
+        cors: None,
         exposure: Internal,
         handle: |app, req, handle| broker::sessions::token(app, req, handle),
         subject: Subject::Tail,
@@ -218,6 +236,7 @@ pub const ROUTES: &[Route] = &[
         name: "/openapi.json",
         pattern: Pattern::Exact("/openapi.json"),
         methods: &["GET"],
+        cors: None,
         exposure: Internal,
         handle: |_, _, _| Ok(Reply::Now(openapi())),
         subject: Subject::None,
@@ -265,12 +284,20 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
     let Some((route, tail)) = found else {
         return Reply::Now(Error::NotFound.into_response_for(face).tagged("-", None));
     };
+    let origin = req.header("origin");
+    if let (Some(headers), "OPTIONS") = (route.cors, req.method.as_str()) {
+        let preflight = app.config.cors.preflight(origin, route.methods, headers);
+        return Reply::Now(preflight.tagged(route.name, None));
+    }
+    let (origin, cors) = (
+        route.cors.and(origin).map(str::to_owned),
+        route.cors.is_some(),
+    );
     if !route.methods.contains(&req.method.as_str()) {
-        return Reply::Now(
-            Error::MethodNotAllowed(route.methods[0])
-                .into_response_for(face)
-                .tagged("-", None),
-        );
+        let refused = Error::MethodNotAllowed(route.methods[0])
+            .into_response_for(face)
+            .tagged("-", None);
+        return readable_by(app, origin, cors, Reply::Now(refused));
     }
     // Only the access log reads it.
     let subject = if !crate::logging::enabled(crate::logging::Level::Info) {
@@ -282,12 +309,33 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
             Subject::Tail => crate::http::decode_segment(tail),
         }
     };
-    match (route.handle)(app, &req, tail) {
+    let reply = match (route.handle)(app, &req, tail) {
         Ok(Reply::Now(r)) => Reply::Now(r.tagged(route.name, subject.as_deref())),
         Ok(wait) => wait,
         Err(e) => Reply::Now(
             e.into_response_for(face)
                 .tagged(route.name, subject.as_deref()),
         ),
+    };
+    readable_by(app, origin, cors, reply)
+}
+
+/// The reply of a route open to pages (`cors`) with what lets an allowed page read it,
+/// whenever it is answered (a long-poll later, blocking work off the event loop).
+fn readable_by(app: &Arc<App>, origin: Option<String>, cors: bool, reply: Reply) -> Reply {
+    if !cors {
+        return reply;
+    }
+    match reply {
+        Reply::Now(r) => Reply::Now(app.config.cors.answer(origin.as_deref(), r)),
+        Reply::Wait(mut wait) => {
+            let (app, answer) = (app.clone(), wait.answer);
+            wait.answer = Box::new(move || app.config.cors.answer(origin.as_deref(), answer()));
+            Reply::Wait(wait)
+        }
+        Reply::Later(job) => {
+            let app = app.clone();
+            Reply::Later(Box::new(move || readable_by(&app, origin, true, job())))
+        }
     }
 }

@@ -631,7 +631,8 @@ async fn read_request(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let face = Face::for_path(target);
+    // The face is the path's alone: a query string must not turn an API path into a page.
+    let face = Face::for_path(req.uri().path());
     let refuse = |e: Error| Err(e.into_response_for(face).with_header("Connection", "close"));
     if target.len() > opts.max_url_bytes {
         return refuse(Error::UrlTooLong);

@@ -212,6 +212,61 @@ fn wait_does_not_report_a_callback_without_a_code_as_success() {
 }
 
 #[test]
+fn the_wrong_listener_or_path_fails_at_once_with_a_hint() {
+    let relay = Relay::start(&["--internal-addr", "127.0.0.1:0"]);
+    let hint = "the internal listener (OAUTH_RELAY_INTERNAL_ADDR";
+    // The public listener (its JSON 404), and a URL with a path (a 404 page): a 404 of their
+    // own, not "not yet".
+    for server in [relay.url(""), relay.internal_url("/relay")] {
+        let out = oauth_relay(&["wait", "s1", "--server", &server])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{server}: {err}");
+        assert!(
+            (err.contains("Not found") || err.contains("HTTP 404"))
+                && err.contains(hint)
+                && err.contains("OAUTH_RELAY_SERVER"),
+            "{server}: {err}"
+        );
+        assert!(!err.contains("timed out"), "{err}");
+    }
+    // The right listener still waits for an unknown state, until its timeout.
+    let out = oauth_relay(&[
+        "wait",
+        "s1",
+        "--server",
+        &relay.internal_url(""),
+        "--timeout-secs",
+        "1",
+    ])
+    .output()
+    .unwrap();
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    let out = oauth_relay(&["register", "s2", "--server", &relay.url("")])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Not found") && err.contains(hint), "{err}");
+    let out = oauth_relay(&[
+        "login-link",
+        "ana@contoso.example",
+        "--server",
+        &relay.url(""),
+    ])
+    .env("WK_M365_BROKER_TOKEN", "broker-token-0123456789")
+    .output()
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(hint) && err.contains("WK_CALLBACK_SERVER") && err.contains("broker mode"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_settings_exit_1_naming_the_variable_and_the_flag() {
     // From the environment (the inherited Python name), from a flag, through `serve`.
     // (variable set, arguments, the variable and the flag the message must name)
@@ -254,12 +309,72 @@ fn bad_settings_exit_1_naming_the_variable_and_the_flag() {
             "{env:?} {args:?}: {err}"
         );
     }
+    // Values that parse but are refused: the variable and the flag, from either source.
+    let refused: [(&str, &str, &str); 5] = [
+        ("OAUTH_RELAY_TTL_SECS", "0", "--ttl-secs"),
+        ("OAUTH_RELAY_WORKERS", "0", "--workers"),
+        ("OAUTH_RELAY_LOG_LEVEL", "verbose", "--log-level"),
+        ("OAUTH_RELAY_API_TOKEN", "short", "--api-token"),
+        ("OAUTH_RELAY_MAX_URL_BYTES", "100", "--max-url-bytes"),
+    ];
+    for (variable, value, flag) in refused {
+        let from_env = oauth_relay(&["--port", "0"])
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let from_flag = oauth_relay(&["--port", "0", &format!("{flag}={value}")])
+            .output()
+            .unwrap();
+        for out in [from_env, from_flag] {
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{variable}={value}: {err}");
+            assert!(
+                err.contains(&format!("{variable} ({flag})")),
+                "{variable}={value}: {err}"
+            );
+            if variable == "OAUTH_RELAY_API_TOKEN" {
+                assert!(!err.contains(value), "the token was repeated: {err}");
+            }
+        }
+    }
     // Help and version are not errors.
     for flag in ["--help", "--version"] {
         let out = oauth_relay(&[flag]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{flag}");
         assert!(!out.stdout.is_empty(), "{flag}");
     }
+}
+
+#[test]
+fn an_encryption_key_without_redis_is_checked_and_warned_about() {
+    // 32 zero bytes: a valid key, which seals nothing without Redis.
+    let key = format!("k1:{}", "A".repeat(43) + "=");
+    let relay = Relay::start_env(&[], &[("OAUTH_RELAY_ENCRYPTION_KEY", &key)]);
+    let line = relay.wait_for_log("\"event\":\"encryption_key_unused\"");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["level"], "warn");
+    assert!(line["effect"].as_str().unwrap().contains("not encrypted"));
+    assert!(!line.to_string().contains(&key[3..]), "the key was logged");
+    assert_eq!(relay.get("/health").status, 200, "it still serves");
+    // Without the key, no such line.
+    let plain = Relay::start(&[]);
+    assert_eq!(plain.get("/health").status, 200);
+    assert!(!plain
+        .logs()
+        .iter()
+        .any(|l| l.contains("encryption_key_unused")));
+    // A malformed key is refused even so, naming the variable and the flag, not the value.
+    let out = oauth_relay(&["--port", "0"])
+        .env("OAUTH_RELAY_ENCRYPTION_KEY", "k1:not-base64!")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("OAUTH_RELAY_ENCRYPTION_KEY (--encryption-key)")
+            && !err.contains("not-base64"),
+        "{err}"
+    );
 }
 
 #[test]

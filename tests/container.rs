@@ -36,12 +36,17 @@ impl Drop for Guard {
 }
 
 /// Runs scripts/build-static.sh into its own target dir (never waiting on the outer build's lock)
-/// and returns the path it prints as its last stdout line.
+/// and returns the path it prints as its last stdout line. That dir is `static` in the target
+/// directory this test was built in (the parent of CARGO_TARGET_TMPDIR), so a CARGO_TARGET_DIR
+/// elsewhere is honoured and the checkout stays clean.
 fn build_static() -> PathBuf {
     let repo = Path::new(REPO);
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is inside the target directory");
     let output = Command::new(repo.join("scripts/build-static.sh"))
         .current_dir(repo)
-        .env("CARGO_TARGET_DIR", repo.join("target/static"))
+        .env("CARGO_TARGET_DIR", target.join("static"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -643,7 +643,7 @@ fn webhook_settings_are_checked_at_start_up() {
                 ("OAUTH_RELAY_WEBHOOK_URL", "http://hooks.example/x"),
                 ("OAUTH_RELAY_WEBHOOK_SECRET", secret.as_str()),
             ],
-            "OAUTH_RELAY_WEBHOOK_URL must be an https:// URL",
+            "OAUTH_RELAY_WEBHOOK_URL (--webhook-url) must be an https:// URL",
         ),
         (
             vec![("OAUTH_RELAY_WEBHOOK_URL", "https://hooks.example/x")],

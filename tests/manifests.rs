@@ -8,7 +8,7 @@
 //! stays on the internal listener, the probes use the internal port, secrets are required, the
 //! containers are locked down, and several replicas come with a PodDisruptionBudget.
 //!
-//! Needs `kubectl` (Kustomize v5) and `target/test-venv` with kubernetes-validate, which
+//! Needs `kubectl` (Kustomize v5) and the tests' virtual environment (`target/test-venv`) with kubernetes-validate, which
 //! scripts/test.sh installs.
 
 use clap::{CommandFactory, Parser};
@@ -68,7 +68,12 @@ fn scratch_deploy() -> PathBuf {
 
 /// Runs the validator on a YAML stream: the documents as JSON, or the problems it reported.
 fn validate(yaml: &[u8]) -> Result<Vec<Value>, String> {
-    let python = root().join("target/test-venv/bin/python");
+    // scripts/test.sh's virtual environment, beside the target directory's tmp (so a
+    // CARGO_TARGET_DIR elsewhere is honoured).
+    let python = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR has a parent")
+        .join("test-venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: scripts/test.sh creates it and installs kubernetes-validate into it",

@@ -48,9 +48,13 @@ fn the_document_describes_exactly_the_routing_table() {
             .filter(|k| METHODS.contains(&k.as_str()))
             .cloned()
             .collect();
+        // A route open to pages of other origins answers their preflights too.
+        let preflight = route.cors.map(|_| "OPTIONS");
         let served: BTreeSet<String> = route
             .methods
             .iter()
+            .copied()
+            .chain(preflight)
             .map(|m| m.to_ascii_lowercase())
             .collect();
         assert_eq!(documented, served, "methods of {}", route.name);
@@ -378,6 +382,20 @@ fn relay_flows(api: &Api) {
     let res = api.get_with("/api/callback/s4", &holder);
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["auth_code"], "c4");
+    // Preflights of pages on other origins (any, by default).
+    let page = [
+        ("Origin", "https://app.example.com"),
+        ("Access-Control-Request-Method", "GET"),
+        ("Access-Control-Request-Headers", "x-retrieval-secret"),
+    ];
+    let res = api.call("OPTIONS", "/api/callback/s4", &page, b"");
+    assert_eq!(res.status, 204);
+    assert_eq!(res.header("Access-Control-Allow-Origin"), Some("*"));
+    let res = api.call("OPTIONS", "/api/states", &page, b"");
+    assert_eq!(
+        res.header("Access-Control-Allow-Headers"),
+        Some("Authorization, Content-Type")
+    );
     // Probes, metrics, this document.
     assert_eq!(api.get("/health").status, 200);
     assert_eq!(api.get("/ready").status, 200);

@@ -129,12 +129,7 @@ impl Library {
                 c
             }
             Library::Jwcrypto => {
-                let python = repo("target/test-venv/bin/python");
-                assert!(
-                    python.exists(),
-                    "{} is missing: run scripts/test.sh, which installs jwcrypto there",
-                    python.display()
-                );
+                let python = support::python::program("python");
                 let mut c = Command::new(python);
                 c.arg(repo("tests/support/jwcrypto_caller.py"));
                 c

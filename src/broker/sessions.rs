@@ -42,15 +42,23 @@ pub struct Endpoint<'a> {
     pub link_path: &'a str,
 }
 
+/// The keys of a session request body (`POST /sessions` and a provider's own endpoint); any
+/// other is refused (400) naming it.
+const SESSION_KEYS: &[&str] = &[
+    "provider",
+    "expected_email",
+    "expected_subject",
+    "scopes",
+    "force_consent",
+    "return_url",
+    "seal_to",
+];
+
 /// `POST /sessions`, and the endpoints of one provider
 pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Response, Error> {
     let broker = broker(app)?;
     broker.authorize(req, false)?;
-    let body: Value = serde_json::from_slice(&req.body)
-        .map_err(|_| Error::BadRequest("Body must be a JSON object"))?;
-    if !body.is_object() {
-        return Err(Error::BadRequest("Body must be a JSON object"));
-    }
+    let body = crate::json_body::object(&req.body, SESSION_KEYS)?;
     let provider = match (endpoint.provider, &body["provider"]) {
         (Some(fixed), Value::Null) => broker.provider(fixed).ok_or(Error::NotFound)?,
         (Some(fixed), Value::String(name)) if name == fixed => {

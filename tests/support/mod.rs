@@ -385,6 +385,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 pub mod broker;
 pub mod fake_microsoft;
 pub mod openapi;
+pub mod python;
 pub mod relay_api;
 pub mod webhook_receiver;
 

@@ -79,6 +79,9 @@ pub struct OidcConfig {
     /// Lifetimes in seconds by oidc-provider artifact name (`AccessToken`, `AuthorizationCode`,
     /// `IdToken`, `RefreshToken`, ...), over the defaults (1 hour; codes 60 s).
     pub ttl: Vec<(String, u64)>,
+    /// RFC 8707 resource indicators it issues JWT access tokens (RFC 9068) for: (resource URL,
+    /// its space-separated scopes). A request naming another resource is refused.
+    pub resource_servers: Vec<(String, String)>,
 }
 
 impl OidcConfig {
@@ -127,6 +130,11 @@ impl OidcConfig {
             "id_token_claims": self.id_token_claims,
             "strict_offline_access": self.strict_offline_access,
             "ttl": ttl,
+            "resource_servers": self
+                .resource_servers
+                .iter()
+                .map(|(url, scope)| (url.clone(), json!({ "scope": scope })))
+                .collect::<serde_json::Map<String, Value>>(),
         })
     }
 }
@@ -142,6 +150,7 @@ impl Default for OidcConfig {
             id_token_claims: true,
             strict_offline_access: false,
             ttl: Vec::new(),
+            resource_servers: Vec::new(),
         }
     }
 }

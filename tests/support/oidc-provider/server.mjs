@@ -17,6 +17,11 @@
 //                           true: OpenID Connect Core's rule (oidc-provider's default, Google's
 //                           too) that drops offline_access unless prompt includes consent
 //   ttl                     seconds by artifact, over the defaults below (e.g. {"AccessToken": 5})
+//   resource_servers        RFC 8707 resource indicators the provider issues access tokens for, as
+//                           {"<resource URL>": {"scope": "space-separated scopes"}}: a request
+//                           naming one gets a JWT access token (RFC 9068, RS256, `aud` the URL)
+//                           carrying those of its scopes that were granted; any other `resource`
+//                           is refused (invalid_target), as before
 //
 // When both ports listen it prints one line to stdout:
 //   {"event":"listening","issuer":"http://127.0.0.1:PORT","admin":"http://127.0.0.1:PORT2"}
@@ -37,7 +42,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import * as querystring from 'node:querystring';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 // The package's own in-memory adapter, created once so every Provider instance shares it.
 import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
@@ -111,7 +116,21 @@ function buildProvider() {
     },
     // A refresh token whenever offline_access was granted (see offlineAccess).
     issueRefreshToken: async (ctx, c, code) => c.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
-    features: { devInteractions: { enabled: true } },
+    features: {
+      devInteractions: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        // An access token for the resource the client named, within the scopes it was granted.
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (ctx, resource) => {
+          const server = config.resource_servers?.[resource];
+          if (!server) throw new errors.InvalidTarget();
+          return {
+            scope: server.scope, audience: resource, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } },
+          };
+        },
+      },
+    },
   });
   if (!config.strict_offline_access) provider.use(offlineAccess);
   provider.use(checkPassword);
