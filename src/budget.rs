@@ -53,7 +53,8 @@ fn with_slack(bytes: u64) -> u64 {
 }
 
 /// Every cap reached at once: each connection holding a full head and body, every long-poll
-/// parked, the store full (in memory), every blocking thread busy.
+/// parked, the store full (in memory), every blocking thread busy. Per-client and per-listener
+/// shares divide these caps among clients and listeners; they add nothing to what can be held.
 pub fn worst_case(c: &Config) -> Budget {
     let s = &c.server;
     let per_connection = CONNECTION + with_slack((s.max_header_bytes + s.max_body_bytes) as u64);
