@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Front-door figures for oauth-relay, side by side in one run, against 127.0.0.1 only:
 #
-#   bench/front.sh                        everything (about 3 minutes on 2 cores)
+#   bench/front.sh                        everything (about 5 minutes on 2 cores)
 #   bench/front.sh health latency         only the named sections
 #
 # Sections (details in bench/FRONT.md):
@@ -15,6 +15,12 @@
 #            (nothing sent, and after one request), a parked long-poll, a pending callback with a
 #            1,024-byte state, a broker session (when the binary has broker mode), a connection
 #            holding a 15 KiB unfinished request head.
+#   floods   /health p50/p99 (bench/probe.py, from 127.0.0.1) on a relay with the default
+#            caps and shares, just before and then while ONE other client (bench/flood.py from 127.0.0.2)
+#            keeps FLOOD_CONNS connections of one kind open, re-opening each one the relay
+#            closes or refuses: half-sent heads, half-sent bodies, idle keep-alive connections,
+#            long-polls; then with split listeners, the internal listener's /health (where the
+#            probes go) while one client, and then 16 clients, flood the public listener.
 #
 # Environment:
 #   OAUTH_RELAY_BIN   binary to measure (default ${CARGO_TARGET_DIR:-target}/release/oauth-relay,
@@ -23,6 +29,7 @@
 #   LAT_SECS (5)      each latency wrk run                   HOLD_SECS (120) holders' safety net
 #   IDLE_CONNS (5000) HALF_OPEN (1000) LONGPOLLS (5000) LONG_CALLBACKS (20000)
 #   HEADER_CONNS (1000) HEADER_BYTES (15360) BROKER_SESSIONS (10000) FILL_CALLBACKS (100000)
+#   FLOOD_CONNS (2000) connections each flood keeps open    FLOOD_RATE (1000) its new ones a second
 #
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light) and Python 3 (standard
 # library only); installs nothing. nginx runs in the foreground from its own temporary
@@ -35,7 +42,7 @@ CALLER_DIR=$PWD
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL=(health pairs latency memory)
+ALL=(health pairs latency memory floods)
 HEALTH_SECS=${HEALTH_SECS:-10}
 PAIRS_SECS=${PAIRS_SECS:-5}
 LAT_SECS=${LAT_SECS:-5}
@@ -48,6 +55,8 @@ HEADER_CONNS=${HEADER_CONNS:-1000}
 export HEADER_BYTES=${HEADER_BYTES:-15360}
 BROKER_SESSIONS=${BROKER_SESSIONS:-10000}
 FILL_CALLBACKS=${FILL_CALLBACKS:-100000}
+FLOOD_CONNS=${FLOOD_CONNS:-2000}
+FLOOD_RATE=${FLOOD_RATE:-1000}
 
 OUT=bench/out
 # Every request here comes from one address: its share of the pending cap
@@ -99,6 +108,11 @@ HELP=$("$BIN" --help 2>&1 || true)
 has_flag() { grep -q -- "$1[ =<]" <<<"$HELP"; }
 MAXCONN=()
 if has_flag --max-connections; then MAXCONN=(--max-connections 10000); fi
+# The held connections all come from 127.0.0.1, one client to the relay: its share is raised with
+# the cap, or it would keep only its newest 256 (the floods section measures the shares).
+if has_flag --max-connections-per-client; then MAXCONN+=(--max-connections-per-client 10000); fi
+WAITERS_PER_CLIENT=()
+if has_flag --max-waiters-per-client; then WAITERS_PER_CLIENT=(--max-waiters-per-client $((LONGPOLLS * 2))); fi
 HAS_BROKER=""
 if has_flag --public-base-url && has_flag --broker-token; then HAS_BROKER=1; fi
 
@@ -209,6 +223,8 @@ EOF
 }
 
 rss_kib() { "${UTIL[@]}" rss "$SERVER_PID"; }
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 fds_of() { "${FRONT[@]}" fds "$1"; }
 
@@ -409,7 +425,7 @@ section_memory() {
         "one GET /health answered, then nothing"
     per_connection "$LONGPOLLS" longpoll "per parked long-poll, connection included" "16 kB" \
         "GET /api/callback/{distinct state}?wait=60, still parked when measured (answered = not parked); --max-waiters $((LONGPOLLS * 2))" \
-        --max-waiters $((LONGPOLLS * 2))
+        --max-waiters $((LONGPOLLS * 2)) "${WAITERS_PER_CLIENT[@]}"
 
     # Room for all N: twice as many entries and, where the store also has a byte budget, 4 KiB
     # per entry (about three times what one counts).
@@ -475,6 +491,121 @@ broker_session() {
     line=$(cat "$OUT/front-memory-broker.txt")
     per_item_row "per broker session" "$before" "$after" "$BROKER_SESSIONS" "-" \
         "N=$BROKER_SESSIONS POST /m365/sessions on one keep-alive connection (bench/broker.py fill: $line); relay flags: ${flags[*]}"
+}
+
+# Starts `flood.py PORT MODE COUNT ...` (on HOLDER_PID, so the exit trap ends it) and waits for
+# READY; sets FLOOD_FILE and FLOOD_READY.
+start_flood() {
+    local port=$1 mode=$2 count=$3 tag=$4 i
+    shift 4
+    FLOOD_FILE=$OUT/front-flood-$tag.txt
+    python3 bench/flood.py "$port" "$mode" "$count" --rate "$FLOOD_RATE" --secs "$HOLD_SECS" "$@" >"$FLOOD_FILE" 2>&1 &
+    HOLDER_PID=$!
+    FLOOD_READY=""
+    for i in $(seq 600); do
+        FLOOD_READY=$(grep '^READY' "$FLOOD_FILE" || true)
+        [ -z "$FLOOD_READY" ] || return 0
+        kill -0 "$HOLDER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "flood.py $mode did not get ready (see $FLOOD_FILE)" >&2
+    exit 1
+}
+
+# The relay's CPU over 3 s of the flood alone, as a share of one core; sets FLOOD_CPU.
+flood_cpu() {
+    local cpu0
+    cpu0=$(cpu_secs "$SERVER_PID")
+    sleep 3
+    FLOOD_CPU=$(awk -v a="$cpu0" -v b="$(cpu_secs "$SERVER_PID")" 'BEGIN {printf "%.0f %%", (b - a) * 100 / 3}')
+}
+
+# Ends the flood (SIGUSR1: it counts what it holds and prints FLOOD ...); sets FLOOD_LINE.
+stop_flood() {
+    kill -USR1 "$HOLDER_PID" 2>/dev/null || true
+    wait "$HOLDER_PID" || true
+    HOLDER_PID=""
+    FLOOD_LINE=$(grep '^FLOOD' "$FLOOD_FILE" || echo "FLOOD (no report)")
+}
+
+# The relay's counters of shares and caps, from /metrics on PORT (the first argument).
+share_counters() {
+    python3 - "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+m = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in text.splitlines() if line and not line.startswith("#")}
+q = lambda share: m.get(f'oauth_relay_quota_refused_total{{share="{share}"}}', "n/a")
+print(f"relay counted: held to a share {q('connections')} times (connections) and {q('waiters')} (long-polls), "
+      f"{m.get('oauth_relay_connections_shed_total')} shed, {m.get('oauth_relay_connections_refused_total')} refused at the cap (503), "
+      f"{m.get('oauth_relay_open_connections')} open, {m.get('oauth_relay_waiting_clients')} waiting")
+PY
+}
+
+flood_summary() {
+    echo "flood ($(field sources "$FLOOD_LINE") address(es), $(commas "$(field count "$FLOOD_LINE")") connections kept open, at most $FLOOD_RATE new/s): $(field opened "$FLOOD_LINE") opened in $(field secs "$FLOOD_LINE") s, $(field open "$FLOOD_LINE") held open at the end, $(field closed "$FLOOD_LINE") closed by the relay, answers $(field answers "$FLOOD_LINE")"
+}
+
+# /health timed request by request from one keep-alive connection on 127.0.0.1 for LAT_SECS
+# (bench/probe.py; wrk 4.1's latency statistics with one connection add up to several times the
+# wall time, so they are not used here) against PORT; the PROBE line goes to FILE.
+probe_run() {
+    local file=$1 port=$2
+    run_to "$file" python3 bench/probe.py "$port" "$LAT_SECS"
+}
+
+# A flood row: /health p50 / p99 just before the flood (same relay, same moment's background
+# load: this machine is shared) and during it.
+flood_row() {
+    local label=$1 before b during d notes=$4
+    b=$(grep '^PROBE' "$2" || echo "PROBE (none)")
+    d=$(grep '^PROBE' "$3" || echo "PROBE (none)")
+    row "$label" "before: $(field p50_ms "$b") / $(field p99_ms "$b") ms; during: $(field p50_ms "$d") / **$(field p99_ms "$d") ms**" "p99 < 5 ms" \
+        "bench/probe.py ${LAT_SECS} s each, one request at a time on one connection; during: p99.9 $(field p999_ms "$d") ms, max $(field max_ms "$d") ms, $(field rps "$d") req/s, non-200 $(field non200 "$d"), busy $(field busy "$d") (before: p99.9 $(field p999_ms "$b") ms, max $(field max_ms "$b") ms, $(field rps "$b") req/s)$notes"
+}
+
+# /health from a well-behaved client on 127.0.0.1 while one client on 127.0.0.2 floods; the relay
+# runs with the default caps and shares (no --max-connections: the default 1,024 is the point).
+section_floods() {
+    local before during kind mode label counters rss iport sources from n
+    for kind in head:"half-sent heads" body:"half-sent bodies (POST, Content-Length: 1, no body)" \
+        idle:"idle keep-alive connections" longpoll:"long-polls (wait=60)"; do
+        mode=${kind%%:*} label=${kind#*:}
+        start_server
+        before=$OUT/front-floods-$mode-before.txt
+        probe_run "$before" "$PORT"
+        start_flood "$PORT" "$mode" "$FLOOD_CONNS" "$mode"
+        during=$OUT/front-floods-$mode.txt
+        flood_cpu
+        probe_run "$during" "$PORT"
+        counters=$(share_counters "$PORT")
+        rss=$(mib "$(rss_kib)")
+        stop_flood
+        stop_server
+        flood_row "/health p50 / p99, one client flooding $label" "$before" "$during" \
+            "; $(flood_summary); $counters; relay VmRSS $rss MiB; the flood alone cost the relay $FLOOD_CPU of a core"
+    done
+
+    # Split listeners: the probes on the internal one while the public one is flooded.
+    iport=$("${UTIL[@]}" free-port)
+    for sources in 1 16; do
+        start_server --internal-addr "127.0.0.1:$iport"
+        before=$OUT/front-floods-split-$sources-before.txt
+        probe_run "$before" "$iport"
+        from="127.0.0.2"
+        if [ "$sources" -gt 1 ]; then
+            from=$(for n in $(seq 2 $((sources + 1))); do printf '127.0.0.%d,' "$n"; done)
+            from=${from%,}
+        fi
+        start_flood "$PORT" body $((FLOOD_CONNS * (sources > 1 ? 2 : 1))) "split-$sources" --from "$from"
+        during=$OUT/front-floods-split-$sources.txt
+        flood_cpu
+        probe_run "$during" "$iport"
+        counters=$(share_counters "$iport")
+        stop_flood
+        stop_server
+        flood_row "internal /health p50 / p99 (the probes), $sources client(s) flooding the public listener with half-sent bodies" "$before" "$during" \
+            "; $(flood_summary); $counters; the flood alone cost the relay $FLOOD_CPU of a core"
+    done
 }
 
 # ---------------------------------------------------------------------------------------------

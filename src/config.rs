@@ -27,6 +27,20 @@ pub mod defaults {
     pub const MAX_SESSIONS: usize = 2_000;
     pub const MAX_WAITERS: usize = 1_024;
     pub const MAX_CONNECTIONS: usize = 1_024;
+    /// A quarter of the cap: far more than a browser (6) or a NAT's sign-ins hold at once, and a
+    /// single client still leaves three quarters to everyone else.
+    pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+    /// An eighth of the cap each: the probes, `/metrics` and callers always get into the
+    /// internal listener whatever floods the public one, and browsers into the public one
+    /// whatever the callers hold.
+    pub const PUBLIC_RESERVED_CONNECTIONS: usize = 128;
+    pub const INTERNAL_RESERVED_CONNECTIONS: usize = 128;
+    /// An eighth of the waiter cap: a caller waiting on that many sign-ins at once is a big
+    /// one, and below its connection share, so it can still register and retrieve.
+    pub const MAX_WAITERS_PER_CLIENT: usize = 128;
+    /// Nobody's forwarding header is believed until proxies are named.
+    pub const TRUSTED_PROXIES: &str = "";
+    pub const CLIENT_IP_HEADER: &str = "x-forwarded-for";
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
     pub const MAX_HEADERS: usize = 64;
     pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -158,12 +172,40 @@ pub struct ServeArgs {
     /// newcomer gets 503 when none is idle.
     #[arg(long, env = "OAUTH_RELAY_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Most open connections one client (an IP address; an IPv6 /64) may hold on both listeners
+    /// together; at it, its own longest-idle connection is closed for a newcomer, and with none
+    /// idle the newcomer gets 429. Connections from OAUTH_RELAY_TRUSTED_PROXIES count under no
+    /// client (they carry many); the listener's share bounds them.
+    #[arg(long, env = "OAUTH_RELAY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = defaults::MAX_CONNECTIONS_PER_CLIENT)]
+    pub max_connections_per_client: usize,
+    /// With OAUTH_RELAY_INTERNAL_ADDR: connections of OAUTH_RELAY_MAX_CONNECTIONS that the
+    /// internal listener can never take, kept for the public one (browsers).
+    #[arg(long, env = "OAUTH_RELAY_PUBLIC_RESERVED_CONNECTIONS", default_value_t = defaults::PUBLIC_RESERVED_CONNECTIONS)]
+    pub public_reserved_connections: usize,
+    /// With OAUTH_RELAY_INTERNAL_ADDR: connections of OAUTH_RELAY_MAX_CONNECTIONS that the
+    /// public listener can never take, kept for the internal one (the probes, /metrics, callers).
+    #[arg(long, env = "OAUTH_RELAY_INTERNAL_RESERVED_CONNECTIONS", default_value_t = defaults::INTERNAL_RESERVED_CONNECTIONS)]
+    pub internal_reserved_connections: usize,
+    /// Proxies whose forwarding header names the client (per-client shares then count that
+    /// client): IP addresses and CIDRs, comma-separated (e.g. 10.0.0.0/8,fd00::/8). Empty: trust
+    /// nobody, every request is its TCP peer's.
+    #[arg(long, env = "OAUTH_RELAY_TRUSTED_PROXIES", default_value = defaults::TRUSTED_PROXIES)]
+    pub trusted_proxies: String,
+    /// The header trusted proxies name the client in: x-forwarded-for, or forwarded (RFC 7239).
+    /// It must be one the proxy writes itself (appending its peer), never one it passes through
+    /// from clients untouched.
+    #[arg(long, env = "OAUTH_RELAY_CLIENT_IP_HEADER", default_value = defaults::CLIENT_IP_HEADER)]
+    pub client_ip_header: String,
     /// Longest long-poll in seconds (?wait= is capped to it).
     #[arg(long, env = "OAUTH_RELAY_MAX_WAIT_SECS", default_value_t = defaults::MAX_WAIT_SECS)]
     pub max_wait_secs: u64,
     /// Most long-polls waiting at once; past it they get 503.
     #[arg(long, env = "OAUTH_RELAY_MAX_WAITERS", default_value_t = defaults::MAX_WAITERS)]
     pub max_waiters: usize,
+    /// Most long-polls one client (an IP address, behind OAUTH_RELAY_TRUSTED_PROXIES the one
+    /// they forward; an IPv6 /64) may have waiting at once; past it 429.
+    #[arg(long, env = "OAUTH_RELAY_MAX_WAITERS_PER_CLIENT", default_value_t = defaults::MAX_WAITERS_PER_CLIENT)]
+    pub max_waiters_per_client: usize,
     /// Event-loop threads, each serving the connections handed to it (default: one per CPU).
     #[arg(long, env = "OAUTH_RELAY_WORKERS")]
     pub workers: Option<usize>,
@@ -424,6 +466,7 @@ pub struct Config {
     pub require_registered_state: bool,
     pub max_wait: Duration,
     pub max_waiters: usize,
+    pub max_waiters_per_client: usize,
     pub log_level: Level,
     /// Which web pages' origins may read the retrieval endpoints' answers.
     pub cors: crate::cors::Cors,
@@ -519,6 +562,7 @@ impl Default for Config {
             require_registered_state: false,
             max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
             max_waiters: defaults::MAX_WAITERS,
+            max_waiters_per_client: defaults::MAX_WAITERS_PER_CLIENT,
             log_level: Level::Info,
             cors: crate::cors::Cors::Any,
             server: server::Options {
@@ -528,6 +572,9 @@ impl Default for Config {
                 max_headers: defaults::MAX_HEADERS,
                 max_body_bytes: defaults::MAX_BODY_BYTES,
                 max_connections: defaults::MAX_CONNECTIONS,
+                max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
+                public_reserved: defaults::PUBLIC_RESERVED_CONNECTIONS,
+                internal_reserved: defaults::INTERNAL_RESERVED_CONNECTIONS,
                 blocking_threads: defaults::BLOCKING_THREADS,
                 shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
                 ..server::Options::default()
@@ -627,6 +674,22 @@ impl Config {
                 "OAUTH_RELAY_INTERNAL_URL",
             )?),
         };
+        let max_connections =
+            positive("OAUTH_RELAY_MAX_CONNECTIONS", a.max_connections as u64)? as usize;
+        let reserved = a
+            .public_reserved_connections
+            .saturating_add(a.internal_reserved_connections);
+        if internal_addr.is_some() && reserved > max_connections {
+            return Err(format!(
+                "OAUTH_RELAY_PUBLIC_RESERVED_CONNECTIONS + OAUTH_RELAY_INTERNAL_RESERVED_CONNECTIONS ({reserved}) must be at most OAUTH_RELAY_MAX_CONNECTIONS ({max_connections})"
+            ));
+        }
+        let header = crate::client_ip::ForwardedHeader::parse(&a.client_ip_header)
+            .ok_or("OAUTH_RELAY_CLIENT_IP_HEADER must be x-forwarded-for or forwarded")?;
+        let trusted_proxies = crate::client_ip::TrustedProxies::parse(&a.trusted_proxies, header)
+            .map_err(|entry| {
+                format!("OAUTH_RELAY_TRUSTED_PROXIES must list IP addresses and CIDRs such as 10.0.0.0/8, separated by commas; {entry:?} is neither")
+            })?;
         let log_level = Level::parse(&a.log_level)
             .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
         Ok(Config {
@@ -650,6 +713,10 @@ impl Config {
             require_registered_state: a.require_registered_state,
             max_wait: Duration::from_secs(a.max_wait_secs),
             max_waiters: a.max_waiters,
+            max_waiters_per_client: positive(
+                "OAUTH_RELAY_MAX_WAITERS_PER_CLIENT",
+                a.max_waiters_per_client as u64,
+            )? as usize,
             log_level,
             cors: crate::cors::Cors::parse(&a.cors_origins)?,
             server: server::Options {
@@ -665,8 +732,14 @@ impl Config {
                 max_headers: positive("OAUTH_RELAY_MAX_HEADERS", a.max_headers as u64)? as usize,
                 max_body_bytes: positive("OAUTH_RELAY_MAX_BODY_BYTES", a.max_body_bytes as u64)?
                     as usize,
-                max_connections: positive("OAUTH_RELAY_MAX_CONNECTIONS", a.max_connections as u64)?
-                    as usize,
+                max_connections,
+                max_connections_per_client: positive(
+                    "OAUTH_RELAY_MAX_CONNECTIONS_PER_CLIENT",
+                    a.max_connections_per_client as u64,
+                )? as usize,
+                public_reserved: a.public_reserved_connections,
+                internal_reserved: a.internal_reserved_connections,
+                trusted_proxies,
                 read_timeout: Duration::from_secs(positive(
                     "OAUTH_RELAY_READ_TIMEOUT_SECS",
                     a.read_timeout_secs,
@@ -807,5 +880,50 @@ mod tests {
         assert!(parse(&["--log-level", "loud"])
             .unwrap_err()
             .contains("OAUTH_RELAY_LOG_LEVEL"));
+    }
+
+    #[test]
+    fn shares_and_trusted_proxies_are_checked() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.server.max_connections_per_client,
+            defaults::MAX_CONNECTIONS_PER_CLIENT
+        );
+        assert_eq!(c.max_waiters_per_client, defaults::MAX_WAITERS_PER_CLIENT);
+        assert!(
+            c.server.trusted_proxies.is_empty(),
+            "nobody is trusted by default"
+        );
+        let c = parse(&["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,fd00::/8"]).unwrap();
+        assert!(c.server.trusted_proxies.trusts("10.3.2.1".parse().unwrap()));
+        assert!(!c
+            .server
+            .trusted_proxies
+            .trusts("192.0.2.8".parse().unwrap()));
+        let e = parse(&["--trusted-proxies", "10.0.0.0/8,ingress"]).unwrap_err();
+        assert!(
+            e.contains("OAUTH_RELAY_TRUSTED_PROXIES") && e.contains("ingress"),
+            "{e}"
+        );
+        assert!(parse(&["--client-ip-header", "x-real-ip"])
+            .unwrap_err()
+            .contains("OAUTH_RELAY_CLIENT_IP_HEADER"));
+        for zero in ["--max-connections-per-client", "--max-waiters-per-client"] {
+            assert!(
+                parse(&[zero, "0"]).unwrap_err().contains("at least 1"),
+                "{zero}"
+            );
+        }
+        // The reserves split one cap, so they must fit in it, but only matter when split.
+        let small = ["--max-connections", "200", "--internal-addr", "127.0.0.1:0"];
+        let e = parse(&small).unwrap_err();
+        assert!(
+            e.contains("OAUTH_RELAY_INTERNAL_RESERVED_CONNECTIONS")
+                && e.contains("OAUTH_RELAY_MAX_CONNECTIONS"),
+            "{e}"
+        );
+        assert!(parse(&["--max-connections", "200"]).is_ok());
+        let fitted = [&small[..], &["--internal-reserved-connections", "72"]].concat();
+        assert_eq!(parse(&fitted).unwrap().server.internal_reserved, 72);
     }
 }

@@ -50,6 +50,8 @@ pub enum Error {
     /// A session asked for a scope outside the provider's allowed scopes.
     ScopeNotAllowed,
     TooManyWaiters,
+    /// A client is past its share of a cap others need (429); the words say which.
+    QuotaExceeded(&'static str),
     UrlTooLong,
     BodyTooLarge,
     RequestTimeout,
@@ -105,6 +107,7 @@ impl Error {
             Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
                 503
             }
+            Error::QuotaExceeded(_) => 429,
             Error::UrlTooLong => 414,
             Error::BodyTooLarge => 413,
             Error::RequestTimeout => 408,
@@ -151,6 +154,7 @@ impl Error {
                 "A requested scope is not among the provider's allowed scopes"
             }
             Error::TooManyWaiters => "Too many waiting clients; try again later",
+            Error::QuotaExceeded(m) => m,
             Error::UrlTooLong => "Request URL too long",
             Error::BodyTooLarge => "Request body too large",
             Error::RequestTimeout => "The request did not arrive in time",
@@ -195,6 +199,7 @@ impl Error {
             | Error::Unavailable
             | Error::TooManyWaiters
             | Error::TooManyPending
+            | Error::QuotaExceeded(_)
             | Error::Internal => {
                 "Please wait a minute and start the sign-in again from the application."
             }
@@ -219,9 +224,11 @@ impl Error {
             Error::Unauthorized | Error::BrokerUnauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"oauth-relay\"")
             }
-            Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
-                response = response.with_header("Retry-After", "5")
-            }
+            Error::StoreFull
+            | Error::SessionsFull
+            | Error::TooManyWaiters
+            | Error::QuotaExceeded(_)
+            | Error::Unavailable => response = response.with_header("Retry-After", "5"),
             // A share frees as the client's entries are retrieved or expire: minutes, not
             // seconds, for one that filled it with junk.
             Error::TooManyPending => response = response.with_header("Retry-After", "60"),
@@ -456,6 +463,23 @@ mod tests {
                 Some("Bearer realm=\"oauth-relay\"")
             );
         }
+    }
+
+    #[test]
+    fn past_a_share_is_429_with_retry_after_in_either_face() {
+        let quota = Error::QuotaExceeded("Too many waiting requests from this client");
+        let r = quota.clone().into_response_for(Face::Api);
+        assert_eq!((r.status, r.header("Retry-After")), (429, Some("5")));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap(),
+            json!({"status": "error", "message": "Too many waiting requests from this client"})
+        );
+        let r = quota.into_response_for(Face::Page);
+        assert_eq!((r.status, r.content_type), (429, crate::http::HTML));
+        assert_eq!(r.header("Retry-After"), Some("5"));
+        assert!(r
+            .body_text()
+            .contains("Too many waiting requests from this client"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 pub struct HttpRequest {
@@ -17,6 +17,9 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub remote: Option<SocketAddr>,
+    /// The client the request is attributed to (`client_ip`), resolved once by the server from
+    /// the peer and, behind a trusted proxy, the address it forwarded (`client_ip.rs`).
+    pub client: Option<IpAddr>,
     /// The listener the request came in on: it decides which routes it may reach
     /// (`routes::Exposure`).
     pub listener: Listener,
@@ -44,6 +47,7 @@ impl HttpRequest {
             headers: Vec::new(),
             body: Vec::new(),
             remote: None,
+            client: None,
             listener: Listener::Sole,
         }
     }
@@ -89,14 +93,17 @@ impl HttpRequest {
             .all(|part| !part.contains('%') || decode_form(part).is_some())
     }
 
-    /// The bearer token of an `Authorization: Bearer ...` header.
     /// The client the request is attributed to, for per-client shares and quotas: the peer's
-    /// address (the server resolves it, trusting a proxy's forwarding header only from
-    /// configured proxies). `None` for requests built without a socket (unit tests).
-    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
-        self.remote.map(|a| a.ip())
+    /// address, or behind a trusted proxy (`OAUTH_RELAY_TRUSTED_PROXIES`) the address it
+    /// forwarded; never a forwarding header from anyone else. Resolved by the server when it
+    /// builds the request; the peer's address for a request built with only `remote`, and
+    /// `None` for one built without a socket (unit tests). Count shares under
+    /// `client_ip::share_key` of it, so an IPv6 client's /64 is one client.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client.or_else(|| self.remote.map(|a| a.ip()))
     }
 
+    /// The bearer token of an `Authorization: Bearer ...` header.
     pub fn bearer_token(&self) -> Option<&str> {
         let value = self.header("authorization")?.trim();
         let (scheme, token) = value.split_once(' ')?;

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod broker_config;
 pub mod budget;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod connections;
 pub mod cors;
@@ -98,7 +99,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             ]
         }
     };
-    let waiters = waiters::Waiters::new(config.max_waiters);
+    let waiters = waiters::Waiters::new(config.max_waiters, config.max_waiters_per_client);
     let store: Arc<dyn store::Store> = match &config.redis {
         None => Arc::new(
             store::memory::MemoryStore::new(

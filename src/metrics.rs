@@ -14,6 +14,12 @@ pub static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 pub static CONNECTIONS_SHED: AtomicU64 = AtomicU64::new(0);
 /// Connections answered 503 at the cap because none was idle.
 pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
+/// Times a client reached its share of connections (`OAUTH_RELAY_MAX_CONNECTIONS_PER_CLIENT`):
+/// its newcomer answered 429, or its own longest-idle connection closed to make room.
+pub static QUOTA_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Long-polls answered 429 because their client held its share of waiters
+/// (`OAUTH_RELAY_MAX_WAITERS_PER_CLIENT`).
+pub static QUOTA_WAITERS: AtomicU64 = AtomicU64::new(0);
 /// Requests answered with a 5xx status (a panic in a handler included).
 pub static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
 /// Requests answered, by any status.
@@ -148,13 +154,21 @@ pub fn render(app: &App) -> Result<Response, Error> {
             let _ = writeln!(out, "{name}{{class=\"{class}\"}} {}", load(counter));
         }
     }
-    // One family, labelled by share, so other shares (connections, say) can join it.
+    // One labelled family: its HELP and TYPE once, then a line per share.
     let _ = write!(
         out,
-        "# HELP oauth_relay_quota_refused_total Requests refused (429) past the client's share.\n\
-         # TYPE oauth_relay_quota_refused_total counter\n\
-         oauth_relay_quota_refused_total{{share=\"pending\"}} {}\n",
-        PENDING_SHARE_REFUSED.load(Ordering::Relaxed)
+        "# HELP oauth_relay_quota_refused_total Times a client was held to its share of a cap others need: 429, or for connections its own longest-idle one closed instead.\n# TYPE oauth_relay_quota_refused_total counter\n"
     );
+    for (share, counter) in [
+        ("connections", &QUOTA_CONNECTIONS),
+        ("waiters", &QUOTA_WAITERS),
+        ("pending", &PENDING_SHARE_REFUSED),
+    ] {
+        let _ = writeln!(
+            out,
+            "oauth_relay_quota_refused_total{{share=\"{share}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
     Ok(Response::text(200, "text/plain; version=0.0.4", out))
 }

@@ -1,6 +1,6 @@
 //! The one routing table: each route's path, methods, handler, name for the access log, and
-//! exposure: served on the public listener (what browsers and probes reach through the
-//! ingress) or on the internal one (what programs call). With one listener it serves both.
+//! exposure: served on the public listener (what browsers reach through the ingress), on the
+//! internal one (what programs call), or on both (the probes). With one listener it serves all.
 //!
 //! The rule for any other path, today's unknown ones and tomorrow's: a path that is not in
 //! this table is 404 on every listener, and a route in it is 404 (the same answer) on the
@@ -18,11 +18,15 @@ use std::sync::Arc;
 /// Which listener serves a route when the public and internal ones are split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exposure {
-    /// Browsers (redirects, login links) and the kubelet's probes: behind the ingress.
+    /// Browsers (redirects, login links): behind the ingress.
     Public,
     /// Programs: retrieval, registration, session creation, status, tokens, metrics, the API's
     /// description (`/openapi.json`).
     Internal,
+    /// The probes (`/health`, `/ready`): on the internal listener, where the kubelet always gets
+    /// in (the public listener cannot take its reserved connections), and on the public one for
+    /// whatever checked them there before.
+    Both,
 }
 
 impl Listener {
@@ -31,6 +35,7 @@ impl Listener {
         matches!(
             (self, exposure),
             (Listener::Sole, _)
+                | (_, Exposure::Both)
                 | (Listener::Public, Exposure::Public)
                 | (Listener::Internal, Exposure::Internal)
         )
@@ -87,7 +92,7 @@ impl Route {
     }
 }
 
-use Exposure::{Internal, Public};
+use Exposure::{Both, Internal, Public};
 
 /// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
 /// before `/login/{link}` (a link id never contains `/`).
@@ -97,7 +102,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Exact("/health"),
         methods: &["GET"],
         cors: None,
-        exposure: Public,
+        exposure: Both,
         handle: |app, _, _| relay::health(app).map(Reply::Now),
         subject: Subject::None,
     },
@@ -106,7 +111,7 @@ pub const ROUTES: &[Route] = &[
         pattern: Pattern::Exact("/ready"),
         methods: &["GET"],
         cors: None,
-        exposure: Public,
+        exposure: Both,
         handle: |app, _, _| relay::ready(app).map(Reply::Now),
         subject: Subject::None,
     },

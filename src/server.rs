@@ -6,10 +6,22 @@
 //!   same moment: when the connection becomes ready for the request), and a body-size limit,
 //!   refused unread when the declared length is already too large;
 //! - a connection cap: when it is reached, the connection idle the longest is closed to make room,
-//!   so new clients and the kubelet's probes still get in; with nothing idle, a short 503;
+//!   so new clients and the kubelet's probes still get in; with nothing idle, a short 503. A
+//!   connection is idle until its request has arrived whole, body included, so half-sent
+//!   heads and bodies are shed like keep-alive connections between requests;
+//! - shares of that cap: one client (an address, an IPv6 /64) holds at most
+//!   `max_connections_per_client` (past it its own longest-idle connection is closed, or the
+//!   newcomer gets a short 429); with two listeners, each keeps `*_reserved` connections the
+//!   other cannot take, so a flood of the public listener never reaches the internal one's
+//!   probes. A trusted proxy's connections carry many clients, so they count under no client;
+//!   the listener's share bounds them;
+//! - the client each request is attributed to (`HttpRequest::client_ip`): the peer, or behind a
+//!   trusted proxy the address it forwarded (`client_ip.rs`), resolved once per request;
 //! - `Content-Length` together with `Transfer-Encoding` is refused and the connection closed;
 //! - writes that stall (a client that never reads) end the connection after the read timeout;
 //! - long-polls park as futures, not threads, and leave the moment hyper drops them (client gone);
+//!   each keeps its place from parking to its answer, so a wake-up that is not its news never
+//!   needs a place again, and one client holds at most its share of places (429 past it);
 //! - blocking work runs on tokio's bounded blocking pool, never on the event loop;
 //! - a panicking handler becomes a 500 for that request alone;
 //! - accept errors (descriptors exhausted) shed an idle connection, back off and retry; a long
@@ -19,10 +31,11 @@
 //! - SIGTERM (via `Stopper`) stops accepting on every listener, answers every long-poll, lets
 //!   in-flight requests finish within the grace period, and returns.
 
+use crate::client_ip::{share_key, TrustedProxies};
 use crate::error::{Error, Face};
 use crate::http::{HttpRequest, Listener, Reply, Response, Wait};
 use crate::logging;
-use crate::waiters::Waiters;
+use crate::waiters::{Refused, Waiters};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -32,8 +45,8 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -69,6 +82,19 @@ pub struct Options {
     /// Open connections at most; past it the longest-idle one is closed, or the newcomer gets
     /// 503 when none is idle. Defaults to 1,024.
     pub max_connections: usize,
+    /// Open connections one client (`client_ip::share_key` of the peer) may hold on all
+    /// listeners together; at it, its own longest-idle connection is closed for its newcomer,
+    /// or the newcomer gets 429 when none is idle. Connections from trusted proxies count under
+    /// no client. Defaults to no limit (the binary's default is in `config::defaults`).
+    pub max_connections_per_client: usize,
+    /// With a public and an internal listener, connections of `max_connections` that only the
+    /// public one may hold. Defaults to 0.
+    pub public_reserved: usize,
+    /// With a public and an internal listener, connections of `max_connections` that only the
+    /// internal one (the probes, `/metrics`, the callers) may hold. Defaults to 0.
+    pub internal_reserved: usize,
+    /// The proxies whose forwarding header names a request's client. Defaults to nobody.
+    pub trusted_proxies: TrustedProxies,
     /// How long in-flight requests may take to finish after a shutdown request.
     /// Defaults to 5 seconds.
     pub shutdown_grace: Duration,
@@ -87,6 +113,10 @@ impl Default for Options {
             max_headers: 64,
             max_body_bytes: 4 * 1024,
             max_connections: 1024,
+            max_connections_per_client: usize::MAX,
+            public_reserved: 0,
+            internal_reserved: 0,
+            trusted_proxies: TrustedProxies::default(),
             shutdown_grace: Duration::from_secs(5),
             give_up_after: Duration::from_secs(60),
         }
@@ -231,7 +261,7 @@ pub fn start_listeners(
         loops: senders,
         next_loop: AtomicUsize::new(0),
         opts,
-        conns: Mutex::new(HashMap::new()),
+        conns: Mutex::new(Conns::default()),
         live: AtomicUsize::new(0),
         next_id: AtomicU64::new(0),
         epoch: Instant::now(),
@@ -333,7 +363,8 @@ struct Shared {
     loops: Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
     next_loop: AtomicUsize,
     opts: Options,
-    conns: Mutex<HashMap<u64, Arc<Slot>>>,
+    conns: Mutex<Conns>,
+    /// Connections open, shed ones on their way out included (what the drain waits for).
     live: AtomicUsize,
     next_id: AtomicU64,
     epoch: Instant,
@@ -342,38 +373,175 @@ struct Shared {
 impl Shared {
     /// A connection is gone: its place under the cap is free.
     fn forget(&self, id: u64) {
-        if self.conns().remove(&id).is_some() {
+        if self.conns().remove(id) {
             self.live.fetch_sub(1, Ordering::AcqRel);
             crate::metrics::OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Microseconds since the server started: fine enough to tell apart connections a flood
+    /// opens within one millisecond, when the oldest must go first.
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+    fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks the connection idle the longest to close. False when every connection is busy.
     fn shed_one_idle(&self) -> bool {
-        let conns = self.conns();
-        let victim = conns
+        self.conns().shed_oldest(|_| true)
+    }
+}
+
+/// Every open connection, and what the caps and shares count of them. A connection shed to make
+/// room stops counting the moment it is asked to close (it does no more work, and is gone as
+/// soon as its event loop sees the request), so one newcomer sheds one connection, not one per
+/// check it passes.
+#[derive(Default)]
+struct Conns {
+    slots: HashMap<u64, Arc<Slot>>,
+    /// Counted connections: in all, on the internal listener, and per client.
+    counted: usize,
+    internal: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// Why a newcomer was not let in.
+enum Refusal {
+    /// Its client holds its whole share, every connection of it busy: 429.
+    ClientShare,
+    /// Its listener's share or the cap is reached with nothing idle to close: 503.
+    Full,
+}
+
+impl Conns {
+    /// Counted connections on `which` (the sole listener's are all of them).
+    fn on(&self, which: Listener) -> usize {
+        match which {
+            Listener::Internal => self.internal,
+            Listener::Public | Listener::Sole => self.counted - self.internal,
+        }
+    }
+
+    fn insert(&mut self, id: u64, slot: Arc<Slot>) {
+        self.counted += 1;
+        if slot.listener == Listener::Internal {
+            self.internal += 1;
+        }
+        if let Some(client) = slot.client {
+            *self.by_client.entry(client).or_insert(0) += 1;
+        }
+        slot.counted.store(true, Ordering::Relaxed);
+        self.slots.insert(id, slot);
+    }
+
+    /// Stops counting a connection (shed, or gone); a no-op the second time.
+    fn uncount(&mut self, slot: &Slot) {
+        if !slot.counted.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        self.counted -= 1;
+        if slot.listener == Listener::Internal {
+            self.internal -= 1;
+        }
+        if let Some(client) = slot.client {
+            if let Some(held) = self.by_client.get_mut(&client) {
+                *held -= 1;
+                if *held == 0 {
+                    self.by_client.remove(&client);
+                }
+            }
+        }
+    }
+
+    /// Forgets a closed connection; false when it was not here.
+    fn remove(&mut self, id: u64) -> bool {
+        match self.slots.remove(&id) {
+            Some(slot) => {
+                self.uncount(&slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks the connection idle the longest among `eligible` ones to close (idle: between
+    /// requests, or still receiving one; a request being answered or a parked long-poll is
+    /// busy). False when there is none.
+    fn shed_oldest(&mut self, eligible: impl Fn(&Slot) -> bool) -> bool {
+        let victim = self
+            .slots
             .values()
             .filter(|s| {
-                s.in_flight.load(Ordering::Acquire) == 0 && !s.closing.load(Ordering::Acquire)
+                s.in_flight.load(Ordering::Acquire) == 0
+                    && !s.closing.load(Ordering::Acquire)
+                    && eligible(s)
             })
-            .min_by_key(|s| s.ready_since_ms.load(Ordering::Relaxed));
+            .min_by_key(|s| s.ready_since_us.load(Ordering::Relaxed))
+            .cloned();
         match victim {
             Some(slot) => {
                 slot.closing.store(true, Ordering::Release);
                 slot.close.notify_one();
+                self.uncount(&slot);
                 crate::metrics::CONNECTIONS_SHED.fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => false,
         }
+    }
+
+    /// Makes room for a newcomer on `which` from `client` (`None`: a trusted proxy), closing
+    /// idle connections where a share or the cap is reached: first the client's own share,
+    /// then the listener's (all but what the other listener keeps for itself), then the cap.
+    fn make_room(
+        &mut self,
+        opts: &Options,
+        which: Listener,
+        client: Option<IpAddr>,
+    ) -> Result<(), Refusal> {
+        if let Some(client) = client {
+            if self.by_client.get(&client).copied().unwrap_or(0) >= opts.max_connections_per_client
+            {
+                crate::metrics::QUOTA_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                if !self.shed_oldest(|s| s.client == Some(client)) {
+                    return Err(Refusal::ClientShare);
+                }
+            }
+        }
+        let reserved = |l: Listener| match l {
+            Listener::Public => opts.public_reserved,
+            Listener::Internal => opts.internal_reserved,
+            Listener::Sole => 0,
+        };
+        let other = match which {
+            Listener::Public => Listener::Internal,
+            Listener::Internal => Listener::Public,
+            Listener::Sole => Listener::Sole,
+        };
+        let listener_full = self.on(which) >= opts.max_connections.saturating_sub(reserved(other));
+        if listener_full || self.counted >= opts.max_connections {
+            // The newcomer's listener may always give up one of its own; the other only one
+            // beyond what it keeps for itself, and only when the newcomer's listener has room
+            // left (closing one elsewhere would not make it any).
+            let spare = |l: Listener| self.on(l) > reserved(l);
+            let (public_spare, internal_spare) =
+                (spare(Listener::Public), spare(Listener::Internal));
+            let eligible = |s: &Slot| {
+                s.listener == which
+                    || (!listener_full
+                        && match s.listener {
+                            Listener::Internal => internal_spare,
+                            _ => public_spare,
+                        })
+            };
+            if !self.shed_oldest(eligible) {
+                return Err(Refusal::Full);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -382,8 +550,9 @@ struct Slot {
     /// Requests whose answer is being worked on (0 or 1: hyper serves one at a time).
     in_flight: AtomicU32,
     /// When the connection became ready for its next request (accepted, or its last answer
-    /// done): the start of that request's deadline, and what "idle the longest" compares.
-    ready_since_ms: AtomicU64,
+    /// done), in `Shared::now_us`: the start of that request's deadline, and what "idle the
+    /// longest" compares.
+    ready_since_us: AtomicU64,
     /// Asked to close (shed at the cap, or shutdown).
     closing: AtomicBool,
     close: Notify,
@@ -391,6 +560,12 @@ struct Slot {
     /// reads such a request as chunked and drops the length before we see the headers, so the
     /// socket wrapper (`Guarded`) notices it in the bytes; the request is then refused.
     framing_conflict: AtomicBool,
+    /// The listener it came in on: whose share it counts against.
+    listener: Listener,
+    /// The client whose share it counts against; `None` for a trusted proxy's.
+    client: Option<IpAddr>,
+    /// Counted by the caps and shares (`Conns`); changed only under its lock.
+    counted: AtomicBool,
 }
 
 /// Accepts on one listener until a stop is asked for (Ok) or accepting is lost for good (Err);
@@ -448,30 +623,48 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"status\":\"error\",\"message\":\"Too many connections; try again later\"}";
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 68\r\n\r\n{\"status\":\"error\",\"message\":\"Too many connections; try again later\"}";
+const CLIENT_SHARE_REACHED: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 85\r\n\r\n{\"status\":\"error\",\"message\":\"Too many connections from this client; try again later\"}";
 
 fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, which: Listener) {
-    if shared.live.load(Ordering::Acquire) >= shared.opts.max_connections && !shared.shed_one_idle()
-    {
-        // Every connection is busy: a short answer written without waiting (a fresh socket's
-        // send buffer is empty), then closed.
-        crate::metrics::CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.try_write(REFUSED);
-        return;
-    }
-    // Small answers go out at once instead of waiting for the client's delayed ACK.
-    let _ = stream.set_nodelay(true);
+    // A trusted proxy's connection carries many clients' requests: only the listener's share
+    // and the cap bound it.
+    let client = Some(peer.ip())
+        .filter(|ip| !shared.opts.trusted_proxies.trusts(*ip))
+        .map(share_key);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let slot = Arc::new(Slot {
         in_flight: AtomicU32::new(0),
-        ready_since_ms: AtomicU64::new(shared.now_ms()),
+        ready_since_us: AtomicU64::new(shared.now_us()),
         closing: AtomicBool::new(false),
         close: Notify::new(),
         framing_conflict: AtomicBool::new(false),
+        listener: which,
+        client,
+        counted: AtomicBool::new(false),
     });
-    shared.conns().insert(id, slot.clone());
+    {
+        let mut conns = shared.conns();
+        match conns.make_room(&shared.opts, which, client) {
+            Ok(()) => conns.insert(id, slot.clone()),
+            Err(refusal) => {
+                drop(conns);
+                let answer = match refusal {
+                    Refusal::ClientShare => CLIENT_SHARE_REACHED,
+                    Refusal::Full => {
+                        crate::metrics::CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
+                        REFUSED
+                    }
+                };
+                refuse_connection(stream, answer);
+                return;
+            }
+        }
+    }
     shared.live.fetch_add(1, Ordering::AcqRel);
     crate::metrics::OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    // Small answers go out at once instead of waiting for the client's delayed ACK.
+    let _ = stream.set_nodelay(true);
     // Handed to the next event loop in turn, which serves it start to end.
     let loops = &shared.loops;
     let n = shared.next_loop.fetch_add(1, Ordering::Relaxed) % loops.len();
@@ -485,6 +678,18 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, which: Liste
     if !handed.is_ok_and(|a| loops[n].send(a).is_ok()) {
         shared.forget(id);
     }
+}
+
+/// A short answer written without waiting (a fresh socket's send buffer is empty), then the
+/// close. What the client has sent by now is read first, without waiting, so that the close is
+/// a FIN after the answer rather than a reset, which can destroy the answer before it is read.
+fn refuse_connection(stream: TcpStream, answer: &[u8]) {
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    let mut sent = [0u8; 4096];
+    let _ = (&stream).read(&mut sent);
+    let _ = (&stream).write(answer);
 }
 
 /// An accepted connection on its way to its event loop.
@@ -568,8 +773,8 @@ impl<'a> Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.slot
-            .ready_since_ms
-            .store(self.shared.now_ms(), Ordering::Relaxed);
+            .ready_since_us
+            .store(self.shared.now_us(), Ordering::Relaxed);
         self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -581,16 +786,20 @@ async fn serve_request(
     which: Listener,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let _busy = Busy::new(&slot, &shared);
     let started = Instant::now();
     let method = req.method().clone();
     let deadline = shared.epoch
-        + Duration::from_millis(slot.ready_since_ms.load(Ordering::Relaxed))
+        + Duration::from_micros(slot.ready_since_us.load(Ordering::Relaxed))
         + shared.opts.read_timeout;
     let conflict = slot.framing_conflict.load(Ordering::Acquire);
+    let mut client = None;
     let response = match read_request(&shared.opts, peer, deadline, conflict, req).await {
         Ok(mut req) => {
+            // Busy from here: until the whole request has arrived the connection is as
+            // sheddable as an idle one (a half-sent body holds nothing a newcomer needs less).
+            let _busy = Busy::new(&slot, &shared);
             req.listener = which;
+            client = req.client_ip();
             answer(&shared, req).await
         }
         Err(refusal) => refusal,
@@ -601,17 +810,19 @@ async fn serve_request(
         crate::metrics::SERVER_ERRORS.fetch_add(1, Ordering::Relaxed);
     }
     if logging::enabled(logging::Level::Info) {
-        logging::info(
-            "request",
-            json!({
-                "method": method.as_str(),
-                "route": response.route,
-                "state": response.subject,
-                "status": status,
-                "ms": (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                "peer": peer.ip().to_string(),
-            }),
-        );
+        let mut line = json!({
+            "method": method.as_str(),
+            "route": response.route,
+            "state": response.subject,
+            "status": status,
+            "ms": (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            "peer": peer.ip().to_string(),
+        });
+        // Only when a trusted proxy named someone else.
+        if let Some(client) = client.filter(|c| *c != peer.ip().to_canonical()) {
+            line["client"] = json!(client.to_string());
+        }
+        logging::info("request", line);
     }
     Ok(into_hyper(response))
 }
@@ -672,6 +883,7 @@ async fn read_request(
             )
         })
         .collect();
+    out.client = Some(opts.trusted_proxies.client(peer.ip(), &out.headers));
     let body = req.into_body();
     if hyper::body::Body::is_end_stream(&body) {
         return Ok(out);
@@ -697,6 +909,8 @@ async fn read_request(
 
 /// Runs the handler and whatever it asks for: blocking work on the pool, a long-poll parked.
 async fn answer(shared: &Shared, req: HttpRequest) -> Response {
+    // A long-poll's place counts against its client's share.
+    let client = req.client_ip().map(share_key);
     let handler = &shared.handler;
     let mut reply = catch_unwind(AssertUnwindSafe(|| handler(req)))
         .unwrap_or_else(|_| Reply::Now(Error::Internal.into_response()));
@@ -706,7 +920,7 @@ async fn answer(shared: &Shared, req: HttpRequest) -> Response {
             Reply::Later(job) => off_the_loop(&shared.pool, job)
                 .await
                 .unwrap_or_else(internal_reply),
-            Reply::Wait(wait) => return long_poll(shared, wait).await,
+            Reply::Wait(wait) => return long_poll(shared, wait, client).await,
         }
     }
 }
@@ -740,7 +954,11 @@ async fn run<T: Send + 'static>(
     }
 }
 
-async fn long_poll(shared: &Shared, wait: Wait) -> Response {
+/// Parks a long-poll until its news or its deadline. Its place is held from parking to the
+/// answer: news it may not have (a callback guarded by another's retrieval secret) wakes it, it
+/// looks, and it waits on in the same place, so whatever happens meanwhile it answers at its own
+/// deadline, never early for want of a place.
+async fn long_poll(shared: &Shared, wait: Wait, client: Option<IpAddr>) -> Response {
     let (waiters, pool) = (&shared.waiters, &shared.pool);
     let Wait {
         key,
@@ -749,11 +967,22 @@ async fn long_poll(shared: &Shared, wait: Wait) -> Response {
         answer,
         blocking,
     } = wait;
-    let Ok(mut parked) = waiters.park(&key) else {
-        return Error::TooManyWaiters.into_response();
+    let mut parked = match waiters.park(&key, client) {
+        Ok(parked) => parked,
+        Err(Refused::ClientShare) => {
+            crate::metrics::QUOTA_WAITERS.fetch_add(1, Ordering::Relaxed);
+            return Error::QuotaExceeded(
+                "Too many waiting requests from this client; try again later",
+            )
+            .into_response();
+        }
+        Err(Refused::Full | Refused::ShuttingDown) => {
+            return Error::TooManyWaiters.into_response();
+        }
     };
     loop {
-        // A value that landed while the handler was parking us must not be missed.
+        // A value that landed while the handler was parking us, or while we last looked, must
+        // not be missed (a wake-up meanwhile is kept for the next `woken`).
         let check = ready.clone();
         if run(pool, blocking, move || check()).await.unwrap_or(true) {
             break;
@@ -762,18 +991,16 @@ async fn long_poll(shared: &Shared, wait: Wait) -> Response {
             _ = parked.woken() => {}
             _ = tokio::time::sleep_until(deadline.into()) => break,
         }
-        // Woken by news under our key that may not be ours to have (a callback guarded by
-        // another's retrieval secret): answering now would tell that it landed, so park again
-        // and look. A shutdown refuses the new ticket, and we answer at once.
-        match waiters.park(&key) {
-            Ok(again) => parked = again,
-            Err(_) => break,
+        // A shutdown answers everyone now, with what they have.
+        if waiters.is_closed() {
+            break;
         }
     }
-    drop(parked);
-    run(pool, blocking, answer)
+    let response = run(pool, blocking, answer)
         .await
-        .unwrap_or_else(|_| Error::Internal.into_response())
+        .unwrap_or_else(|_| Error::Internal.into_response());
+    drop(parked);
+    response
 }
 
 fn into_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
@@ -805,7 +1032,7 @@ async fn drain(shared: &Shared) {
         json!({ "waiting_clients": shared.waiters.len(), "connections": shared.live.load(Ordering::Acquire) }),
     );
     shared.waiters.shutdown();
-    for slot in shared.conns().values() {
+    for slot in shared.conns().slots.values() {
         slot.closing.store(true, Ordering::Release);
         slot.close.notify_one();
     }
@@ -1080,5 +1307,180 @@ impl AsyncWrite for Guarded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection as `admit` would record it: on `listener`, from `client`, ready since
+    /// `since` ms, busy or not.
+    fn slot(listener: Listener, client: Option<u8>, since: u64, busy: bool) -> Arc<Slot> {
+        Arc::new(Slot {
+            in_flight: AtomicU32::new(busy as u32),
+            ready_since_us: AtomicU64::new(since),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+            framing_conflict: AtomicBool::new(false),
+            listener,
+            client: client.map(ip),
+            counted: AtomicBool::new(false),
+        })
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    fn opts(max: usize, per_client: usize, public: usize, internal: usize) -> Options {
+        Options {
+            max_connections: max,
+            max_connections_per_client: per_client,
+            public_reserved: public,
+            internal_reserved: internal,
+            ..Options::default()
+        }
+    }
+
+    /// Admits like `admit` does; the connection's id is `since`.
+    fn admit(
+        conns: &mut Conns,
+        o: &Options,
+        l: Listener,
+        client: Option<u8>,
+        since: u64,
+        busy: bool,
+    ) -> Result<(), &'static str> {
+        match conns.make_room(o, l, client.map(ip)) {
+            Ok(()) => {
+                conns.insert(since, slot(l, client, since, busy));
+                Ok(())
+            }
+            Err(Refusal::ClientShare) => Err("429"),
+            Err(Refusal::Full) => Err("503"),
+        }
+    }
+
+    fn shed(conns: &Conns) -> Vec<u64> {
+        let mut ids: Vec<u64> = conns
+            .slots
+            .iter()
+            .filter(|(_, s)| s.closing.load(Ordering::Acquire))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn the_raw_refusals_are_well_formed() {
+        for raw in [REFUSED, CLIENT_SHARE_REACHED] {
+            let text = std::str::from_utf8(raw).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(length, body.len(), "{head}");
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(json["status"], "error");
+            assert!(head.contains("\r\nretry-after: 5\r\n"));
+        }
+        assert!(CLIENT_SHARE_REACHED.starts_with(b"HTTP/1.1 429 "));
+    }
+
+    #[test]
+    fn a_client_at_its_share_gives_up_its_own_oldest_idle_connection_or_gets_429() {
+        let o = opts(100, 3, 0, 0);
+        let mut c = Conns::default();
+        let sole = Listener::Sole;
+        admit(&mut c, &o, sole, Some(9), 1, false).unwrap();
+        admit(&mut c, &o, sole, Some(1), 2, false).unwrap();
+        admit(&mut c, &o, sole, Some(1), 3, true).unwrap();
+        admit(&mut c, &o, sole, Some(1), 4, false).unwrap();
+        // At its share: its oldest idle one (2) goes, not another client's older one (1), not
+        // its busy one (3).
+        admit(&mut c, &o, sole, Some(1), 5, false).unwrap();
+        assert_eq!(shed(&c), [2]);
+        admit(&mut c, &o, sole, Some(1), 6, false).unwrap();
+        assert_eq!(shed(&c), [2, 4]);
+        // Every connection it holds is busy now: refused, and nothing else is closed for it.
+        for id in [5, 6] {
+            c.slots[&id].in_flight.store(1, Ordering::Release);
+        }
+        assert_eq!(admit(&mut c, &o, sole, Some(1), 7, false), Err("429"));
+        assert_eq!(shed(&c), [2, 4]);
+        // Others are not held to its share, nor is a trusted proxy's connection (no client).
+        admit(&mut c, &o, sole, Some(2), 8, false).unwrap();
+        for id in 10..20 {
+            admit(&mut c, &o, sole, None, id, false).unwrap();
+        }
+        assert_eq!(shed(&c), [2, 4]);
+        // A shed connection that closes frees nothing twice.
+        assert!(c.remove(2));
+        assert!(!c.remove(2));
+        assert_eq!((c.counted, c.by_client[&ip(1)]), (15, 3));
+    }
+
+    #[test]
+    fn a_public_flood_never_takes_what_the_internal_listener_keeps() {
+        // 10 connections: the public listener may hold 10 - 3, the internal one 10 - 2.
+        let o = opts(10, usize::MAX, 2, 3);
+        let mut c = Conns::default();
+        let (public, internal) = (Listener::Public, Listener::Internal);
+        // Three idle internal connections first (a scraper's keep-alive, say): the oldest.
+        for id in 0..3 {
+            admit(&mut c, &o, internal, Some(1), id, false).unwrap();
+        }
+        for id in 10..17 {
+            admit(&mut c, &o, public, Some(2), id, false).unwrap();
+        }
+        assert_eq!(c.on(public), 7);
+        // The flood goes on: each newcomer closes the oldest public connection, never one of
+        // the older internal ones.
+        for id in 17..40 {
+            admit(&mut c, &o, public, Some(2), id, false).unwrap();
+            assert!(shed(&c).iter().all(|id| *id >= 10), "{:?}", shed(&c));
+        }
+        assert_eq!((c.on(public), c.on(internal)), (7, 3));
+        // Busy, it is refused rather than take the internal listener's room.
+        for s in c.slots.values() {
+            if s.listener == public {
+                s.in_flight.store(1, Ordering::Release);
+            }
+        }
+        assert_eq!(admit(&mut c, &o, public, Some(3), 40, false), Err("503"));
+        // The internal listener still gets in, on what it keeps: an idle connection of its own
+        // makes room (the cap is reached), never a public one.
+        admit(&mut c, &o, internal, Some(4), 41, false).unwrap();
+        assert_eq!(shed(&c).iter().filter(|id| **id < 10).count(), 1);
+        assert_eq!((c.on(public), c.on(internal), c.counted), (7, 3, 10));
+    }
+
+    #[test]
+    fn at_the_cap_a_listener_takes_back_only_what_the_other_holds_beyond_its_reserve() {
+        let o = opts(10, usize::MAX, 2, 3);
+        let mut c = Conns::default();
+        let (public, internal) = (Listener::Public, Listener::Internal);
+        // The internal listener holds 8 (its limit: 10 - 2), idle and older than anything.
+        for id in 0..8 {
+            admit(&mut c, &o, internal, Some(1), id, false).unwrap();
+        }
+        // The public one has 2 of its own left before the cap...
+        admit(&mut c, &o, public, Some(2), 10, true).unwrap();
+        admit(&mut c, &o, public, Some(2), 11, true).unwrap();
+        assert!(shed(&c).is_empty());
+        // ...and then takes back internal ones, oldest first, down to the internal reserve.
+        for id in 12..17 {
+            admit(&mut c, &o, public, Some(2), id, true).unwrap();
+        }
+        assert_eq!(shed(&c), [0, 1, 2, 3, 4]);
+        assert_eq!((c.on(public), c.on(internal)), (7, 3));
+        // The public listener is at its limit (10 - 3) with everything busy: 503.
+        assert_eq!(admit(&mut c, &o, public, Some(2), 17, false), Err("503"));
+        assert_eq!(c.on(internal), 3);
     }
 }

@@ -1,7 +1,7 @@
 //! Public and internal listeners (`OAUTH_RELAY_INTERNAL_ADDR`): every route of the one routing
 //! table is served on the listener of its exposure and answers exactly like an unknown path on
-//! the other; both listeners share the store and the shutdown. Without an internal address one
-//! listener serves everything.
+//! the other (the probes, on both, on neither); both listeners share the store and the
+//! shutdown. Without an internal address one listener serves everything.
 
 mod support;
 
@@ -73,19 +73,23 @@ fn every_route_is_served_on_its_listener_and_unknown_on_the_other() {
     for route in ROUTES {
         let path = sample(route.pattern);
         let (serving, other) = match route.exposure {
-            Exposure::Public => (public, internal),
-            Exposure::Internal => (internal, public),
+            Exposure::Public => (vec![public], Some(internal)),
+            Exposure::Internal => (vec![internal], Some(public)),
+            Exposure::Both => (vec![public, internal], None),
         };
         for method in route.methods.iter().copied().chain(["DELETE"]) {
             let body: &[u8] = if method == "POST" { b"{}" } else { b"" };
-            let served = http(serving, method, &path, &[], body);
-            assert!(
-                !same_answer(&served, &unknown_path_answer(serving, &path, method)),
-                "{method} {path} is not served on its {:?} listener: {} {}",
-                route.exposure,
-                served.status,
-                served.text()
-            );
+            for &serving in &serving {
+                let served = http(serving, method, &path, &[], body);
+                assert!(
+                    !same_answer(&served, &unknown_path_answer(serving, &path, method)),
+                    "{method} {path} is not served on {serving} ({:?}): {} {}",
+                    route.exposure,
+                    served.status,
+                    served.text()
+                );
+            }
+            let Some(other) = other else { continue };
             let hidden = http(other, method, &path, &[], body);
             let unknown = unknown_path_answer(other, &path, method);
             assert_eq!(hidden.status, 404, "{method} {path} on the other listener");
@@ -174,9 +178,15 @@ fn a_callback_stored_on_the_public_listener_is_retrieved_on_the_internal_one() {
         b"",
     );
     assert_eq!(got.json()["auth_code"], "c2");
-    // Probes stay public.
+    // The probes answer on both listeners, about the same store.
     assert_eq!(relay.get("/health").json()["active_callbacks"], 2);
     assert_eq!(relay.get("/ready").status, 200);
+    let health = relay.internal_request("GET", "/health", &[], b"");
+    assert_eq!(health.json()["active_callbacks"], 2);
+    assert_eq!(
+        relay.internal_request("GET", "/ready", &[], b"").status,
+        200
+    );
 }
 
 #[test]

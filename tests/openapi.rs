@@ -30,6 +30,7 @@ fn exposure_name(e: Exposure) -> &'static str {
     match e {
         Exposure::Public => "public",
         Exposure::Internal => "internal",
+        Exposure::Both => "both",
     }
 }
 
@@ -97,7 +98,7 @@ fn the_document_is_openapi_3_1_and_every_reference_and_schema_holds() {
         for (method, op) in item.as_object().unwrap() {
             assert!(op["summary"].is_string(), "{method} {path}");
             assert!(
-                ["public", "internal"].contains(&op["x-exposure"].as_str().unwrap_or("")),
+                ["public", "internal", "both"].contains(&op["x-exposure"].as_str().unwrap_or("")),
                 "{method} {path}"
             );
             assert!(
@@ -171,13 +172,14 @@ impl Api<'_> {
         self.sent(template, method, http(addr, method, path, headers, body))
     }
 
-    /// The route's name and the listener of its exposure.
+    /// The route's name and the listener of its exposure (the internal one for the probes,
+    /// where the kubelet reaches them; tests/listeners.rs checks they answer on both).
     fn route_of(&self, path: &str) -> (&'static str, SocketAddr) {
         let bare = path.split('?').next().unwrap();
         let (route, _) = find(bare).unwrap_or_else(|| panic!("{path} is no route"));
         let addr = match route.exposure {
             Exposure::Public => self.relay.addr,
-            Exposure::Internal => self.relay.internal(),
+            Exposure::Internal | Exposure::Both => self.relay.internal(),
         };
         (route.name, addr)
     }
@@ -616,6 +618,18 @@ fn disabled_flows(api: &Api) {
     assert_eq!(api.get("/callback?code=c&state=third").status, 503);
     let partial = b"POST /api/states HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}";
     assert_eq!(api.raw("POST", "/api/states", partial).status, 408);
+    // Past this client's share of long-polls (one): 429.
+    let mut held = TcpStream::connect(api.relay.internal()).unwrap();
+    held.write_all(b"GET /api/callback/held?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    eventually("the long-poll to park", || {
+        let metrics = http(api.relay.internal(), "GET", "/metrics", &[], b"").text();
+        metrics
+            .contains("oauth_relay_waiting_clients 1")
+            .then_some(())
+    });
+    assert_eq!(api.get("/api/callback/more?wait=30").status, 429);
+    drop(held);
 }
 
 /// A client's share of pending entries (one, here) used up: 429 with Retry-After, a page for
@@ -646,6 +660,8 @@ fn every_documented_operation_answers_as_documented() {
         "--internal-addr",
         "127.0.0.1:0",
         "--max-pending",
+        "1",
+        "--max-waiters-per-client",
         "1",
         "--read-timeout-secs",
         "1",

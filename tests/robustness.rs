@@ -122,7 +122,7 @@ fn test_server(handler: server::Handler, workers: usize) -> server::Running {
         listener,
         opts,
         handler,
-        oauth_relay::waiters::Waiters::new(10),
+        oauth_relay::waiters::Waiters::new(10, 10),
     )
     .unwrap()
 }

@@ -22,7 +22,8 @@ pub enum Client {
 
 impl Client {
     pub fn of(ip: Option<IpAddr>) -> Client {
-        match ip.map(|ip| ip.to_canonical()) {
+        // The same key the front door counts its shares under.
+        match ip.map(crate::client_ip::share_key) {
             Some(IpAddr::V4(v4)) => Client::V4(u32::from(v4)),
             Some(IpAddr::V6(v6)) => Client::V6Prefix((u128::from(v6) >> 64) as u64),
             None => Client::Unknown,
