@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod keyring;
+pub mod kv;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
