@@ -12,6 +12,7 @@ need unshare util-linux
 need chromium chromium     # a real browser follows a login link (tests/broker.rs)
 need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
 need redis-cli redis-tools
+need redis-sentinel redis-sentinel  # Sentinel failovers (tests/kv.rs)
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
 
 if [ ${#missing[@]} -gt 0 ]; then

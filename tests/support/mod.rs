@@ -288,6 +288,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 pub mod broker;
 pub mod fake_microsoft;
 pub mod openapi;
+pub mod redis_topology;
 pub mod webhook_receiver;
 
 /// A port that was free a moment ago, for a service whose own URL must be known before it
