@@ -11,7 +11,6 @@ use super::node::{Conn, Dial, Node};
 use super::scripts::SLOTS;
 use super::settings::HostPort;
 use super::topology::Unreached;
-use super::Counters;
 use redis::Value;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -35,11 +34,10 @@ pub(crate) struct Cluster {
     nodes: Mutex<HashMap<HostPort, Arc<Node>>>,
     map: RwLock<Arc<SlotMap>>,
     refreshing: tokio::sync::Mutex<Option<Instant>>,
-    counters: Arc<Counters>,
 }
 
 impl Cluster {
-    pub fn new(seeds: Vec<HostPort>, dial: Dial, counters: Arc<Counters>) -> Cluster {
+    pub fn new(seeds: Vec<HostPort>, dial: Dial) -> Cluster {
         Cluster {
             seeds,
             dial,
@@ -51,7 +49,6 @@ impl Cluster {
                 replicas: Vec::new(),
             })),
             refreshing: tokio::sync::Mutex::new(None),
-            counters,
         }
     }
 
@@ -64,16 +61,10 @@ impl Cluster {
         if let Some(n) = nodes.get(addr) {
             return Ok(n.clone());
         }
-        let client = self
+        let n = self
             .dial
-            .client(addr)
+            .node(addr)
             .map_err(|e| Unreached(format!("node {addr}: {}", e.category())))?;
-        let n = Node::new(
-            addr.clone(),
-            client,
-            self.dial.timeout,
-            self.counters.clone(),
-        );
         nodes.insert(addr.clone(), n.clone());
         Ok(n)
     }
@@ -129,7 +120,7 @@ impl Cluster {
 
     /// MOVED: `slot` is served by `addr` from now on.
     pub fn moved(self: &Arc<Self>, slot: u16, addr: HostPort) {
-        self.counters.moved.fetch_add(1, Ordering::Relaxed);
+        self.dial.env.counters.moved.fetch_add(1, Ordering::Relaxed);
         let generation = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
             let mut next = SlotMap {
@@ -160,7 +151,7 @@ impl Cluster {
 
     fn refresh_later(self: &Arc<Self>, generation: u64) {
         let me = self.clone();
-        tokio::spawn(async move {
+        self.dial.env.runtime.spawn(async move {
             let _ = me.refresh(generation).await;
         });
     }
@@ -175,10 +166,14 @@ impl Cluster {
             tokio::time::sleep_until((at + MIN_REFRESH_GAP).into()).await;
         }
         *last = Some(Instant::now());
-        self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        self.dial
+            .env
+            .counters
+            .refreshes
+            .fetch_add(1, Ordering::Relaxed);
         let mut why = Vec::new();
         for addr in self.all_nodes() {
-            match tokio::time::timeout(self.dial.timeout, self.ask_slots(&addr)).await {
+            match tokio::time::timeout(self.dial.env.timeout, self.ask_slots(&addr)).await {
                 Ok(Ok(next)) => {
                     let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
                     let generation = map.generation + 1;

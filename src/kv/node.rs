@@ -21,6 +21,15 @@ use tokio::sync::mpsc::UnboundedSender;
 /// At most this many exclusive connections per server: past it, durable calls wait for one.
 const MAX_EXCLUSIVE: usize = 32;
 
+/// What every node shares: the timeout, the layer's runtime (where every connection's driver
+/// runs, whichever runtime asked for the connection) and the counters.
+#[derive(Clone)]
+pub(crate) struct Env {
+    pub timeout: Duration,
+    pub runtime: tokio::runtime::Handle,
+    pub counters: Arc<Counters>,
+}
+
 /// How to open connections to data nodes found at run time (the primary Sentinel names, the
 /// cluster's nodes).
 #[derive(Clone)]
@@ -29,20 +38,21 @@ pub(crate) struct Dial {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub ca_pem: Option<Vec<u8>>,
-    pub timeout: Duration,
+    pub env: Env,
 }
 
 impl Dial {
-    pub fn client(&self, at: &HostPort) -> redis::RedisResult<redis::Client> {
+    pub fn node(&self, at: &HostPort) -> redis::RedisResult<Arc<Node>> {
         let scheme = if self.tls { "rediss" } else { "redis" };
         let info = format!("{scheme}://{at}/0").into_connection_info()?;
-        client(
+        let client = client(
             info,
             self.username.as_deref(),
             self.password.as_ref(),
             self.ca_pem.as_deref(),
             ProtocolVersion::RESP3,
-        )
+        )?;
+        Ok(Node::new(at.clone(), client, &self.env))
     }
 }
 
@@ -116,6 +126,7 @@ pub(crate) struct Node {
     pub addr: HostPort,
     client: redis::Client,
     timeout: Duration,
+    runtime: tokio::runtime::Handle,
     shared: Mutex<Option<Conn>>,
     /// One connect at a time: callers arriving meanwhile wait for it instead of opening more.
     connecting: tokio::sync::Mutex<()>,
@@ -150,22 +161,18 @@ impl Drop for Exclusive {
 }
 
 impl Node {
-    pub fn new(
-        addr: HostPort,
-        client: redis::Client,
-        timeout: Duration,
-        counters: Arc<Counters>,
-    ) -> Arc<Node> {
+    pub fn new(addr: HostPort, client: redis::Client, env: &Env) -> Arc<Node> {
         Arc::new(Node {
             addr,
             client,
-            timeout,
+            timeout: env.timeout,
+            runtime: env.runtime.clone(),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
             exclusive: Arc::new(tokio::sync::Semaphore::new(MAX_EXCLUSIVE)),
             epoch: AtomicU64::new(0),
-            counters,
+            counters: env.counters.clone(),
         })
     }
 
@@ -277,10 +284,19 @@ impl Node {
                 Ok(())
             });
         let epoch = self.epoch.load(Ordering::SeqCst);
+        // redis-rs spawns the driver on the runtime it is asked from: ask from ours.
+        let client = self.client.clone();
         let con = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .runtime
+            .spawn(async move {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            })
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::other("the Redis runtime stopped"))
+            })??;
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
         Ok(Conn { con, alive, epoch })
     }

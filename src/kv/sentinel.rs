@@ -48,11 +48,7 @@ pub(crate) struct Sentinel {
 }
 
 impl Sentinel {
-    pub fn new(
-        s: &SentinelSettings,
-        dial: Dial,
-        counters: Arc<Counters>,
-    ) -> Result<Sentinel, String> {
+    pub fn new(s: &SentinelSettings, dial: Dial) -> Result<Sentinel, String> {
         let scheme = if s.tls { "rediss" } else { "redis" };
         let sentinels = s
             .sentinels
@@ -80,13 +76,13 @@ impl Sentinel {
         Ok(Sentinel {
             name: s.master_name.clone(),
             sentinels,
-            timeout: dial.timeout,
+            timeout: dial.env.timeout,
+            counters: dial.env.counters.clone(),
             dial,
             nodes: Mutex::new(HashMap::new()),
             primary: Mutex::new(None),
             lookup: tokio::sync::Mutex::new(()),
             changes: tokio::sync::watch::channel(0).0,
-            counters,
         })
     }
 
@@ -169,11 +165,10 @@ impl Sentinel {
         if let Some(n) = nodes.get(addr) {
             return Ok(n.clone());
         }
-        let client = self
+        let n = self
             .dial
-            .client(addr)
+            .node(addr)
             .map_err(|e| Unreached(format!("primary {addr}: {}", e.category())))?;
-        let n = Node::new(addr.clone(), client, self.timeout, self.counters.clone());
         nodes.insert(addr.clone(), n.clone());
         Ok(n)
     }
@@ -183,13 +178,15 @@ impl Sentinel {
         let mut asking = tokio::task::JoinSet::new();
         for s in &self.sentinels {
             let (s, name, timeout) = (s.clone(), self.name.clone(), self.timeout);
-            asking.spawn(async move {
+            // On our runtime: a connection opened to a sentinel keeps its driver there.
+            let asked = async move {
                 let answer = tokio::time::timeout(timeout, ask_one(&s, &name)).await;
                 (
                     s.addr.clone(),
                     answer.unwrap_or_else(|_| Err("no answer in time".into())),
                 )
-            });
+            };
+            asking.spawn_on(asked, &self.dial.env.runtime);
         }
         let mut why = Vec::new();
         while let Some(done) = asking.join_next().await {

@@ -1,9 +1,8 @@
 //! One Redis server at a URL (`redis://` or `rediss://`): the topology without a choice to make.
 
-use super::node::{self, Conn, Node};
+use super::node::{self, Conn, Env, Node};
 use super::settings::{HostPort, KvSettings};
 use super::topology::Unreached;
-use super::Counters;
 use crate::secret::Secret;
 use redis::IntoConnectionInfo;
 use std::sync::Arc;
@@ -13,11 +12,7 @@ pub(crate) struct Standalone {
 }
 
 impl Standalone {
-    pub fn new(
-        url: &Secret,
-        s: &KvSettings,
-        counters: Arc<Counters>,
-    ) -> Result<Standalone, String> {
+    pub fn new(url: &Secret, s: &KvSettings, env: &Env) -> Result<Standalone, String> {
         // The URL may hold a password: only the setting's name goes into the error.
         let info = url.expose().into_connection_info().map_err(|e| {
             format!(
@@ -42,7 +37,7 @@ impl Standalone {
         )
         .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {}", e.category()))?;
         Ok(Standalone {
-            node: Node::new(addr, client, s.timeout, counters),
+            node: Node::new(addr, client, env),
         })
     }
 

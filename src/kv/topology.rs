@@ -2,11 +2,10 @@
 //! server says it is the wrong one (READONLY, MOVED, a refused connection).
 
 use super::cluster::Cluster;
-use super::node::{Conn, Dial, Node};
+use super::node::{Conn, Dial, Env, Node};
 use super::sentinel::Sentinel;
 use super::settings::{HostPort, KvSettings, Topology};
 use super::standalone::Standalone;
-use super::Counters;
 use std::sync::Arc;
 
 /// No connection to the right server could be had (nothing was sent); the words say why.
@@ -20,28 +19,22 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    pub fn new(s: &KvSettings, counters: &Arc<Counters>) -> Result<Backend, String> {
+    pub fn new(s: &KvSettings, env: &Env) -> Result<Backend, String> {
         let dial = |tls: bool| Dial {
             tls,
             username: s.username.clone(),
             password: s.password.clone(),
             ca_pem: s.ca_pem.clone(),
-            timeout: s.timeout,
+            env: env.clone(),
         };
         Ok(match &s.topology {
-            Topology::Standalone { url } => {
-                Backend::Standalone(Standalone::new(url, s, counters.clone())?)
+            Topology::Standalone { url } => Backend::Standalone(Standalone::new(url, s, env)?),
+            Topology::Sentinel(t) => {
+                Backend::Sentinel(Arc::new(Sentinel::new(t, dial(t.data_tls))?))
             }
-            Topology::Sentinel(t) => Backend::Sentinel(Arc::new(Sentinel::new(
-                t,
-                dial(t.data_tls),
-                counters.clone(),
-            )?)),
-            Topology::Cluster { seeds, tls } => Backend::Cluster(Arc::new(Cluster::new(
-                seeds.clone(),
-                dial(*tls),
-                counters.clone(),
-            ))),
+            Topology::Cluster { seeds, tls } => {
+                Backend::Cluster(Arc::new(Cluster::new(seeds.clone(), dial(*tls))))
+            }
         })
     }
 
