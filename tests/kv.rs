@@ -355,6 +355,35 @@ fn a_lost_reply_is_reported_never_retried_and_nothing_sent_is_unavailable() {
 }
 
 #[test]
+fn a_write_after_a_quiet_spell_checks_its_connection_first() {
+    let redis = Standalone::start();
+    let kv = open(&standalone(&redis.url()));
+    let key = tagged("kvtest:", "quiet", ":n");
+    let n: i64 = kv.run_blocking(Call::script(&incr()).key(&key)).unwrap();
+    assert_eq!(n, 1);
+    // Quiet for over a second, then Redis does not answer (as a connection a NAT dropped
+    // would not): the PING that goes first is what goes unanswered, so the write was not
+    // sent, and the caller may safely try again.
+    std::thread::sleep(Duration::from_millis(1500));
+    let port = redis.node.port;
+    let stall = std::thread::spawn(move || cli(port, &Access::default(), &["DEBUG", "SLEEP", "2"]));
+    std::thread::sleep(Duration::from_millis(200));
+    let e = kv
+        .run_blocking::<i64>(Call::script(&incr()).key(&key))
+        .unwrap_err();
+    assert!(
+        matches!(e, KvError::Unavailable(_)) && e.retry_safe(),
+        "{e:?}"
+    );
+    stall.join().unwrap();
+    let n: i64 = kv
+        .run_blocking(Call::command("GET").key(&key).idempotent())
+        .unwrap();
+    assert_eq!(n, 1, "the write never went out");
+    assert_eq!(kv.stats().lost, 0);
+}
+
+#[test]
 fn connections_redis_closed_are_replaced_before_a_write_goes_out() {
     let redis = Standalone::start();
     let kv = open(&standalone(&redis.url()));

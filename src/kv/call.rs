@@ -15,6 +15,12 @@ use tokio::time::{timeout_at, Instant};
 /// The longest pause between two tries of a call that Redis said it did not run.
 const MAX_PAUSE: Duration = Duration::from_millis(200);
 
+/// A connection quiet for longer than this is asked PING before a call that must not be lost
+/// goes out on it. A socket that died without a word (a NAT or proxy dropped it, a network
+/// split) is found by the PING, whose loss costs nothing, instead of by the call, whose loss
+/// would be reported `Lost`; under traffic connections are never this quiet and skip it.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// A command or a script call. Keys are given apart from other arguments: a cluster routes
 /// the call by its first key, and every key must be in the same slot.
 #[derive(Clone, Debug)]
@@ -204,6 +210,24 @@ pub(crate) async fn execute(
             // It died while we were getting it: nothing was sent, take a new one.
             node.forget(lease.conn());
             continue;
+        }
+        if !call.idempotent && lease.conn().idle() > CHECK_AFTER_IDLE {
+            let ping = redis::cmd("PING");
+            match timeout_at(deadline, lease.conn().send(&ping)).await {
+                Ok(Ok(_)) => {}
+                failed => {
+                    node.forget(lease.conn());
+                    backend.stale(&node);
+                    why = match failed {
+                        Ok(Err(e)) => format!("{}: {e}", node.addr),
+                        _ => format!("{}: no answer to PING in time", node.addr),
+                    };
+                    if !rest(&mut pause).await {
+                        return unavailable(&why);
+                    }
+                    continue;
+                }
+            }
         }
         let cmd = call.cmd(eval);
         let pipelined = ask.is_some() || wait.is_some();

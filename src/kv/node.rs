@@ -91,13 +91,33 @@ pub(crate) fn client(
 pub(crate) struct Conn {
     con: MultiplexedConnection,
     alive: Arc<AtomicBool>,
+    /// When it last answered, in ms since `since()`.
+    answered: Arc<AtomicU64>,
     /// The node's epoch when it was opened.
     epoch: u64,
+}
+
+/// The layer's clock for idle times.
+fn since() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Conn {
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    /// How long since it last answered anything.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(since().saturating_sub(self.answered.load(Ordering::Relaxed)))
+    }
+
+    fn answered(&self) {
+        self.answered.store(since(), Ordering::Relaxed);
     }
 
     fn is(&self, other: &Conn) -> bool {
@@ -110,11 +130,19 @@ impl Conn {
     }
 
     pub async fn send(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-        self.con.send_packed_command(cmd).await
+        let reply = self.con.send_packed_command(cmd).await;
+        if reply.is_ok() {
+            self.answered();
+        }
+        reply
     }
 
     pub async fn send_all(&mut self, p: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
-        self.con.send_packed_commands(p, 0, p.len()).await
+        let replies = self.con.send_packed_commands(p, 0, p.len()).await;
+        if replies.is_ok() {
+            self.answered();
+        }
+        replies
     }
 
     pub async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
@@ -298,6 +326,11 @@ impl Node {
                 redis::RedisError::from(std::io::Error::other("the Redis runtime stopped"))
             })??;
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
-        Ok(Conn { con, alive, epoch })
+        Ok(Conn {
+            con,
+            alive,
+            answered: Arc::new(AtomicU64::new(since())),
+            epoch,
+        })
     }
 }

@@ -23,6 +23,9 @@ use std::time::Duration;
 /// How often the sentinels are asked whether the primary moved, when nothing else told us.
 const POLL: Duration = Duration::from_secs(1);
 
+/// A failed look-up is the answer for whoever asks within this long after it.
+const SHARE_FAILURE: Duration = Duration::from_millis(50);
+
 struct Asked {
     addr: HostPort,
     client: redis::Client,
@@ -42,7 +45,8 @@ pub(crate) struct Sentinel {
     timeout: Duration,
     nodes: Mutex<HashMap<HostPort, Arc<Node>>>,
     primary: Mutex<Option<Primary>>,
-    lookup: tokio::sync::Mutex<()>,
+    /// Held while looking up; the last failure, and when.
+    lookup: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
     changes: tokio::sync::watch::Sender<u64>,
     counters: Arc<Counters>,
 }
@@ -81,7 +85,7 @@ impl Sentinel {
             dial,
             nodes: Mutex::new(HashMap::new()),
             primary: Mutex::new(None),
-            lookup: tokio::sync::Mutex::new(()),
+            lookup: tokio::sync::Mutex::new(None),
             changes: tokio::sync::watch::channel(0).0,
         })
     }
@@ -104,10 +108,26 @@ impl Sentinel {
         if let Some(p) = self.known() {
             return Ok(p);
         }
-        let _one = self.lookup.lock().await;
+        let mut failed = self.lookup.lock().await;
         if let Some(p) = self.known() {
             return Ok(p);
         }
+        // Callers queued behind a look-up that just failed share its answer rather than each
+        // ask again (during a failover, hundreds may be waiting).
+        if let Some((at, why)) = &*failed {
+            if at.elapsed() < SHARE_FAILURE {
+                return Err(Unreached(why.clone()));
+            }
+        }
+        let found = self.look_up().await;
+        *failed = found
+            .as_ref()
+            .err()
+            .map(|e| (std::time::Instant::now(), e.0.clone()));
+        found
+    }
+
+    async fn look_up(self: &Arc<Self>) -> Result<(Arc<Node>, Conn), Unreached> {
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         let addr = self.ask().await?;
         let node = self.node(&addr)?;
