@@ -228,6 +228,37 @@ fn standalone_take_once_and_pubsub_across_handles() {
 }
 
 #[test]
+fn a_reader_that_falls_behind_is_told_it_missed_messages() {
+    let redis = Standalone::start();
+    let kv = open(&standalone(&redis.url()));
+    let mut sub = kv.subscribe(&["kvtest:flood"]);
+    subscribed(&mut sub);
+    // Nobody reads while 5,000 messages arrive: past the buffer they are dropped, not queued
+    // without bound, and the reader learns it.
+    for i in 0..5000 {
+        kv.publish_blocking("kvtest:flood", format!("{i}").as_bytes())
+            .unwrap();
+    }
+    let mut events = Vec::new();
+    wait_for("the gap to be reported", 60, || {
+        while let Some(e) = sub.try_next() {
+            events.push(e);
+        }
+        events.contains(&Event::Gap).then_some(())
+    });
+    let messages = events.iter().take_while(|e| **e != Event::Gap).count();
+    assert!(
+        (1..5000).contains(&messages),
+        "{messages} messages before the gap"
+    );
+    // After the gap, messages flow again.
+    let (_, payload) = receive(&mut sub, 30, || {
+        kv.publish_blocking("kvtest:flood", b"again").unwrap();
+    });
+    assert_eq!(payload, b"again");
+}
+
+#[test]
 fn calls_work_from_every_runtime_and_blocking_thread() {
     let redis = Standalone::start();
     let kv = open(&standalone(&redis.url()));

@@ -337,6 +337,8 @@ pub(crate) async fn execute(
                     return unavailable(&why);
                 }
             }
+            // Refused before running, and not going to pass within the timeout.
+            "OOM" => return unavailable(&format!("{}: OOM {detail}", node.addr)),
             _ => return Err(server(&e)),
         }
     }

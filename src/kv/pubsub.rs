@@ -73,7 +73,6 @@ async fn listen(shared: Arc<Shared>, channels: Vec<String>, out: mpsc::Sender<Ev
     let counters: &Counters = &shared.counters;
     let mut pause = Duration::from_millis(50);
     let mut attempt = 0usize;
-    let mut missed = false;
     loop {
         let timeout = shared.timeout;
         let subscribed = async {
@@ -105,10 +104,9 @@ async fn listen(shared: Arc<Shared>, channels: Vec<String>, out: mpsc::Sender<Ev
         };
         counters.subscribed.fetch_add(1, Ordering::Relaxed);
         pause = Duration::from_millis(50);
-        // Whatever was published before now was missed.
-        if out.send(Event::Gap).await.is_err() {
-            return;
-        }
+        // Whatever was published before now was missed. Never waits for a slow reader (what
+        // Redis pushes meanwhile would pile up unread): a full buffer is itself a gap.
+        let mut missed = true;
         let mut changes = shared.backend.changes();
         loop {
             let changed = async {
@@ -118,15 +116,19 @@ async fn listen(shared: Arc<Shared>, channels: Vec<String>, out: mpsc::Sender<Ev
                 }
             };
             tokio::select! {
+                room = out.reserve(), if missed => match room {
+                    Ok(room) => {
+                        room.send(Event::Gap);
+                        missed = false;
+                    }
+                    Err(_) => return,
+                },
                 push = pushed.recv() => {
                     let Some(push) = push else { break };
                     match push.kind {
                         PushKind::Disconnection => break,
                         PushKind::Message => {
                             let Some(msg) = redis::Msg::from_push_info(push) else { continue };
-                            if missed && out.try_send(Event::Gap).is_ok() {
-                                missed = false;
-                            }
                             let event = Event::Message {
                                 channel: msg.get_channel_name().to_string(),
                                 payload: msg.get_payload_bytes().to_vec(),
