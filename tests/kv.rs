@@ -368,8 +368,14 @@ fn a_lost_reply_is_reported_never_retried_and_nothing_sent_is_unavailable() {
         .unwrap();
     assert_eq!(left, None);
     assert!(kv.stats().lost >= 1);
-    // Redis down: a connection is refused before anything is sent.
+    // Redis down: once the layer has seen its connection close, a connection is refused
+    // before anything is sent. (A call handed to the connection in the instant it dies is
+    // reported Lost: nobody can tell whether it went out.)
+    let disconnects = kv.stats().disconnects;
     redis.node.kill();
+    wait_for("the layer to see Redis go", 30, || {
+        (kv.stats().disconnects > disconnects).then_some(())
+    });
     let e = kv
         .run_blocking::<i64>(Call::script(&put()).key(&key).arg("c"))
         .unwrap_err();

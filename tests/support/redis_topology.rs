@@ -15,15 +15,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Polls `check` every 50 ms until it gives a value; panics naming `what` after `secs`.
-pub fn wait_for<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, secs: u64, check: impl FnMut() -> Option<T>) -> T {
+    wait_or_tell(what, secs, check, String::new)
+}
+
+/// [`wait_for`], with `tell()` (the servers' logs, say) in the panic message.
+pub fn wait_or_tell<T>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> Option<T>,
+    tell: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("gave up waiting for {what}{}", tell());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last `n` lines of every `*.log` in `dir`, for a panic message.
+fn log_tails(dir: &TempDir, n: usize) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(&dir.0) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("\n--- {}\n", path.display()));
+            out.push_str(&lines[lines.len().saturating_sub(n)..].join("\n"));
+        }
+    }
+    out
 }
 
 /// A directory removed on Drop.
@@ -530,11 +560,16 @@ impl SentinelSet {
 
     /// Waits until the sentinels agree on a primary other than `old`, and it says so itself.
     pub fn wait_for_new_primary(&self, old: u16) -> u16 {
-        wait_for("the sentinels to promote another primary", 120, || {
-            let now = self.primary_by_sentinels()?;
-            let node = self.data.iter().find(|n| n.port == now)?;
-            (now != old && node.cli(&["ROLE"]).lines().next() == Some("master")).then_some(now)
-        })
+        wait_or_tell(
+            "the sentinels to promote another primary",
+            120,
+            || {
+                let now = self.primary_by_sentinels()?;
+                let node = self.data.iter().find(|n| n.port == now)?;
+                (now != old && node.cli(&["ROLE"]).lines().next() == Some("master")).then_some(now)
+            },
+            || log_tails(&self.dir, 30),
+        )
     }
 }
 
@@ -615,7 +650,7 @@ impl ClusterSet {
     /// Until every running node says `cluster_state:ok` with all slots served, agrees on who
     /// serves them, and every replica is in sync.
     pub fn wait_ok(&self) {
-        wait_for("the cluster to be ok", 120, || {
+        let ok = || {
             let mut views = Vec::new();
             for n in self.running() {
                 let info = n.cli(&["CLUSTER", "INFO"]);
@@ -630,7 +665,8 @@ impl ClusterSet {
                 }
             }
             views.windows(2).all(|w| w[0] == w[1]).then_some(())
-        });
+        };
+        wait_or_tell("the cluster to be ok", 120, ok, || log_tails(&self.dir, 20));
     }
 
     /// Slot ranges and their primary's port, as `n` sees them (failed primaries left out).
@@ -778,7 +814,7 @@ impl ClusterSet {
 
     /// Waits until another primary than `old` serves `slot` and the cluster is ok again.
     pub fn wait_for_new_owner(&self, slot: u16, old: u16) -> u16 {
-        let new = wait_for("a replica to take over the slot", 120, || {
+        let taken_over = || {
             let n = self.running().next()?;
             let owners = self.owners(n)?;
             owners
@@ -786,6 +822,9 @@ impl ClusterSet {
                 .find(|(a, b, _)| (*a..=*b).contains(&slot))
                 .map(|(_, _, p)| p)
                 .filter(|p| *p != old)
+        };
+        let new = wait_or_tell("a replica to take over the slot", 120, taken_over, || {
+            log_tails(&self.dir, 20)
         });
         self.wait_ok();
         new
