@@ -12,6 +12,7 @@ need unshare util-linux
 need chromium chromium     # a real browser follows a login link (tests/broker.rs)
 need redis-server redis-server  # the Redis store runs against a real server (tests/store_suite.rs)
 need redis-cli redis-tools
+need redis-sentinel redis-sentinel  # Sentinel failovers (tests/kv.rs)
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
 need python3 python3        # Python tools the tests run (the virtual environment below)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # target/test-venv below

@@ -54,6 +54,10 @@ pub mod defaults {
     pub const REDIS_TIMEOUT_MS: u64 = 500;
     /// Any origin, as the Python server answered.
     pub const CORS_ORIGINS: &str = "*";
+    /// The port of a Redis node given without one (OAUTH_RELAY_REDIS_CLUSTER_NODES).
+    pub const REDIS_PORT: u16 = 6379;
+    /// The port of a sentinel given without one (OAUTH_RELAY_REDIS_SENTINELS).
+    pub const REDIS_SENTINEL_PORT: u16 = 26379;
 }
 
 #[derive(Parser, Debug)]
@@ -249,6 +253,38 @@ pub struct ServeArgs {
     /// when listed); blank: none.
     #[arg(long, env = "OAUTH_RELAY_CORS_ORIGINS", default_value = defaults::CORS_ORIGINS)]
     pub cors_origins: String,
+    /// Redis Sentinels to ask for the primary, comma-separated host:port (port defaults to
+    /// 26379), with --redis-master-name; instead of OAUTH_RELAY_REDIS_URL. Parsed and checked,
+    /// not used by the store yet.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    #[arg(long, env = "OAUTH_RELAY_REDIS_MASTER_NAME")]
+    pub redis_master_name: Option<String>,
+    /// File holding the sentinels' password (their `requirepass`), when they have one.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<std::path::PathBuf>,
+    /// ACL user for the sentinels (with --redis-sentinel-password-file); unset: `default`.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+    /// Talk TLS to the sentinels, trusting OAUTH_RELAY_REDIS_CA_FILE (or the public web roots).
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_TLS")]
+    pub redis_sentinel_tls: bool,
+    /// Redis Cluster nodes to learn the cluster from, comma-separated `redis://host:port`,
+    /// `rediss://host:port` or `host:port` (port defaults to 6379); instead of
+    /// OAUTH_RELAY_REDIS_URL. Parsed and checked, not used by the store yet.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
+    /// ACL user for the Redis servers found through the sentinels or the cluster (with
+    /// OAUTH_RELAY_REDIS_PASSWORD_FILE); unset: `default`. With OAUTH_RELAY_REDIS_URL, put the
+    /// user in the URL.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Talk TLS to the Redis servers found through the sentinels or the cluster, trusting
+    /// OAUTH_RELAY_REDIS_CA_FILE (or the public web roots). With OAUTH_RELAY_REDIS_URL, use
+    /// rediss:// instead.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_TLS")]
+    pub redis_tls: bool,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
     #[command(flatten)]
@@ -632,6 +668,20 @@ impl Config {
 
     fn checked(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
         let redis = RedisConfig::from_args(&a)?;
+        // The Redis layer's settings (src/kv) are checked here, so a mistake stops start-up.
+        // The store runs on OAUTH_RELAY_REDIS_URL only, so far: Sentinel or Cluster settings
+        // are refused rather than leave state in memory without a word.
+        if let Some(kv) = crate::kv::KvSettings::from_args(&a).map_err(|e| e.to_string())? {
+            use crate::kv::settings::{Topology, CLUSTER_NODES, SENTINELS};
+            let chosen = match kv.topology {
+                Topology::Standalone { .. } => None,
+                Topology::Sentinel(_) => Some(SENTINELS),
+                Topology::Cluster { .. } => Some(CLUSTER_NODES),
+            };
+            if let Some(chosen) = chosen {
+                return Err(format!("{chosen} is understood, but this version keeps its state on one Redis only: set OAUTH_RELAY_REDIS_URL instead"));
+            }
+        }
         let key = a.encryption_key.as_deref().filter(|k| !k.trim().is_empty());
         if let (None, Some(key)) = (&redis, key) {
             // Checked all the same: a typo should not wait for the day Redis is turned on.
@@ -925,5 +975,18 @@ mod tests {
         assert!(parse(&["--max-connections", "200"]).is_ok());
         let fitted = [&small[..], &["--internal-reserved-connections", "72"]].concat();
         assert_eq!(parse(&fitted).unwrap().server.internal_reserved, 72);
+    }
+
+    #[test]
+    fn redis_topologies_not_served_yet_are_refused() {
+        let e = parse(&["--redis-sentinels", "s:26379", "--redis-master-name", "m"]).unwrap_err();
+        assert!(
+            e.contains("OAUTH_RELAY_REDIS_SENTINELS") && e.contains("OAUTH_RELAY_REDIS_URL"),
+            "{e}"
+        );
+        let e = parse(&["--redis-cluster-nodes", "a:7000"]).unwrap_err();
+        assert!(e.contains("OAUTH_RELAY_REDIS_CLUSTER_NODES"), "{e}");
+        let e = parse(&["--redis-master-name", "m"]).unwrap_err();
+        assert!(e.contains("OAUTH_RELAY_REDIS_SENTINELS"), "{e}");
     }
 }

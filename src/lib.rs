@@ -15,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod json_body;
 pub mod keyring;
+pub mod kv;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;

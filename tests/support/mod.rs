@@ -386,6 +386,7 @@ pub mod broker;
 pub mod fake_microsoft;
 pub mod openapi;
 pub mod python;
+pub mod redis_topology;
 pub mod relay_api;
 pub mod webhook_receiver;
 
