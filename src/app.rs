@@ -1,10 +1,12 @@
-//! What every handler shares: the validated configuration, the store and the long-poll registry.
+//! What every handler shares: the validated configuration, the store, the long-poll registry,
+//! the broker and the completion events, and the counters `/metrics` reads.
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::http::{HttpRequest, Reply, Response, Wait};
 use crate::store::Store;
 use crate::waiters::Waiters;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,11 @@ pub struct App {
     pub broker: Option<crate::broker::Broker>,
     /// Completion events, when an endpoint is configured.
     pub events: Option<Arc<crate::events::Events>>,
+    /// What the server counts (requests, connections, its shares), handed to it at start-up.
+    pub server_counters: Arc<crate::server::Counters>,
+    /// Callbacks and self-registrations refused (429) past their client's share of pending
+    /// entries (`OAUTH_RELAY_MAX_PENDING_PER_CLIENT`).
+    pub pending_share_refused: AtomicU64,
 }
 
 impl App {
@@ -24,6 +31,28 @@ impl App {
         let key = self.store.waiter_key(kind, id);
         self.waiters.notify(&key);
         self.store.publish(&key);
+    }
+
+    /// The broker, in broker mode; otherwise its routes are paths nobody serves (404).
+    pub fn broker(&self) -> Result<&crate::broker::Broker, Error> {
+        self.broker.as_ref().ok_or(Error::NotFound)
+    }
+
+    /// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent. Any whole
+    /// number is capped, however many digits it has (a client may ask for "as long as you
+    /// allow").
+    pub fn wait_param(&self, req: &HttpRequest) -> Result<Duration, Error> {
+        Ok(match req.query_param("wait") {
+            None => Duration::ZERO,
+            Some(w) => {
+                let digits = w.strip_prefix('+').unwrap_or(&w);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Error::BadRequest("wait must be a whole number of seconds"));
+                }
+                Duration::from_secs(digits.parse::<u64>().unwrap_or(u64::MAX))
+                    .min(self.config.max_wait)
+            }
+        })
     }
 
     /// Requires `Authorization: Bearer <OAUTH_RELAY_API_TOKEN>` when a token is configured.

@@ -3,8 +3,10 @@
 //! link, optionally wait for the tokens, optionally sealed to a key), `keygen` and `open` (a key
 //! pair for sealed answers, and opening one) and `healthcheck`.
 
-use crate::config::{HealthcheckArgs, KeygenArgs, LoginLinkArgs, OpenArgs, RegisterArgs, WaitArgs};
-use crate::relay::RETRIEVAL_SECRET_HEADER;
+use crate::config::{
+    server_url, HealthcheckArgs, KeygenArgs, LoginLinkArgs, OpenArgs, RegisterArgs, WaitArgs,
+};
+use crate::http::RETRIEVAL_SECRET_HEADER;
 use crate::seal::{self, PrivateKey, SealKey};
 use crate::secret::{RetrievalHash, Secret};
 use serde_json::Value;
@@ -125,10 +127,7 @@ fn retrieval_secret(args: &WaitArgs) -> Result<Option<Secret>, String> {
 /// 256 random bits, base64url without padding (43 characters): fits a header and a shell
 /// variable as it is.
 fn new_retrieval_secret() -> Secret {
-    use base64::Engine;
-    let mut buf = [0u8; 32];
-    getrandom::fill(&mut buf).expect("the system random source failed");
-    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+    Secret::new(crate::random::id(32))
 }
 
 pub fn register(args: RegisterArgs) -> ExitCode {
@@ -173,26 +172,6 @@ pub fn register(args: RegisterArgs) -> ExitCode {
             eprintln!("{LABEL}: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// The base URL of the relay or broker, from `--server` or its environment variable: http or
-/// https with a host, no query string or fragment (a path prefix is kept). Returned without a
-/// trailing slash. A value that can never work fails at once instead of being retried.
-pub fn server_url(value: &str, flag: &str, variable: &str) -> Result<String, String> {
-    let trimmed = value.trim().trim_end_matches('/');
-    let usable = trimmed.parse::<http::Uri>().ok().is_some_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.host().is_some_and(|h| !h.is_empty())
-            && uri.query().is_none()
-    }) && !trimmed.contains('#');
-    if usable {
-        Ok(trimmed.to_string())
-    } else {
-        Err(format!(
-            "{flag} (or {variable}) must be an http:// or https:// URL such as {}, not {value:?}",
-            crate::config::defaults::SERVER_URL
-        ))
     }
 }
 
@@ -564,38 +543,6 @@ pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_urls_must_be_usable_http_urls() {
-        for (given, base) in [
-            ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
-            ("https://relay.example/", "https://relay.example"),
-            (
-                " https://relay.example/oauth/ ",
-                "https://relay.example/oauth",
-            ),
-            ("http://[::1]:8000", "http://[::1]:8000"),
-        ] {
-            assert_eq!(server_url(given, "--server", "V").unwrap(), base);
-        }
-        for bad in [
-            "not-a-url",
-            "relay.example:8000",
-            "localhost",
-            "",
-            "ftp://relay.example",
-            "http://",
-            "https://relay.example/?x=1",
-            "https://relay.example/#top",
-            "http://exa mple",
-        ] {
-            let e = server_url(bad, "--server", "OAUTH_RELAY_SERVER").unwrap_err();
-            assert!(
-                e.contains("--server") && e.contains("OAUTH_RELAY_SERVER"),
-                "{bad:?}: {e}"
-            );
-        }
-    }
 
     #[test]
     fn backoff_doubles_to_five_seconds_and_never_sleeps_past_the_deadline() {

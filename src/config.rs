@@ -3,9 +3,9 @@
 //! variables whose names depend on other settings (`OAUTH_RELAY_PROVIDER_<NAME>_*`) come in a
 //! map (`providers_config::Env`) that `main` fills once from the process environment.
 
+use crate::client_ip::TrustedProxies;
 use crate::logging::Level;
 use crate::secret::Secret;
-use crate::server;
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
@@ -46,8 +46,15 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: usize = 4 * 1024;
     /// Room for every broker code exchange (96 at most) plus Redis calls.
     pub const BLOCKING_THREADS: usize = 128;
+    /// One event loop per CPU (two when the count is unknown).
+    pub fn workers() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
     pub const READ_TIMEOUT_SECS: u64 = 10;
     pub const SHUTDOWN_GRACE_SECS: u64 = 5;
+    /// Not a setting: how long accepting may keep failing (descriptors exhausted) before the
+    /// process exits non-zero to be restarted.
+    pub const ACCEPT_GIVE_UP_SECS: u64 = 60;
     pub const LOG_LEVEL: &str = "info";
     pub const SERVER_URL: &str = "http://127.0.0.1:8000";
     pub const REDIS_PREFIX: &str = "oauth-relay:";
@@ -395,6 +402,26 @@ pub struct HealthcheckArgs {
     pub url: Option<String>,
 }
 
+/// The base URL of the relay or broker, from `--server` or its environment variable: http or
+/// https with a host, no query string or fragment (a path prefix is kept). Returned without a
+/// trailing slash. A value that can never work fails at once instead of being retried.
+pub fn server_url(value: &str, flag: &str, variable: &str) -> Result<String, String> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let usable = trimmed.parse::<http::Uri>().ok().is_some_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+            && uri.query().is_none()
+    }) && !trimmed.contains('#');
+    if usable {
+        Ok(trimmed.to_string())
+    } else {
+        Err(format!(
+            "{flag} (or {variable}) must be an http:// or https:// URL such as {}, not {value:?}",
+            defaults::SERVER_URL
+        ))
+    }
+}
+
 /// A command line (or environment) clap refused, explained for `main`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParseFailure {
@@ -506,7 +533,7 @@ pub struct Config {
     pub log_level: Level,
     /// Which web pages' origins may read the retrieval endpoints' answers.
     pub cors: crate::cors::Cors,
-    pub server: server::Options,
+    pub server: ServerOptions,
     /// Broker mode, when its settings are present.
     pub broker: Option<crate::broker_config::BrokerConfig>,
     /// Shared state in Redis; `None`: in memory.
@@ -518,6 +545,75 @@ pub struct Config {
     /// set it ahead of moving to Redis, and a store in this process may use it later; but
     /// nobody should believe it protects what is held in memory.
     pub unused_encryption_key: bool,
+}
+
+/// What the server (`server/`) is given: its bounds, caps and shares, timers and threads.
+/// Every default is `defaults`' (the binary's flags default to the same constants).
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Event-loop threads. Defaults to `defaults::workers()`: one per CPU.
+    pub workers: usize,
+    /// Most threads running blocking work at once (Redis calls, code exchanges); more wait their
+    /// turn. Defaults to `defaults::BLOCKING_THREADS`.
+    pub blocking_threads: usize,
+    /// A request's head and body must arrive within this long of the connection being ready for
+    /// it; an idle keep-alive connection is closed after it, and so is one whose writes stall
+    /// this long. Defaults to `defaults::READ_TIMEOUT_SECS`.
+    pub read_timeout: Duration,
+    /// Longer request targets get 414. Defaults to `defaults::MAX_URL_BYTES`.
+    pub max_url_bytes: usize,
+    /// Request line and headers together; more gets 431 (414 when the request line alone does
+    /// not fit). Defaults to `defaults::MAX_HEADER_BYTES`.
+    pub max_header_bytes: usize,
+    /// More header fields get 431. Defaults to `defaults::MAX_HEADERS`.
+    pub max_headers: usize,
+    /// Longer bodies get 413. Defaults to `defaults::MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// Open connections at most; past it the longest-idle one is closed, or the newcomer gets
+    /// 503 when none is idle. Defaults to `defaults::MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// Open connections one client (`client_ip::share_key` of the peer) may hold on all
+    /// listeners together; at it, its own longest-idle connection is closed for its newcomer,
+    /// or the newcomer gets 429 when none is idle. Connections from trusted proxies count under
+    /// no client. Defaults to `defaults::MAX_CONNECTIONS_PER_CLIENT`.
+    pub max_connections_per_client: usize,
+    /// With a public and an internal listener, connections of `max_connections` that only the
+    /// public one may hold. Defaults to `defaults::PUBLIC_RESERVED_CONNECTIONS`.
+    pub public_reserved: usize,
+    /// With a public and an internal listener, connections of `max_connections` that only the
+    /// internal one (the probes, `/metrics`, the callers) may hold. Defaults to
+    /// `defaults::INTERNAL_RESERVED_CONNECTIONS`.
+    pub internal_reserved: usize,
+    /// The proxies whose forwarding header names a request's client. Defaults to nobody
+    /// (`defaults::TRUSTED_PROXIES`).
+    pub trusted_proxies: TrustedProxies,
+    /// How long in-flight requests may take to finish after a shutdown request. Defaults to
+    /// `defaults::SHUTDOWN_GRACE_SECS`.
+    pub shutdown_grace: Duration,
+    /// How long to keep retrying a failing accept before exiting non-zero. Defaults to
+    /// `defaults::ACCEPT_GIVE_UP_SECS`.
+    pub give_up_after: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            workers: defaults::workers(),
+            blocking_threads: defaults::BLOCKING_THREADS,
+            read_timeout: Duration::from_secs(defaults::READ_TIMEOUT_SECS),
+            max_url_bytes: defaults::MAX_URL_BYTES,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
+            max_headers: defaults::MAX_HEADERS,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
+            public_reserved: defaults::PUBLIC_RESERVED_CONNECTIONS,
+            internal_reserved: defaults::INTERNAL_RESERVED_CONNECTIONS,
+            trusted_proxies: TrustedProxies::default(),
+            shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
+            give_up_after: Duration::from_secs(defaults::ACCEPT_GIVE_UP_SECS),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -601,20 +697,7 @@ impl Default for Config {
             max_waiters_per_client: defaults::MAX_WAITERS_PER_CLIENT,
             log_level: Level::Info,
             cors: crate::cors::Cors::Any,
-            server: server::Options {
-                read_timeout: Duration::from_secs(defaults::READ_TIMEOUT_SECS),
-                max_url_bytes: defaults::MAX_URL_BYTES,
-                max_header_bytes: defaults::MAX_HEADER_BYTES,
-                max_headers: defaults::MAX_HEADERS,
-                max_body_bytes: defaults::MAX_BODY_BYTES,
-                max_connections: defaults::MAX_CONNECTIONS,
-                max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
-                public_reserved: defaults::PUBLIC_RESERVED_CONNECTIONS,
-                internal_reserved: defaults::INTERNAL_RESERVED_CONNECTIONS,
-                blocking_threads: defaults::BLOCKING_THREADS,
-                shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
-                ..server::Options::default()
-            },
+            server: ServerOptions::default(),
             broker: None,
             redis: None,
             webhook: None,
@@ -718,7 +801,7 @@ impl Config {
         };
         let internal_url = match a.internal_url.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(url) => Some(crate::cli::server_url(
+            Some(url) => Some(server_url(
                 url,
                 "--internal-url",
                 "OAUTH_RELAY_INTERNAL_URL",
@@ -736,7 +819,7 @@ impl Config {
         }
         let header = crate::client_ip::ForwardedHeader::parse(&a.client_ip_header)
             .ok_or("OAUTH_RELAY_CLIENT_IP_HEADER must be x-forwarded-for or forwarded")?;
-        let trusted_proxies = crate::client_ip::TrustedProxies::parse(&a.trusted_proxies, header)
+        let trusted_proxies = TrustedProxies::parse(&a.trusted_proxies, header)
             .map_err(|entry| {
                 format!("OAUTH_RELAY_TRUSTED_PROXIES must list IP addresses and CIDRs such as 10.0.0.0/8, separated by commas; {entry:?} is neither")
             })?;
@@ -769,9 +852,9 @@ impl Config {
             )? as usize,
             log_level,
             cors: crate::cors::Cors::parse(&a.cors_origins)?,
-            server: server::Options {
+            server: ServerOptions {
                 workers: match a.workers {
-                    None => Config::default().server.workers,
+                    None => defaults::workers(),
                     Some(n) => positive("OAUTH_RELAY_WORKERS", n as u64)? as usize,
                 },
                 blocking_threads: positive(
@@ -796,7 +879,7 @@ impl Config {
                 )?),
                 max_url_bytes: a.max_url_bytes,
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
-                ..Config::default().server
+                give_up_after: ServerOptions::default().give_up_after,
             },
             broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)?,
             webhook,
@@ -848,6 +931,38 @@ mod tests {
         assert!(parse(&["--max-pending-per-client", "0"])
             .unwrap_err()
             .contains("OAUTH_RELAY_MAX_PENDING_PER_CLIENT"));
+    }
+
+    #[test]
+    fn server_urls_must_be_usable_http_urls() {
+        for (given, base) in [
+            ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+            ("https://relay.example/", "https://relay.example"),
+            (
+                " https://relay.example/oauth/ ",
+                "https://relay.example/oauth",
+            ),
+            ("http://[::1]:8000", "http://[::1]:8000"),
+        ] {
+            assert_eq!(server_url(given, "--server", "V").unwrap(), base);
+        }
+        for bad in [
+            "not-a-url",
+            "relay.example:8000",
+            "localhost",
+            "",
+            "ftp://relay.example",
+            "http://",
+            "https://relay.example/?x=1",
+            "https://relay.example/#top",
+            "http://exa mple",
+        ] {
+            let e = server_url(bad, "--server", "OAUTH_RELAY_SERVER").unwrap_err();
+            assert!(
+                e.contains("--server") && e.contains("OAUTH_RELAY_SERVER"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     fn explain(args: &[&str]) -> ParseFailure {

@@ -55,32 +55,20 @@ pub enum Error {
     UrlTooLong,
     BodyTooLarge,
     RequestTimeout,
+    /// The connection cap is reached and no connection is idle to make room.
+    ConnectionsFull,
+    /// A client holds its whole share of connections, every one of them busy.
+    ClientConnectionsFull,
     Unavailable,
     Internal,
 }
 
-/// Who reads the answer: a program (JSON) or a person in a browser (a page).
+/// Who reads the answer: a program (JSON) or a person in a browser (a page). Each route says
+/// which (`routes::face`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Face {
     Api,
     Page,
-}
-
-impl Face {
-    pub fn for_path(path: &str) -> Face {
-        let api_prefixes = ["/api/", "/status/", "/token/", "/m365/sessions"];
-        if api_prefixes.iter().any(|p| path.starts_with(p))
-            || path == "/sessions"
-            || path == "/health"
-            || path == "/metrics"
-            || path == "/ready"
-            || path == "/openapi.json"
-        {
-            Face::Api
-        } else {
-            Face::Page
-        }
-    }
 }
 
 impl Error {
@@ -104,10 +92,12 @@ impl Error {
             Error::Unauthorized | Error::BrokerUnauthorized => 401,
             Error::CallbackGone | Error::StateExpired | Error::RegistrationExpired => 410,
             Error::TooManyPending => 429,
-            Error::StoreFull | Error::SessionsFull | Error::TooManyWaiters | Error::Unavailable => {
-                503
-            }
-            Error::QuotaExceeded(_) => 429,
+            Error::StoreFull
+            | Error::SessionsFull
+            | Error::TooManyWaiters
+            | Error::ConnectionsFull
+            | Error::Unavailable => 503,
+            Error::QuotaExceeded(_) | Error::ClientConnectionsFull => 429,
             Error::UrlTooLong => 414,
             Error::BodyTooLarge => 413,
             Error::RequestTimeout => 408,
@@ -158,6 +148,10 @@ impl Error {
             Error::UrlTooLong => "Request URL too long",
             Error::BodyTooLarge => "Request body too large",
             Error::RequestTimeout => "The request did not arrive in time",
+            Error::ConnectionsFull => "Too many connections; try again later",
+            Error::ClientConnectionsFull => {
+                "Too many connections from this client; try again later"
+            }
             Error::Unavailable => "State storage is unavailable; try again shortly",
             Error::Internal => "Internal server error",
         }
@@ -200,6 +194,8 @@ impl Error {
             | Error::TooManyWaiters
             | Error::TooManyPending
             | Error::QuotaExceeded(_)
+            | Error::ConnectionsFull
+            | Error::ClientConnectionsFull
             | Error::Internal => {
                 "Please wait a minute and start the sign-in again from the application."
             }
@@ -207,9 +203,31 @@ impl Error {
         }
     }
 
+    /// The header this error's answer carries whatever its face: what a client needs to act on
+    /// it (which method to use, how to authenticate, when to retry).
+    pub fn header(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Error::MethodNotAllowed(allow) => Some(("Allow", allow)),
+            Error::Unauthorized | Error::BrokerUnauthorized => {
+                Some(("WWW-Authenticate", "Bearer realm=\"oauth-relay\""))
+            }
+            Error::StoreFull
+            | Error::SessionsFull
+            | Error::TooManyWaiters
+            | Error::QuotaExceeded(_)
+            | Error::ConnectionsFull
+            | Error::ClientConnectionsFull
+            | Error::Unavailable => Some(("Retry-After", "5")),
+            // A share frees as the client's entries are retrieved or expire: minutes, not
+            // seconds, for one that filled it with junk.
+            Error::TooManyPending => Some(("Retry-After", "60")),
+            _ => None,
+        }
+    }
+
     pub fn into_response_for(self, face: Face) -> Response {
         let status = self.status();
-        let mut response = match (face, &self) {
+        let response = match (face, &self) {
             (Face::Page, Error::NotFound) => Response::html(status, pages::not_found()),
             (Face::Page, _) => {
                 Response::html(status, pages::problem(self.message(), self.advice()))
@@ -219,22 +237,10 @@ impl Error {
                 &json!({ "status": "error", "message": self.words() }),
             ),
         };
-        match self {
-            Error::MethodNotAllowed(allow) => response = response.with_header("Allow", allow),
-            Error::Unauthorized | Error::BrokerUnauthorized => {
-                response = response.with_header("WWW-Authenticate", "Bearer realm=\"oauth-relay\"")
-            }
-            Error::StoreFull
-            | Error::SessionsFull
-            | Error::TooManyWaiters
-            | Error::QuotaExceeded(_)
-            | Error::Unavailable => response = response.with_header("Retry-After", "5"),
-            // A share frees as the client's entries are retrieved or expire: minutes, not
-            // seconds, for one that filled it with junk.
-            Error::TooManyPending => response = response.with_header("Retry-After", "60"),
-            _ => {}
+        match self.header() {
+            Some((name, value)) => response.with_header(name, value),
+            None => response,
         }
-        response
     }
 
     /// For contexts with no path at hand (a panic, a refused long-poll): the API face.

@@ -25,6 +25,10 @@ pub struct HttpRequest {
     pub listener: Listener,
 }
 
+/// The header a retrieval presents its retrieval secret in: a header, not a query parameter, so
+/// it stays out of access logs, proxy logs and browser history.
+pub const RETRIEVAL_SECRET_HEADER: &str = "X-Retrieval-Secret";
+
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {

@@ -12,16 +12,17 @@ pub mod connections;
 pub mod cors;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod json_body;
 pub mod keyring;
 pub mod kv;
 pub mod logging;
-pub mod metrics;
 pub mod outbound;
 pub mod pages;
 pub mod provider;
 pub mod providers_config;
+pub mod random;
 pub mod relay;
 pub mod routes;
 pub mod seal;
@@ -162,15 +163,19 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         .clone()
         .map(|w| start_events(w, config.redis.as_ref()))
         .transpose()?;
+    let counters = Arc::new(server::Counters::default());
     let app = Arc::new(app::App {
         config: config.clone(),
         store,
         waiters: waiters.clone(),
         broker,
         events: events.clone(),
+        server_counters: counters.clone(),
+        pending_share_refused: Default::default(),
     });
-    let handler: server::Handler = Arc::new(move |req| routes::route(&app, req));
-    let running = server::start_listeners(listeners, config.server.clone(), handler, waiters)
+    let router = Arc::new(routes::Router(app));
+    let opts = config.server.clone();
+    let running = server::start_listeners(listeners, opts, router, waiters, counters)
         .map_err(|e| format!("cannot start the server: {e}"))?;
     logging::info(
         "listening",
@@ -213,7 +218,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         logging::info("signal", json!({ "signal": name }));
         stopper.stop();
     });
-    let result = running.wait();
+    let result = running.wait().map_err(|e| e.to_string());
     // Requests are over; events they produced may still be on their way.
     if let Some(events) = events {
         events.drain_before_exit(config.server.shutdown_grace);

@@ -1,21 +1,21 @@
 //! The Python-compatible relay: `/callback` stores what the provider sent, `/api/callback/{state}`
 //! hands it out once (optionally long-polling), `/api/states` registers states ahead of time
-//! (optionally with the hash of a retrieval secret only the registering client holds),
-//! `/health` reports. Every answer here is the Python server's shape unless the README's
+//! (optionally with the hash of a retrieval secret only the registering client holds).
+//! Every answer here is the Python server's shape unless the README's
 //! "Differences" says otherwise: a state with two different callbacks hands out neither, an
 //! expired registration stays a tombstone for the TTL, and the owner of a registered state is
 //! told "not yet" (202) and "expired" (410) in words of their own.
 
 use crate::app::App;
 use crate::error::Error;
-use crate::http::{decode_segment, HttpRequest, Reply, Response};
+use crate::http::{decode_segment, HttpRequest, Reply, Response, RETRIEVAL_SECRET_HEADER};
 use crate::logging;
 use crate::pages;
 use crate::secret::{short_hash, RetrievalHash, Secret};
 use crate::store::{Callback, Client, Proof, Put, Register, Take, Unavailable};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// States longer than this are refused, at registration and in callbacks (real ones are tens of
 /// bytes): a bound on what a stranger can make us hold per entry.
@@ -29,43 +29,10 @@ pub const MAX_STATE_BYTES: usize = 1024;
 pub const MAX_PARAM_BYTES: usize = 4096;
 pub const MAX_CALLBACK_BYTES: usize = 6144;
 
-/// The header a retrieval presents its retrieval secret in: a header, not a query parameter, so
-/// it stays out of access logs, proxy logs and browser history.
-pub const RETRIEVAL_SECRET_HEADER: &str = "X-Retrieval-Secret";
-
 impl From<Unavailable> for Error {
     fn from(e: Unavailable) -> Self {
         logging::error("store_unavailable", json!({ "error": e.0 }));
         Error::Unavailable
-    }
-}
-
-/// Liveness: answers 200 without waiting on the store. With a shared store out of reach the
-/// status is `degraded` and the count `null`; `/ready` is what takes the replica out of service.
-pub fn health(app: &App) -> Result<Response, Error> {
-    let active = app.store.active_callbacks_now();
-    Ok(Response::json(
-        200,
-        &json!({
-            "status": if active.is_some() { "healthy" } else { "degraded" },
-            "service": "oauth-callback-server",
-            "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            "active_callbacks": active,
-        }),
-    ))
-}
-
-/// Readiness: 200 while the store answers, 503 otherwise.
-pub fn ready(app: &App) -> Result<Response, Error> {
-    match app.store.ping() {
-        Ok(()) => Ok(Response::json(200, &json!({ "status": "ready" }))),
-        Err(e) => {
-            logging::warn("not_ready", json!({ "error": e.0 }));
-            Ok(Response::json(
-                503,
-                &json!({ "status": "unavailable", "message": "State storage is unavailable" }),
-            ))
-        }
     }
 }
 
@@ -114,7 +81,9 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             }
             app.notify("relay", &state);
             let registered = stored == Put::StoredRegistered;
-            crate::events::callback_received(app, &state, has_code, error.as_deref(), registered);
+            if let Some(events) = &app.events {
+                events.callback_received(&state, has_code, error.as_deref(), registered);
+            }
         }
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}
@@ -125,7 +94,9 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             );
             // A long-poll waiting for this state is answered with the conflict now.
             app.notify("relay", &state);
-            crate::events::callback_conflict(app, &state);
+            if let Some(events) = &app.events {
+                events.callback_conflict(&state);
+            }
             return Err(Error::SignInConflict);
         }
         Put::InConflict => return Err(Error::SignInConflict),
@@ -165,7 +136,8 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
 
 /// A client's share of pending entries is used up: counted, and refused (429).
 fn share_used_up(app: &App) -> Error {
-    crate::metrics::PENDING_SHARE_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    app.pending_share_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     logging::warn(
         "pending_share_full",
         json!({ "max_pending_per_client": app.config.max_pending_per_client }),
@@ -179,7 +151,7 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
         .filter(|s| !s.is_empty())
         .ok_or(Error::CallbackNotFound)?;
     let asked_to_wait = req.query_param("wait").is_some();
-    let wait = wait_param(app, req)?;
+    let wait = app.wait_param(req)?;
     let found = app.store.take_callback_by(&state, &proof)?;
     let wait = match &found {
         Take::Missing if !wait.is_zero() => wait,
@@ -203,7 +175,6 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
                 .take_callback_by(&state, &proof)
                 .map(|found| answer(&state, found, true))
                 .unwrap_or_else(|e| Error::from(e).into_response())
-                .tagged("/api/callback/{state}", Some(&state))
         },
     ))
 }
@@ -226,21 +197,6 @@ fn proof_of(app: &App, req: &HttpRequest) -> Result<Proof, Error> {
     Ok(Proof {
         secret,
         authorized: true,
-    })
-}
-
-/// `?wait=SECONDS`, capped at `OAUTH_RELAY_MAX_WAIT_SECS`; zero when absent. Any whole number
-/// is capped, however many digits it has (a client may ask for "as long as you allow").
-pub fn wait_param(app: &App, req: &HttpRequest) -> Result<Duration, Error> {
-    Ok(match req.query_param("wait") {
-        None => Duration::ZERO,
-        Some(w) => {
-            let digits = w.strip_prefix('+').unwrap_or(&w);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::BadRequest("wait must be a whole number of seconds"));
-            }
-            Duration::from_secs(digits.parse::<u64>().unwrap_or(u64::MAX)).min(app.config.max_wait)
-        }
     })
 }
 

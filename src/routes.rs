@@ -1,19 +1,85 @@
-//! The one routing table: each route's path, methods, handler, name for the access log, and
-//! exposure: served on the public listener (what browsers reach through the ingress), on the
-//! internal one (what programs call), or on both (the probes). With one listener it serves all.
+//! The one routing table, and the only place that knows paths: each route's path, methods, face
+//! (JSON for programs, a page for people), listener, whether it may block, what the access log
+//! hashes, and handler; and the face of a path in no route.
 //!
-//! The rule for any other path, today's unknown ones and tomorrow's: a path that is not in
-//! this table is 404 on every listener, and a route in it is 404 (the same answer) on the
-//! listener that does not serve its exposure. A new route must say which it is; there is no
-//! default.
+//! The rule for any other path, today's unknown ones and tomorrow's: a path that is not in this
+//! table is 404 on every listener, and a route in it is 404 (the same answer) on the listener
+//! that does not serve its exposure. A new route must say which it is; there is no default.
 
 use crate::app::App;
-use crate::broker::sessions::Endpoint;
+use crate::broker::login;
+use crate::broker::sessions::{self, Endpoint};
 use crate::error::{Error, Face};
-use crate::http::{HttpRequest, Listener, Reply, Response};
+use crate::http::{HttpRequest, Listener, Reply, Response, RETRIEVAL_SECRET_HEADER};
 use crate::providers_config::M365;
-use crate::{broker, relay};
+use crate::{health, relay};
 use std::sync::Arc;
+
+use Exposure::{Both, Internal, Public};
+use Face::{Api, Page};
+use Subject::{Nothing, StateParam, Tail};
+use Work::{InPlace, MayBlock};
+
+const GET: &[&str] = &["GET"];
+const POST: &[&str] = &["POST"];
+/// HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
+const GET_HEAD: &[&str] = &["GET", "HEAD"];
+
+/// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
+/// before `/login/{link}` (a link id never contains `/`).
+#[rustfmt::skip]
+pub const ROUTES: &[Route] = &[
+    //         path                          methods   face  listener  work      access log
+    Route::new("/health",                    GET,      Api,  Both,     InPlace,  Nothing,
+               |app, _, _| now(health::health(app))),
+    Route::new("/ready",                     GET,      Api,  Both,     MayBlock, Nothing,
+               |app, _, _| now(health::ready(app))),
+    Route::new("/metrics",                   GET,      Api,  Internal, InPlace,  Nothing,
+               |app, _, _| now(health::metrics(app))),
+    Route::new("/callback",                  GET,      Page, Public,   MayBlock, StateParam,
+               |app, req, _| now(relay::callback(app, req))),
+    Route::new("/api/callback/{state}",      GET,      Api,  Internal, MayBlock, Tail,
+               relay::retrieve).for_pages(&["Authorization", RETRIEVAL_SECRET_HEADER]),
+    Route::new("/api/states",                POST,     Api,  Internal, MayBlock, Nothing,
+               |app, req, _| now(relay::register(app, req))).for_pages(&["Authorization", "Content-Type"]),
+    Route::new("/sessions",                  POST,     Api,  Internal, MayBlock, Nothing,
+               |app, req, _| now(sessions::create(app, req, SESSIONS))),
+    Route::new("/login/{provider}/callback", GET,      Page, Public,   MayBlock, StateParam,
+               login::callback),
+    Route::new(LOGIN_LINK,                   GET_HEAD, Page, Public,   MayBlock, Tail,
+               |app, req, link| now(login::start(app, req, link))),
+    Route::new("/m365/sessions",             POST,     Api,  Internal, MayBlock, Nothing,
+               |app, req, _| now(sessions::create(app, req, M365_SESSIONS))),
+    Route::new(M365_LINK,                    GET_HEAD, Page, Public,   MayBlock, Tail,
+               |app, req, link| now(login::start(app, req, link))),
+    Route::new("/m365/callback",             GET,      Page, Public,   MayBlock, StateParam,
+               |app, req, _| login::callback(app, req, M365)),
+    Route::new(STATUS,                       GET,      Api,  Internal, MayBlock, Tail,
+               |app, req, handle| now(sessions::status(app, req, handle))),
+    Route::new("/token/{state}",             GET,      Api,  Internal, MayBlock, Tail,
+               sessions::token),
+    Route::new("/openapi.json",              GET,      Api,  Internal, InPlace,  Nothing,
+               |_, _, _| now(Ok(openapi()))),
+];
+
+/// Paths the broker writes into its answers (a session's login link and status URL).
+const LOGIN_LINK: &str = "/login/{link}";
+const M365_LINK: &str = "/m365/start/{link}";
+const STATUS: &str = "/status/{state}";
+const SESSIONS: Endpoint = Endpoint {
+    provider: None,
+    link_path: Pattern::of(LOGIN_LINK).prefix(),
+    status_path: Pattern::of(STATUS).prefix(),
+};
+const M365_SESSIONS: Endpoint = Endpoint {
+    provider: Some(M365),
+    link_path: Pattern::of(M365_LINK).prefix(),
+    status_path: Pattern::of(STATUS).prefix(),
+};
+
+/// The face of a path in no route: JSON under these (for programs that mistype an API path),
+/// a page anywhere else. Every other path under `/status/` and `/token/` is a route's.
+const API_NAMESPACES: &[&str] = &["/api/", "/m365/sessions"];
 
 /// Which listener serves a route when the public and internal ones are split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,46 +108,59 @@ impl Listener {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Whether a route's handler may block (a shared store, an identity provider). With a store
+/// that blocks (Redis) such a route runs on the blocking pool (`Reply::Later`); the others
+/// always run in place, so a slow Redis cannot make the liveness probe fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    InPlace,
+    MayBlock,
+}
+
+/// A route's path as its name spells it: no `{...}`, the path itself; a `{...}` at the end, a
+/// prefix and a tail (a state, handle or link id, still percent-encoded; any tail); one in the
+/// middle, a prefix, one non-empty segment (a provider's name) and a suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
     Exact(&'static str),
-    /// The prefix and a tail (a state, handle or link id, still percent-encoded).
     Prefix(&'static str),
-    /// The prefix, one path segment (the tail: a provider's name) and the suffix.
     Around(&'static str, &'static str),
 }
 
-/// What the access log hashes for a route.
-#[derive(Debug, Clone, Copy)]
-enum Subject {
-    None,
-    /// The `state` query parameter.
-    StateParam,
-    /// The path's tail after the prefix, percent-decoded.
-    Tail,
-}
+impl Pattern {
+    /// The pattern `name` spells (at compile time: a `{` without its `}` does not build).
+    pub const fn of(name: &'static str) -> Pattern {
+        let bytes = name.as_bytes();
+        let mut open = 0;
+        while open < bytes.len() && bytes[open] != b'{' {
+            open += 1;
+        }
+        if open == bytes.len() {
+            return Pattern::Exact(name);
+        }
+        let mut close = open;
+        while bytes[close] != b'}' {
+            close += 1;
+        }
+        let (prefix, _) = name.split_at(open);
+        let (_, suffix) = name.split_at(close + 1);
+        if suffix.is_empty() {
+            Pattern::Prefix(prefix)
+        } else {
+            Pattern::Around(prefix, suffix)
+        }
+    }
 
-type Handle = fn(&Arc<App>, &HttpRequest, &str) -> Result<Reply, Error>;
+    /// What comes before the variable part (the whole path when there is none).
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Pattern::Exact(p) | Pattern::Prefix(p) | Pattern::Around(p, _) => p,
+        }
+    }
 
-pub struct Route {
-    /// The route as the access log names it (`/api/callback/{state}`).
-    pub name: &'static str,
-    pub pattern: Pattern,
-    /// Methods served; the first is what `Allow` names on a 405.
-    pub methods: &'static [&'static str],
-    /// Open to web pages of other origins (CORS, `cors.rs`): the request headers such a page
-    /// may send; preflights (`OPTIONS`) are answered and every answer says which origins may
-    /// read it. `None`: not for pages (`OPTIONS` is 405 like any other method).
-    pub cors: Option<&'static [&'static str]>,
-    pub exposure: Exposure,
-    handle: Handle,
-    subject: Subject,
-}
-
-impl Route {
-    /// The tail after the prefix when `path` is this route's, else `None`.
-    fn tail<'p>(&self, path: &'p str) -> Option<&'p str> {
-        match self.pattern {
+    /// The tail when `path` is this pattern's, else `None`.
+    fn tail(self, path: &str) -> Option<&str> {
+        match self {
             Pattern::Exact(p) => (path == p).then_some(""),
             Pattern::Prefix(p) => path.strip_prefix(p),
             Pattern::Around(prefix, suffix) => path
@@ -92,161 +171,72 @@ impl Route {
     }
 }
 
-use Exposure::{Both, Internal, Public};
+/// What the access log hashes for a route.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    Nothing,
+    /// The `state` query parameter.
+    StateParam,
+    /// The path's tail, percent-decoded.
+    Tail,
+}
 
-/// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
-/// before `/login/{link}` (a link id never contains `/`).
-pub const ROUTES: &[Route] = &[
-    Route {
-        name: "/health",
-        pattern: Pattern::Exact("/health"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Both,
-        handle: |app, _, _| relay::health(app).map(Reply::Now),
-        subject: Subject::None,
-    },
-    Route {
-        name: "/ready",
-        pattern: Pattern::Exact("/ready"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Both,
-        handle: |app, _, _| relay::ready(app).map(Reply::Now),
-        subject: Subject::None,
-    },
-    Route {
-        name: "/metrics",
-        pattern: Pattern::Exact("/metrics"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Internal,
-        handle: |app, _, _| crate::metrics::render(app).map(Reply::Now),
-        subject: Subject::None,
-    },
-    Route {
-        name: "/callback",
-        pattern: Pattern::Exact("/callback"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Public,
-        handle: |app, req, _| relay::callback(app, req).map(Reply::Now),
-        subject: Subject::StateParam,
-    },
-    Route {
-        name: "/api/callback/{state}",
-        pattern: Pattern::Prefix("/api/callback/"),
-        methods: &["GET"],
-        cors: Some(&["Authorization", "X-Retrieval-Secret"]),
-        exposure: Internal,
-        handle: relay::retrieve,
-        subject: Subject::Tail,
-    },
-    Route {
-        name: "/api/states",
-        pattern: Pattern::Exact("/api/states"),
-        methods: &["POST"],
-        cors: Some(&["Authorization", "Content-Type"]),
-        exposure: Internal,
-        handle: |app, req, _| relay::register(app, req).map(Reply::Now),
-        subject: Subject::None,
-    },
-    Route {
-        name: "/sessions",
-        pattern: Pattern::Exact("/sessions"),
-        methods: &["POST"],
-        cors: None,
-        exposure: Internal,
-        handle: |app, req, _| {
-            let endpoint = Endpoint {
-                provider: None,
-                link_path: "/login/",
-            };
-            broker::sessions::create(app, req, endpoint).map(Reply::Now)
-        },
-        subject: Subject::None,
-    },
-    Route {
-        name: "/login/{provider}/callback",
-        pattern: Pattern::Around("/login/", "/callback"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Public,
-        handle: |app, req, provider| broker::login::callback(app, req, provider),
-        subject: Subject::StateParam,
-    },
-    Route {
-        name: "/login/{link}",
-        pattern: Pattern::Prefix("/login/"),
-        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
-        methods: &["GET", "HEAD"],
-        cors: None,
-        exposure: Public,
-        handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
-        subject: Subject::Tail,
-    },
-    Route {
-        name: "/m365/sessions",
-        pattern: Pattern::Exact("/m365/sessions"),
-        methods: &["POST"],
-        cors: None,
-        exposure: Internal,
-        handle: |app, req, _| {
-            let endpoint = Endpoint {
-                provider: Some(M365),
-                link_path: "/m365/start/",
-            };
-            broker::sessions::create(app, req, endpoint).map(Reply::Now)
-        },
-        subject: Subject::None,
-    },
-    Route {
-        name: "/m365/start/{link}",
-        pattern: Pattern::Prefix("/m365/start/"),
-        // HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
-        methods: &["GET", "HEAD"],
-        cors: None,
-        exposure: Public,
-        handle: |app, req, link| broker::login::start(app, req, link).map(Reply::Now),
-        subject: Subject::Tail,
-    },
-    Route {
-        name: "/m365/callback",
-        pattern: Pattern::Exact("/m365/callback"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Public,
-        handle: |app, req, _| broker::login::callback(app, req, M365),
-        subject: Subject::StateParam,
-    },
-    Route {
-        name: "/status/{state}",
-        pattern: Pattern::Prefix("/status/"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Internal,
-        handle: |app, req, handle| broker::sessions::status(app, req, handle).map(Reply::Now),
-        subject: Subject::Tail,
-    },
-    Route {
-        name: "/token/{state}",
-        pattern: Pattern::Prefix("/token/"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Internal,
-        handle: |app, req, handle| broker::sessions::token(app, req, handle),
-        subject: Subject::Tail,
-    },
-    Route {
-        name: "/openapi.json",
-        pattern: Pattern::Exact("/openapi.json"),
-        methods: &["GET"],
-        cors: None,
-        exposure: Internal,
-        handle: |_, _, _| Ok(Reply::Now(openapi())),
-        subject: Subject::None,
-    },
-];
+type Handle = fn(&Arc<App>, &HttpRequest, &str) -> Result<Reply, Error>;
+
+pub struct Route {
+    /// The path as `openapi.json` and the access log name it (`/api/callback/{state}`).
+    pub name: &'static str,
+    /// The paths it serves: what `name` spells.
+    pub pattern: Pattern,
+    /// Methods served; the first is what `Allow` names on a 405.
+    pub methods: &'static [&'static str],
+    /// Who reads its answers, refusals included: a program (JSON) or a person (a page).
+    pub face: Face,
+    pub exposure: Exposure,
+    pub work: Work,
+    /// Open to web pages of other origins (CORS, `cors.rs`): the request headers such a page
+    /// may send; preflights (`OPTIONS`) are answered and every answer says which origins may
+    /// read it. `None`: not for pages (`OPTIONS` is 405 like any other method).
+    pub cors: Option<&'static [&'static str]>,
+    subject: Subject,
+    handle: Handle,
+}
+
+impl Route {
+    const fn new(
+        name: &'static str,
+        methods: &'static [&'static str],
+        face: Face,
+        exposure: Exposure,
+        work: Work,
+        subject: Subject,
+        handle: Handle,
+    ) -> Route {
+        Route {
+            name,
+            pattern: Pattern::of(name),
+            methods,
+            face,
+            exposure,
+            work,
+            cors: None,
+            subject,
+            handle,
+        }
+    }
+
+    /// Opens the route to pages of other origins, which may send `headers`.
+    const fn for_pages(self, headers: &'static [&'static str]) -> Route {
+        Route {
+            cors: Some(headers),
+            ..self
+        }
+    }
+}
+
+fn now(result: Result<Response, Error>) -> Result<Reply, Error> {
+    result.map(Reply::Now)
+}
 
 /// The OpenAPI 3.1 description of every route here (`openapi.json` at the repository root;
 /// tests/openapi.rs keeps the two in step and checks real answers against it).
@@ -257,36 +247,65 @@ fn openapi() -> Response {
         .with_header("Cache-Control", "no-cache")
 }
 
-/// The route `path` belongs to, whatever the method or listener.
+/// The route `path` belongs to, whatever the method or listener, and its tail.
 pub fn find(path: &str) -> Option<(&'static Route, &str)> {
     ROUTES
         .iter()
-        .find_map(|route| route.tail(path).map(|tail| (route, tail)))
+        .find_map(|route| route.pattern.tail(path).map(|tail| (route, tail)))
 }
 
-/// Routes a request. With a store that blocks (Redis), every route that may touch it runs on the
-/// blocking pool; `/health`, `/metrics` and `/openapi.json` never wait on the store and always run
-/// in place, so a slow Redis cannot make the liveness probe fail.
-pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
-    if app.store.blocks() && !matches!(req.path.as_str(), "/health" | "/metrics" | "/openapi.json")
-    {
-        let app = app.clone();
-        return Reply::Later(Box::new(move || route_in_place(&app, req)));
+/// Who reads the answers for `path`: its route's face, or for a path in no route the face of
+/// its namespace. The query string plays no part: it must not turn an API path into a page.
+pub fn face(path: &str) -> Face {
+    match find(path) {
+        Some((route, _)) => route.face,
+        None => unknown_face(path),
     }
-    route_in_place(app, req)
 }
 
-fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
+fn unknown_face(path: &str) -> Face {
+    if API_NAMESPACES.iter().any(|p| path.starts_with(p)) {
+        Api
+    } else {
+        Page
+    }
+}
+
+/// What the server serves: every request is looked up here once.
+pub struct Router(pub Arc<App>);
+
+impl crate::server::Service for Router {
+    fn serve(&self, req: HttpRequest) -> Reply {
+        route(&self.0, req)
+    }
+
+    fn refuse(&self, path: &str, error: Error) -> Response {
+        error.into_response_for(face(path))
+    }
+}
+
+/// Routes a request: its route is looked up once, and a route that may block runs on the
+/// blocking pool when the store blocks.
+pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
+    let route = find(&req.path).map(|(route, _)| route);
+    if route.is_some_and(|r| r.work == MayBlock) && app.store.blocks() {
+        let app = app.clone();
+        return Reply::Later(Box::new(move || route_in_place(&app, req, route)));
+    }
+    route_in_place(app, req, route)
+}
+
+fn route_in_place(app: &Arc<App>, req: HttpRequest, route: Option<&'static Route>) -> Reply {
     let path = req.path.as_str();
-    let face = Face::for_path(path);
+    let face = route.map_or_else(|| unknown_face(path), |r| r.face);
     if !req.query_is_utf8() {
         return Reply::Now(
             Error::BadRequest("The query string is not valid UTF-8").into_response_for(face),
         );
     }
     // A route the listener does not serve is answered exactly as a path nobody serves.
-    let found = find(path).filter(|(route, _)| req.listener.serves(route.exposure));
-    let Some((route, tail)) = found else {
+    let found = route.filter(|r| req.listener.serves(r.exposure));
+    let Some((route, tail)) = found.and_then(|r| Some((r, r.pattern.tail(path)?))) else {
         return Reply::Now(Error::NotFound.into_response_for(face).tagged("-", None));
     };
     let origin = req.header("origin");
@@ -309,14 +328,20 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest) -> Reply {
         None
     } else {
         match route.subject {
-            Subject::None => None,
-            Subject::StateParam => req.query_param("state"),
-            Subject::Tail => crate::http::decode_segment(tail),
+            Nothing => None,
+            StateParam => req.query_param("state"),
+            Tail => crate::http::decode_segment(tail),
         }
     };
     let reply = match (route.handle)(app, &req, tail) {
         Ok(Reply::Now(r)) => Reply::Now(r.tagged(route.name, subject.as_deref())),
-        Ok(wait) => wait,
+        // A long-poll's answer, whenever it comes, is the route's too.
+        Ok(Reply::Wait(mut wait)) => {
+            let answer = wait.answer;
+            wait.answer = Box::new(move || answer().tagged(route.name, subject.as_deref()));
+            Reply::Wait(wait)
+        }
+        Ok(later) => later,
         Err(e) => Reply::Now(
             e.into_response_for(face)
                 .tagged(route.name, subject.as_deref()),

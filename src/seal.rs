@@ -247,7 +247,7 @@ impl SealKey {
         claims.insert("aud".into(), json!(envelope.audience));
         claims.insert("iat".into(), json!(now));
         claims.insert("exp".into(), json!(now + envelope.lifetime.as_secs()));
-        claims.insert("jti".into(), json!(random_b64(16)));
+        claims.insert("jti".into(), json!(crate::random::id(16)));
         let plaintext =
             serde_json::to_vec(&Value::Object(claims)).expect("a JSON value always serializes");
         self.seal(plaintext)
@@ -337,12 +337,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
-}
-
-fn random_b64(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the system random source failed");
-    B64.encode(buf)
 }
 
 enum SecretPart {

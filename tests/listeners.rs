@@ -45,7 +45,7 @@ fn sample(pattern: Pattern) -> String {
 
 /// What `addr` answers to a path nobody serves, read by the same kind of reader as `path`.
 fn unknown_path_answer(addr: SocketAddr, path: &str, method: &str) -> HttpResponse {
-    let unknown = match Face::for_path(path) {
+    let unknown = match oauth_relay::routes::face(path) {
         Face::Api => "/api/no-such-route",
         Face::Page => "/no-such-route",
     };

@@ -4,7 +4,7 @@
 
 mod support;
 
-use oauth_relay::http::{Reply, Response};
+use oauth_relay::http::{HttpRequest, Reply, Response};
 use oauth_relay::server;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -114,9 +114,9 @@ fn it_recovers_after_running_out_of_file_descriptors() {
 
 fn test_server(handler: server::Handler, workers: usize) -> server::Running {
     let listener = server::bind("127.0.0.1", 0).unwrap();
-    let opts = server::Options {
+    let opts = oauth_relay::config::ServerOptions {
         workers,
-        ..server::Options::default()
+        ..Default::default()
     };
     server::start(
         listener,
@@ -129,7 +129,7 @@ fn test_server(handler: server::Handler, workers: usize) -> server::Running {
 
 #[test]
 fn a_panicking_handler_costs_one_500_and_nothing_else() {
-    let handler: server::Handler = Arc::new(|req| {
+    let handler: server::Handler = Arc::new(|req: HttpRequest| {
         if req.path == "/boom" {
             panic!("handler bug");
         }
@@ -156,7 +156,7 @@ fn one_slow_handler_does_not_hold_up_the_others() {
     // Handlers run on the event loop and must not block; slow work is returned as
     // `Reply::Later`, which runs on the blocking pool (as the broker's code exchange and every
     // Redis call do).
-    let handler: server::Handler = Arc::new(move |req| {
+    let handler: server::Handler = Arc::new(move |req: HttpRequest| {
         if req.path == "/stuck" {
             let rx = rx.clone();
             return Reply::later(move || {
@@ -181,7 +181,7 @@ fn one_slow_handler_does_not_hold_up_the_others() {
 
 #[test]
 fn shutdown_finishes_in_flight_requests_then_stops_accepting() {
-    let handler: server::Handler = Arc::new(|req| {
+    let handler: server::Handler = Arc::new(|req: HttpRequest| {
         if req.path == "/slow" {
             std::thread::sleep(Duration::from_millis(500));
         }

@@ -28,7 +28,7 @@ fn name(oauth_state: &str) -> String {
 /// A new binding for a browser opening the link: the `Set-Cookie` value to send it (living
 /// `max_age`, at least a second) and the hash the session keeps.
 pub fn issue(oauth_state: &str, max_age: Duration) -> (String, BindingHash) {
-    let value = super::random_id(16);
+    let value = crate::random::id(16);
     let hash = BindingHash::of_value(&value);
     let secs = max_age.as_secs().max(1);
     (

@@ -5,7 +5,7 @@
 //! the blocking pool, checks the account and shows the result.
 
 use super::pages::{self, Lang};
-use super::{binding, broker, pkce_challenge, return_url, ExchangeSlot};
+use super::{binding, pkce_challenge, return_url, ExchangeSlot};
 use crate::app::App;
 use crate::audit;
 use crate::error::{Error, Reason, SignInFailure};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// draw previews); `HEAD` (how some preview bots ask) gets the same redirect without a binding
 /// and writes nothing.
 pub fn start(app: &App, req: &HttpRequest, raw_link: &str) -> Result<Response, Error> {
-    let broker = broker(app)?;
+    let broker = app.broker()?;
     let lang = Lang::from_accept_language(req.header("accept-language"));
     let link = decode_segment(raw_link).unwrap_or_default();
     let Some((session, status)) = app.store.session_by_link(&link)? else {
@@ -85,7 +85,7 @@ pub fn start(app: &App, req: &HttpRequest, raw_link: &str) -> Result<Response, E
 /// callback this is. Any other browser's callback (a stranger who saw the state) changes
 /// nothing: the person may still finish.
 pub fn callback(app: &Arc<App>, req: &HttpRequest, provider_name: &str) -> Result<Reply, Error> {
-    let broker = broker(app)?;
+    let broker = app.broker()?;
     let provider = broker
         .provider(provider_name)
         .ok_or(Error::NotFound)?
@@ -371,8 +371,8 @@ fn finish(
     };
     app.notify("broker", handle);
     // The completion event for the operator's endpoint: queued here, delivered elsewhere.
-    if stored.is_ok() {
-        crate::events::sign_in_finished(app, handle, provider.name(), failed);
+    if let (Ok(()), Some(events)) = (&stored, &app.events) {
+        events.sign_in_finished(handle, provider.name(), failed);
     }
     match stored {
         Ok(()) => page,

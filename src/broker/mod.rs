@@ -14,7 +14,6 @@ pub mod pages;
 pub mod return_url;
 pub mod sessions;
 
-use crate::app::App;
 use crate::broker_config::BrokerConfig;
 use crate::error::Error;
 use crate::http::HttpRequest;
@@ -64,17 +63,6 @@ impl Broker {
     }
 }
 
-fn broker(app: &App) -> Result<&Broker, Error> {
-    app.broker.as_ref().ok_or(Error::NotFound)
-}
-
-/// 128 random bits, base64url: link ids, OAuth states, retrieval handles, nonces.
-fn random_id(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the system random source failed");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
 fn pkce_challenge(verifier: &Secret) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, verifier.expose().as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
@@ -107,13 +95,6 @@ impl Drop for ExchangeSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_long_and_distinct() {
-        let a = random_id(16);
-        assert_eq!(a.len(), 22);
-        assert_ne!(a, random_id(16));
-    }
 
     #[test]
     fn pkce_matches_rfc7636_example() {

@@ -3,11 +3,12 @@
 //! (`GET /status/{state}`) and take the tokens once (`GET /token/{state}`, with an optional
 //! long-poll).
 
-use super::{broker, random_id, return_url, rfc3339};
+use super::{return_url, rfc3339};
 use crate::app::App;
 use crate::audit;
 use crate::error::Error;
 use crate::http::{decode_segment, HttpRequest, Reply, Response};
+use crate::random;
 use crate::seal::{Envelope, SealKey};
 use crate::secret::Secret;
 use crate::store::{Handoff, Session, SessionStatus, TokenTake, Tokens};
@@ -40,6 +41,8 @@ pub struct Endpoint<'a> {
     pub provider: Option<&'a str>,
     /// The login link is `{public}{link_path}{link_id}`.
     pub link_path: &'a str,
+    /// The status URL is `{internal or public}{status_path}{handle}`.
+    pub status_path: &'a str,
 }
 
 /// The keys of a session request body (`POST /sessions` and a provider's own endpoint); any
@@ -56,7 +59,7 @@ const SESSION_KEYS: &[&str] = &[
 
 /// `POST /sessions`, and the endpoints of one provider
 pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Response, Error> {
-    let broker = broker(app)?;
+    let broker = app.broker()?;
     broker.authorize(req, false)?;
     let body = crate::json_body::object(&req.body, SESSION_KEYS)?;
     let provider = match (endpoint.provider, &body["provider"]) {
@@ -142,12 +145,12 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
     let scopes = provider.scopes(requested.as_deref())?;
     let expires_at = SystemTime::now() + app.config.ttl;
     let session = Session {
-        handle: random_id(16),
-        link_id: random_id(16),
-        oauth_state: random_id(16),
-        verifier: Secret::new(random_id(32)),
+        handle: random::id(16),
+        link_id: random::id(16),
+        oauth_state: random::id(16),
+        verifier: Secret::new(random::id(32)),
         provider: provider.name().to_string(),
-        nonce: random_id(16),
+        nonce: random::id(16),
         expected_email: email.clone(),
         expected_subject: subject.clone(),
         force_consent,
@@ -170,10 +173,11 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
     );
     let base = &broker.config.public_base_url;
     // /status is a program's route: on the internal listener when the listeners are split.
+    let status = endpoint.status_path;
     let status_url = match (&app.config.internal_url, app.config.internal_addr) {
-        (Some(internal), _) => format!("{internal}/status/{handle}"),
-        (None, Some(_)) => format!("/status/{handle}"),
-        (None, None) => format!("{base}/status/{handle}"),
+        (Some(internal), _) => format!("{internal}{status}{handle}"),
+        (None, Some(_)) => format!("{status}{handle}"),
+        (None, None) => format!("{base}{status}{handle}"),
     };
     Ok(Response::json(
         200,
@@ -245,7 +249,7 @@ fn answer(t: &Tokens) -> Map<String, Value> {
 
 /// `GET /status/{handle}`
 pub fn status(app: &App, req: &HttpRequest, raw: &str) -> Result<Response, Error> {
-    broker(app)?.authorize(req, true)?;
+    app.broker()?.authorize(req, true)?;
     let handle = decode_segment(raw).unwrap_or_default();
     Ok(match app.store.session_status(&handle)? {
         None => Response::json(404, &json!({ "state": handle, "status": "not_found" })),
@@ -270,9 +274,9 @@ pub fn status(app: &App, req: &HttpRequest, raw: &str) -> Result<Response, Error
 
 /// `GET /token/{handle}[?wait=SECONDS]`
 pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Error> {
-    broker(app)?.authorize(req, true)?;
+    app.broker()?.authorize(req, true)?;
     let handle = decode_segment(raw).unwrap_or_default();
-    let wait = crate::relay::wait_param(app, req)?;
+    let wait = app.wait_param(req)?;
     let response = take_tokens(app, &handle)?;
     if response.status != 202 || wait.is_zero() {
         return Ok(Reply::Now(response));
@@ -288,11 +292,7 @@ pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Erro
                 Ok(Some((_, SessionStatus::Pending)))
             )
         },
-        move |app| {
-            take_tokens(app, &handle)
-                .unwrap_or_else(|e| e.into_response())
-                .tagged("/token/{state}", Some(&handle))
-        },
+        move |app| take_tokens(app, &handle).unwrap_or_else(|e| e.into_response()),
     ))
 }
 

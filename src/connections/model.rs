@@ -2,7 +2,6 @@
 //! stands (the intent of the one refresh in progress, back-off, the last error).
 
 use crate::secret::Secret;
-use base64::Engine;
 use ring::digest::{digest, SHA256};
 use std::time::SystemTime;
 use subtle::ConstantTimeEq;
@@ -173,25 +172,19 @@ impl Connection {
     }
 }
 
-fn random(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the system random source failed");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
 /// A new connection id: `conn_` and 144 random bits (24 URL-safe characters).
 pub fn new_id() -> String {
-    format!("conn_{}", random(18))
+    format!("conn_{}", crate::random::id(18))
 }
 
 /// A new per-connection credential: `ckey_` and 256 random bits.
 pub fn new_credential() -> Secret {
-    Secret::new(format!("ckey_{}", random(32)))
+    Secret::new(format!("ckey_{}", crate::random::id(32)))
 }
 
 /// A refresh attempt's id (128 bits): what makes its intent its own.
 pub fn new_attempt() -> String {
-    random(16)
+    crate::random::id(16)
 }
 
 #[cfg(test)]

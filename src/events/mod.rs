@@ -16,9 +16,7 @@ pub mod outbox;
 pub mod redis_outbox;
 pub mod signing;
 
-use crate::app::App;
 use crate::logging;
-use base64::Engine;
 use outbox::{Class, Outbox};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -95,16 +93,66 @@ impl Events {
         }
     }
 
+    /// A relay callback was stored (the first for its state). `error` is the provider's `error`
+    /// parameter; without it and without a code the callback still counts, as `no_code`.
+    /// `registered`: the state was registered beforehand; anyone can make the other events, so
+    /// they never push out the rest (`outbox.rs`).
+    pub fn callback_received(
+        &self,
+        state: &str,
+        has_code: bool,
+        error: Option<&str>,
+        registered: bool,
+    ) {
+        let (status, reason) = match (error, has_code) {
+            (Some(e), _) => ("failed", Some(reason_from_provider(e))),
+            (None, true) => ("succeeded", None),
+            (None, false) => ("failed", Some("no_code".to_string())),
+        };
+        let class = if registered {
+            Class::Registered
+        } else {
+            Class::Unregistered
+        };
+        self.emit(
+            RELAY_CALLBACK_RECEIVED,
+            json!({ "handle": handle_hash(state), "status": status, "reason": reason }),
+            class,
+        );
+    }
+
+    /// A second, different callback for a relay state: the state is in conflict and neither callback
+    /// is handed out (one may be a stranger's). A receiver told `succeeded` for the first learns
+    /// here that the code will not come. Anyone can put their own unregistered state in conflict,
+    /// so these events are of the class strangers can make (`Class::Unregistered`): under a flood
+    /// one may be dropped, and then the retrieval's own 409 is what tells the owner; no code is
+    /// handed out either way.
+    pub fn callback_conflict(&self, state: &str) {
+        self.emit(
+            RELAY_CALLBACK_RECEIVED,
+            json!({ "handle": handle_hash(state), "status": "conflict", "reason": "conflict" }),
+            Class::Unregistered,
+        );
+    }
+
+    /// A broker sign-in finished: `failure` is its reason code when it failed.
+    pub fn sign_in_finished(&self, handle: &str, provider: &str, failure: Option<&str>) {
+        let (kind, status) = match failure {
+            None => (BROKER_SIGN_IN_SUCCEEDED, "succeeded"),
+            Some(_) => (BROKER_SIGN_IN_FAILED, "failed"),
+        };
+        self.emit(
+            kind,
+            json!({ "handle": handle_hash(handle), "provider": provider, "status": status, "reason": failure }),
+            Class::Registered,
+        );
+    }
+
     /// Puts an event of `class` in the outbox. Never waits on the receiver; a failure to
     /// enqueue (Redis out of reach) is logged and counted, and never fails the request that
     /// produced it.
     pub fn emit(&self, kind: &str, data: Value, class: Class) {
-        let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw).expect("the system random source failed");
-        let id = format!(
-            "evt_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        );
+        let id = format!("evt_{}", crate::random::id(16));
         let now = SystemTime::now();
         let body = json!({
             "type": kind,
@@ -173,64 +221,6 @@ fn reason_from_provider(error: &str) -> String {
     } else {
         "provider_error".to_string()
     }
-}
-
-/// A relay callback was stored (the first for its state). `error` is the provider's `error`
-/// parameter; without it and without a code the callback still counts, as `no_code`.
-/// `registered`: the state was registered beforehand; anyone can make the other events, so
-/// they never push out the rest (`outbox.rs`).
-pub fn callback_received(
-    app: &App,
-    state: &str,
-    has_code: bool,
-    error: Option<&str>,
-    registered: bool,
-) {
-    let Some(events) = &app.events else { return };
-    let (status, reason) = match (error, has_code) {
-        (Some(e), _) => ("failed", Some(reason_from_provider(e))),
-        (None, true) => ("succeeded", None),
-        (None, false) => ("failed", Some("no_code".to_string())),
-    };
-    let class = if registered {
-        Class::Registered
-    } else {
-        Class::Unregistered
-    };
-    events.emit(
-        RELAY_CALLBACK_RECEIVED,
-        json!({ "handle": handle_hash(state), "status": status, "reason": reason }),
-        class,
-    );
-}
-
-/// A second, different callback for a relay state: the state is in conflict and neither callback
-/// is handed out (one may be a stranger's). A receiver told `succeeded` for the first learns
-/// here that the code will not come. Anyone can put their own unregistered state in conflict,
-/// so these events are of the class strangers can make (`Class::Unregistered`): under a flood
-/// one may be dropped, and then the retrieval's own 409 is what tells the owner; no code is
-/// handed out either way.
-pub fn callback_conflict(app: &App, state: &str) {
-    let Some(events) = &app.events else { return };
-    events.emit(
-        RELAY_CALLBACK_RECEIVED,
-        json!({ "handle": handle_hash(state), "status": "conflict", "reason": "conflict" }),
-        Class::Unregistered,
-    );
-}
-
-/// A broker sign-in finished: `failure` is its reason code when it failed.
-pub fn sign_in_finished(app: &App, handle: &str, provider: &str, failure: Option<&str>) {
-    let Some(events) = &app.events else { return };
-    let (kind, status) = match failure {
-        None => (BROKER_SIGN_IN_SUCCEEDED, "succeeded"),
-        Some(_) => (BROKER_SIGN_IN_FAILED, "failed"),
-    };
-    events.emit(
-        kind,
-        json!({ "handle": handle_hash(handle), "provider": provider, "status": status, "reason": failure }),
-        Class::Registered,
-    );
 }
 
 #[cfg(test)]

@@ -1,34 +1,50 @@
-//! `/metrics` in the Prometheus text format: a few gauges and counters an operator alerts on.
+//! The operator's endpoints: `/health` (liveness), `/ready` (readiness) and `/metrics`
+//! (Prometheus). None of them waits on a shared store except `/ready`, whose job it is.
 
 use crate::app::App;
 use crate::error::Error;
 use crate::http::Response;
+use crate::logging;
+use serde_json::json;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
-/// Failed `accept` calls (descriptors exhausted, say); each is retried after a back-off.
-pub static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
-/// Connections open now.
-pub static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
-/// Idle connections closed to make room for new ones at the connection cap.
-pub static CONNECTIONS_SHED: AtomicU64 = AtomicU64::new(0);
-/// Connections answered 503 at the cap because none was idle.
-pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
-/// Times a client reached its share of connections (`OAUTH_RELAY_MAX_CONNECTIONS_PER_CLIENT`):
-/// its newcomer answered 429, or its own longest-idle connection closed to make room.
-pub static QUOTA_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
-/// Long-polls answered 429 because their client held its share of waiters
-/// (`OAUTH_RELAY_MAX_WAITERS_PER_CLIENT`).
-pub static QUOTA_WAITERS: AtomicU64 = AtomicU64::new(0);
-/// Requests answered with a 5xx status (a panic in a handler included).
-pub static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
-/// Requests answered, by any status.
-pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
-/// Callbacks and self-registrations refused (429) past their client's share of pending entries.
-pub static PENDING_SHARE_REFUSED: AtomicU64 = AtomicU64::new(0);
+/// Liveness: answers 200 without waiting on the store. With a shared store out of reach the
+/// status is `degraded` and the count `null`; `/ready` is what takes the replica out of service.
+pub fn health(app: &App) -> Result<Response, Error> {
+    let active = app.store.active_callbacks_now();
+    Ok(Response::json(
+        200,
+        &json!({
+            "status": if active.is_some() { "healthy" } else { "degraded" },
+            "service": "oauth-callback-server",
+            "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            "active_callbacks": active,
+        }),
+    ))
+}
 
-pub fn render(app: &App) -> Result<Response, Error> {
+/// Readiness: 200 while the store answers, 503 otherwise.
+pub fn ready(app: &App) -> Result<Response, Error> {
+    match app.store.ping() {
+        Ok(()) => Ok(Response::json(200, &json!({ "status": "ready" }))),
+        Err(e) => {
+            logging::warn("not_ready", json!({ "error": e.0 }));
+            Ok(Response::json(
+                503,
+                &json!({ "status": "unavailable", "message": "State storage is unavailable" }),
+            ))
+        }
+    }
+}
+
+/// `/metrics` in the Prometheus text format: a few gauges and counters an operator alerts on.
+/// Reads the server's counters through the app, and never waits on a shared store.
+pub fn metrics(app: &App) -> Result<Response, Error> {
     // (Result kept so the router treats every handler alike.)
+    let server = &app.server_counters;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = write!(
@@ -62,41 +78,40 @@ pub fn render(app: &App) -> Result<Response, Error> {
         "oauth_relay_requests_total",
         "counter",
         "Requests answered.",
-        REQUESTS.load(Ordering::Relaxed),
+        load(&server.requests),
     );
     metric(
         "oauth_relay_server_errors_total",
         "counter",
         "Requests answered with a 5xx status.",
-        SERVER_ERRORS.load(Ordering::Relaxed),
+        load(&server.server_errors),
     );
     metric(
         "oauth_relay_accept_errors_total",
         "counter",
         "Failed accepts (descriptors exhausted, say), each retried after a back-off.",
-        ACCEPT_ERRORS.load(Ordering::Relaxed),
+        load(&server.accept_errors),
     );
     metric(
         "oauth_relay_open_connections",
         "gauge",
         "Connections open now.",
-        OPEN_CONNECTIONS.load(Ordering::Relaxed),
+        load(&server.open_connections),
     );
     metric(
         "oauth_relay_connections_shed_total",
         "counter",
         "Idle connections closed to make room at the connection cap.",
-        CONNECTIONS_SHED.load(Ordering::Relaxed),
+        load(&server.connections_shed),
     );
     metric(
         "oauth_relay_connections_refused_total",
         "counter",
         "Connections answered 503 at the cap because none was idle.",
-        CONNECTIONS_REFUSED.load(Ordering::Relaxed),
+        load(&server.connections_refused),
     );
     if let Some(events) = &app.events {
         let c = &events.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         for (name, help, value) in [
             (
                 "queued",
@@ -160,14 +175,14 @@ pub fn render(app: &App) -> Result<Response, Error> {
         "# HELP oauth_relay_quota_refused_total Times a client was held to its share of a cap others need: 429, or for connections its own longest-idle one closed instead.\n# TYPE oauth_relay_quota_refused_total counter\n"
     );
     for (share, counter) in [
-        ("connections", &QUOTA_CONNECTIONS),
-        ("waiters", &QUOTA_WAITERS),
-        ("pending", &PENDING_SHARE_REFUSED),
+        ("connections", &server.quota_connections),
+        ("waiters", &server.quota_waiters),
+        ("pending", &app.pending_share_refused),
     ] {
         let _ = writeln!(
             out,
             "oauth_relay_quota_refused_total{{share=\"{share}\"}} {}",
-            counter.load(Ordering::Relaxed)
+            load(counter)
         );
     }
     Ok(Response::text(200, "text/plain; version=0.0.4", out))
