@@ -1,5 +1,7 @@
-//! Command line and environment, parsed by clap and validated into `Config`. Every default is
-//! in `defaults` (and `impl Default for Config`); handlers never read the environment. The
+//! Command line and environment, parsed by clap and validated into `Config`. Every default of
+//! the service's own settings is in `defaults`, once: the flags default to it (`--help` shows
+//! it), and `Config::default()` and `ServerOptions::default()` are built from it. Handlers never
+//! read the environment. The
 //! variables whose names depend on other settings (`OAUTH_RELAY_PROVIDER_<NAME>_*`) come in a
 //! map (`providers_config::Env`) that `main` fills once from the process environment.
 
@@ -9,6 +11,8 @@ use crate::secret::Secret;
 use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
+/// Every default of `serve`'s own settings and of the client subcommands (completion events',
+/// the broker's and each provider's are their own modules').
 pub mod defaults {
     pub const HOST: &str = "0.0.0.0";
     pub const PORT: u16 = 8000;
@@ -549,7 +553,7 @@ pub struct Config {
 
 /// What the server (`server/`) is given: its bounds, caps and shares, timers and threads.
 /// Every default is `defaults`' (the binary's flags default to the same constants).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerOptions {
     /// Event-loop threads. Defaults to `defaults::workers()`: one per CPU.
     pub workers: usize,
@@ -609,7 +613,12 @@ impl Default for ServerOptions {
             max_connections_per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
             public_reserved: defaults::PUBLIC_RESERVED_CONNECTIONS,
             internal_reserved: defaults::INTERNAL_RESERVED_CONNECTIONS,
-            trusted_proxies: TrustedProxies::default(),
+            trusted_proxies: TrustedProxies::parse(
+                defaults::TRUSTED_PROXIES,
+                crate::client_ip::ForwardedHeader::parse(defaults::CLIENT_IP_HEADER)
+                    .expect("the default header is one"),
+            )
+            .expect("the default list parses"),
             shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             give_up_after: Duration::from_secs(defaults::ACCEPT_GIVE_UP_SECS),
         }
@@ -695,8 +704,9 @@ impl Default for Config {
             max_wait: Duration::from_secs(defaults::MAX_WAIT_SECS),
             max_waiters: defaults::MAX_WAITERS,
             max_waiters_per_client: defaults::MAX_WAITERS_PER_CLIENT,
-            log_level: Level::Info,
-            cors: crate::cors::Cors::Any,
+            log_level: Level::parse(defaults::LOG_LEVEL).expect("the default level is one"),
+            cors: crate::cors::Cors::parse(defaults::CORS_ORIGINS)
+                .expect("the default origins parse"),
             server: ServerOptions::default(),
             broker: None,
             redis: None,
@@ -742,19 +752,107 @@ pub fn name_flags(message: &str) -> String {
     out
 }
 
-impl Config {
-    /// Checks every setting; the error names the variable to fix and its flag. `env` holds the
-    /// environment variables clap does not declare (the providers' own).
-    pub fn from_args(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
-        Config::checked(a, env).map_err(|message| name_flags(&message))
-    }
+/// A setting `serve` cannot start with. Its `Display` is the line `main` logs, each variable
+/// followed by its flag (`name_flags`): `OAUTH_RELAY_TTL_SECS (--ttl-secs) must be at least 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A count or a number of seconds that must be at least 1: its variable.
+    Zero(&'static str),
+    /// `OAUTH_RELAY_API_TOKEN` is too short, or has spaces around it.
+    ApiToken,
+    /// `OAUTH_RELAY_MAX_URL_BYTES` is below 256.
+    UrlBytes,
+    /// `OAUTH_RELAY_MAX_HEADER_BYTES` leaves no room for the longest request line.
+    HeaderBytes,
+    /// `OAUTH_RELAY_INTERNAL_ADDR` is not an IP address and port: the value.
+    InternalAddr(String),
+    /// `--internal-url`, in `server_url`'s words.
+    InternalUrl(String),
+    /// The listeners' reserved connections add up to more than the cap.
+    Reserves { reserved: usize, max: usize },
+    /// `OAUTH_RELAY_CLIENT_IP_HEADER` is neither header.
+    ClientIpHeader,
+    /// An entry of `OAUTH_RELAY_TRUSTED_PROXIES` is no address or CIDR: the entry.
+    TrustedProxy(String),
+    /// `OAUTH_RELAY_LOG_LEVEL` is no level.
+    LogLevel,
+    /// A Redis topology the store does not run on yet: its variable and flag.
+    Topology(String),
+    /// Redis's settings (`RedisConfig`, `src/kv`), in their own words.
+    Redis(String),
+    /// `OAUTH_RELAY_ENCRYPTION_KEY`, in the keyring's words.
+    EncryptionKey(String),
+    /// Completion events' settings, in their own words.
+    Webhook(String),
+    /// `OAUTH_RELAY_CORS_ORIGINS`, in its own words.
+    Cors(String),
+    /// The broker's and its providers' settings, in their own words.
+    Broker(String),
+}
 
-    fn checked(a: ServeArgs, env: &crate::providers_config::Env) -> Result<Config, String> {
-        let redis = RedisConfig::from_args(&a)?;
+impl ConfigError {
+    /// The words before the flags are named.
+    fn words(&self) -> String {
+        match self {
+            ConfigError::Zero(variable) => format!("{variable} must be at least 1"),
+            ConfigError::ApiToken => {
+                "OAUTH_RELAY_API_TOKEN must be at least 16 characters, without surrounding spaces"
+                    .into()
+            }
+            ConfigError::UrlBytes => "OAUTH_RELAY_MAX_URL_BYTES must be at least 256".into(),
+            ConfigError::HeaderBytes => "OAUTH_RELAY_MAX_HEADER_BYTES must be at least OAUTH_RELAY_MAX_URL_BYTES + 256 (the request line is part of the head)".into(),
+            ConfigError::InternalAddr(addr) => format!("OAUTH_RELAY_INTERNAL_ADDR must be an IP address and port such as 0.0.0.0:8001, not {addr:?}"),
+            ConfigError::Reserves { reserved, max } => format!(
+                "OAUTH_RELAY_PUBLIC_RESERVED_CONNECTIONS + OAUTH_RELAY_INTERNAL_RESERVED_CONNECTIONS ({reserved}) must be at most OAUTH_RELAY_MAX_CONNECTIONS ({max})"
+            ),
+            ConfigError::ClientIpHeader => {
+                "OAUTH_RELAY_CLIENT_IP_HEADER must be x-forwarded-for or forwarded".into()
+            }
+            ConfigError::TrustedProxy(entry) => format!("OAUTH_RELAY_TRUSTED_PROXIES must list IP addresses and CIDRs such as 10.0.0.0/8, separated by commas; {entry:?} is neither"),
+            ConfigError::LogLevel => {
+                "OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off".into()
+            }
+            ConfigError::Topology(variable) => format!("{variable} is understood, but this version keeps its state on one Redis only: set OAUTH_RELAY_REDIS_URL instead"),
+            ConfigError::InternalUrl(words)
+            | ConfigError::Redis(words)
+            | ConfigError::EncryptionKey(words)
+            | ConfigError::Webhook(words)
+            | ConfigError::Cors(words)
+            | ConfigError::Broker(words) => words.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&name_flags(&self.words()))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `v`, unless it is 0.
+fn positive(variable: &'static str, v: u64) -> Result<u64, ConfigError> {
+    match v {
+        0 => Err(ConfigError::Zero(variable)),
+        v => Ok(v),
+    }
+}
+
+impl Config {
+    /// Checks every setting. `env` holds the environment variables clap does not declare (the
+    /// providers' own).
+    pub fn from_args(
+        a: ServeArgs,
+        env: &crate::providers_config::Env,
+    ) -> Result<Config, ConfigError> {
+        let redis = RedisConfig::from_args(&a).map_err(ConfigError::Redis)?;
         // The Redis layer's settings (src/kv) are checked here, so a mistake stops start-up.
         // The store runs on OAUTH_RELAY_REDIS_URL only, so far: Sentinel or Cluster settings
         // are refused rather than leave state in memory without a word.
-        if let Some(kv) = crate::kv::KvSettings::from_args(&a).map_err(|e| e.to_string())? {
+        let kv =
+            crate::kv::KvSettings::from_args(&a).map_err(|e| ConfigError::Redis(e.to_string()))?;
+        if let Some(kv) = kv {
             use crate::kv::settings::{Topology, CLUSTER_NODES, SENTINELS};
             let chosen = match kv.topology {
                 Topology::Standalone { .. } => None,
@@ -762,50 +860,41 @@ impl Config {
                 Topology::Cluster { .. } => Some(CLUSTER_NODES),
             };
             if let Some(chosen) = chosen {
-                return Err(format!("{chosen} is understood, but this version keeps its state on one Redis only: set OAUTH_RELAY_REDIS_URL instead"));
+                return Err(ConfigError::Topology(chosen.to_string()));
             }
         }
         let key = a.encryption_key.as_deref().filter(|k| !k.trim().is_empty());
         if let (None, Some(key)) = (&redis, key) {
             // Checked all the same: a typo should not wait for the day Redis is turned on.
-            crate::keyring::Keyring::parse(key)?;
+            crate::keyring::Keyring::parse(key).map_err(ConfigError::EncryptionKey)?;
         }
         let unused_encryption_key = redis.is_none() && key.is_some();
-        let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())?;
-        fn positive(name: &str, v: u64) -> Result<u64, String> {
-            if v == 0 {
-                Err(format!("{name} must be at least 1"))
-            } else {
-                Ok(v)
-            }
-        }
+        let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())
+            .map_err(ConfigError::Webhook)?;
         let api_token = match a.api_token {
             None => None,
-            Some(t) if t.trim().len() < 16 || t.trim() != t => return Err(
-                "OAUTH_RELAY_API_TOKEN must be at least 16 characters, without surrounding spaces"
-                    .into(),
-            ),
+            Some(t) if t.trim().len() < 16 || t.trim() != t => return Err(ConfigError::ApiToken),
             Some(t) => Some(Secret::new(t)),
         };
         if a.max_url_bytes < 256 {
-            return Err("OAUTH_RELAY_MAX_URL_BYTES must be at least 256".into());
+            return Err(ConfigError::UrlBytes);
         }
         if a.max_header_bytes < a.max_url_bytes + 256 {
-            return Err("OAUTH_RELAY_MAX_HEADER_BYTES must be at least OAUTH_RELAY_MAX_URL_BYTES + 256 (the request line is part of the head)".into());
+            return Err(ConfigError::HeaderBytes);
         }
         let internal_addr = match a.internal_addr.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(addr) => Some(addr.parse::<std::net::SocketAddr>().map_err(|_| {
-                format!("OAUTH_RELAY_INTERNAL_ADDR must be an IP address and port such as 0.0.0.0:8001, not {addr:?}")
-            })?),
+            Some(addr) => Some(
+                addr.parse::<std::net::SocketAddr>()
+                    .map_err(|_| ConfigError::InternalAddr(addr.to_string()))?,
+            ),
         };
         let internal_url = match a.internal_url.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(url) => Some(server_url(
-                url,
-                "--internal-url",
-                "OAUTH_RELAY_INTERNAL_URL",
-            )?),
+            Some(url) => Some(
+                server_url(url, "--internal-url", "OAUTH_RELAY_INTERNAL_URL")
+                    .map_err(ConfigError::InternalUrl)?,
+            ),
         };
         let max_connections =
             positive("OAUTH_RELAY_MAX_CONNECTIONS", a.max_connections as u64)? as usize;
@@ -813,18 +902,16 @@ impl Config {
             .public_reserved_connections
             .saturating_add(a.internal_reserved_connections);
         if internal_addr.is_some() && reserved > max_connections {
-            return Err(format!(
-                "OAUTH_RELAY_PUBLIC_RESERVED_CONNECTIONS + OAUTH_RELAY_INTERNAL_RESERVED_CONNECTIONS ({reserved}) must be at most OAUTH_RELAY_MAX_CONNECTIONS ({max_connections})"
-            ));
+            return Err(ConfigError::Reserves {
+                reserved,
+                max: max_connections,
+            });
         }
         let header = crate::client_ip::ForwardedHeader::parse(&a.client_ip_header)
-            .ok_or("OAUTH_RELAY_CLIENT_IP_HEADER must be x-forwarded-for or forwarded")?;
-        let trusted_proxies = TrustedProxies::parse(&a.trusted_proxies, header)
-            .map_err(|entry| {
-                format!("OAUTH_RELAY_TRUSTED_PROXIES must list IP addresses and CIDRs such as 10.0.0.0/8, separated by commas; {entry:?} is neither")
-            })?;
-        let log_level = Level::parse(&a.log_level)
-            .ok_or("OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off")?;
+            .ok_or(ConfigError::ClientIpHeader)?;
+        let trusted_proxies =
+            TrustedProxies::parse(&a.trusted_proxies, header).map_err(ConfigError::TrustedProxy)?;
+        let log_level = Level::parse(&a.log_level).ok_or(ConfigError::LogLevel)?;
         Ok(Config {
             redis,
             host: a.host,
@@ -851,7 +938,7 @@ impl Config {
                 a.max_waiters_per_client as u64,
             )? as usize,
             log_level,
-            cors: crate::cors::Cors::parse(&a.cors_origins)?,
+            cors: crate::cors::Cors::parse(&a.cors_origins).map_err(ConfigError::Cors)?,
             server: ServerOptions {
                 workers: match a.workers {
                     None => defaults::workers(),
@@ -881,7 +968,8 @@ impl Config {
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
                 give_up_after: ServerOptions::default().give_up_after,
             },
-            broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)?,
+            broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)
+                .map_err(ConfigError::Broker)?,
             webhook,
             unused_encryption_key,
         })
@@ -899,6 +987,7 @@ mod tests {
             Cli::try_parse_from(argv).map_err(|e| e.to_string())?.serve,
             &Default::default(),
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -911,6 +1000,27 @@ mod tests {
         );
         assert_eq!(c.max_pending_per_client, d.max_pending_per_client);
         assert_eq!(c.server.read_timeout, d.server.read_timeout);
+        // Everything else the flags and `Default` both set: one source, so always equal.
+        assert_eq!(
+            (
+                c.max_pending_bytes,
+                c.max_sessions,
+                c.max_wait,
+                c.max_waiters
+            ),
+            (
+                d.max_pending_bytes,
+                d.max_sessions,
+                d.max_wait,
+                d.max_waiters
+            )
+        );
+        assert_eq!(
+            (c.max_waiters_per_client, c.log_level, &c.cors),
+            (d.max_waiters_per_client, d.log_level, &d.cors)
+        );
+        assert_eq!(c.server, d.server);
+        assert_eq!(d.server, ServerOptions::default());
     }
 
     #[test]
@@ -1020,6 +1130,77 @@ mod tests {
         assert!(parse(&["--workers", "0"])
             .unwrap_err()
             .starts_with("OAUTH_RELAY_WORKERS (--workers) must be at least 1"));
+    }
+
+    /// Start-up refusals are typed; their words are the ones `main` has always logged.
+    #[test]
+    fn refusals_are_typed_and_worded_as_before() {
+        let refused = |args: &[&str]| {
+            let mut argv = vec!["oauth-relay"];
+            argv.extend_from_slice(args);
+            Config::from_args(
+                Cli::try_parse_from(argv).unwrap().serve,
+                &Default::default(),
+            )
+            .unwrap_err()
+        };
+        for (args, error, words) in [
+            (
+                &["--ttl-secs", "0"][..],
+                ConfigError::Zero("OAUTH_RELAY_TTL_SECS"),
+                "OAUTH_RELAY_TTL_SECS (--ttl-secs) must be at least 1",
+            ),
+            (
+                &["--max-url-bytes", "100"],
+                ConfigError::UrlBytes,
+                "OAUTH_RELAY_MAX_URL_BYTES (--max-url-bytes) must be at least 256",
+            ),
+            (
+                &["--api-token", " short "],
+                ConfigError::ApiToken,
+                "OAUTH_RELAY_API_TOKEN (--api-token) must be at least 16 characters, without surrounding spaces",
+            ),
+            (
+                &["--internal-addr", "localhost"],
+                ConfigError::InternalAddr("localhost".into()),
+                "OAUTH_RELAY_INTERNAL_ADDR (--internal-addr) must be an IP address and port such as 0.0.0.0:8001, not \"localhost\"",
+            ),
+            (
+                &["--max-connections", "200", "--internal-addr", "127.0.0.1:0"],
+                ConfigError::Reserves {
+                    reserved: 256,
+                    max: 200,
+                },
+                "OAUTH_RELAY_PUBLIC_RESERVED_CONNECTIONS (--public-reserved-connections) + OAUTH_RELAY_INTERNAL_RESERVED_CONNECTIONS (--internal-reserved-connections) (256) must be at most OAUTH_RELAY_MAX_CONNECTIONS (--max-connections) (200)",
+            ),
+            (
+                &["--trusted-proxies", "ingress"],
+                ConfigError::TrustedProxy("ingress".into()),
+                "OAUTH_RELAY_TRUSTED_PROXIES (--trusted-proxies) must list IP addresses and CIDRs such as 10.0.0.0/8, separated by commas; \"ingress\" is neither",
+            ),
+            (
+                &["--log-level", "loud"],
+                ConfigError::LogLevel,
+                "OAUTH_RELAY_LOG_LEVEL (--log-level) must be one of debug, info, warn, error, off",
+            ),
+            (
+                &["--redis-cluster-nodes", "a:7000"],
+                ConfigError::Topology(
+                    "OAUTH_RELAY_REDIS_CLUSTER_NODES (--redis-cluster-nodes)".into(),
+                ),
+                "OAUTH_RELAY_REDIS_CLUSTER_NODES (--redis-cluster-nodes) is understood, but this version keeps its state on one Redis only: set OAUTH_RELAY_REDIS_URL (--redis-url) instead",
+            ),
+        ] {
+            let got = refused(args);
+            assert_eq!(got, error, "{args:?}");
+            assert_eq!(got.to_string(), words, "{args:?}");
+        }
+        // Another part's words are kept, and its variables named with their flags too.
+        let e = refused(&["--cors-origins", "ftp://x"]);
+        assert!(matches!(e, ConfigError::Cors(_)), "{e:?}");
+        assert!(e
+            .to_string()
+            .contains("OAUTH_RELAY_CORS_ORIGINS (--cors-origins)"));
     }
 
     #[test]

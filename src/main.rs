@@ -27,10 +27,13 @@ fn serve(args: oauth_relay::config::ServeArgs) -> ExitCode {
     let env: oauth_relay::providers_config::Env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let result = Config::from_args(args, &env).and_then(oauth_relay::serve);
+    let result = Config::from_args(args, &env)
+        .map_err(oauth_relay::Fatal::from)
+        .and_then(oauth_relay::serve);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(fatal) => {
+            let message = fatal.to_string();
             oauth_relay::logging::error("fatal", serde_json::json!({ "error": message }));
             ExitCode::from(1)
         }

@@ -10,9 +10,10 @@ use crate::app::App;
 use crate::broker::login;
 use crate::broker::sessions::{self, Endpoint};
 use crate::error::{Error, Face};
+use crate::health;
 use crate::http::{HttpRequest, Listener, Reply, Response, RETRIEVAL_SECRET_HEADER};
 use crate::providers_config::M365;
-use crate::{health, relay};
+use crate::relay;
 use std::sync::Arc;
 
 use Exposure::{Both, Internal, Public};
@@ -366,6 +367,264 @@ fn readable_by(app: &Arc<App>, origin: Option<String>, cors: bool, reply: Reply)
         Reply::Later(job) => {
             let app = app.clone();
             Reply::Later(Box::new(move || readable_by(&app, origin, true, job())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay in memory (no broker), as `serve` builds it.
+    fn app() -> Arc<App> {
+        let config = crate::config::Config::default();
+        Arc::new(App {
+            store: Arc::new(crate::store::memory::MemoryStore::new(
+                config.ttl,
+                config.max_pending,
+                config.max_pending_bytes,
+            )),
+            waiters: crate::waiters::Waiters::new(10, 10),
+            broker: None,
+            events: None,
+            server_counters: Default::default(),
+            pending_share_refused: Default::default(),
+            config,
+        })
+    }
+
+    fn answer(req: HttpRequest) -> Response {
+        match route(&app(), req) {
+            Reply::Now(r) => r,
+            _ => panic!("not answered at once"),
+        }
+    }
+
+    #[test]
+    fn every_path_has_its_route_face_listener_and_work() {
+        for (path, name, face, exposure, work) in [
+            ("/health", "/health", Api, Both, InPlace),
+            ("/ready", "/ready", Api, Both, MayBlock),
+            ("/metrics", "/metrics", Api, Internal, InPlace),
+            ("/openapi.json", "/openapi.json", Api, Internal, InPlace),
+            ("/callback", "/callback", Page, Public, MayBlock),
+            (
+                "/api/callback/s",
+                "/api/callback/{state}",
+                Api,
+                Internal,
+                MayBlock,
+            ),
+            (
+                "/api/callback/",
+                "/api/callback/{state}",
+                Api,
+                Internal,
+                MayBlock,
+            ),
+            ("/api/states", "/api/states", Api, Internal, MayBlock),
+            ("/sessions", "/sessions", Api, Internal, MayBlock),
+            (
+                "/login/corp/callback",
+                "/login/{provider}/callback",
+                Page,
+                Public,
+                MayBlock,
+            ),
+            (
+                "/login/a/b/callback",
+                "/login/{link}",
+                Page,
+                Public,
+                MayBlock,
+            ),
+            ("/login/link-id", "/login/{link}", Page, Public, MayBlock),
+            ("/m365/sessions", "/m365/sessions", Api, Internal, MayBlock),
+            (
+                "/m365/start/link-id",
+                "/m365/start/{link}",
+                Page,
+                Public,
+                MayBlock,
+            ),
+            ("/m365/callback", "/m365/callback", Page, Public, MayBlock),
+            ("/status/h", "/status/{state}", Api, Internal, MayBlock),
+            ("/token/h", "/token/{state}", Api, Internal, MayBlock),
+        ] {
+            let (route, _) = find(path).unwrap_or_else(|| panic!("{path} has no route"));
+            assert_eq!(
+                (route.name, route.face, route.exposure, route.work),
+                (name, face, exposure, work),
+                "{path}"
+            );
+            assert_eq!(super::face(path), face, "{path}");
+        }
+        // Only what never waits on the store runs in place.
+        let in_place: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.work == InPlace)
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(in_place, ["/health", "/metrics", "/openapi.json"]);
+    }
+
+    #[test]
+    fn the_pattern_is_what_the_name_spells() {
+        assert_eq!(Pattern::of("/health"), Pattern::Exact("/health"));
+        assert_eq!(Pattern::of("/token/{state}"), Pattern::Prefix("/token/"));
+        assert_eq!(
+            Pattern::of("/login/{provider}/callback"),
+            Pattern::Around("/login/", "/callback")
+        );
+        for route in ROUTES {
+            assert_eq!(route.pattern, Pattern::of(route.name));
+            assert!(!route.methods.is_empty(), "{}", route.name);
+        }
+        // A provider's name is one segment; a link id anything after the prefix.
+        assert_eq!(find("/login//callback").unwrap().0.name, "/login/{link}");
+        assert_eq!(find("/login/a/callback").unwrap().1, "a");
+    }
+
+    /// The rule `error.rs` had before routes said their faces (`Face::for_path`): every path
+    /// must keep the face it had.
+    fn face_before(path: &str) -> Face {
+        let api_prefixes = ["/api/", "/status/", "/token/", "/m365/sessions"];
+        if api_prefixes.iter().any(|p| path.starts_with(p))
+            || [
+                "/sessions",
+                "/health",
+                "/metrics",
+                "/ready",
+                "/openapi.json",
+            ]
+            .contains(&path)
+        {
+            Api
+        } else {
+            Page
+        }
+    }
+
+    #[test]
+    fn every_path_keeps_the_face_it_had() {
+        let mut paths: Vec<String> = [
+            "/",
+            "",
+            "/api",
+            "/api/",
+            "/api/x",
+            "/api/states/x",
+            "/apix",
+            "/status",
+            "/status/",
+            "/token",
+            "/token/",
+            "/m365",
+            "/m365/",
+            "/m365/sessions",
+            "/m365/sessions/x",
+            "/m365/sessionsx",
+            "/m365/start",
+            "/m365/callback/x",
+            "/sessions/",
+            "/sessionsx",
+            "/health/",
+            "/healthz",
+            "/ready/x",
+            "/metrics/",
+            "/openapi.json/x",
+            "/login",
+            "/login/",
+            "/callback/",
+            "/callbacks",
+            "/no-such-route",
+            "/%2Fapi/x",
+            "/API/x",
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+        for route in ROUTES {
+            let prefix = route.pattern.prefix();
+            for tail in ["", "x", "x/y", "%20"] {
+                paths.push(format!("{prefix}{tail}"));
+                paths.push(format!("{}{tail}", route.name));
+            }
+            paths.push(prefix.trim_end_matches('/').to_string());
+        }
+        for path in &paths {
+            assert_eq!(face(path), face_before(path), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_and_hidden_routes_get_the_same_404_in_their_face() {
+        let unknown = answer(HttpRequest::new("GET", "/api/no-such-route"));
+        assert_eq!(
+            (unknown.status, unknown.content_type),
+            (404, crate::http::JSON)
+        );
+        let page = answer(HttpRequest::new("GET", "/no-such-route"));
+        assert_eq!((page.status, page.content_type), (404, crate::http::HTML));
+        // /sessions on the public listener: exactly a path nobody serves, in its face.
+        let mut hidden = HttpRequest::new("POST", "/sessions");
+        hidden.listener = Listener::Public;
+        let hidden = answer(hidden);
+        assert_eq!((hidden.status, hidden.route), (404, "-"));
+        assert_eq!(hidden.body, unknown.body);
+        // A login link on the internal listener: the page.
+        let mut hidden = HttpRequest::new("GET", "/login/x");
+        hidden.listener = Listener::Internal;
+        assert_eq!(answer(hidden).body, page.body);
+    }
+
+    #[test]
+    fn a_method_not_served_is_405_naming_the_first_served_in_the_routes_face() {
+        let r = answer(HttpRequest::new("DELETE", "/api/states"));
+        assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+        assert_eq!(r.content_type, crate::http::JSON);
+        let r = answer(HttpRequest::new("PUT", "/login/x"));
+        assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+        assert_eq!(r.content_type, crate::http::HTML);
+        // Only a route open to pages answers preflights; any other says 405 to OPTIONS.
+        let preflight =
+            HttpRequest::new("OPTIONS", "/api/states").with_header("Origin", "https://app.example");
+        assert_eq!(answer(preflight).status, 204);
+        let r = answer(HttpRequest::new("OPTIONS", "/sessions"));
+        assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+    }
+
+    #[test]
+    fn a_long_polls_answer_is_the_routes_whenever_it_comes() {
+        let req = HttpRequest::new("GET", "/api/callback/some-state?wait=5");
+        let Reply::Wait(wait) = route(&app(), req) else {
+            panic!("not parked")
+        };
+        let r = (wait.answer)();
+        assert_eq!((r.status, r.route), (404, "/api/callback/{state}"));
+        // Refusals before the request was whole are worded for the path's reader.
+        use crate::server::Service;
+        let router = Router(app());
+        let r = router.refuse("/login/x", Error::RequestTimeout);
+        assert_eq!((r.status, r.content_type), (408, crate::http::HTML));
+        let r = router.refuse("/api/nothing", Error::UrlTooLong);
+        assert_eq!((r.status, r.content_type), (414, crate::http::JSON));
+    }
+
+    #[test]
+    fn the_brokers_links_lead_to_their_routes() {
+        for (endpoint, link) in [
+            (SESSIONS, "/login/{link}"),
+            (M365_SESSIONS, "/m365/start/{link}"),
+        ] {
+            let (link_path, status_path) = (
+                format!("{}id", endpoint.link_path),
+                format!("{}h", endpoint.status_path),
+            );
+            let (route, tail) = find(&link_path).unwrap();
+            assert_eq!((route.name, tail), (link, "id"));
+            let (route, tail) = find(&status_path).unwrap();
+            assert_eq!((route.name, tail), ("/status/{state}", "h"));
         }
     }
 }

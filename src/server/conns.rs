@@ -360,4 +360,32 @@ mod tests {
         assert_eq!(admit(&mut c, &o, public, Some(2), 17, false), Err("503"));
         assert_eq!(c.on(internal), 3);
     }
+
+    #[test]
+    fn what_admission_does_is_counted_where_it_is_reported() {
+        let counters = Arc::new(Counters::default());
+        let mut c = Conns::new(counters.clone());
+        let o = opts(3, 2, 0, 0);
+        let sole = Listener::Sole;
+        admit(&mut c, &o, sole, Some(1), 1, false).unwrap();
+        admit(&mut c, &o, sole, Some(1), 2, true).unwrap();
+        // At its share: its idle one is shed for it (one shed, one share reached).
+        admit(&mut c, &o, sole, Some(1), 3, true).unwrap();
+        // At its share, all busy: refused (another share reached, nothing shed).
+        assert_eq!(admit(&mut c, &o, sole, Some(1), 4, false), Err("429"));
+        // At the cap with nothing idle: refused, nothing shed.
+        admit(&mut c, &o, sole, Some(2), 5, true).unwrap();
+        assert_eq!(admit(&mut c, &o, sole, Some(3), 6, false), Err("503"));
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (
+                load(&counters.connections_shed),
+                load(&counters.quota_connections)
+            ),
+            (1, 2)
+        );
+        // The drain asks every connection to close.
+        c.close_all();
+        assert!(c.slots.values().all(|s| s.closing.load(Ordering::Acquire)));
+    }
 }

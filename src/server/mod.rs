@@ -1,7 +1,8 @@
 //! The front door: hyper's HTTP/1.1 connections on tokio, plus every bound hyper leaves to us.
 //! One thread accepts and hands each connection to one of `workers` event loops (a thread with a
-//! runtime of its own), which serves it start to end; blocking work goes to one bounded pool. hyper parses strictly (one request at a time per connection, malformed framing refused)
-//! and bounds header bytes, header count and the time to receive a head; here we add the rest:
+//! runtime of its own), which serves it start to end; blocking work goes to one bounded pool.
+//! hyper parses strictly (one request at a time per connection, malformed framing refused) and
+//! bounds header bytes, header count and the time to receive a head; here we add the rest:
 //! - a total deadline for each request, head and body (hyper's head timer and ours start at the
 //!   same moment: when the connection becomes ready for the request), and a body-size limit,
 //!   refused unread when the declared length is already too large;
@@ -30,7 +31,6 @@
 //!   long-poll registry and the shutdown; each request is told which one it came in on;
 //! - SIGTERM (via `Stopper`) stops accepting on every listener, answers every long-poll, lets
 //!   in-flight requests finish within the grace period, and returns.
-
 //!
 //! By job: this file starts the server and stops it (listeners, event loops, the blocking pool,
 //! the drain) and holds what its parts share, its counters among it; `conns.rs` decides who gets
@@ -133,6 +133,9 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// Connections the kernel holds for us before `accept`.
+const BACKLOG: i32 = 1024;
+
 /// Binds the listening socket. `SO_REUSEADDR` so a restart does not wait out TIME_WAIT; a deep
 /// backlog so a burst of connections waits in the kernel rather than being refused.
 pub fn bind(host: &str, port: u16) -> io::Result<std::net::TcpListener> {
@@ -149,7 +152,7 @@ pub fn bind(host: &str, port: u16) -> io::Result<std::net::TcpListener> {
     )?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

@@ -1,0 +1,285 @@
+//! Start-up and shutdown of `serve`: the listeners, the store and its sweeper, the broker and
+//! its providers, the completion events, the app, the server and the signals that stop it; and
+//! the typed reason the process ends non-zero.
+
+use crate::app;
+use crate::broker;
+use crate::budget;
+use crate::config;
+use crate::config::ConfigError;
+use crate::events;
+use crate::http;
+use crate::logging;
+use crate::provider;
+use crate::routes;
+use crate::server;
+use crate::store;
+use crate::waiters;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the service did not start, or stopped without being asked to. `main` logs its `Display`
+/// as the `fatal` line's `error` and exits 1.
+#[derive(Debug)]
+pub enum Fatal {
+    /// A setting is wrong.
+    Config(ConfigError),
+    /// The public listener (the only one without an internal address) could not be bound.
+    Listen {
+        host: String,
+        port: u16,
+        error: std::io::Error,
+    },
+    /// The internal listener could not be bound.
+    ListenInternal {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The shared store could not be set up, in its words.
+    Store(String),
+    /// A provider could not be set up (OpenID Connect discovery, say), in its words.
+    Provider(String),
+    /// The completion events' outbox could not be set up, in its words.
+    Events(String),
+    /// The store's sweeper thread could not be started.
+    Sweeper(std::io::Error),
+    /// The server's runtime or threads could not be started.
+    Server(std::io::Error),
+    /// SIGTERM and SIGINT could not be listened for.
+    Signals(std::io::Error),
+    /// The server stopped without being asked to (accepting failed for too long).
+    Stopped(server::Failure),
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fatal::Config(e) => e.fmt(f),
+            Fatal::Listen { host, port, error } => {
+                write!(f, "cannot listen on {host}:{port}: {error}")
+            }
+            Fatal::ListenInternal { addr, error } => {
+                write!(
+                    f,
+                    "cannot listen on OAUTH_RELAY_INTERNAL_ADDR {addr}: {error}"
+                )
+            }
+            Fatal::Store(words) | Fatal::Provider(words) | Fatal::Events(words) => {
+                f.write_str(words)
+            }
+            Fatal::Sweeper(error) => error.fmt(f),
+            Fatal::Server(error) => write!(f, "cannot start the server: {error}"),
+            Fatal::Signals(error) => write!(f, "cannot install signal handlers: {error}"),
+            Fatal::Stopped(failure) => failure.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+impl From<ConfigError> for Fatal {
+    fn from(e: ConfigError) -> Fatal {
+        Fatal::Config(e)
+    }
+}
+
+/// Logs the worst-case memory of this configuration, and warns when the container's memory
+/// limit is below it: reaching every cap at once would get the pod OOM-killed, losing everything
+/// held in memory.
+fn check_memory_budget(config: &config::Config) {
+    let budget = budget::worst_case(config);
+    let mib = |b: u64| (b as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0;
+    let items: serde_json::Map<String, serde_json::Value> = budget
+        .items
+        .iter()
+        .map(|(name, bytes)| (name.to_string(), json!(mib(*bytes))))
+        .collect();
+    match budget::container_limit() {
+        Some(limit) if limit < budget.total() => logging::warn(
+            "memory_budget_over_limit",
+            json!({ "worst_case_mib": mib(budget.total()), "limit_mib": mib(limit), "items_mib": items,
+                    "action": "lower OAUTH_RELAY_MAX_CONNECTIONS, OAUTH_RELAY_MAX_PENDING(_BYTES), OAUTH_RELAY_MAX_WAITERS, OAUTH_RELAY_MAX_SESSIONS or OAUTH_RELAY_WEBHOOK_MAX_QUEUE, or raise the limit" }),
+        ),
+        limit => logging::info(
+            "memory_budget",
+            json!({ "worst_case_mib": mib(budget.total()), "limit_mib": limit.map(mib), "items_mib": items }),
+        ),
+    }
+}
+
+/// The outbox of completion events (in Redis when the state is, so events outlive a replica)
+/// and its delivery threads.
+fn start_events(
+    webhook: events::config::WebhookConfig,
+    redis: Option<&config::RedisConfig>,
+) -> Result<Arc<events::Events>, Fatal> {
+    let outbox: Arc<dyn events::outbox::Outbox> = match redis {
+        None => Arc::new(events::memory_outbox::MemoryOutbox::new(webhook.max_queue)),
+        Some(r) => Arc::new(
+            events::redis_outbox::RedisOutbox::new(
+                r,
+                webhook.max_queue,
+                webhook.lease(),
+                webhook.max_age,
+            )
+            .map_err(Fatal::Events)?,
+        ),
+    };
+    Ok(Arc::new(events::Events::start(webhook, outbox)))
+}
+
+/// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
+pub fn serve(config: config::Config) -> Result<(), Fatal> {
+    logging::init(config.log_level);
+    logging::install_panic_hook();
+    if config.unused_encryption_key {
+        logging::warn(
+            "encryption_key_unused",
+            json!({ "setting": "OAUTH_RELAY_ENCRYPTION_KEY",
+                    "effect": "it seals only what is stored in Redis, and OAUTH_RELAY_REDIS_URL is not set: pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
+        );
+    }
+    let public = server::bind(&config.host, config.port).map_err(|error| Fatal::Listen {
+        host: config.host.clone(),
+        port: config.port,
+        error,
+    })?;
+    let listeners = match config.internal_addr {
+        None => vec![(public, http::Listener::Sole)],
+        Some(addr) => {
+            let internal = server::bind(&addr.ip().to_string(), addr.port())
+                .map_err(|error| Fatal::ListenInternal { addr, error })?;
+            vec![
+                (public, http::Listener::Public),
+                (internal, http::Listener::Internal),
+            ]
+        }
+    };
+    let waiters = waiters::Waiters::new(config.max_waiters, config.max_waiters_per_client);
+    let store: Arc<dyn store::Store> = match &config.redis {
+        None => Arc::new(
+            store::memory::MemoryStore::new(
+                config.ttl,
+                config.max_pending,
+                config.max_pending_bytes,
+            )
+            .with_max_sessions(config.max_sessions)
+            .with_max_per_client(config.max_pending_per_client),
+        ),
+        Some(r) => {
+            let redis = Arc::new(
+                store::redis::RedisStore::new(r, config.ttl, config.max_pending)
+                    .map_err(Fatal::Store)?
+                    .with_max_per_client(config.max_pending_per_client),
+            );
+            let w = waiters.clone();
+            redis.start_background(move |key| w.notify(key));
+            if let Err(e) = store::Store::ping(redis.as_ref()) {
+                logging::warn(
+                    "redis_unreachable",
+                    json!({ "error": e.0, "effect": "/ready answers 503 until Redis answers" }),
+                );
+            }
+            redis
+        }
+    };
+    {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("sweeper".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                store.sweep();
+            })
+            .map_err(Fatal::Sweeper)?;
+    }
+    let broker = match config.broker.clone() {
+        None => None,
+        Some(b) => {
+            // OpenID Connect discovery happens here: a provider that cannot be set up stops
+            // start-up rather than fail every sign-in later.
+            let providers = b
+                .providers
+                .iter()
+                .map(|s| provider::build(s, b.exchange_timeout))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(Fatal::Provider)?;
+            Some(broker::Broker::new(b, providers))
+        }
+    };
+    let broker_log = broker.as_ref().map(|b| {
+        json!({
+            "public_url": b.config.public_base_url,
+            "providers": b.providers().iter().map(|p| p.describe()).collect::<Vec<_>>(),
+            "handle_only_access": b.config.handle_only,
+        })
+    });
+    let events = config
+        .webhook
+        .clone()
+        .map(|w| start_events(w, config.redis.as_ref()))
+        .transpose()?;
+    let counters = Arc::new(server::Counters::default());
+    let app = Arc::new(app::App {
+        config: config.clone(),
+        store,
+        waiters: waiters.clone(),
+        broker,
+        events: events.clone(),
+        server_counters: counters.clone(),
+        pending_share_refused: Default::default(),
+    });
+    let router = Arc::new(routes::Router(app));
+    let opts = config.server.clone();
+    let running = server::start_listeners(listeners, opts, router, waiters, counters)
+        .map_err(Fatal::Server)?;
+    logging::info(
+        "listening",
+        json!({
+            // The public listener (the only one when no internal address is set).
+            "addr": running.addr().to_string(),
+            "internal_addr": running.addr_of(http::Listener::Internal).map(|a| a.to_string()),
+            "ttl_secs": config.ttl.as_secs(),
+            "max_pending": config.max_pending,
+            "max_pending_per_client": config.max_pending_per_client,
+            "api_token": config.api_token.is_some(),
+            "require_registered_state": config.require_registered_state,
+            "store": if config.redis.is_some() { "redis" } else { "memory" },
+            "webhook": config.webhook.as_ref().map(|w| json!({
+                "origin": w.origin(),
+                "max_attempts": w.max_attempts,
+                "max_age_secs": w.max_age.as_secs(),
+                "max_queue": w.max_queue,
+            })),
+            "broker": broker_log,
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    check_memory_budget(&config);
+    let stopper = running.stopper();
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = running.runtime().enter();
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        term.and_then(|t| int.map(|i| (t, i)))
+            .map_err(Fatal::Signals)?
+    };
+    running.runtime().spawn(async move {
+        let (mut term, mut int) = signals;
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        logging::info("signal", json!({ "signal": name }));
+        stopper.stop();
+    });
+    let result = running.wait().map_err(Fatal::Stopped);
+    // Requests are over; events they produced may still be on their way.
+    if let Some(events) = events {
+        events.drain_before_exit(config.server.shutdown_grace);
+    }
+    result
+}
