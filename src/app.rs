@@ -67,6 +67,28 @@ impl App {
     }
 }
 
+#[cfg(test)]
+impl App {
+    /// A relay in memory, without broker or events, as `serve` builds it from `config`: for
+    /// handlers' unit tests.
+    pub(crate) fn in_memory(config: Config) -> Arc<App> {
+        let store = crate::store::memory::MemoryStore::new(
+            config.ttl,
+            config.max_pending,
+            config.max_pending_bytes,
+        );
+        Arc::new(App {
+            store: Arc::new(store),
+            waiters: Waiters::new(config.max_waiters, config.max_waiters_per_client),
+            broker: None,
+            events: None,
+            server_counters: Default::default(),
+            pending_share_refused: Default::default(),
+            config,
+        })
+    }
+}
+
 /// A long-poll: park the request under `key` for `wait`; `ready` tells whether a value this
 /// request may have has landed (checked once parked and on every wake-up), `answer` builds the
 /// reply when it has or at the deadline.

@@ -187,3 +187,32 @@ pub fn metrics(app: &App) -> Result<Response, Error> {
     }
     Ok(Response::text(200, "text/plain; version=0.0.4", out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_reads_the_servers_counters_and_the_relays_through_the_app() {
+        let app = App::in_memory(crate::config::Config::default());
+        app.server_counters.requests.store(7, Ordering::Relaxed);
+        app.server_counters
+            .quota_waiters
+            .store(2, Ordering::Relaxed);
+        app.pending_share_refused.store(3, Ordering::Relaxed);
+        let text = metrics(&app).unwrap().body_text().to_string();
+        for line in [
+            "oauth_relay_requests_total 7",
+            "oauth_relay_server_errors_total 0",
+            "oauth_relay_quota_refused_total{share=\"waiters\"} 2",
+            "oauth_relay_quota_refused_total{share=\"pending\"} 3",
+            "oauth_relay_active_callbacks 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        // Another app (another server in the same process) counts on its own.
+        let other = App::in_memory(crate::config::Config::default());
+        let text = metrics(&other).unwrap().body_text().to_string();
+        assert!(text.contains("oauth_relay_requests_total 0\n"), "{text}");
+    }
+}

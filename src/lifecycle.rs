@@ -283,3 +283,52 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_errors_say_what_they_always_said() {
+        let refused = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let in_use = refused().to_string();
+        for (fatal, words) in [
+            (
+                Fatal::Listen {
+                    host: "0.0.0.0".into(),
+                    port: 8000,
+                    error: refused(),
+                },
+                format!("cannot listen on 0.0.0.0:8000: {in_use}"),
+            ),
+            (
+                Fatal::ListenInternal {
+                    addr: "127.0.0.1:8001".parse().unwrap(),
+                    error: refused(),
+                },
+                format!("cannot listen on OAUTH_RELAY_INTERNAL_ADDR 127.0.0.1:8001: {in_use}"),
+            ),
+            (
+                Fatal::Server(refused()),
+                format!("cannot start the server: {in_use}"),
+            ),
+            (
+                Fatal::Stopped(server::Failure::AcceptGaveUp {
+                    secs: 61,
+                    error: "Too many open files".into(),
+                }),
+                "could not accept connections for 61 s: Too many open files".into(),
+            ),
+            (
+                Fatal::Stopped(server::Failure::Panicked("the server thread")),
+                "the server thread panicked".into(),
+            ),
+            (
+                Fatal::Config(ConfigError::Zero("OAUTH_RELAY_TTL_SECS")),
+                "OAUTH_RELAY_TTL_SECS (--ttl-secs) must be at least 1".into(),
+            ),
+        ] {
+            assert_eq!(fatal.to_string(), words);
+        }
+    }
+}

@@ -375,22 +375,8 @@ fn readable_by(app: &Arc<App>, origin: Option<String>, cors: bool, reply: Reply)
 mod tests {
     use super::*;
 
-    /// A relay in memory (no broker), as `serve` builds it.
     fn app() -> Arc<App> {
-        let config = crate::config::Config::default();
-        Arc::new(App {
-            store: Arc::new(crate::store::memory::MemoryStore::new(
-                config.ttl,
-                config.max_pending,
-                config.max_pending_bytes,
-            )),
-            waiters: crate::waiters::Waiters::new(10, 10),
-            broker: None,
-            events: None,
-            server_counters: Default::default(),
-            pending_share_refused: Default::default(),
-            config,
-        })
+        App::in_memory(crate::config::Config::default())
     }
 
     fn answer(req: HttpRequest) -> Response {
