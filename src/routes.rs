@@ -40,9 +40,11 @@ pub const ROUTES: &[Route] = &[
     Route::new("/callback",                  GET,      Page, Public,   MayBlock, StateParam,
                |app, req, _| now(relay::callback(app, req))),
     Route::new("/api/callback/{state}",      GET,      Api,  Internal, MayBlock, Tail,
-               relay::retrieve).for_pages(&["Authorization", RETRIEVAL_SECRET_HEADER]),
+               relay::retrieve)
+        .for_pages(&["Authorization", RETRIEVAL_SECRET_HEADER]),
     Route::new("/api/states",                POST,     Api,  Internal, MayBlock, Nothing,
-               |app, req, _| now(relay::register(app, req))).for_pages(&["Authorization", "Content-Type"]),
+               |app, req, _| now(relay::register(app, req)))
+        .for_pages(&["Authorization", "Content-Type"]),
     Route::new("/sessions",                  POST,     Api,  Internal, MayBlock, Nothing,
                |app, req, _| now(sessions::create(app, req, SESSIONS))),
     Route::new("/login/{provider}/callback", GET,      Page, Public,   MayBlock, StateParam,
@@ -78,8 +80,8 @@ const M365_SESSIONS: Endpoint = Endpoint {
     status_path: Pattern::of(STATUS).prefix(),
 };
 
-/// The face of a path in no route: JSON under these (for programs that mistype an API path),
-/// a page anywhere else. Every other path under `/status/` and `/token/` is a route's.
+/// The face of a path in no route: JSON when it starts with one of these (a program mistyping
+/// an API path), a page otherwise. (Any path under `/status/` or `/token/` is a route's.)
 const API_NAMESPACES: &[&str] = &["/api/", "/m365/sessions"];
 
 /// Which listener serves a route when the public and internal ones are split.

@@ -246,7 +246,7 @@ async fn read_request(
     }
 }
 
-/// Runs the handler and whatever it asks for: blocking work on the pool, a long-poll parked.
+/// Runs the service and whatever it asks for: blocking work on the pool, a long-poll parked.
 async fn answer(shared: &Shared, req: HttpRequest) -> Response {
     // A long-poll's place counts against its client's share.
     let client = req.client_ip().map(share_key);
