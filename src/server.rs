@@ -600,19 +600,14 @@ async fn serve_request(
     if status >= 500 {
         crate::metrics::SERVER_ERRORS.fetch_add(1, Ordering::Relaxed);
     }
-    if logging::enabled(logging::Level::Info) {
-        logging::info(
-            "request",
-            json!({
-                "method": method.as_str(),
-                "route": response.route,
-                "state": response.subject,
-                "status": status,
-                "ms": (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                "peer": peer.ip().to_string(),
-            }),
-        );
-    }
+    logging::access(&logging::Access {
+        method: method.as_str(),
+        route: response.route,
+        state: response.subject.as_deref(),
+        status,
+        elapsed: started.elapsed(),
+        peer: peer.ip(),
+    });
     Ok(into_hyper(response))
 }
 
