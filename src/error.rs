@@ -55,6 +55,7 @@ impl Face {
             || path == "/metrics"
             || path == "/ready"
             || path == "/openapi.json"
+            || path == "/deployment"
         {
             Face::Api
         } else {

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Some(Command::Register(args)) => oauth_relay::cli::register(args),
         Some(Command::LoginLink(args)) => oauth_relay::cli::login_link(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
+        Some(Command::CheckDeployment(args)) => oauth_relay::check::check_deployment(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }

@@ -21,7 +21,7 @@ pub enum Exposure {
     /// Browsers (redirects, login links) and the kubelet's probes: behind the ingress.
     Public,
     /// Programs: retrieval, registration, session creation, status, tokens, metrics, the API's
-    /// description (`/openapi.json`).
+    /// description (`/openapi.json`), the deployment's (`/deployment`).
     Internal,
 }
 
@@ -213,6 +213,14 @@ pub const ROUTES: &[Route] = &[
         exposure: Internal,
         handle: |app, req, handle| broker::sessions::token(app, req, handle),
         subject: Subject::Tail,
+    },
+    Route {
+        name: "/deployment",
+        pattern: Pattern::Exact("/deployment"),
+        methods: &["GET"],
+        exposure: Internal,
+        handle: |app, req, _| crate::deployment::describe(app, req),
+        subject: Subject::None,
     },
     Route {
         name: "/openapi.json",
