@@ -73,10 +73,17 @@ pub fn check_deployment(args: CheckArgs) -> ExitCode {
         .or_else(|| std::env::var("WK_PUBLIC_BASE_URL").ok())
         .filter(|v| !v.trim().is_empty());
     let urls = match (public, args.internal_url.as_deref()) {
-        (None, _) => Err("missing --public-url (or the environment variable OAUTH_RELAY_PUBLIC_URL or WK_PUBLIC_BASE_URL)".to_string()),
-        (_, None) => Err("missing --internal-url (or the environment variable OAUTH_RELAY_INTERNAL_URL)".to_string()),
-        (Some(public), Some(internal)) => server_url(&public, "--public-url", "OAUTH_RELAY_PUBLIC_URL")
-            .and_then(|p| Ok((p, server_url(internal, "--internal-url", "OAUTH_RELAY_INTERNAL_URL")?))),
+        (None, _) => Err("missing --public-url (or the environment variable \
+                          OAUTH_RELAY_PUBLIC_URL or WK_PUBLIC_BASE_URL)"
+            .to_string()),
+        (_, None) => Err("missing --internal-url (or the environment variable \
+                          OAUTH_RELAY_INTERNAL_URL)"
+            .to_string()),
+        (Some(public), Some(internal)) => {
+            let public = server_url(&public, "--public-url", "OAUTH_RELAY_PUBLIC_URL");
+            let internal = server_url(internal, "--internal-url", "OAUTH_RELAY_INTERNAL_URL");
+            public.and_then(|p| Ok((p, internal?)))
+        }
     };
     let token = broker_token(&args);
     let ((public, internal), token) = match (urls, token) {
