@@ -295,6 +295,50 @@ mod tests {
     }
 
     #[test]
+    fn probes_tell_what_a_sign_in_needs_from_what_it_cannot_use() {
+        use super::oauth::tests::{json_reply, serve_once};
+        let at = |url: String, wanted: Wanted| Upstream {
+            name: "x",
+            url,
+            wanted,
+            setting: "V".into(),
+        };
+        let issuer = Some("https://idp.example".to_string());
+        let (url, seen) = serve_once(&json_reply("200 OK", r#"{"issuer":"https://idp.example"}"#));
+        assert_eq!(
+            probe(
+                &at(url, Wanted::Discovery(issuer.clone())),
+                Duration::from_secs(5)
+            ),
+            Ok("HTTP 200, issuer https://idp.example".into())
+        );
+        let request = seen.recv().unwrap().to_ascii_lowercase();
+        assert!(
+            !request.contains("authorization"),
+            "no credential: {request}"
+        );
+        let (url, _) = serve_once(&json_reply(
+            "200 OK",
+            r#"{"issuer":"https://other.example"}"#,
+        ));
+        let e = probe(&at(url, Wanted::Discovery(issuer)), Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("not \"https://idp.example\""), "{e}");
+        let (url, _) = serve_once(&json_reply(
+            "200 OK",
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
+        ));
+        let e = probe(&at(url, Wanted::Keys), Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("none of the JWKS's 1 keys"), "{e}");
+        let (url, _) = serve_once(&json_reply("404 Not Found", "{}"));
+        assert_eq!(
+            probe(&at(url.clone(), Wanted::AnyAnswer), Duration::from_secs(5)),
+            Ok("HTTP 404".into())
+        );
+        // Nothing listens there any more.
+        assert!(probe(&at(url, Wanted::AnyAnswer), Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
     fn id_token_errors_are_id_token_invalid_with_the_jwks_reason() {
         let f = SignInFailure::from(jwks::IdTokenError::NonceMismatch);
         assert_eq!(f.reason, Reason::IdTokenInvalid);
