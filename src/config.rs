@@ -110,6 +110,14 @@ pub enum Command {
     Open(OpenArgs),
     /// Exit 0 when the local server answers /health, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Run a deployment's validation checklist against its public and internal URLs and print
+    /// it, with a fix for each failed item.
+    ///
+    /// Checks the probes, the listener split, session creation without and with the broker
+    /// token, and for every provider the login link's redirect (redirect URI, PKCE, state,
+    /// scopes) and what the service reaches at the provider; completion events with
+    /// --expect-events. Exit status: 0 when every item passed, 1 otherwise.
+    CheckDeployment(crate::check::CheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]

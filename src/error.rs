@@ -75,6 +75,7 @@ impl Face {
             || path == "/metrics"
             || path == "/ready"
             || path == "/openapi.json"
+            || path == "/deployment"
         {
             Face::Api
         } else {

@@ -94,6 +94,12 @@ pub fn render(app: &App) -> Result<Response, Error> {
         "Connections answered 503 at the cap because none was idle.",
         CONNECTIONS_REFUSED.load(Ordering::Relaxed),
     );
+    metric(
+        "oauth_relay_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr did not take them as fast as they came (access lines first).",
+        crate::logging::dropped_lines(),
+    );
     if let Some(events) = &app.events {
         let c = &events.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -21,7 +21,7 @@ pub enum Exposure {
     /// Browsers (redirects, login links): behind the ingress.
     Public,
     /// Programs: retrieval, registration, session creation, status, tokens, metrics, the API's
-    /// description (`/openapi.json`).
+    /// description (`/openapi.json`), the deployment's (`/deployment`).
     Internal,
     /// The probes (`/health`, `/ready`): on the internal listener, where the kubelet always gets
     /// in (the public listener cannot take its reserved connections), and on the public one for
@@ -236,6 +236,15 @@ pub const ROUTES: &[Route] = &[
         exposure: Internal,
         handle: |app, req, handle| broker::sessions::token(app, req, handle),
         subject: Subject::Tail,
+    },
+    Route {
+        name: "/deployment",
+        pattern: Pattern::Exact("/deployment"),
+        methods: &["GET"],
+        cors: None,
+        exposure: Internal,
+        handle: |app, req, _| crate::deployment::describe(app, req),
+        subject: Subject::None,
     },
     Route {
         name: "/openapi.json",

@@ -456,6 +456,11 @@ fn broker_flows(api: &Api) {
     assert_eq!(api.get_with(&token, &auth).status, 410);
     assert_eq!(api.get(&start).status, 200, "already connected");
     assert_eq!(api.get("/m365/start/unknown").status, 404);
+    // What the deployment is (oauth-relay check-deployment).
+    assert_eq!(api.get("/deployment").status, 401);
+    let deployment = api.get_with("/deployment", &auth);
+    assert_eq!(deployment.status, 200);
+    assert_eq!(deployment.json()["providers"][0]["name"], "m365");
     assert_eq!(api.get("/m365/callback").status, 404);
     assert_eq!(api.get("/m365/callback?state=unknown&code=c").status, 404);
     // A person who cancels: the session fails, the caller learns why.
@@ -610,6 +615,7 @@ fn disabled_flows(api: &Api) {
     assert_eq!(api.get("/m365/callback?state=x").status, 404);
     assert_eq!(api.get("/status/x").status, 404);
     assert_eq!(api.get("/token/x").status, 404);
+    assert_eq!(api.get("/deployment").status, 404);
     // Without a token, retrieval is open.
     assert_eq!(api.get("/callback?code=c&state=open").status, 200);
     assert_eq!(api.get("/api/callback/open").status, 200);

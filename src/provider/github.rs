@@ -9,7 +9,7 @@
 //! set the authorize, token and API URLs.
 
 use super::oauth::{self, ClientAuth};
-use super::{allowed_subset, AuthorizeRequest, Grant, Identity, Provider};
+use super::{allowed_subset, AuthorizeRequest, Grant, Identity, Provider, Upstream, Wanted};
 use crate::error::{Error, Reason, SignInFailure};
 use crate::providers_config::{split_scopes, ProviderSettings};
 use crate::secret::Secret;
@@ -58,6 +58,8 @@ pub struct GitHub {
     client_var: String,
     secret_var: String,
     scopes_var: String,
+    token_var: String,
+    api_var: String,
 }
 
 impl GitHub {
@@ -80,6 +82,8 @@ impl GitHub {
             client_var: s.var("CLIENT_ID"),
             secret_var: s.var("CLIENT_SECRET"),
             scopes_var: s.var("SCOPES"),
+            token_var: s.var("TOKEN_URL"),
+            api_var: s.var("API_URL"),
         }
     }
 
@@ -267,6 +271,26 @@ impl Provider for GitHub {
             "api_url": self.api_url,
             "scopes": self.scopes.join(" "),
         })
+    }
+
+    /// GitHub publishes no discovery document or keys (OAuth 2.0, not OpenID Connect): what the
+    /// service calls is the token endpoint and the API (both answer without a credential, with
+    /// an error, which is enough to show they are reachable).
+    fn upstreams(&self) -> Vec<Upstream> {
+        vec![
+            Upstream {
+                name: "token endpoint",
+                url: self.token_url.clone(),
+                wanted: Wanted::AnyAnswer,
+                setting: self.token_var.clone(),
+            },
+            Upstream {
+                name: "api",
+                url: format!("{}/user", self.api_url),
+                wanted: Wanted::AnyAnswer,
+                setting: self.api_var.clone(),
+            },
+        ]
     }
 }
 

@@ -6,7 +6,7 @@
 //! domain; `hd` is also sent as a hint to the account chooser, which alone proves nothing.
 
 use super::oidc::{self, Oidc};
-use super::{AuthorizeRequest, Grant, Identity, Provider};
+use super::{AuthorizeRequest, Grant, Identity, Provider, Upstream};
 use crate::error::{Error, Reason, SignInFailure};
 use crate::providers_config::ProviderSettings;
 use crate::secret::Secret;
@@ -133,5 +133,9 @@ impl Provider for Google {
         let mut d = self.oidc.describe();
         d["hosted_domain"] = self.hosted_domain.clone().into();
         d
+    }
+
+    fn upstreams(&self) -> Vec<Upstream> {
+        self.oidc.upstreams()
     }
 }

@@ -507,6 +507,12 @@ fn openid_rules(claims: &Value, expect: &Expect) -> Result<(), IdTokenError> {
     Ok(())
 }
 
+/// How many signing keys of a JWKS body verification would use (the deployment check's
+/// question: are the provider's keys reachable and usable from here).
+pub fn usable_keys(body: &[u8]) -> Result<usize, String> {
+    parse_jwks(body).map(|keys| keys.len())
+}
+
 /// Reads a JWKS body into usable keys: bounded in size and count; keys for encryption, HMAC
 /// (`oct`), unknown types or curves, and RSA under [`MIN_RSA_BITS`] are skipped; a set with no
 /// usable key is an error (the cache keeps its previous keys).

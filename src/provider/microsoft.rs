@@ -18,7 +18,7 @@
 //! without checking its signature (OpenID Connect Core 3.1.3.7, item 6).
 
 use super::oauth::{self, ClientAuth};
-use super::{with_scopes, AuthorizeRequest, Grant, Identity, Provider};
+use super::{with_scopes, AuthorizeRequest, Grant, Identity, Provider, Upstream, Wanted};
 use crate::error::{Error, Reason, SignInFailure};
 use crate::providers_config::ProviderSettings;
 use crate::secret::Secret;
@@ -87,6 +87,8 @@ pub struct Microsoft {
     tenant_var: String,
     client_id_var: String,
     scopes_var: String,
+    login_var: String,
+    graph_var: String,
 }
 
 /// Whether sign-ins are pinned to one tenant, and its GUID.
@@ -143,6 +145,8 @@ impl Microsoft {
             tenant_var: s.var("TENANT"),
             client_id_var: s.var("CLIENT_ID"),
             scopes_var: s.var("SCOPES"),
+            login_var: s.var("LOGIN_URL"),
+            graph_var: s.var("API_URL"),
         };
         if let Pinned::Domain(_) = m.pinned {
             // Not fatal: the identity platform may be unreachable for a moment at start-up;
@@ -483,6 +487,29 @@ impl Provider for Microsoft {
             "confidential_client": self.client_auth.is_confidential(),
             "scopes": self.scopes.join(" "),
         })
+    }
+
+    /// The tenant's OpenID configuration (it resolves a tenant domain, and answers only for a
+    /// tenant that exists) and Graph, which every sign-in asks who signed in. The id_token's
+    /// claims are read without its keys (see the top of the file), so the keys are not needed.
+    fn upstreams(&self) -> Vec<Upstream> {
+        vec![
+            Upstream {
+                name: "discovery",
+                url: format!(
+                    "{}/{}/v2.0/.well-known/openid-configuration",
+                    self.login_base, self.tenant
+                ),
+                wanted: Wanted::Discovery(None),
+                setting: format!("{} and {}", self.login_var, self.tenant_var),
+            },
+            Upstream {
+                name: "graph",
+                url: format!("{}/v1.0/me", self.graph_base),
+                wanted: Wanted::AnyAnswer,
+                setting: self.graph_var.clone(),
+            },
+        ]
     }
 }
 

@@ -111,6 +111,86 @@ pub trait Provider: Send + Sync {
     }
     /// What the `listening` log line says about the provider (never a secret).
     fn describe(&self) -> Value;
+    /// What the service itself must reach at the provider (its discovery document and keys, its
+    /// API), for the deployment check (`GET /deployment`). Defaults to nothing.
+    fn upstreams(&self) -> Vec<Upstream> {
+        Vec::new()
+    }
+}
+
+/// Something at the provider the service must reach for sign-ins to work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// What it is: `discovery`, `keys`, `graph`, `api`, `token endpoint`.
+    pub name: &'static str,
+    pub url: String,
+    pub wanted: Wanted,
+    /// The setting that decides the URL (named in the check's fix).
+    pub setting: String,
+}
+
+/// What a good answer from an [`Upstream`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// An OpenID configuration: 200, a JSON object naming this issuer (any issuer when `None`).
+    Discovery(Option<String>),
+    /// A JWK set with at least one key verification would use.
+    Keys,
+    /// Any HTTP answer: the host is reachable (an API that wants a token answers 401).
+    AnyAnswer,
+}
+
+/// Asks `upstream` now, within `budget`: what it answered (`Ok`), or why that is not what the
+/// provider's sign-ins need. Sends no credential.
+pub fn probe(upstream: &Upstream, budget: Duration) -> Result<String, String> {
+    let url = &upstream.url;
+    let response = crate::outbound::agent(budget)
+        .get(url)
+        .header("Accept", "application/json")
+        // GitHub's API refuses requests without one.
+        .header(
+            "User-Agent",
+            concat!("oauth-relay/", env!("CARGO_PKG_VERSION")),
+        )
+        .call();
+    match &upstream.wanted {
+        Wanted::AnyAnswer => response
+            .map(|r| format!("HTTP {}", r.status().as_u16()))
+            .map_err(|e| e.to_string()),
+        Wanted::Discovery(issuer) => {
+            let (status, document) = read_json(response)?;
+            if status != 200 {
+                return Err(format!("HTTP {status}"));
+            }
+            let found = document["issuer"]
+                .as_str()
+                .ok_or("HTTP 200 without an issuer: not an OpenID configuration document")?;
+            match issuer {
+                Some(expected) if expected != found => Err(format!(
+                    "the document names the issuer {found:?}, not {expected:?}"
+                )),
+                _ => Ok(format!("HTTP 200, issuer {found}")),
+            }
+        }
+        Wanted::Keys => {
+            let mut response = response.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                return Err(format!("HTTP {status}"));
+            }
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(jwks::MAX_JWKS_BYTES as u64 + 1)
+                .read_to_vec()
+                .map_err(|e| e.to_string())?;
+            let keys = jwks::usable_keys(&body)?;
+            Ok(format!(
+                "HTTP 200, {keys} usable signing key{}",
+                if keys == 1 { "" } else { "s" }
+            ))
+        }
+    }
 }
 
 /// Checks a provider's settings by its kind's rules and fills in its defaults. No network.
@@ -217,6 +297,50 @@ mod tests {
             with_scopes(list(&["email"]), &["openid", "offline_access"]),
             ["openid", "offline_access", "email"]
         );
+    }
+
+    #[test]
+    fn probes_tell_what_a_sign_in_needs_from_what_it_cannot_use() {
+        use super::oauth::tests::{json_reply, serve_once};
+        let at = |url: String, wanted: Wanted| Upstream {
+            name: "x",
+            url,
+            wanted,
+            setting: "V".into(),
+        };
+        let issuer = Some("https://idp.example".to_string());
+        let (url, seen) = serve_once(&json_reply("200 OK", r#"{"issuer":"https://idp.example"}"#));
+        assert_eq!(
+            probe(
+                &at(url, Wanted::Discovery(issuer.clone())),
+                Duration::from_secs(5)
+            ),
+            Ok("HTTP 200, issuer https://idp.example".into())
+        );
+        let request = seen.recv().unwrap().to_ascii_lowercase();
+        assert!(
+            !request.contains("authorization"),
+            "no credential: {request}"
+        );
+        let (url, _) = serve_once(&json_reply(
+            "200 OK",
+            r#"{"issuer":"https://other.example"}"#,
+        ));
+        let e = probe(&at(url, Wanted::Discovery(issuer)), Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("not \"https://idp.example\""), "{e}");
+        let (url, _) = serve_once(&json_reply(
+            "200 OK",
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
+        ));
+        let e = probe(&at(url, Wanted::Keys), Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("none of the JWKS's 1 keys"), "{e}");
+        let (url, _) = serve_once(&json_reply("404 Not Found", "{}"));
+        assert_eq!(
+            probe(&at(url.clone(), Wanted::AnyAnswer), Duration::from_secs(5)),
+            Ok("HTTP 404".into())
+        );
+        // Nothing listens there any more.
+        assert!(probe(&at(url, Wanted::AnyAnswer), Duration::from_secs(5)).is_err());
     }
 
     #[test]

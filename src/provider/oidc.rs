@@ -9,7 +9,9 @@
 
 use super::jwks::{self, Expect, Keys};
 use super::oauth::{self, ClientAuth};
-use super::{allowed_subset, with_scopes, AuthorizeRequest, Grant, Identity, Provider};
+use super::{
+    allowed_subset, with_scopes, AuthorizeRequest, Grant, Identity, Provider, Upstream, Wanted,
+};
 use crate::broker_config::checked_url;
 use crate::error::{Error, Reason, SignInFailure};
 use crate::providers_config::{split_scopes, ProviderSettings};
@@ -113,13 +115,17 @@ pub fn parse_metadata(document: &Value, issuer: &str, var: &str) -> Result<Metad
     })
 }
 
-/// Fetches `{issuer}/.well-known/openid-configuration` within `budget`.
-pub fn discover(issuer: &str, var: &str, budget: Duration) -> Result<Metadata, String> {
-    // Discovery 4.1: the issuer with any terminating "/" removed, then the well-known path.
-    let url = format!(
+/// Discovery 4.1: the issuer with any terminating "/" removed, then the well-known path.
+pub fn discovery_url(issuer: &str) -> String {
+    format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
-    );
+    )
+}
+
+/// Fetches `{issuer}/.well-known/openid-configuration` within `budget`.
+pub fn discover(issuer: &str, var: &str, budget: Duration) -> Result<Metadata, String> {
+    let url = discovery_url(issuer);
     let response = crate::outbound::agent(budget)
         .get(&url)
         .header("Accept", "application/json")
@@ -174,6 +180,7 @@ pub struct Oidc {
     allowed_scopes: Vec<String>,
     client_var: String,
     secret_var: String,
+    issuer_var: String,
 }
 
 impl Oidc {
@@ -217,6 +224,7 @@ impl Oidc {
             allowed_scopes: with_scopes(s.allowed().to_vec(), &["openid"]),
             client_var: s.var("CLIENT_ID"),
             secret_var: s.var("CLIENT_SECRET"),
+            issuer_var: s.var("ISSUER"),
             metadata,
         })
     }
@@ -454,6 +462,25 @@ impl Provider for Oidc {
             "iss_parameter": self.metadata.iss_parameter_supported,
             "scopes": self.scopes.join(" "),
         })
+    }
+
+    /// The discovery document (read at start-up only, but the keys come from what it names) and
+    /// the signing keys every id_token is verified with.
+    fn upstreams(&self) -> Vec<Upstream> {
+        vec![
+            Upstream {
+                name: "discovery",
+                url: discovery_url(&self.metadata.issuer),
+                wanted: Wanted::Discovery(Some(self.metadata.issuer.clone())),
+                setting: self.issuer_var.clone(),
+            },
+            Upstream {
+                name: "keys",
+                url: self.metadata.jwks_uri.clone(),
+                wanted: Wanted::Keys,
+                setting: format!("{} (the discovered jwks_uri)", self.issuer_var),
+            },
+        ]
     }
 }
 
