@@ -1,7 +1,8 @@
 //! Tests of the fake Microsoft identity platform + Graph used by the broker tests.
 
-#[path = "support/fake_microsoft.rs"]
-mod fake_microsoft;
+mod support;
+
+use support::fake_microsoft;
 
 use std::time::{Duration, Instant};
 

@@ -1,10 +1,10 @@
 //! Tests of the fake GitHub and the fake Google used by the broker tests: each fake's
 //! enforcement and quirks, checked with plain HTTP.
 
-#[path = "support/fake_github.rs"]
-mod fake_github;
-#[path = "support/fake_google.rs"]
-mod fake_google;
+mod support;
+
+use support::fake_github;
+use support::fake_google;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -5,8 +5,9 @@
 //! `state` and RFC 9207 `iss`, PKCE S256, id_tokens whose `kid` is in the JWKS and carry the
 //! `nonce`, refresh tokens, key rotation, a refused consent, a wrong password, another account.
 
-#[path = "support/oidc.rs"]
-mod oidc;
+mod support;
+
+use support::oidc;
 
 use base64::Engine as _;
 use oidc::{query_param, OidcConfig, OidcProvider, OnConsent, OnLogin};

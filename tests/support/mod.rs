@@ -383,7 +383,13 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 }
 
 pub mod broker;
+pub mod fake_as;
+pub mod fake_github;
+pub mod fake_google;
+pub mod fake_http;
 pub mod fake_microsoft;
+pub mod fake_provider;
+pub mod oidc;
 pub mod openapi;
 pub mod relay_api;
 pub mod webhook_receiver;

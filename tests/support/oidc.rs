@@ -9,7 +9,7 @@
 //! authorization response, RS256 keys that `rotate_keys` and `drop_old_keys` change at run time,
 //! and fixed accounts whose passwords its login page checks.
 //!
-//! Self-contained (std and serde_json): include it as `#[path = "support/oidc.rs"] mod oidc;`.
+//! Self-contained (std and serde_json): `support::oidc`.
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::io::{BufRead, BufReader, Read, Write};
