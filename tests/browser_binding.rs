@@ -7,7 +7,7 @@
 //! The person's side runs in a real headless Chromium through node-oidc-provider's pages; the
 //! stranger's requests are plain HTTP. Memory and Redis (two replicas) keep the same binding.
 
-mod support;
+use crate::support;
 
 use support::oidc;
 

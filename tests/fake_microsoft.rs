@@ -1,6 +1,6 @@
 //! Tests of the fake Microsoft identity platform + Graph used by the broker tests.
 
-mod support;
+use crate::support;
 
 use support::fake_microsoft;
 

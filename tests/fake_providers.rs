@@ -1,7 +1,7 @@
 //! Tests of the fake GitHub and the fake Google used by the broker tests: each fake's
 //! enforcement and quirks, checked with plain HTTP.
 
-mod support;
+use crate::support;
 
 use support::fake_github;
 use support::fake_google;

@@ -5,7 +5,7 @@
 //! `state` and RFC 9207 `iss`, PKCE S256, id_tokens whose `kid` is in the JWKS and carry the
 //! `nonce`, refresh tokens, key rotation, a refused consent, a wrong password, another account.
 
-mod support;
+use crate::support;
 
 use support::oidc;
 

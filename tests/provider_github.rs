@@ -4,7 +4,7 @@
 //! when asked, errors with HTTP 200, a User-Agent on API calls and `user:email` for
 //! `/user/emails`. Success by e-mail and by id, and every way it must fail closed.
 
-mod support;
+use crate::support;
 
 use support::fake_github;
 

@@ -4,7 +4,7 @@
 //! the hostile id_tokens the fake can forge. Every one must fail closed as `id_token_invalid`,
 //! with the JWKS module's own reason in the audit log only.
 
-mod support;
+use crate::support;
 
 use support::fake_google;
 

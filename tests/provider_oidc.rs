@@ -5,7 +5,7 @@
 //! id_tokens with keys it rotates at run time, and keeps e-mail in the id_token or (by choice)
 //! only at its userinfo endpoint.
 
-mod support;
+use crate::support;
 
 use support::oidc;
 

@@ -3,7 +3,7 @@
 //! another provider's callback (a mix-up) refused before any code is used; `login-link
 //! --provider`; and settings that must stop start-up.
 
-mod support;
+use crate::support;
 
 use support::fake_github;
 use support::fake_google;

@@ -4,7 +4,7 @@
 //! API and the pages, and a real Chromium signing in at a real OpenID Provider and clicking the
 //! link to a local "chat" that records the visit.
 
-mod support;
+use crate::support;
 
 use support::oidc;
 
