@@ -290,7 +290,6 @@ pub enum AuthorizeError {
 pub struct Refusal {
     pub error: AuthorizeError,
     pub redirect_uri: Option<String>,
-    pub state: Option<String>,
 }
 
 /// A PKCE code challenge.
@@ -334,7 +333,6 @@ pub fn check_authorize(
     let refuse = |error, redirect_uri: Option<&String>| Refusal {
         error,
         redirect_uri: redirect_uri.cloned(),
-        state: state.clone(),
     };
     let client_id = p("client_id").ok_or_else(|| refuse(AuthorizeError::MissingClientId, None))?;
     if client_id != rules.client_id {
@@ -393,7 +391,7 @@ pub fn check_authorize(
     Ok(AuthorizeRequest {
         client_id,
         redirect_uri,
-        state: state.clone(),
+        state,
         scope,
         challenge,
         nonce: p("nonce"),
@@ -781,6 +779,151 @@ impl<U: Clone> AuthServer<U> {
             self.revoke_grant(*id);
         }
         ids.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token request
+
+/// What a provider's token endpoint checks, as data.
+pub struct TokenRules<'a> {
+    pub client: ClientRule<'a>,
+    /// The grant type of a request without `grant_type` (GitHub: a code); `None`: refused.
+    pub default_grant_type: Option<&'a str>,
+    /// The client is authenticated before the grant type is looked at (GitHub).
+    pub client_first: bool,
+    /// A code redemption must repeat `redirect_uri` (RFC 6749 4.1.3; GitHub makes it optional).
+    pub redirect_uri_required: bool,
+    pub code_lifetime: Duration,
+    pub refresh_policy: RefreshPolicy,
+    /// How long each new refresh token lives (`None`: until revoked).
+    pub refresh_lifetime: Option<Duration>,
+}
+
+/// Why the core refused a token request; each provider says it its own way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenError {
+    /// A required parameter is missing: `grant_type`, `code`, `redirect_uri`, `refresh_token`.
+    Missing(&'static str),
+    UnsupportedGrantType(String),
+    Client(ClientError),
+    Code(CodeError),
+    Refresh(RefreshError),
+}
+
+/// A provider's side of a token request.
+pub trait TokenQuirks<U> {
+    /// The provider's answer to a refused request.
+    fn refuse(&self, error: TokenError) -> FakeReply;
+    /// A new refresh token, in the provider's format.
+    fn new_refresh_token(&self) -> String;
+    /// Whether redeeming a code grants a refresh token (offline access, a GitHub App, ...).
+    fn refresh_on_code(&self, grant: &Grant<U>) -> bool;
+    /// The provider's own checks once a code or a refresh token passed the core's (`granted`:
+    /// the scopes consented to); an `Err` is the answer.
+    fn check(&self, _granted: &[String]) -> Result<(), FakeReply> {
+        Ok(())
+    }
+    /// Whether this client can have refresh tokens at all (GitHub OAuth apps cannot).
+    fn refreshable(&self) -> bool {
+        true
+    }
+}
+
+/// A token request the core accepted.
+pub struct Granted {
+    pub grant: GrantId,
+    pub client_id: String,
+    /// The nonce of a redeemed code.
+    pub nonce: Option<String>,
+    /// The refresh token to return, if any.
+    pub refresh_token: Option<String>,
+}
+
+impl<U: Clone> AuthServer<U> {
+    /// RFC 6749 4.1.3 and 6 under `rules`: the client, the grant type, then the code (one-time,
+    /// its client, redirect URI and PKCE verifier) or the refresh token (by the refresh
+    /// policy); the answer to send otherwise, in the provider's words.
+    pub fn token(
+        &mut self,
+        params: &Params,
+        basic: Option<&(String, String)>,
+        rules: &TokenRules,
+        quirks: &impl TokenQuirks<U>,
+    ) -> Result<Granted, FakeReply> {
+        let refuse = |e: TokenError| quirks.refuse(e);
+        let f = |k: &str| param(params, k);
+        let authenticate = || {
+            authenticate_client(params, basic, &rules.client)
+                .map_err(|e| refuse(TokenError::Client(e)))
+        };
+        let early = if rules.client_first {
+            Some(authenticate()?)
+        } else {
+            None
+        };
+        let grant_type = f("grant_type")
+            .or(rules.default_grant_type)
+            .ok_or_else(|| refuse(TokenError::Missing("grant_type")))?;
+        if grant_type != "authorization_code" && grant_type != "refresh_token" {
+            return Err(refuse(TokenError::UnsupportedGrantType(grant_type.into())));
+        }
+        let (client_id, _) = match early {
+            Some(client) => client,
+            None => authenticate()?,
+        };
+        if grant_type == "authorization_code" {
+            let code = f("code").ok_or_else(|| refuse(TokenError::Missing("code")))?;
+            let redirect_uri = f("redirect_uri");
+            if rules.redirect_uri_required && redirect_uri.is_none() {
+                return Err(refuse(TokenError::Missing("redirect_uri")));
+            }
+            let redemption = Redemption {
+                code,
+                client_id: &client_id,
+                redirect_uri,
+                verifier: f("code_verifier"),
+                code_lifetime: rules.code_lifetime,
+            };
+            let checked = self
+                .check_code(&redemption)
+                .map_err(|e| refuse(TokenError::Code(e)))?;
+            quirks.check(&checked.scopes)?;
+            let nonce = checked.nonce.clone();
+            let grant = self.redeem_code(code);
+            let refresh_token = quirks.refresh_on_code(self.grant(grant)).then(|| {
+                let token = quirks.new_refresh_token();
+                self.issue_refresh(token.clone(), grant, rules.refresh_lifetime);
+                token
+            });
+            return Ok(Granted {
+                grant,
+                client_id,
+                nonce,
+                refresh_token,
+            });
+        }
+        if !quirks.refreshable() {
+            return Err(refuse(TokenError::Refresh(RefreshError::Unknown)));
+        }
+        let token =
+            f("refresh_token").ok_or_else(|| refuse(TokenError::Missing("refresh_token")))?;
+        let policy = &rules.refresh_policy;
+        let presented = self
+            .present_refresh(token, &client_id, policy)
+            .map_err(|e| refuse(TokenError::Refresh(e)))?;
+        quirks.check(&self.grant(presented.grant).scopes)?;
+        let grant = presented.grant;
+        let refresh_token =
+            self.commit_refresh(token, presented, policy, rules.refresh_lifetime, || {
+                quirks.new_refresh_token()
+            });
+        Ok(Granted {
+            grant,
+            client_id,
+            nonce: None,
+            refresh_token,
+        })
     }
 }
 

@@ -37,8 +37,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_as::{
-    authenticate_client, check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientRule,
-    CodeError, Params, PkceRules, Redemption, RefreshPolicy, Refusal, Who,
+    check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientRule, CodeError, Grant, Params,
+    PkceRules, RefreshPolicy, Refusal, TokenError, TokenQuirks, TokenRules, Who,
 };
 use super::fake_http::{FakeReply, FakeRequest};
 // The helpers tests use, under this fake's name (not every test crate uses them all).
@@ -595,6 +595,64 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
     )
 }
 
+/// GitHub's side of a token request: its words (HTTP 200 errors), its token formats.
+struct GitHubTokens<'a> {
+    cfg: &'a FakeGitHubConfig,
+    json_wanted: bool,
+}
+
+impl TokenQuirks<u64> for GitHubTokens<'_> {
+    fn refuse(&self, e: TokenError) -> FakeReply {
+        let (error, description, uri) = match e {
+            TokenError::Client(_) => (
+                "incorrect_client_credentials",
+                "The client_id and/or client_secret passed are incorrect.",
+                format!("{DOCS_TOKEN_ERRORS}#incorrect-client-credentials"),
+            ),
+            TokenError::Code(CodeError::RedirectMismatch { .. }) => (
+                "redirect_uri_mismatch",
+                "The redirect_uri MUST match the registered callback URL for this application.",
+                format!("{DOCS_AUTHORIZE_ERRORS}#redirect-uri-mismatch2"),
+            ),
+            TokenError::Code(CodeError::MissingVerifier | CodeError::WrongVerifier) => (
+                "bad_code_verifier",
+                "The code_verifier does not match the code_challenge supplied in the \
+                 authorization request.",
+                DOCS_TOKEN_ERRORS.to_string(),
+            ),
+            TokenError::Code(_) | TokenError::Missing("code") => (
+                "bad_verification_code",
+                "The code passed is incorrect or expired.",
+                format!("{DOCS_TOKEN_ERRORS}#bad-verification-code"),
+            ),
+            TokenError::Refresh(_) | TokenError::Missing(_) => (
+                "bad_refresh_token",
+                "The refresh token passed is incorrect or expired.",
+                DOCS_REFRESH.to_string(),
+            ),
+            TokenError::UnsupportedGrantType(_) => (
+                "unsupported_grant_type",
+                "The grant type is not supported.",
+                DOCS_TOKEN_ERRORS.to_string(),
+            ),
+        };
+        token_error(self.json_wanted, error, description, &uri)
+    }
+
+    fn new_refresh_token(&self) -> String {
+        format!("ghr_{}", random_alnum(76))
+    }
+
+    /// Only GitHub Apps with expiring user tokens have refresh tokens.
+    fn refresh_on_code(&self, _: &Grant<u64>) -> bool {
+        self.cfg.github_app
+    }
+
+    fn refreshable(&self) -> bool {
+        self.cfg.github_app
+    }
+}
+
 fn token_grant(
     st: &mut State,
     params: &Params,
@@ -602,108 +660,30 @@ fn token_grant(
     json_wanted: bool,
 ) -> FakeReply {
     let cfg = st.cfg.clone();
-    let error = |error: &str, description: &str, uri: &str| {
-        token_error(json_wanted, error, description, uri)
-    };
-    if let Some((e, description)) = &cfg.token_error {
-        return error(e, description, DOCS_TOKEN_ERRORS);
+    if let Some((error, description)) = &cfg.token_error {
+        return token_error(json_wanted, error, description, DOCS_TOKEN_ERRORS);
     }
-    let f = |k: &str| param(params, k);
-    let rule = ClientRule {
-        client_id: &cfg.client_id,
-        secret: Some(&cfg.client_secret),
+    let rules = TokenRules {
+        client: ClientRule {
+            client_id: &cfg.client_id,
+            secret: Some(&cfg.client_secret),
+        },
+        default_grant_type: Some("authorization_code"),
+        client_first: true,
+        redirect_uri_required: false,
+        code_lifetime: cfg.code_lifetime,
+        refresh_policy: cfg.refresh_policy,
+        refresh_lifetime: Some(Duration::from_secs(cfg.refresh_token_lifetime_secs)),
     };
-    if authenticate_client(params, basic, &rule).is_err() {
-        return error(
-            "incorrect_client_credentials",
-            "The client_id and/or client_secret passed are incorrect.",
-            &format!("{DOCS_TOKEN_ERRORS}#incorrect-client-credentials"),
-        );
-    }
-    let bad_code = || {
-        error(
-            "bad_verification_code",
-            "The code passed is incorrect or expired.",
-            &format!("{DOCS_TOKEN_ERRORS}#bad-verification-code"),
-        )
+    let quirks = GitHubTokens {
+        cfg: &cfg,
+        json_wanted,
     };
-    let bad_refresh = || {
-        error(
-            "bad_refresh_token",
-            "The refresh token passed is incorrect or expired.",
-            DOCS_REFRESH,
-        )
+    let granted = match st.auth.token(params, basic, &rules, &quirks) {
+        Ok(granted) => granted,
+        Err(reply) => return reply,
     };
-    let (grant, refresh_token) = match f("grant_type") {
-        None | Some("authorization_code") => {
-            let Some(code) = f("code") else {
-                return bad_code();
-            };
-            let redemption = Redemption {
-                code,
-                client_id: &cfg.client_id,
-                redirect_uri: f("redirect_uri"),
-                verifier: f("code_verifier"),
-                code_lifetime: cfg.code_lifetime,
-            };
-            match st.auth.check_code(&redemption) {
-                Ok(_) => {}
-                Err(CodeError::RedirectMismatch { .. }) => {
-                    return error(
-                        "redirect_uri_mismatch",
-                        "The redirect_uri MUST match the registered callback URL for this \
-                         application.",
-                        &format!("{DOCS_AUTHORIZE_ERRORS}#redirect-uri-mismatch2"),
-                    )
-                }
-                Err(CodeError::MissingVerifier | CodeError::WrongVerifier) => {
-                    return error(
-                        "bad_code_verifier",
-                        "The code_verifier does not match the code_challenge supplied in the \
-                         authorization request.",
-                        DOCS_TOKEN_ERRORS,
-                    )
-                }
-                Err(_) => return bad_code(),
-            }
-            let grant = st.auth.redeem_code(code);
-            let refresh = cfg.github_app.then(|| {
-                let refresh = format!("ghr_{}", random_alnum(76));
-                let lifetime = Duration::from_secs(cfg.refresh_token_lifetime_secs);
-                st.auth
-                    .issue_refresh(refresh.clone(), grant, Some(lifetime));
-                refresh
-            });
-            (grant, refresh)
-        }
-        // Only GitHub Apps with expiring user tokens have refresh tokens.
-        Some("refresh_token") if !cfg.github_app => return bad_refresh(),
-        Some("refresh_token") => {
-            let Some(refresh) = f("refresh_token") else {
-                return bad_refresh();
-            };
-            let policy = cfg.refresh_policy;
-            let Ok(presented) = st.auth.present_refresh(refresh, &cfg.client_id, &policy) else {
-                return bad_refresh();
-            };
-            let grant = presented.grant;
-            let lifetime = Duration::from_secs(cfg.refresh_token_lifetime_secs);
-            let next = st
-                .auth
-                .commit_refresh(refresh, presented, &policy, Some(lifetime), || {
-                    format!("ghr_{}", random_alnum(76))
-                });
-            (grant, next)
-        }
-        Some(_) => {
-            return error(
-                "unsupported_grant_type",
-                "The grant type is not supported.",
-                DOCS_TOKEN_ERRORS,
-            )
-        }
-    };
-
+    let grant = granted.grant;
     let scopes = st.auth.grant(grant).scopes.clone();
     if !cfg.github_app {
         let access_token = format!("gho_{}", random_alnum(36));
@@ -727,7 +707,7 @@ fn token_grant(
         ("access_token", json!(access_token)),
         ("expires_in", json!(cfg.access_token_lifetime_secs)),
     ];
-    if let Some(refresh) = refresh_token {
+    if let Some(refresh) = granted.refresh_token {
         fields.push(("refresh_token", json!(refresh)));
         fields.push((
             "refresh_token_expires_in",

@@ -37,8 +37,9 @@ use ring::signature::{KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
 
 use super::fake_as::{
-    authenticate_client, check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientError,
-    ClientRule, CodeError, Params, PkceRules, Redemption, RefreshError, RefreshPolicy, Who,
+    check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientError, ClientRule, CodeError,
+    Grant, Params, PkceRules, RefreshError, RefreshPolicy, TokenError, TokenQuirks, TokenRules,
+    Who,
 };
 use super::fake_http::{FakeReply, FakeRequest};
 // The helpers tests use, under this fake's name (not every test crate uses them all).
@@ -1010,6 +1011,79 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
     )
 }
 
+/// Google's side of a token request: its words and its token formats.
+struct GoogleTokens;
+
+impl TokenQuirks<GoogleSignIn> for GoogleTokens {
+    fn refuse(&self, e: TokenError) -> FakeReply {
+        let (status, error, description) = match e {
+            TokenError::Missing("grant_type") => {
+                (400, "unsupported_grant_type", "Invalid grant_type: ".into())
+            }
+            TokenError::Missing("redirect_uri") => (
+                400,
+                "invalid_request",
+                "Missing parameter: redirect_uri".into(),
+            ),
+            TokenError::Missing(name) => (
+                400,
+                "invalid_request",
+                format!("Missing required parameter: {name}"),
+            ),
+            TokenError::UnsupportedGrantType(other) => (
+                400,
+                "unsupported_grant_type",
+                format!("Invalid grant_type: {other}"),
+            ),
+            TokenError::Client(ClientError::MissingId) => (
+                400,
+                "invalid_request",
+                "Could not determine client ID from request.".into(),
+            ),
+            TokenError::Client(ClientError::UnknownId(_)) => (
+                401,
+                "invalid_client",
+                "The OAuth client was not found.".into(),
+            ),
+            TokenError::Client(ClientError::MissingSecret) => {
+                (400, "invalid_request", "client_secret is missing.".into())
+            }
+            TokenError::Client(_) => (401, "invalid_client", "Unauthorized".into()),
+            TokenError::Code(CodeError::Unknown) => {
+                (400, "invalid_grant", "Malformed auth code.".into())
+            }
+            TokenError::Code(CodeError::RedirectMismatch { .. }) => {
+                (400, "redirect_uri_mismatch", "Bad Request".into())
+            }
+            TokenError::Code(CodeError::MissingVerifier) => {
+                (400, "invalid_grant", "Missing code verifier.".into())
+            }
+            TokenError::Code(CodeError::WrongVerifier) => {
+                (400, "invalid_grant", "Invalid code verifier.".into())
+            }
+            TokenError::Code(_) => (400, "invalid_grant", "Bad Request".into()),
+            TokenError::Refresh(RefreshError::OtherClient) => {
+                (400, "unauthorized_client", "Unauthorized".into())
+            }
+            TokenError::Refresh(_) => (
+                400,
+                "invalid_grant",
+                "Token has been expired or revoked.".into(),
+            ),
+        };
+        oauth_error(status, error, &description)
+    }
+
+    fn new_refresh_token(&self) -> String {
+        format!("1//0{}", random_b64(75))
+    }
+
+    /// A refresh token only with `access_type=offline` and `prompt=consent`.
+    fn refresh_on_code(&self, grant: &Grant<GoogleSignIn>) -> bool {
+        grant.user.offline
+    }
+}
+
 fn token_grant(
     shared: &Shared,
     st: &mut State,
@@ -1020,98 +1094,23 @@ fn token_grant(
     if let Some((status, error, description)) = &cfg.token_error {
         return oauth_error(*status, error, description);
     }
-    let f = |k: &str| param(params, k);
-    let grant_type = f("grant_type").unwrap_or_default();
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
-        return oauth_error(
-            400,
-            "unsupported_grant_type",
-            &format!("Invalid grant_type: {grant_type}"),
-        );
-    }
-    let rule = ClientRule {
-        client_id: &cfg.client_id,
-        secret: Some(&cfg.client_secret),
+    let rules = TokenRules {
+        client: ClientRule {
+            client_id: &cfg.client_id,
+            secret: Some(&cfg.client_secret),
+        },
+        default_grant_type: None,
+        client_first: false,
+        redirect_uri_required: true,
+        code_lifetime: cfg.code_lifetime,
+        refresh_policy: cfg.refresh_policy,
+        refresh_lifetime: cfg.refresh_token_lifetime,
     };
-    let client_id = match authenticate_client(params, basic, &rule) {
-        Ok((client_id, _)) => client_id,
-        Err(ClientError::MissingId) => {
-            let message = "Could not determine client ID from request.";
-            return oauth_error(400, "invalid_request", message);
-        }
-        Err(ClientError::UnknownId(_)) => {
-            return oauth_error(401, "invalid_client", "The OAuth client was not found.")
-        }
-        Err(ClientError::MissingSecret) => {
-            return oauth_error(400, "invalid_request", "client_secret is missing.")
-        }
-        Err(_) => return oauth_error(401, "invalid_client", "Unauthorized"),
+    let granted = match st.auth.token(params, basic, &rules, &GoogleTokens) {
+        Ok(granted) => granted,
+        Err(reply) => return reply,
     };
-
-    let (grant, nonce, refresh_token) = if grant_type == "authorization_code" {
-        let Some(code) = f("code") else {
-            return oauth_error(400, "invalid_request", "Missing required parameter: code");
-        };
-        let Some(redirect_uri) = f("redirect_uri") else {
-            return oauth_error(400, "invalid_request", "Missing parameter: redirect_uri");
-        };
-        let redemption = Redemption {
-            code,
-            client_id: &client_id,
-            redirect_uri: Some(redirect_uri),
-            verifier: f("code_verifier"),
-            code_lifetime: cfg.code_lifetime,
-        };
-        let nonce = match st.auth.check_code(&redemption) {
-            Ok(code) => code.nonce.clone(),
-            Err(CodeError::Unknown) => {
-                return oauth_error(400, "invalid_grant", "Malformed auth code.")
-            }
-            Err(CodeError::RedirectMismatch { .. }) => {
-                return oauth_error(400, "redirect_uri_mismatch", "Bad Request")
-            }
-            Err(CodeError::MissingVerifier) => {
-                return oauth_error(400, "invalid_grant", "Missing code verifier.")
-            }
-            Err(CodeError::WrongVerifier) => {
-                return oauth_error(400, "invalid_grant", "Invalid code verifier.")
-            }
-            Err(_) => return oauth_error(400, "invalid_grant", "Bad Request"),
-        };
-        let grant = st.auth.redeem_code(code);
-        let refresh = st.auth.grant(grant).user.offline.then(|| {
-            let refresh = format!("1//0{}", random_b64(75));
-            st.auth
-                .issue_refresh(refresh.clone(), grant, cfg.refresh_token_lifetime);
-            refresh
-        });
-        (grant, nonce, refresh)
-    } else {
-        let Some(refresh) = f("refresh_token") else {
-            let message = "Missing required parameter: refresh_token";
-            return oauth_error(400, "invalid_request", message);
-        };
-        let policy = cfg.refresh_policy;
-        let presented = match st.auth.present_refresh(refresh, &client_id, &policy) {
-            Ok(presented) => presented,
-            Err(RefreshError::OtherClient) => {
-                return oauth_error(400, "unauthorized_client", "Unauthorized")
-            }
-            Err(_) => {
-                let message = "Token has been expired or revoked.";
-                return oauth_error(400, "invalid_grant", message);
-            }
-        };
-        let grant = presented.grant;
-        let lifetime = cfg.refresh_token_lifetime;
-        let next = st
-            .auth
-            .commit_refresh(refresh, presented, &policy, lifetime, || {
-                format!("1//0{}", random_b64(75))
-            });
-        (grant, None, next)
-    };
-
+    let (grant, client_id, nonce) = (granted.grant, granted.client_id, granted.nonce);
     let GoogleSignIn { user, .. } = st.auth.grant(grant).user.clone();
     let scopes = st.auth.grant(grant).scopes.clone();
     let access_token = format!("ya29.a0{}", random_b64(120));
@@ -1124,7 +1123,7 @@ fn token_grant(
         "scope": scopes.join(" "),
         "token_type": "Bearer",
     });
-    if let Some(refresh) = refresh_token {
+    if let Some(refresh) = granted.refresh_token {
         body["refresh_token"] = json!(refresh);
     }
     if has(&scopes, "openid") {

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::fake_as::{
-    authenticate_client, check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientError,
-    ClientRule, CodeError, Params, PkceRules, Redemption, RefreshError, RefreshPolicy,
+    check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientError, ClientRule, CodeError,
+    Grant, Params, PkceRules, RefreshError, RefreshPolicy, TokenError, TokenQuirks, TokenRules,
 };
 use super::fake_http::{FakeReply, FakeRequest};
 // The helpers tests use, under this fake's name (not every test crate uses them all).
@@ -654,120 +654,32 @@ fn token_grant(
             &format!("AADSTS9002313: Invalid request. Request is malformed or invalid. - The request parameter '{k}' is duplicated."),
         );
     }
-    let f = |k: &str| param(form, k);
-    let Some(grant_type) = f("grant_type") else {
-        return sts_error(400, "invalid_request", &missing("grant_type"));
-    };
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
-        return sts_error(
-            400,
-            "unsupported_grant_type",
-            &format!("AADSTS70003: The app requested an unsupported grant type '{grant_type}'."),
-        );
-    }
+    let asked = param(form, "scope").map(split_scopes);
     // A "Web" registration is a confidential client; "Mobile and desktop" a public one.
-    let rule = ClientRule {
-        client_id: &cfg.client_id,
-        secret: cfg.client_secret.as_deref(),
+    let rules = TokenRules {
+        client: ClientRule {
+            client_id: &cfg.client_id,
+            secret: cfg.client_secret.as_deref(),
+        },
+        default_grant_type: None,
+        client_first: false,
+        redirect_uri_required: true,
+        code_lifetime: cfg.code_lifetime,
+        refresh_policy: cfg.refresh_policy,
+        refresh_lifetime: Some(cfg.refresh_token_lifetime),
     };
-    let client_id = match authenticate_client(form, basic, &rule) {
-        Ok((client_id, _)) => client_id,
-        Err(e) => {
-            let (status, error, description) = match e {
-                ClientError::MissingId => (400, "invalid_request", missing("client_id")),
-                ClientError::UnknownId(client_id) => (
-                    400,
-                    "unauthorized_client",
-                    format!(
-                        "AADSTS700016: Application with identifier '{client_id}' was not found \
-                         in the directory '{tenant}'."
-                    ),
-                ),
-                ClientError::MissingSecret => (
-                    401,
-                    "invalid_client",
-                    "AADSTS7000218: The request body must contain the following parameter: \
-                     'client_assertion' or 'client_secret'."
-                        .into(),
-                ),
-                ClientError::WrongSecret => (
-                    401,
-                    "invalid_client",
-                    format!(
-                        "AADSTS7000215: Invalid client secret provided. Ensure the secret being \
-                         sent in the request is the client secret value, not the client secret \
-                         ID, for a secret added to app '{}'.",
-                        cfg.client_id
-                    ),
-                ),
-                ClientError::SecretFromPublicClient => (
-                    401,
-                    "invalid_client",
-                    "AADSTS700025: Client is public so neither 'client_assertion' nor \
-                     'client_secret' should be presented."
-                        .into(),
-                ),
-            };
-            return sts_error(status, error, &description);
-        }
+    let quirks = MicrosoftTokens {
+        cfg: &cfg,
+        tenant,
+        asked: asked.as_deref(),
+        redirect_uri: param(form, "redirect_uri").unwrap_or(""),
     };
-    let asked = f("scope").map(split_scopes);
-    let invalid_grant = |description: &str| sts_error(400, "invalid_grant", description);
-
-    let (grant, nonce, refresh_token) = if grant_type == "authorization_code" {
-        let Some(code) = f("code") else {
-            return sts_error(400, "invalid_request", &missing("code"));
-        };
-        let Some(redirect_uri) = f("redirect_uri") else {
-            return sts_error(400, "invalid_request", &missing("redirect_uri"));
-        };
-        let redemption = Redemption {
-            code,
-            client_id: &client_id,
-            redirect_uri: Some(redirect_uri),
-            verifier: f("code_verifier"),
-            code_lifetime: cfg.code_lifetime,
-        };
-        let checked = match st.auth.check_code(&redemption) {
-            Ok(code) => code,
-            Err(e) => return invalid_grant(&code_error(e, redirect_uri)),
-        };
-        if let Err(reply) = check_subset(asked.as_deref(), &checked.scopes) {
-            return reply;
-        }
-        let nonce = checked.nonce.clone();
-        let grant = st.auth.redeem_code(code);
-        let offline = has_scope(&st.auth.grant(grant).scopes, "offline_access");
-        let refresh = (offline && !cfg.omit_refresh_token).then(|| {
-            let refresh = format!("1.A{}", random_b64(192));
-            let lifetime = Some(cfg.refresh_token_lifetime);
-            st.auth.issue_refresh(refresh.clone(), grant, lifetime);
-            refresh
-        });
-        (grant, nonce, refresh)
-    } else {
-        let Some(refresh) = f("refresh_token") else {
-            return sts_error(400, "invalid_request", &missing("refresh_token"));
-        };
-        let policy = cfg.refresh_policy;
-        let presented = match st.auth.present_refresh(refresh, &client_id, &policy) {
-            Ok(presented) => presented,
-            Err(e) => return invalid_grant(&refresh_error(e, &cfg)),
-        };
-        let granted = st.auth.grant(presented.grant).scopes.clone();
-        if let Err(reply) = check_subset(asked.as_deref(), &granted) {
-            return reply;
-        }
-        let grant = presented.grant;
-        let lifetime = Some(cfg.refresh_token_lifetime);
-        let next = st
-            .auth
-            .commit_refresh(refresh, presented, &policy, lifetime, || {
-                format!("1.A{}", random_b64(192))
-            })
-            .filter(|_| !cfg.omit_refresh_token);
-        (grant, None, next)
+    let granted = match st.auth.token(form, basic, &rules, &quirks) {
+        Ok(granted) => granted,
+        Err(reply) => return reply,
     };
+    let (grant, client_id, nonce) = (granted.grant, granted.client_id, granted.nonce);
+    let refresh_token = granted.refresh_token.filter(|_| !cfg.omit_refresh_token);
 
     // Issue.
     let user = st.auth.grant(grant).user.clone();
@@ -833,6 +745,83 @@ fn token_grant(
     json_reply(200, &body)
 }
 
+/// Microsoft's side of a token request: AADSTS errors, scopes within consent, `offline_access`.
+struct MicrosoftTokens<'a> {
+    cfg: &'a FakeConfig,
+    tenant: &'a str,
+    /// The request's `scope`, if any.
+    asked: Option<&'a [String]>,
+    redirect_uri: &'a str,
+}
+
+impl TokenQuirks<User> for MicrosoftTokens<'_> {
+    fn refuse(&self, e: TokenError) -> FakeReply {
+        let (status, error, description) = match e {
+            TokenError::Missing(name) => (400, "invalid_request", missing(name)),
+            TokenError::UnsupportedGrantType(other) => (
+                400,
+                "unsupported_grant_type",
+                format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
+            ),
+            TokenError::Client(e) => client_error(e, self.tenant, &self.cfg.client_id),
+            TokenError::Code(e) => (400, "invalid_grant", code_error(e, self.redirect_uri)),
+            TokenError::Refresh(e) => (400, "invalid_grant", refresh_error(e, self.cfg)),
+        };
+        sts_error(status, error, &description)
+    }
+
+    fn new_refresh_token(&self) -> String {
+        format!("1.A{}", random_b64(192))
+    }
+
+    /// Refresh tokens come only with `offline_access`.
+    fn refresh_on_code(&self, grant: &Grant<User>) -> bool {
+        has_scope(&grant.scopes, "offline_access") && !self.cfg.omit_refresh_token
+    }
+
+    fn check(&self, granted: &[String]) -> Result<(), FakeReply> {
+        check_subset(self.asked, granted)
+    }
+}
+
+/// A client the core refused, in Microsoft's words.
+fn client_error(e: ClientError, tenant: &str, client_id: &str) -> (u16, &'static str, String) {
+    match e {
+        ClientError::MissingId => (400, "invalid_request", missing("client_id")),
+        ClientError::UnknownId(id) => (
+            400,
+            "unauthorized_client",
+            format!(
+                "AADSTS700016: Application with identifier '{id}' was not found in the \
+                 directory '{tenant}'."
+            ),
+        ),
+        ClientError::MissingSecret => (
+            401,
+            "invalid_client",
+            "AADSTS7000218: The request body must contain the following parameter: \
+             'client_assertion' or 'client_secret'."
+                .into(),
+        ),
+        ClientError::WrongSecret => (
+            401,
+            "invalid_client",
+            format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in \
+                 the request is the client secret value, not the client secret ID, for a secret \
+                 added to app '{client_id}'."
+            ),
+        ),
+        ClientError::SecretFromPublicClient => (
+            401,
+            "invalid_client",
+            "AADSTS700025: Client is public so neither 'client_assertion' nor 'client_secret' \
+             should be presented."
+                .into(),
+        ),
+    }
+}
+
 /// A code the core refused, in Microsoft's words.
 fn code_error(e: CodeError, redirect_uri: &str) -> String {
     match e {
@@ -888,6 +877,7 @@ fn refresh_error(e: RefreshError, cfg: &FakeConfig) -> String {
     }
 }
 
+/// A requested `scope` at `/token` must stay within what was consented at `/authorize`.
 fn check_subset(asked: Option<&[String]>, granted: &[String]) -> Result<(), FakeReply> {
     let Some(asked) = asked else { return Ok(()) };
     let granted_resource = resource_scopes(granted);
