@@ -384,6 +384,7 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 
 pub mod broker;
 pub mod fake_as;
+pub mod fake_client;
 pub mod fake_github;
 pub mod fake_google;
 pub mod fake_http;
