@@ -6,7 +6,7 @@
 //! `log_lines_dropped` line, and what was written plus what was dropped is every request. A
 //! fatal error and a panic flush what came before them too.
 
-mod support;
+use crate::support;
 
 use oauth_relay::secret::short_hash;
 use serde_json::Value;

@@ -5,11 +5,9 @@
 //! events asked for but off) fails its item with a fix line and exit status 1; the broker token
 //! and the sessions' secrets are never printed.
 
-#[path = "support/fake_github.rs"]
-mod fake_github;
-#[path = "support/fake_google.rs"]
-mod fake_google;
-mod support;
+use crate::support;
+use support::fake_github;
+use support::fake_google;
 
 use fake_github::{FakeGitHub, FakeGitHubConfig};
 use fake_google::{FakeGoogle, FakeGoogleConfig};

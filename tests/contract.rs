@@ -3,7 +3,7 @@
 //! depend on the configuration). Checked value by value here, then by schemathesis, a
 //! third-party fuzzer of OpenAPI documents, over both listeners of the real binary.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};

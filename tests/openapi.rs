@@ -3,7 +3,7 @@
 //! checked against the document (status documented, media type, required headers, JSON body
 //! valid against its schema), and the served /openapi.json is the file.
 
-mod support;
+use crate::support;
 
 use base64::Engine;
 use oauth_relay::error::Reason;

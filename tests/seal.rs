@@ -7,7 +7,7 @@
 //! refused, and a private key sent by mistake is echoed and logged nowhere. The CLI's `keygen`,
 //! `open` and `login-link --seal-to`.
 
-mod support;
+use crate::support;
 
 use oauth_relay::keyring::Keyring;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! for /callback, JSON for the API), `/metrics` counts it, another client is still served, and
 //! a retrieval frees a place. The share holds across two replicas on one real Redis.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::relay_api::{hash_of, metric, replica, As};
