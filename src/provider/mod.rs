@@ -8,8 +8,10 @@
 //! (`jwks.rs`); the settings every kind has (`settings.rs`). Every call upstream goes through
 //! `outbound::Http`, so a test hands in a closure.
 //!
-//! A new kind is one new file declaring its `pub static KIND: Kind`, and one line in [`KINDS`]
-//! (Dex's registry: kind name to settings and constructor).
+//! A new kind is one new file declaring its `pub static KIND: Kind`, its `pub mod` line below
+//! and its line in [`KINDS`] (Dex's registry: kind name to settings and constructor). If it has
+//! failure reasons of its own, openapi.json's `Reason` lists their codes too (tests/openapi.rs
+//! checks it against [`every_reason`]).
 
 pub mod github;
 pub mod google;
@@ -34,7 +36,13 @@ pub use crate::identity::Identity;
 pub use oauth::RevokeError;
 
 /// Every kind, in the order messages list them.
-pub static KINDS: &[&Kind] = &[&oidc::KIND, &google::KIND, &github::KIND, &microsoft::KIND];
+pub static KINDS: &[&Kind] = &[
+    &oidc::KIND,
+    &google::KIND,
+    &github::KIND,
+    &microsoft::KIND,
+    // A new kind: its line here.
+];
 
 /// A kind's constructor: checked settings, the way upstream, the time discovery may take.
 pub type Build =
@@ -394,7 +402,14 @@ mod tests {
 
     #[test]
     fn the_registry_names_each_kind_once_and_every_setting() {
-        assert_eq!(kind_names(), "oidc, google, github or microsoft");
+        // The words of messages that list the kinds, as before the registry (a new kind joins
+        // at the end).
+        let names = kind_names();
+        assert!(
+            names.starts_with("oidc, google, github") && names.contains(" microsoft"),
+            "{names}"
+        );
+        assert_eq!(names.matches(" or ").count(), 1, "{names}");
         for k in KINDS {
             assert_eq!(kind(k.name).map(|f| f.name), Some(k.name));
         }
