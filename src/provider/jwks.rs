@@ -1014,6 +1014,22 @@ mod tests {
     }
 
     #[test]
+    fn jwks_an_answer_other_than_200_is_keys_unavailable_naming_the_status() {
+        let http: Arc<dyn Http> = Arc::new(|request: Request| {
+            assert_eq!(request.header_value("accept"), Some("application/json"));
+            Ok(crate::outbound::Response::new(404, "not here"))
+        });
+        let keys = Keys::new(URI.into(), http, Duration::ZERO);
+        let token = Signer::ec("ec-1").sign(&claims());
+        match keys.verify(&token, &expect(), budget()) {
+            Err(IdTokenError::KeysUnavailable(d)) => {
+                assert!(d.contains(&format!("GET {URI} answered HTTP 404")), "{d}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
     fn jwks_fetch_failure_is_keys_unavailable_and_rate_limited() {
         let ec = Signer::ec("ec-1");
         let fake = Fake::serving(Vec::new());
