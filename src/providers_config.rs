@@ -6,7 +6,9 @@
 //! names no kind. Every problem stops start-up with a message naming the variable; nothing here
 //! touches the network (discovery happens when the providers are built, `provider::build`).
 
-use crate::provider::settings::{prefix_of, split_scopes, ProviderSettings, COMMON, PREFIX};
+/// `corp-eu` -> `OAUTH_RELAY_PROVIDER_CORP_EU_` (its home is `provider/settings.rs`).
+pub use crate::provider::settings::prefix_of;
+use crate::provider::settings::{split_scopes, ProviderSettings, COMMON, PREFIX};
 use crate::provider::{self, every_setting, kind_names};
 use crate::secret::Secret;
 use std::collections::BTreeMap;
