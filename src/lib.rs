@@ -14,7 +14,9 @@ pub mod cors;
 pub mod deployment;
 pub mod error;
 pub mod events;
+pub mod grant;
 pub mod http;
+pub mod identity;
 pub mod json_body;
 pub mod keyring;
 pub mod kv;
@@ -30,6 +32,7 @@ pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod urls;
 pub mod waiters;
 
 use serde_json::json;
@@ -116,7 +119,9 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         Some(r) => {
             let redis = Arc::new(
                 store::redis::RedisStore::new(r, config.ttl, config.max_pending)?
-                    .with_max_per_client(config.max_pending_per_client),
+                    .with_max_per_client(config.max_pending_per_client)
+                    // Sessions stored before providers had names were all Microsoft 365's.
+                    .with_unnamed_provider(providers_config::M365),
             );
             let w = waiters.clone();
             redis.start_background(move |key| w.notify(key));
@@ -144,10 +149,11 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         Some(b) => {
             // OpenID Connect discovery happens here: a provider that cannot be set up stops
             // start-up rather than fail every sign-in later.
+            let http: Arc<dyn outbound::Http> = Arc::new(outbound::Ureq);
             let providers = b
                 .providers
                 .iter()
-                .map(|s| provider::build(s, b.exchange_timeout))
+                .map(|s| provider::build(s, http.clone(), b.exchange_timeout))
                 .collect::<Result<Vec<_>, String>>()?;
             Some(broker::Broker::new(b, providers))
         }
