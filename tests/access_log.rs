@@ -230,7 +230,8 @@ fn a_panic_flushes_every_line_logged_before_it() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_panic_flushes_every_line_logged_before_it",
+            // Its name in the one test binary (tests/it.rs): module, then function.
+            "access_log::a_panic_flushes_every_line_logged_before_it",
             "--nocapture",
         ])
         .env(CHILD, "1")
