@@ -5,8 +5,10 @@
 #   bench/front.sh health latency         only the named sections
 #
 # Sections (details in bench/FRONT.md):
-#   health   /health requests/s of the relay and of nginx answering a fixed 200, same wrk settings
-#            (wrk -t2 -c64), run alternately relay, nginx, relay, nginx; the ratio relay/nginx.
+#   health   /health requests/s of the relay with its access log on (the default, stderr to a
+#            file), of the relay with it off (--log-level warn) and of nginx answering a fixed 200
+#            (access_log off), same wrk settings (wrk -t2 -c64), run in turn twice; each relay's
+#            ratio to nginx, and how many access lines were written and dropped.
 #   pairs    callback-then-retrieve pairs/s at 32 connections (wrk -t32 -c32 + bench/pairs.lua).
 #   latency  /health p50/p99 (wrk -t1 -c1 --latency) with nothing else connected, with 5,000 idle
 #            keep-alive connections held open, and with 1,000 half-open clients.
@@ -126,6 +128,8 @@ fi
 # Long-running tools (wrk, fill scripts) run in the background and are waited for, so a signal
 # to this script ends them too (a foreground child would hold the trap until it finished).
 SERVER_PID=""
+LOGGED_PID=""
+COUNTER_PID=""
 NGINX_PID=""
 HOLDER_PID=""
 CHILD_PID=""
@@ -157,6 +161,8 @@ cleanup() {
     end_pid "$CHILD_PID"
     end_pid "$HOLDER_PID"
     end_pid "$SERVER_PID"
+    end_pid "$LOGGED_PID"
+    end_pid "$COUNTER_PID"
     end_pid "$NGINX_PID"
     rm -rf "$TMP"
 }
@@ -186,6 +192,23 @@ start_server() {
 stop_server() {
     end_pid "$SERVER_PID"
     SERVER_PID=""
+}
+
+# A second relay, with its access log on (the default level, one JSON line per request) and its
+# stderr a pipe, as a container runtime reads it (not a file: a run writes hundreds of MB of
+# lines), read by `grep -c`, cheap enough not to be what limits the relay; it writes how many
+# access lines reached stderr to FILE when the relay has exited. Sets LOGGED_PORT, LOGGED_PID and
+# COUNTER_PID.
+start_logged() {
+    local fifo=$TMP/stderr.fifo
+    LOGGED_PORT=$("${UTIL[@]}" free-port)
+    echo "--- relay on port $LOGGED_PORT with its access log on, stderr to grep -c" >>"$OUT/front-server.log"
+    mkfifo "$fifo"
+    { grep -cF '"event":"request"' <"$fifo" || true; } >"$1" &
+    COUNTER_PID=$!
+    "$BIN" --host 127.0.0.1 --port "$LOGGED_PORT" 2>"$fifo" &
+    LOGGED_PID=$!
+    "${UTIL[@]}" wait-ready "$LOGGED_PORT" 10 || { echo "the relay did not start" >&2; exit 1; }
 }
 
 # nginx answering a fixed 200 on a free loopback port, from a configuration in $TMP.
@@ -225,6 +248,8 @@ EOF
 rss_kib() { "${UTIL[@]}" rss "$SERVER_PID"; }
 # CPU seconds (user + system) a process has used so far.
 cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+# CPU time a process has used, user and system, in clock ticks (/proc/PID/stat after its name).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 fds_of() { "${FRONT[@]}" fds "$1"; }
 
@@ -287,29 +312,63 @@ hold_summary() {
 
 # ---------------------------------------------------------------------------------------------
 section_health() {
-    local i file relay=() nginx=() r n ratio
+    local i file logged=() quiet=() nginx=() rl rq n ratio_l ratio_q log=$TMP/access-counts
+    local lines dropped answered answered_q t0 cpu_l=0 cpu_q=0 us_l us_q
+    start_logged "$log"
     start_server
     start_nginx
     for i in 1 2; do
+        file=$OUT/front-health-logged-$i.txt
+        t0=$(cpu_ticks "$LOGGED_PID")
+        run_to "$file" wrk -t2 -c64 -d"${HEALTH_SECS}s" "http://127.0.0.1:$LOGGED_PORT/health"
+        cpu_l=$((cpu_l + $(cpu_ticks "$LOGGED_PID") - t0))
+        logged+=("$(wrk_rps "$file")")
         file=$OUT/front-health-relay-$i.txt
+        t0=$(cpu_ticks "$SERVER_PID")
         run_to "$file" wrk -t2 -c64 -d"${HEALTH_SECS}s" "http://127.0.0.1:$PORT/health"
-        relay+=("$(wrk_rps "$file")")
+        cpu_q=$((cpu_q + $(cpu_ticks "$SERVER_PID") - t0))
+        quiet+=("$(wrk_rps "$file")")
         file=$OUT/front-health-nginx-$i.txt
         run_to "$file" wrk -t2 -c64 -d"${HEALTH_SECS}s" "http://127.0.0.1:$NGINX_PORT/health"
         nginx+=("$(wrk_rps "$file")")
     done
+    # Lines the relay dropped rather than delay requests (stderr not read fast enough), then
+    # SIGTERM: it writes what its log still holds before it exits; the counter then ends.
+    dropped=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+        "http://127.0.0.1:$LOGGED_PORT/metrics" | awk '$1 == "oauth_relay_log_lines_dropped_total" {print $2}')
+    end_pid "$LOGGED_PID"
+    LOGGED_PID=""
+    wait "$COUNTER_PID" || true
+    COUNTER_PID=""
     stop_server
     end_pid "$NGINX_PID"
     NGINX_PID=""
-    r=$(awk -v a="${relay[0]}" -v b="${relay[1]}" 'BEGIN {printf "%.0f", (a + b) / 2}')
-    n=$(awk -v a="${nginx[0]}" -v b="${nginx[1]}" 'BEGIN {printf "%.0f", (a + b) / 2}')
-    ratio=$(awk -v r="$r" -v n="$n" 'BEGIN {printf "%.0f", (n > 0 ? 100 * r / n : 0)}')
-    row "/health req/s, oauth-relay (runs 1, 3)" "**$r**/s (${relay[0]}, ${relay[1]})" "-" \
-        "wrk -t2 -c64 -d${HEALTH_SECS}s each; run 1: $(wrk_errors "$OUT/front-health-relay-1.txt"); run 3: $(wrk_errors "$OUT/front-health-relay-2.txt")"
-    row "/health req/s, nginx fixed 200 (runs 2, 4)" "**$n**/s (${nginx[0]}, ${nginx[1]})" "-" \
+    mean() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.0f", (a + b) / 2}'; }
+    percent() { awk -v r="$1" -v n="$2" 'BEGIN {printf "%.0f", (n > 0 ? 100 * r / n : 0)}'; }
+    rl=$(mean "${logged[@]}")
+    rq=$(mean "${quiet[@]}")
+    n=$(mean "${nginx[@]}")
+    ratio_l=$(percent "$rl" "$n")
+    ratio_q=$(percent "$rq" "$n")
+    lines=$(cat "$log")
+    answered=$(cat "$OUT"/front-health-logged-[12].txt | awk '$2 == "requests" && $3 == "in" {s += $1} END {print s + 0}')
+    answered_q=$(cat "$OUT"/front-health-relay-[12].txt | awk '$2 == "requests" && $3 == "in" {s += $1} END {print s + 0}')
+    # CPU per request: what the log costs, whatever else runs on the machine meanwhile.
+    per_request() { awk -v c="$1" -v n="$2" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (n > 0 ? c / t * 1e6 / n : 0)}'; }
+    us_l=$(per_request "$cpu_l" "$answered")
+    us_q=$(per_request "$cpu_q" "$answered_q")
+    row "/health req/s, oauth-relay, access log on (runs 1, 4)" "**$rl**/s (${logged[0]}, ${logged[1]})" "-" \
+        "the default --log-level info, stderr a pipe read by grep -c; wrk -t2 -c64 -d${HEALTH_SECS}s each; run 1: $(wrk_errors "$OUT/front-health-logged-1.txt"); run 4: $(wrk_errors "$OUT/front-health-logged-2.txt"); $(commas "$lines") access lines written, $(commas "${dropped:-?}") dropped (/metrics), wrk counted $(commas "$answered") answers (plus start-up probes)"
+    row "/health req/s, oauth-relay, access log off (runs 2, 5)" "**$rq**/s (${quiet[0]}, ${quiet[1]})" "-" \
+        "--log-level warn; run 2: $(wrk_errors "$OUT/front-health-relay-1.txt"); run 5: $(wrk_errors "$OUT/front-health-relay-2.txt")"
+    row "/health req/s, nginx fixed 200 (runs 3, 6)" "**$n**/s (${nginx[0]}, ${nginx[1]})" "-" \
         "$(nginx -v 2>&1 | sed 's/.*: //'), worker_processes 2, access_log off, return 200 '{\"status\":\"healthy\"}'"
-    row "/health relay / nginx" "**$ratio %**" ">= 75 %" \
-        "means of the two runs each; wrk, relay and nginx share $(nproc) cores"
+    row "/health relay / nginx, access log on" "**$ratio_l %**" ">= 70 %" \
+        "means of the two runs each; wrk, the relays and nginx share $(nproc) cores"
+    row "/health relay / nginx, access log off" "**$ratio_q %**" ">= 90 %" \
+        "the same runs"
+    row "relay CPU per /health request, access log on / off" "**$us_l / $us_q µs**" "-" \
+        "user + system time of each relay process during its two wrk runs (/proc/PID/stat), divided by the answers wrk counted: the access log's own cost, less sensitive than requests/s to what else runs on the machine"
 }
 
 section_pairs() {

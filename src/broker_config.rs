@@ -4,12 +4,18 @@
 //! error says which variable turned broker mode on. The general names (`OAUTH_RELAY_PUBLIC_URL`,
 //! `OAUTH_RELAY_BROKER_TOKEN`) and the Workit names (`WK_PUBLIC_BASE_URL`,
 //! `WK_M365_BROKER_TOKEN`) both work. The providers themselves are read by
-//! `providers_config.rs` and checked by their own files (`provider::check_settings`).
+//! `providers_config.rs` (and Microsoft's `WK_M365_*` ones by `provider/microsoft.rs`, whose
+//! flags are flattened in here) and checked by their own files (`provider::check_settings`).
 
 use crate::broker::return_url::{self, Origin};
-use crate::providers_config::{self, Env, Kind, ProviderSettings, Source, M365};
+use crate::provider::microsoft::WkArgs;
+use crate::provider::settings::ProviderSettings;
+use crate::providers_config::{self, Env};
 use crate::secret::Secret;
 use clap::Args;
+
+/// URLs are checked by `urls.rs`; named here too for the settings that check theirs this way.
+pub use crate::urls::checked_url;
 
 pub const DEFAULT_EXCHANGE_TIMEOUT_SECS: u64 = 20;
 pub const DEFAULT_MAX_EXCHANGES: usize = 96;
@@ -34,26 +40,8 @@ pub struct BrokerArgs {
     /// OAUTH_RELAY_PROVIDER_<NAME>_* variables (see the README, "Identity providers").
     #[arg(long, env = "OAUTH_RELAY_PROVIDERS")]
     pub providers: Option<String>,
-    /// Application (client) id of the Microsoft Entra app registration: defines the Microsoft
-    /// 365 provider `m365`, served at /m365/*.
-    #[arg(long, env = "WK_M365_CLIENT_ID")]
-    pub m365_client_id: Option<String>,
-    /// Tenant: a GUID or a domain pins sign-ins to that tenant; `organizations` or `common`
-    /// do not.
-    #[arg(long, env = "WK_M365_TENANT_ID", default_value = crate::provider::microsoft::DEFAULT_TENANT)]
-    pub m365_tenant_id: String,
-    /// Client secret of a confidential ("Web") app registration; unset: public client (PKCE only).
-    #[arg(long, env = "WK_M365_CLIENT_SECRET", hide_env_values = true)]
-    pub m365_client_secret: Option<String>,
-    /// Microsoft identity platform base URL (national clouds, tests).
-    #[arg(long, env = "WK_M365_LOGIN_BASE_URL", default_value = crate::provider::microsoft::DEFAULT_LOGIN_BASE)]
-    pub m365_login_base_url: String,
-    /// Microsoft Graph base URL (national clouds, tests).
-    #[arg(long, env = "WK_M365_GRAPH_BASE_URL", default_value = crate::provider::microsoft::DEFAULT_GRAPH_BASE)]
-    pub m365_graph_base_url: String,
-    /// Space-separated scopes; only read-only Graph scopes are accepted.
-    #[arg(long, env = "WK_M365_SCOPES", default_value = crate::provider::microsoft::DEFAULT_SCOPES)]
-    pub m365_scopes: String,
+    #[command(flatten)]
+    pub m365: WkArgs,
     /// Let /status and /token answer with the handle alone, without the broker token
     /// (for older clients; the handle is then the only secret).
     #[arg(long, env = "OAUTH_RELAY_BROKER_HANDLE_ONLY")]
@@ -109,7 +97,7 @@ impl BrokerConfig {
             ("OAUTH_RELAY_PUBLIC_URL", set(&a.public_url)),
             ("WK_PUBLIC_BASE_URL", set(&a.public_base_url)),
             ("OAUTH_RELAY_BROKER_TOKEN", set(&a.broker_token)),
-            ("WK_M365_CLIENT_ID", set(&a.m365_client_id)),
+            (WkArgs::DEFINED_BY, a.m365.is_set()),
             ("WK_M365_BROKER_TOKEN", set(&a.m365_broker_token)),
             (providers_config::PROVIDERS_VAR, set(&a.providers)),
         ];
@@ -145,10 +133,12 @@ impl BrokerConfig {
             "WK_PUBLIC_BASE_URL"
         };
         let public = checked_url(&public, public_var)?;
-        if !set(&a.m365_client_id) && !set(&a.providers) {
-            return Err(needs(
-                "WK_M365_CLIENT_ID or OAUTH_RELAY_PROVIDERS (at least one identity provider)",
-            ));
+        if !a.m365.is_set() && !set(&a.providers) {
+            return Err(needs(&format!(
+                "{} or {} (at least one identity provider)",
+                WkArgs::DEFINED_BY,
+                providers_config::PROVIDERS_VAR
+            )));
         }
         let (token, token_from) = either(
             a.broker_token,
@@ -165,48 +155,16 @@ impl BrokerConfig {
             };
             return Err(format!("{var} must be at least 16 characters"));
         }
-        let mut providers = Vec::new();
-        if let Some(client_id) = a
-            .m365_client_id
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-        {
-            providers.push(ProviderSettings {
-                name: M365.into(),
-                kind: Kind::Microsoft,
-                display_name: None,
-                redirect_uri: format!("{public}/m365/callback"),
-                client_id,
-                client_secret: a
-                    .m365_client_secret
-                    .filter(|s| !s.is_empty())
-                    .map(Secret::new),
-                scopes: providers_config::split_scopes(&a.m365_scopes),
-                allowed_scopes: None,
-                issuer: None,
-                authorize_url: None,
-                token_url: None,
-                api_url: Some(checked_url(
-                    &a.m365_graph_base_url,
-                    "WK_M365_GRAPH_BASE_URL",
-                )?),
-                login_url: Some(checked_url(
-                    &a.m365_login_base_url,
-                    "WK_M365_LOGIN_BASE_URL",
-                )?),
-                tenant: Some(a.m365_tenant_id.trim().to_string()),
-                hosted_domain: None,
-                source: Source::Wk,
-            });
-        }
+        let mut providers: Vec<ProviderSettings> = a.m365.settings(&public)?.into_iter().collect();
         for p in providers_config::from_env(a.providers.as_deref(), env, &public)? {
             if providers
                 .iter()
                 .any(|q: &ProviderSettings| q.name == p.name)
             {
                 return Err(format!(
-                    "the provider {} is defined twice: by WK_M365_CLIENT_ID and in {}",
+                    "the provider {} is defined twice: by {} and in {}",
                     p.name,
+                    WkArgs::DEFINED_BY,
                     providers_config::PROVIDERS_VAR
                 ));
             }
@@ -238,59 +196,22 @@ impl BrokerConfig {
     }
 }
 
-/// HTTPS, or plain HTTP on a loopback host (local testing). Returned without a trailing slash.
-pub fn checked_url(value: &str, name: &str) -> Result<String, String> {
-    let value = value.trim().trim_end_matches('/');
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|_| format!("{name} is not a valid URL: {value:?}"))?;
-    let host = uri.host().ok_or(format!("{name} has no host: {value:?}"))?;
-    let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if loopback => {}
-        _ => {
-            return Err(format!(
-            "{name} must be an https:// URL (http:// only on 127.0.0.1 or localhost): {value:?}"
-        ))
-        }
-    }
-    if uri.query().is_some() {
-        return Err(format!("{name} must not have a query string"));
-    }
-    Ok(value.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls_must_be_https_except_on_loopback() {
-        assert_eq!(
-            checked_url("https://x.example/", "V").unwrap(),
-            "https://x.example"
-        );
-        assert!(checked_url("http://127.0.0.1:8000", "V").is_ok());
-        assert!(checked_url("http://localhost:1", "V").is_ok());
-        let e = checked_url("http://relay.example", "WK_PUBLIC_BASE_URL").unwrap_err();
-        assert!(e.contains("WK_PUBLIC_BASE_URL"));
-        assert!(checked_url("ftp://x", "V").is_err());
-        assert!(checked_url("not a url", "V").is_err());
-    }
-
-    use crate::provider::microsoft::{
-        DEFAULT_GRAPH_BASE, DEFAULT_LOGIN_BASE, DEFAULT_SCOPES, DEFAULT_TENANT,
-    };
-
     fn wk() -> BrokerArgs {
         BrokerArgs {
-            m365_tenant_id: DEFAULT_TENANT.into(),
-            m365_scopes: DEFAULT_SCOPES.into(),
-            m365_login_base_url: DEFAULT_LOGIN_BASE.into(),
-            m365_graph_base_url: DEFAULT_GRAPH_BASE.into(),
             exchange_timeout_secs: DEFAULT_EXCHANGE_TIMEOUT_SECS,
             ..BrokerArgs::default()
+        }
+    }
+
+    /// The broker's settings with the Microsoft 365 provider of `WK_M365_CLIENT_ID`.
+    fn m365(client_id: &str) -> WkArgs {
+        WkArgs {
+            m365_client_id: Some(client_id.into()),
+            ..WkArgs::default()
         }
     }
 
@@ -312,7 +233,7 @@ mod tests {
             "{e}"
         );
         let partial = BrokerArgs {
-            m365_client_id: Some("client".into()),
+            m365: m365("client"),
             m365_broker_token: Some("0123456789abcdef0123".into()),
             ..wk()
         };
@@ -336,7 +257,7 @@ mod tests {
         // Blank values (an empty variable in a manifest) do not turn broker mode on.
         let blank = BrokerArgs {
             public_base_url: Some("".into()),
-            m365_client_id: Some("  ".into()),
+            m365: m365("  "),
             ..BrokerArgs::default()
         };
         assert!(config(blank).unwrap().is_none());
@@ -348,7 +269,7 @@ mod tests {
         let general = config(BrokerArgs {
             public_url: Some("https://relay.example/".into()),
             broker_token: Some(token.into()),
-            m365_client_id: Some("client".into()),
+            m365: m365("client"),
             ..wk()
         })
         .unwrap()
@@ -356,7 +277,7 @@ mod tests {
         let workit = config(BrokerArgs {
             public_base_url: Some("https://relay.example".into()),
             m365_broker_token: Some(token.into()),
-            m365_client_id: Some("client".into()),
+            m365: m365("client"),
             ..wk()
         })
         .unwrap()
@@ -374,7 +295,7 @@ mod tests {
             public_url: Some("https://a.example".into()),
             public_base_url: Some("https://b.example".into()),
             broker_token: Some(token.into()),
-            m365_client_id: Some("client".into()),
+            m365: m365("client"),
             ..wk()
         })
         .unwrap_err();
@@ -385,7 +306,7 @@ mod tests {
         let e = config(BrokerArgs {
             public_url: Some("https://a.example".into()),
             broker_token: Some("short".into()),
-            m365_client_id: Some("client".into()),
+            m365: m365("client"),
             ..wk()
         })
         .unwrap_err();
@@ -398,7 +319,7 @@ mod tests {
             config(BrokerArgs {
                 public_url: Some("https://relay.example".into()),
                 broker_token: Some("0123456789abcdef0123".into()),
-                m365_client_id: Some("client".into()),
+                m365: m365("client"),
                 return_url_origins: Some(origins.into()),
                 ..wk()
             })
@@ -425,7 +346,7 @@ mod tests {
             BrokerArgs {
                 public_url: Some("https://a.example".into()),
                 broker_token: Some("0123456789abcdef0123".into()),
-                m365_client_id: Some("client".into()),
+                m365: m365("client"),
                 providers: Some("m365".into()),
                 ..wk()
             },

@@ -69,6 +69,10 @@ pub fn worst_case(c: &Config) -> Budget {
             s.blocking_threads as u64 * BLOCKING_THREAD,
         ),
     ];
+    if c.log_level != crate::logging::Level::Off {
+        // Lines waiting for stderr, and the batch being written (logging.rs).
+        items.push(("log buffer", 2 * crate::logging::MAX_BUFFERED_BYTES as u64));
+    }
     if c.redis.is_none() {
         items.push((
             "pending callbacks",

@@ -61,6 +61,9 @@ pub mod defaults {
     pub const ACCEPT_GIVE_UP_SECS: u64 = 60;
     pub const LOG_LEVEL: &str = "info";
     pub const SERVER_URL: &str = "http://127.0.0.1:8000";
+    /// How long each of check-deployment's requests may take (the service's answer to
+    /// GET /deployment includes its own calls to the providers, at most 5 s).
+    pub const CHECK_TIMEOUT_SECS: u64 = 30;
     pub const REDIS_PREFIX: &str = "oauth-relay:";
     pub const REDIS_TIMEOUT_MS: u64 = 500;
     /// Any origin, as the Python server answered.
@@ -121,6 +124,14 @@ pub enum Command {
     Open(OpenArgs),
     /// Exit 0 when the local server answers /health, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Run a deployment's validation checklist against its public and internal URLs and print
+    /// it, with a fix for each failed item.
+    ///
+    /// Checks the probes, the listener split, session creation without and with the broker
+    /// token, and for every provider the login link's redirect (redirect URI, PKCE, state,
+    /// scopes) and what the service reaches at the provider; completion events with
+    /// --expect-events. Exit status: 0 when every item passed, 1 otherwise.
+    CheckDeployment(CheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -404,6 +415,43 @@ pub struct HealthcheckArgs {
     /// Full URL to check instead of http://127.0.0.1:PORT/health.
     #[arg(long)]
     pub url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The public URL people's browsers reach the relay at, as registered with the providers
+    /// (e.g. https://relay.example.com). Defaults to WK_PUBLIC_BASE_URL when this is unset.
+    #[arg(long, env = "OAUTH_RELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The URL programs reach the internal listener at (e.g.
+    /// http://oauth-relay-internal.NAMESPACE:8001).
+    #[arg(long, env = "OAUTH_RELAY_INTERNAL_URL")]
+    pub internal_url: Option<String>,
+    /// Read the broker token from this environment variable. Without any --broker-token-*
+    /// option it comes from OAUTH_RELAY_BROKER_TOKEN, else WK_M365_BROKER_TOKEN. There is
+    /// deliberately no option taking the token itself: command lines are visible to others.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["broker_token_file", "broker_token_stdin"])]
+    pub broker_token_env: Option<String>,
+    /// Read the broker token from this file (a mounted Secret).
+    #[arg(long, value_name = "PATH", conflicts_with = "broker_token_stdin")]
+    pub broker_token_file: Option<std::path::PathBuf>,
+    /// Read the broker token from the first line of standard input.
+    #[arg(long)]
+    pub broker_token_stdin: bool,
+    /// Check these providers only, each of which must be configured (repeatable, or
+    /// comma-separated). Default: every provider the service reports.
+    #[arg(long = "provider", value_name = "NAME", value_delimiter = ',')]
+    pub providers: Vec<String>,
+    /// Completion events must be configured (OAUTH_RELAY_WEBHOOK_URL on the service).
+    #[arg(long)]
+    pub expect_events: bool,
+    /// Marks in plain ASCII (PASS, FAIL, SKIP) instead of ✓ ✗ -, for CI logs.
+    #[arg(long)]
+    pub ascii: bool,
+    /// Seconds each request may take (the service's answer to GET /deployment includes its own
+    /// calls to the providers, at most 5 s).
+    #[arg(long, default_value_t = defaults::CHECK_TIMEOUT_SECS)]
+    pub timeout_secs: u64,
 }
 
 /// The base URL of the relay or broker, from `--server` or its environment variable: http or

@@ -1,7 +1,10 @@
 //! The one place that maps an error to its HTTP status and to the words its reader sees:
 //! JSON `{"status":"error","message":...}` for programs (the Python server's shape), a page for
 //! people. Broker sign-in failures are typed here too ([`Reason`], [`SignInFailure`]): their
-//! stable reason codes and HTTP statuses; `broker/pages.rs` words the page for each reason.
+//! stable reason codes and HTTP statuses; `broker/pages.rs` words the page for each shared
+//! reason. A provider kind's own failures ([`OwnReason`]: Microsoft Graph's `graph_failed`) carry
+//! their code, status and words with them, declared in the kind's file, so nothing here or in
+//! the pages names a provider.
 
 use crate::http::Response;
 use crate::pages;
@@ -44,7 +47,6 @@ pub enum Error {
     StateExists,
     StoreFull,
     SessionsFull,
-    WriteScope,
     /// A session for a provider that is not configured.
     UnknownProvider,
     /// A session asked for a scope outside the provider's allowed scopes.
@@ -82,7 +84,6 @@ impl Error {
             | Error::StateTooLong
             | Error::StateNotRegistered
             | Error::CallbackTooLarge
-            | Error::WriteScope
             | Error::UnknownProvider
             | Error::ScopeNotAllowed => 400,
             Error::StateConflict
@@ -138,7 +139,6 @@ impl Error {
             Error::StateExists => "State already registered or used",
             Error::StoreFull => "Too many pending callbacks; try again later",
             Error::SessionsFull => "Too many open login sessions; try again later",
-            Error::WriteScope => "Only read-only Microsoft Graph scopes are allowed",
             Error::UnknownProvider => "Unknown provider: it is not in OAUTH_RELAY_PROVIDERS",
             Error::ScopeNotAllowed => {
                 "A requested scope is not among the provider's allowed scopes"
@@ -260,7 +260,9 @@ impl std::error::Error for Error {}
 /// Why a broker sign-in failed. The code ([`Reason::code`]) is a stable string callers match
 /// on (`/status`, `/token`, the CLI, the audit log); the HTTP status of the person's page is
 /// chosen here ([`Reason::status`]) and its words in `broker/pages.rs`, by an exhaustive match
-/// on this enum, so a new reason cannot go without a page.
+/// on this enum, so a new reason cannot go without a page. A reason only one provider kind can
+/// give is that kind's own ([`Reason::Own`]), with its status and words; the whole list is
+/// `provider::every_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// The person cancelled or refused consent at the provider.
@@ -271,10 +273,6 @@ pub enum Reason {
     SubjectMismatch,
     /// The expected e-mail matched, but the provider does not vouch for it.
     EmailUnverified,
-    /// The account belongs to another tenant than the pinned one (Microsoft).
-    TenantMismatch,
-    /// The account is not in the configured Google Workspace domain.
-    HostedDomainMismatch,
     /// The callback has no `state`.
     StateMissing,
     /// The callback's `state` was never issued.
@@ -305,20 +303,19 @@ pub enum Reason {
     NoRefreshToken,
     /// The id_token's signature or claims do not verify.
     IdTokenInvalid,
-    /// Microsoft Graph `/me` failed.
-    GraphFailed,
-    /// Another provider's profile call (GitHub's `/user`, an OpenID userinfo) failed.
+    /// A provider's profile call (GitHub's `/user`, an OpenID userinfo) failed.
     ProfileFailed,
+    /// A failure only one provider kind gives, declared by it.
+    Own(&'static OwnReason),
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    /// The reasons every provider shares; with each kind's own, `provider::every_reason`.
+    pub const SHARED: [Reason; 20] = [
         Reason::AccessDenied,
         Reason::EmailMismatch,
         Reason::SubjectMismatch,
         Reason::EmailUnverified,
-        Reason::TenantMismatch,
-        Reason::HostedDomainMismatch,
         Reason::StateMissing,
         Reason::StateUnknown,
         Reason::StateExpired,
@@ -334,7 +331,6 @@ impl Reason {
         Reason::ExchangeFailed,
         Reason::NoRefreshToken,
         Reason::IdTokenInvalid,
-        Reason::GraphFailed,
         Reason::ProfileFailed,
     ];
 
@@ -345,8 +341,6 @@ impl Reason {
             Reason::EmailMismatch => "email_mismatch",
             Reason::SubjectMismatch => "subject_mismatch",
             Reason::EmailUnverified => "email_unverified",
-            Reason::TenantMismatch => "tenant_mismatch",
-            Reason::HostedDomainMismatch => "hosted_domain_mismatch",
             Reason::StateMissing => "state_missing",
             Reason::StateUnknown => "state_unknown",
             Reason::StateExpired => "state_expired",
@@ -362,14 +356,9 @@ impl Reason {
             Reason::ExchangeFailed => "exchange_failed",
             Reason::NoRefreshToken => "no_refresh_token",
             Reason::IdTokenInvalid => "id_token_invalid",
-            Reason::GraphFailed => "graph_failed",
             Reason::ProfileFailed => "profile_failed",
+            Reason::Own(own) => own.code,
         }
-    }
-
-    /// The reason behind a stored code (`None` for a code this version does not know).
-    pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.code() == code)
     }
 
     /// The HTTP status of the page the person sees.
@@ -380,8 +369,6 @@ impl Reason {
             Reason::EmailMismatch
             | Reason::SubjectMismatch
             | Reason::EmailUnverified
-            | Reason::TenantMismatch
-            | Reason::HostedDomainMismatch
             | Reason::BrowserMismatch => 403,
             Reason::StateMissing | Reason::StateUnknown | Reason::LinkUnknown => 404,
             Reason::StateExpired | Reason::LinkExpired => 410,
@@ -392,10 +379,35 @@ impl Reason {
             | Reason::ExchangeFailed
             | Reason::NoRefreshToken
             | Reason::IdTokenInvalid
-            | Reason::GraphFailed
             | Reason::ProfileFailed => 502,
+            Reason::Own(own) => own.status,
         }
     }
+}
+
+/// A sign-in failure reason of one provider kind, declared in the kind's file (and listed in
+/// its registry entry, so `provider::every_reason` and openapi.json's `Reason` know it): a
+/// stable code, the status of the person's page, and the page's words.
+#[derive(PartialEq, Eq)]
+pub struct OwnReason {
+    pub code: &'static str,
+    pub status: u16,
+    pub words: Words,
+}
+
+impl std::fmt::Debug for OwnReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Own({})", self.code)
+    }
+}
+
+/// What a failure page says, in each language the pages speak: a title and a sentence (which
+/// never shows a code, a token or the provider's own error text). `{provider}` stands for the
+/// provider's display name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Words {
+    pub en: [&'static str; 2],
+    pub pt_br: [&'static str; 2],
 }
 
 impl std::fmt::Display for Reason {
@@ -497,31 +509,13 @@ mod tests {
     }
 
     #[test]
-    fn reason_codes_are_stable_and_round_trip() {
-        for r in Reason::ALL {
-            assert_eq!(Reason::from_code(r.code()), Some(r));
+    fn shared_reason_codes_are_unique_with_statuses() {
+        let mut codes: Vec<&str> = Reason::SHARED.iter().map(|r| r.code()).collect();
+        for r in Reason::SHARED {
             assert!((200..600).contains(&r.status()));
         }
-        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
-        for kept in [
-            "access_denied",
-            "email_mismatch",
-            "tenant_mismatch",
-            "state_unknown",
-            "state_expired",
-            "state_reused",
-            "link_unknown",
-            "link_expired",
-            "link_used",
-            "already_connected",
-            "unavailable",
-            "provider_error",
-            "exchange_failed",
-            "no_refresh_token",
-            "graph_failed",
-        ] {
-            assert!(codes.contains(&kept), "{kept} was dropped");
-        }
-        assert_eq!(Reason::from_code("nonsense"), None);
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::SHARED.len());
     }
 }

@@ -110,6 +110,12 @@ pub fn metrics(app: &App) -> Result<Response, Error> {
         "Connections answered 503 at the cap because none was idle.",
         load(&server.connections_refused),
     );
+    metric(
+        "oauth_relay_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr did not take them as fast as they came (access lines first).",
+        crate::logging::dropped_lines(),
+    );
     if let Some(events) = &app.events {
         let c = &events.counters;
         for (name, help, value) in [

@@ -10,7 +10,9 @@ use crate::config::ConfigError;
 use crate::events;
 use crate::http;
 use crate::logging;
+use crate::outbound;
 use crate::provider;
+use crate::providers_config;
 use crate::routes;
 use crate::server;
 use crate::store;
@@ -172,7 +174,9 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
             let redis = Arc::new(
                 store::redis::RedisStore::new(r, config.ttl, config.max_pending)
                     .map_err(Fatal::Store)?
-                    .with_max_per_client(config.max_pending_per_client),
+                    .with_max_per_client(config.max_pending_per_client)
+                    // Sessions stored before providers had names were all Microsoft 365's.
+                    .with_unnamed_provider(providers_config::M365),
             );
             let w = waiters.clone();
             redis.start_background(move |key| w.notify(key));
@@ -200,10 +204,11 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
         Some(b) => {
             // OpenID Connect discovery happens here: a provider that cannot be set up stops
             // start-up rather than fail every sign-in later.
+            let http: Arc<dyn outbound::Http> = Arc::new(outbound::Ureq);
             let providers = b
                 .providers
                 .iter()
-                .map(|s| provider::build(s, b.exchange_timeout))
+                .map(|s| provider::build(s, http.clone(), b.exchange_timeout))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(Fatal::Provider)?;
             Some(broker::Broker::new(b, providers))

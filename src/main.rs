@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some(Command::Keygen(args)) => oauth_relay::cli::keygen(args),
         Some(Command::Open(args)) => oauth_relay::cli::open(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
+        Some(Command::CheckDeployment(args)) => oauth_relay::check::check_deployment(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -30,14 +31,18 @@ fn serve(args: oauth_relay::config::ServeArgs) -> ExitCode {
     let result = Config::from_args(args, &env)
         .map_err(oauth_relay::Fatal::from)
         .and_then(oauth_relay::serve);
-    match result {
+    let status = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => {
             let message = fatal.to_string();
             oauth_relay::logging::error("fatal", serde_json::json!({ "error": message }));
             ExitCode::from(1)
         }
-    }
+    };
+    // Log lines are written by a thread of their own: the last ones must reach stderr before
+    // the process ends.
+    oauth_relay::logging::flush();
+    status
 }
 
 /// `--help` and `--version` print to stdout and exit 0. Anything else clap refuses exits 1, as

@@ -1,12 +1,15 @@
 //! The identity providers the broker signs people in with, from `OAUTH_RELAY_PROVIDERS` and the
-//! `OAUTH_RELAY_PROVIDER_<NAME>_*` variables of each (and, for compatibility, the `WK_M365_*`
-//! variables, which define a Microsoft provider named `m365`). The variable names depend on the
-//! provider names, so clap cannot declare them: `from_env` reads them from a map that `main`
-//! fills from the process environment once at start-up (tests hand in their own). Every
-//! problem stops start-up with a message naming the variable; nothing here touches the network
-//! (discovery happens when the providers are built, `provider::build`).
+//! `OAUTH_RELAY_PROVIDER_<NAME>_*` variables of each. The variable names depend on the provider
+//! names, so clap cannot declare them: `from_env` reads them from a map that `main` fills from
+//! the process environment once at start-up (tests hand in their own). Which kinds there are
+//! and which settings each reads come from the kinds' registry (`provider::KINDS`); this file
+//! names no kind. Every problem stops start-up with a message naming the variable; nothing here
+//! touches the network (discovery happens when the providers are built, `provider::build`).
 
-use crate::broker_config::checked_url;
+/// `corp-eu` -> `OAUTH_RELAY_PROVIDER_CORP_EU_` (its home is `provider/settings.rs`).
+pub use crate::provider::settings::prefix_of;
+use crate::provider::settings::{split_scopes, ProviderSettings, COMMON, PREFIX};
+use crate::provider::{self, every_setting, kind_names};
 use crate::secret::Secret;
 use std::collections::BTreeMap;
 
@@ -14,150 +17,9 @@ use std::collections::BTreeMap;
 pub type Env = BTreeMap<String, String>;
 
 pub const PROVIDERS_VAR: &str = "OAUTH_RELAY_PROVIDERS";
-const PREFIX: &str = "OAUTH_RELAY_PROVIDER_";
-/// The provider the `WK_M365_*` variables define, and the one `/m365/*` serves.
-pub const M365: &str = "m365";
-
-/// How a provider is spoken to: each kind is one file in `src/provider/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Oidc,
-    Google,
-    GitHub,
-    Microsoft,
-}
-
-impl Kind {
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "oidc" => Some(Kind::Oidc),
-            "google" => Some(Kind::Google),
-            "github" => Some(Kind::GitHub),
-            "microsoft" => Some(Kind::Microsoft),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Oidc => "oidc",
-            Kind::Google => "google",
-            Kind::GitHub => "github",
-            Kind::Microsoft => "microsoft",
-        }
-    }
-
-    /// The settings (variable suffixes) a provider of this kind reads, besides the common ones.
-    fn own_settings(self) -> &'static [&'static str] {
-        match self {
-            Kind::Oidc => &["ISSUER", "AUTHORIZE_URL", "TOKEN_URL"],
-            Kind::Google => &["ISSUER", "AUTHORIZE_URL", "TOKEN_URL", "HOSTED_DOMAIN"],
-            Kind::GitHub => &["AUTHORIZE_URL", "TOKEN_URL", "API_URL"],
-            Kind::Microsoft => &["TENANT", "LOGIN_URL", "API_URL"],
-        }
-    }
-}
-
-const COMMON: &[&str] = &[
-    "KIND",
-    "CLIENT_ID",
-    "CLIENT_SECRET",
-    "CLIENT_SECRET_FILE",
-    "SCOPES",
-    "ALLOWED_SCOPES",
-    "DISPLAY_NAME",
-];
-const EVERY_SETTING: &[&str] = &[
-    "KIND",
-    "CLIENT_ID",
-    "CLIENT_SECRET",
-    "CLIENT_SECRET_FILE",
-    "SCOPES",
-    "ALLOWED_SCOPES",
-    "DISPLAY_NAME",
-    "ISSUER",
-    "AUTHORIZE_URL",
-    "TOKEN_URL",
-    "API_URL",
-    "LOGIN_URL",
-    "TENANT",
-    "HOSTED_DOMAIN",
-];
-
-/// Where a provider's settings came from, to name the variable in messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// `OAUTH_RELAY_PROVIDER_<NAME>_...`, with this prefix.
-    Variables(String),
-    /// The `WK_M365_*` variables (and their flags).
-    Wk,
-}
-
-/// One provider's settings, checked for form (URLs, names, secrets) here and for its kind's
-/// rules by its own file (`provider::check_settings`).
-#[derive(Debug, Clone)]
-pub struct ProviderSettings {
-    pub name: String,
-    pub kind: Kind,
-    pub display_name: Option<String>,
-    /// Where the provider sends the browser back to: `{public}/login/{name}/callback`
-    /// (`{public}/m365/callback` for the `WK_M365_*` provider).
-    pub redirect_uri: String,
-    pub client_id: String,
-    pub client_secret: Option<Secret>,
-    /// Requested when a session names none.
-    pub scopes: Vec<String>,
-    /// What a session may ask for; `None`: the same as `scopes`.
-    pub allowed_scopes: Option<Vec<String>>,
-    pub issuer: Option<String>,
-    pub authorize_url: Option<String>,
-    pub token_url: Option<String>,
-    pub api_url: Option<String>,
-    pub login_url: Option<String>,
-    pub tenant: Option<String>,
-    pub hosted_domain: Option<String>,
-    pub source: Source,
-}
-
-impl ProviderSettings {
-    /// The variable that sets `setting` (a suffix such as `CLIENT_SECRET`) for this provider.
-    pub fn var(&self, setting: &str) -> String {
-        match &self.source {
-            Source::Variables(prefix) => format!("{prefix}{setting}"),
-            Source::Wk => match setting {
-                "CLIENT_ID" => "WK_M365_CLIENT_ID".into(),
-                "CLIENT_SECRET" => "WK_M365_CLIENT_SECRET".into(),
-                "TENANT" => "WK_M365_TENANT_ID".into(),
-                "LOGIN_URL" => "WK_M365_LOGIN_BASE_URL".into(),
-                "API_URL" => "WK_M365_GRAPH_BASE_URL".into(),
-                "SCOPES" => "WK_M365_SCOPES".into(),
-                other => format!("{PREFIX}M365_{other}"),
-            },
-        }
-    }
-
-    /// The scopes a session may ask for.
-    pub fn allowed(&self) -> &[String] {
-        self.allowed_scopes.as_deref().unwrap_or(&self.scopes)
-    }
-}
-
-/// Splits a space-separated scope list, dropping repeats (RFC 6749 3.3: scopes are separated by
-/// spaces, so a comma is part of a scope).
-pub fn split_scopes(value: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for scope in value.split_whitespace() {
-        if !out.iter().any(|s| s == scope) {
-            out.push(scope.to_string());
-        }
-    }
-    out
-}
-
-/// `corp-eu` -> `OAUTH_RELAY_PROVIDER_CORP_EU_`.
-pub fn prefix_of(name: &str) -> String {
-    format!("{PREFIX}{}_", name.to_ascii_uppercase().replace('-', "_"))
-}
+/// The provider the `WK_M365_*` variables define, and the one `/m365/*` serves (its home is
+/// `provider/microsoft.rs`; named here for the routes and the CLI).
+pub const M365: &str = crate::provider::microsoft::WK_NAME;
 
 fn valid_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
@@ -199,13 +61,14 @@ pub fn from_env(
 ) -> Result<Vec<ProviderSettings>, String> {
     let names = provider_names(list.unwrap_or(""))?;
     let prefixes: Vec<(String, &String)> = names.iter().map(|n| (prefix_of(n), n)).collect();
+    let every = every_setting();
     for (key, value) in env {
         if !key.starts_with(PREFIX) || value.trim().is_empty() {
             continue;
         }
         let known = prefixes.iter().any(|(prefix, _)| {
             key.strip_prefix(prefix.as_str())
-                .is_some_and(|setting| EVERY_SETTING.contains(&setting))
+                .is_some_and(|setting| every.contains(&setting))
         });
         if !known {
             let listed = if names.is_empty() {
@@ -216,7 +79,7 @@ pub fn from_env(
             return Err(format!(
                 "{key} is not a setting of a provider in {PROVIDERS_VAR} (listed: {listed}); \
                  settings are OAUTH_RELAY_PROVIDER_<NAME>_{{{}}}",
-                EVERY_SETTING.join(",")
+                every.join(",")
             ));
         }
     }
@@ -234,21 +97,22 @@ fn one(name: &str, env: &Env, public: &str) -> Result<ProviderSettings, String> 
     let kind = match get("KIND") {
         None => {
             return Err(format!(
-                "{kind_var} is required for provider {name} (oidc, google, github or microsoft)"
+                "{kind_var} is required for provider {name} ({})",
+                kind_names()
             ))
         }
-        Some(k) => Kind::parse(&k).ok_or(format!(
-            "{kind_var} must be oidc, google, github or microsoft, not {k:?}"
-        ))?,
+        Some(k) => {
+            provider::kind(&k).ok_or(format!("{kind_var} must be {}, not {k:?}", kind_names()))?
+        }
     };
-    for setting in EVERY_SETTING {
+    for setting in every_setting() {
         if get(setting).is_some()
-            && !COMMON.contains(setting)
-            && !kind.own_settings().contains(setting)
+            && !COMMON.contains(&setting)
+            && !kind.settings.iter().any(|s| s.name == setting)
         {
             return Err(format!(
                 "{prefix}{setting} does not apply to a {} provider ({name})",
-                kind.name()
+                kind.name
             ));
         }
     }
@@ -267,11 +131,6 @@ fn one(name: &str, env: &Env, public: &str) -> Result<ProviderSettings, String> 
         )?)),
         (None, None) => None,
     };
-    let url = |setting: &str| {
-        get(setting)
-            .map(|v| checked_url(&v, &format!("{prefix}{setting}")))
-            .transpose()
-    };
     let scopes = |setting: &str| {
         get(setting).map(|v| {
             let list = split_scopes(&v);
@@ -282,26 +141,26 @@ fn one(name: &str, env: &Env, public: &str) -> Result<ProviderSettings, String> 
             }
         })
     };
-    Ok(ProviderSettings {
-        name: name.to_string(),
+    let mut s = ProviderSettings::new(
+        name,
         kind,
-        display_name: get("DISPLAY_NAME"),
-        redirect_uri: format!("{public}/login/{name}/callback"),
+        format!("{public}/login/{name}/callback"),
         client_id,
-        client_secret,
-        scopes: scopes("SCOPES").transpose()?.unwrap_or_default(),
-        allowed_scopes: scopes("ALLOWED_SCOPES").transpose()?,
-        issuer: get("ISSUER")
-            .map(|v| checked_issuer(&v, &format!("{prefix}ISSUER")))
-            .transpose()?,
-        authorize_url: url("AUTHORIZE_URL")?,
-        token_url: url("TOKEN_URL")?,
-        api_url: url("API_URL")?,
-        login_url: url("LOGIN_URL")?,
-        tenant: get("TENANT"),
-        hosted_domain: get("HOSTED_DOMAIN").map(|d| d.to_ascii_lowercase()),
-        source: Source::Variables(prefix),
-    })
+    );
+    s.display_name = get("DISPLAY_NAME");
+    s.client_secret = client_secret;
+    s.scopes = scopes("SCOPES").transpose()?.unwrap_or_default();
+    s.allowed_scopes = scopes("ALLOWED_SCOPES").transpose()?;
+    // The kind's own settings, each checked for its form (a URL is a URL) in the kind's order.
+    for setting in kind.settings {
+        if let Some(value) = get(setting.name) {
+            let value = setting
+                .form
+                .read(&value, &format!("{prefix}{}", setting.name))?;
+            s.own.insert(setting.name, value);
+        }
+    }
+    Ok(s)
 }
 
 /// A mounted secret: the file's text without its final line break.
@@ -312,45 +171,6 @@ pub fn read_secret_file(path: &str, var: &str) -> Result<String, String> {
         return Err(format!("{var} {path}: the file is empty"));
     }
     Ok(secret)
-}
-
-/// An issuer identifier (OpenID Connect Discovery 3): an https URL (http on loopback, for
-/// tests) without query or fragment, kept exactly as given (a trailing slash is part of it),
-/// because the `iss` claim and the discovered `issuer` must equal it byte for byte.
-pub fn checked_issuer(value: &str, var: &str) -> Result<String, String> {
-    checked_url(value, var)?;
-    if value.contains('#') {
-        return Err(format!("{var} must not have a fragment"));
-    }
-    Ok(value.to_string())
-}
-
-/// Settings for unit tests of the providers' own rules.
-#[cfg(test)]
-pub mod tests_support {
-    use super::*;
-
-    /// A provider `name` of `kind` with only a client id, as from `OAUTH_RELAY_PROVIDER_*`.
-    pub fn settings(name: &str, kind: Kind) -> ProviderSettings {
-        ProviderSettings {
-            name: name.into(),
-            kind,
-            display_name: None,
-            redirect_uri: format!("https://relay.example/login/{name}/callback"),
-            client_id: "client".into(),
-            client_secret: None,
-            scopes: Vec::new(),
-            allowed_scopes: None,
-            issuer: None,
-            authorize_url: None,
-            token_url: None,
-            api_url: None,
-            login_url: None,
-            tenant: None,
-            hosted_domain: None,
-            source: Source::Variables(prefix_of(name)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -388,13 +208,13 @@ mod tests {
         let p = from_env(Some("corp-eu, github"), &e, PUBLIC).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].name, "corp-eu");
-        assert_eq!(p[0].kind, Kind::Oidc);
+        assert_eq!(p[0].kind.name, "oidc");
         assert_eq!(
             p[0].redirect_uri,
             "https://relay.example/login/corp-eu/callback"
         );
         assert_eq!(
-            p[0].issuer.as_deref(),
+            p[0].get("ISSUER"),
             Some("https://login.corp.example/"),
             "the issuer is kept exactly"
         );
@@ -508,30 +328,5 @@ mod tests {
         let p = from_env(Some("gh"), &e, PUBLIC).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(p[0].client_secret.as_ref().unwrap().expose(), "from-a-file");
-    }
-
-    #[test]
-    fn wk_settings_are_named_by_their_own_variables() {
-        let s = ProviderSettings {
-            name: M365.into(),
-            kind: Kind::Microsoft,
-            display_name: None,
-            redirect_uri: String::new(),
-            client_id: String::new(),
-            client_secret: None,
-            scopes: Vec::new(),
-            allowed_scopes: None,
-            issuer: None,
-            authorize_url: None,
-            token_url: None,
-            api_url: None,
-            login_url: None,
-            tenant: None,
-            hosted_domain: None,
-            source: Source::Wk,
-        };
-        assert_eq!(s.var("TENANT"), "WK_M365_TENANT_ID");
-        assert_eq!(s.var("API_URL"), "WK_M365_GRAPH_BASE_URL");
-        assert_eq!(prefix_of("corp-eu"), "OAUTH_RELAY_PROVIDER_CORP_EU_");
     }
 }

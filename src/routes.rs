@@ -9,6 +9,7 @@
 use crate::app::App;
 use crate::broker::login;
 use crate::broker::sessions::{self, Endpoint};
+use crate::deployment;
 use crate::error::{Error, Face};
 use crate::health;
 use crate::http::{HttpRequest, Listener, Reply, Response, RETRIEVAL_SECRET_HEADER};
@@ -61,6 +62,8 @@ pub const ROUTES: &[Route] = &[
                |app, req, handle| now(sessions::status(app, req, handle))),
     Route::new("/token/{state}",             GET,      Api,  Internal, MayBlock, Tail,
                sessions::token),
+    Route::new("/deployment",                GET,      Api,  Internal, MayBlock, Nothing,
+               |app, req, _| deployment::describe(app, req)),
     Route::new("/openapi.json",              GET,      Api,  Internal, InPlace,  Nothing,
                |_, _, _| now(Ok(openapi()))),
 ];
@@ -90,7 +93,7 @@ pub enum Exposure {
     /// Browsers (redirects, login links): behind the ingress.
     Public,
     /// Programs: retrieval, registration, session creation, status, tokens, metrics, the API's
-    /// description (`/openapi.json`).
+    /// description (`/openapi.json`), the deployment's (`/deployment`).
     Internal,
     /// The probes (`/health`, `/ready`): on the internal listener, where the kubelet always gets
     /// in (the public listener cannot take its reserved connections), and on the public one for
@@ -484,6 +487,7 @@ mod tests {
                 "/metrics",
                 "/ready",
                 "/openapi.json",
+                "/deployment",
             ]
             .contains(&path)
         {

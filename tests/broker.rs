@@ -2,7 +2,7 @@
 //! Graph in tests/support, which enforce the exact redirect URI, PKCE, client authentication
 //! and one-time codes. Every success and failure path, races, expiry and a slow provider.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -7,9 +7,9 @@
 //! The person's side runs in a real headless Chromium through node-oidc-provider's pages; the
 //! stranger's requests are plain HTTP. Memory and Redis (two replicas) keep the same binding.
 
-#[path = "support/oidc.rs"]
-mod oidc;
-mod support;
+use crate::support;
+
+use support::oidc;
 
 use oidc::{OidcConfig, OidcProvider, OnLogin, Step};
 use serde_json::{json, Value};

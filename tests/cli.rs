@@ -2,7 +2,7 @@
 //! server that answers at once, refuse a malformed --server at once, and `wait` does not call a
 //! callback without a code a success.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -3,7 +3,7 @@
 //! token and enforces its rotation rule, over every store backend (memory, a redb file, a real
 //! `redis-server`), with replicas that race, die, and outlive a Redis crash.
 
-mod support;
+use crate::support;
 
 use oauth_relay::config::RedisConfig;
 use oauth_relay::connections::durability::{redis_persistence, Persistence};
@@ -1216,9 +1216,12 @@ fn the_redb_store_survives_a_crash_mid_transaction() {
         redb_writer(Path::new(&path));
     }
     let path = scratch("redb").join("connections.redb");
+    // This very test, by its full name in the test binary (`connections_core::...`).
+    let (_, module) = module_path!().split_once("::").unwrap_or(("", ""));
+    let me = format!("{module}::the_redb_store_survives_a_crash_mid_transaction");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "the_redb_store_survives_a_crash_mid_transaction",
+            me.trim_start_matches("::"),
             "--exact",
             "--nocapture",
             "--test-threads",

@@ -3,7 +3,7 @@
 //! depend on the configuration). Checked value by value here, then by schemathesis, a
 //! third-party fuzzer of OpenAPI documents, over both listeners of the real binary.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -158,13 +158,13 @@ fn json_bodies_must_be_objects_of_known_keys() {
             "/sessions",
             r#"{"provider":"m365","expected_email":"ana@contoso.example","scope":"User.Read"}"#,
             "scope",
-            "provider, expected_email, expected_subject, scopes, force_consent, return_url",
+            "provider, expected_email, expected_subject, scopes, force_consent, return_url, seal_to",
         ),
         (
             "/m365/sessions",
             r#"{"expected_email":"ana@contoso.example","forceConsent":true}"#,
             "forceConsent",
-            "provider, expected_email, expected_subject, scopes, force_consent, return_url",
+            "provider, expected_email, expected_subject, scopes, force_consent, return_url, seal_to",
         ),
     ];
     for (path, body, key, keys) in cases {

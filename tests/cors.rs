@@ -3,9 +3,8 @@
 //! in a custom header, the browser's preflights passing; a page of an origin the operator does
 //! not list is stopped by the browser. And the headers themselves, over plain HTTP.
 
-#[path = "support/oidc.rs"]
-mod oidc;
-mod support;
+use crate::support;
+use support::oidc;
 
 use serde_json::Value;
 use std::process::Command;

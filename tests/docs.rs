@@ -1,6 +1,6 @@
 //! The operator documentation stays true to the code: every setting (`OAUTH_RELAY_*`,
 //! `OAUTH_CALLBACK_*`, `WK_*`) named in `docs/`, `deploy/` or the README is one the relay reads
-//! (a flag's environment variable, or a provider setting of `providers_config.rs`), every URL of
+//! (a flag's environment variable, or a provider setting a kind declares), every URL of
 //! the relay shown in `docs/` is a route of the routing table on the listener its host stands
 //! for, every relative link in `docs/` leads to a file, and each provider guide shows its redirect
 //! URI.
@@ -54,20 +54,13 @@ fn declared_variables() -> Vec<String> {
     out
 }
 
-/// The provider settings (`OAUTH_RELAY_PROVIDER_<NAME>_<SETTING>`): `EVERY_SETTING` in
-/// src/providers_config.rs, the list the relay itself checks those variables against.
+/// The provider settings (`OAUTH_RELAY_PROVIDER_<NAME>_<SETTING>`): the common ones and each
+/// kind's own, as the kinds' registry declares them (`provider::every_setting`), the list the
+/// relay itself checks those variables against.
 fn provider_settings() -> Vec<String> {
-    let source = read(&root().join("src/providers_config.rs"));
-    let start = source
-        .find("const EVERY_SETTING: &[&str] = &[")
-        .expect("EVERY_SETTING in src/providers_config.rs");
-    let list = &source[start..];
-    let list = &list[list.find('[').unwrap() + 1..];
-    let list = &list[list.find('[').unwrap() + 1..list.find("];").unwrap()];
-    let settings: Vec<String> = list
-        .split(',')
-        .map(|s| s.trim().trim_matches('"').to_string())
-        .filter(|s| !s.is_empty())
+    let settings: Vec<String> = oauth_relay::provider::every_setting()
+        .into_iter()
+        .map(String::from)
         .collect();
     assert!(settings.len() >= 10, "{settings:?}");
     settings

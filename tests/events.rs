@@ -4,7 +4,7 @@
 //! Microsoft), retries, giving up, the queue bound, a slow receiver, and replicas on a real
 //! Redis where the replica that produced an event dies before delivering it.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};

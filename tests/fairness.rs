@@ -13,7 +13,7 @@
 //! (`HANG`, `eventually`), and the one time comparison is a lower bound (an answer must not
 //! come before its deadline).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};

@@ -1,18 +1,20 @@
-//! Tests of the fake GitHub and the fake Google used by the broker tests: each fake's
-//! enforcement and quirks, checked with plain HTTP.
+//! Tests of the fake GitHub and the fake Google used by the broker tests, and of the
+//! authorization-server core under every fake (support/fake_as.rs): each fake's enforcement and
+//! quirks, each provider's refresh-token rule, the counters, injected faults and revocation,
+//! all over plain HTTP.
 
-#[path = "support/fake_github.rs"]
-mod fake_github;
-#[path = "support/fake_google.rs"]
-mod fake_google;
+use crate::support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde_json::{json, Value};
-
-use fake_github::{FakeGitHub, FakeGitHubConfig, GitHubEmail, GitHubUser};
-use fake_google::{FakeGoogle, FakeGoogleConfig, GoogleUser, Tamper};
+use support::fake_as::{Fault, FaultKind, RefreshPolicy, Rotation};
+use support::fake_client::{
+    agent_with, basic, get, get_bearer, merged, post_form, send, try_post_form, url_with, Answer,
+};
+use support::fake_github::{self as gh, FakeGitHub, FakeGitHubConfig, GitHubEmail, GitHubUser};
+use support::fake_google::{self as go, FakeGoogle, FakeGoogleConfig, GoogleUser, Tamper};
 
 /// Authorize-parameter overrides: `(name, Some(value))` replaces, `(name, None)` removes.
 type Overrides<'a> = &'a [(&'a str, Option<&'a str>)];
@@ -20,138 +22,18 @@ type Overrides<'a> = &'a [(&'a str, Option<&'a str>)];
 const REDIRECT: &str = "http://127.0.0.1:9999/broker/callback";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const STATE: &str = "st-ä/+= 1";
+const JSON: (&str, &str) = ("Accept", "application/json");
 
-// ---------------------------------------------------------------------------------------------
-// Plain HTTP
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
+/// The code of a successful sign-in redirect, which carries the state.
+fn code_of(location: &str) -> String {
+    assert!(location.starts_with(&format!("{REDIRECT}?")), "{location}");
+    let params = gh::query_params(location);
+    assert_eq!(gh::param(&params, "state"), Some(STATE));
+    gh::param(&params, "code").expect("code").to_string()
 }
 
-/// An agent that sends no `User-Agent` (ureq sends one by default).
-fn agent_without_user_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(ureq::config::AutoHeaderValue::None)
-        .build()
-        .into()
-}
-
-struct Answer {
-    status: u16,
-    content_type: String,
-    location: Option<String>,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    fn form(&self) -> Vec<(String, String)> {
-        form_urlencoded::parse(self.body.as_bytes())
-            .into_owned()
-            .collect()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn read(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
-    let headers: Vec<(String, String)> = resp
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    Answer {
-        status: resp.status().as_u16(),
-        content_type: find("content-type").unwrap_or_default(),
-        location: find("location"),
-        body: resp.body_mut().read_to_string().unwrap(),
-        headers,
-    }
-}
-
-fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = agent().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    read(req.call().unwrap())
-}
-
-fn post_form(url: &str, pairs: &[(&str, &str)], headers: &[(&str, &str)]) -> Answer {
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish();
-    let mut req = agent()
-        .post(url)
-        .content_type("application/x-www-form-urlencoded");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    read(req.send(body).unwrap())
-}
-
-/// `base?k=v&...` with `overrides` replacing (or, with `None`, removing) defaults.
-fn url_with(base: &str, defaults: &[(&str, &str)], overrides: &[(&str, Option<&str>)]) -> String {
-    let mut pairs: Vec<(String, Option<String>)> = defaults
-        .iter()
-        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-        .collect();
-    for (k, v) in overrides {
-        match pairs.iter_mut().find(|(pk, _)| pk == k) {
-            Some(p) => p.1 = v.map(str::to_string),
-            None => pairs.push((k.to_string(), v.map(str::to_string))),
-        }
-    }
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in &pairs {
-        if let Some(v) = v {
-            ser.append_pair(k, v);
-        }
-    }
-    format!("{base}?{}", ser.finish())
-}
-
-fn merged<'a>(
-    defaults: &[(&'a str, &'a str)],
-    extra: &[(&'a str, &'a str)],
-) -> Vec<(&'a str, &'a str)> {
-    let mut pairs = defaults.to_vec();
-    for (k, v) in extra {
-        match pairs.iter_mut().find(|(pk, _)| pk == k) {
-            Some(p) => p.1 = v,
-            None => pairs.push((k, v)),
-        }
-    }
-    pairs.retain(|(_, v)| !v.is_empty());
-    pairs
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
+fn str_of<'a>(j: &'a Value, key: &str) -> &'a str {
+    j[key].as_str().unwrap_or_else(|| panic!("no {key} in {j}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -164,66 +46,62 @@ fn github() -> FakeGitHub {
     })
 }
 
-fn gh_authorize_url(fake: &FakeGitHub, overrides: &[(&str, Option<&str>)]) -> String {
-    let challenge = fake_github::pkce_challenge(VERIFIER);
-    url_with(
-        &fake.authorize_url(),
-        &[
-            ("client_id", fake_github::DEFAULT_CLIENT_ID),
-            ("redirect_uri", REDIRECT),
-            ("scope", "read:user user:email"),
-            ("state", STATE),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-        ],
-        overrides,
-    )
+fn gh_authorize_url(fake: &FakeGitHub, overrides: Overrides) -> String {
+    let challenge = gh::pkce_challenge(VERIFIER);
+    let defaults = [
+        ("client_id", gh::DEFAULT_CLIENT_ID),
+        ("redirect_uri", REDIRECT),
+        ("scope", "read:user user:email"),
+        ("state", STATE),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ];
+    url_with(&fake.authorize_url(), &defaults, overrides)
 }
 
-/// The code from a successful sign-in redirect.
-fn gh_code(location: &str) -> String {
-    assert!(location.starts_with(&format!("{REDIRECT}?")), "{location}");
-    let params = fake_github::query_params(location);
-    assert_eq!(fake_github::param(&params, "state"), Some(STATE));
-    fake_github::param(&params, "code")
-        .expect("code")
-        .to_string()
+/// The configured user signs in: the code.
+fn gh_sign_in(fake: &FakeGitHub, overrides: Overrides) -> String {
+    let url = gh_authorize_url(fake, overrides);
+    code_of(&fake.sign_in(&url, &fake.config().user).unwrap())
 }
 
-fn gh_redeem(
-    fake: &FakeGitHub,
-    code: &str,
-    extra: &[(&str, &str)],
-    headers: &[(&str, &str)],
-) -> Answer {
-    let pairs = merged(
-        &[
-            ("client_id", fake_github::DEFAULT_CLIENT_ID),
-            ("client_secret", fake_github::DEFAULT_CLIENT_SECRET),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-        extra,
-    );
-    post_form(&fake.token_url(), &pairs, headers)
+fn gh_post(fake: &FakeGitHub, defaults: &[(&str, &str)], extra: &[(&str, &str)]) -> Answer {
+    let mut pairs = vec![
+        ("client_id", gh::DEFAULT_CLIENT_ID),
+        ("client_secret", gh::DEFAULT_CLIENT_SECRET),
+    ];
+    pairs.extend_from_slice(defaults);
+    post_form(&fake.token_url(), &merged(&pairs, extra), &[JSON])
 }
 
-const JSON: (&str, &str) = ("Accept", "application/json");
+fn gh_redeem(fake: &FakeGitHub, code: &str, extra: &[(&str, &str)]) -> Answer {
+    let defaults = [
+        ("code", code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    gh_post(fake, &defaults, extra)
+}
+
+fn gh_refresh(fake: &FakeGitHub, refresh_token: &str) -> Value {
+    let defaults = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
+    gh_post(fake, &defaults, &[]).json()
+}
 
 /// Signs in the default user and returns an access token (JSON answer).
 fn gh_token(fake: &FakeGitHub, scope: &str) -> String {
-    let url = gh_authorize_url(fake, &[("scope", Some(scope))]);
-    let code = gh_code(&fake.sign_in(&url, &fake.config().user).unwrap());
-    let t = gh_redeem(fake, &code, &[], &[JSON]).json();
-    t["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string()
+    let code = gh_sign_in(fake, &[("scope", Some(scope))]);
+    str_of(&gh_redeem(fake, &code, &[]).json(), "access_token").to_string()
 }
 
-fn gh_api(url: &str, token: &str) -> Answer {
-    get(url, &[("Authorization", &format!("Bearer {token}"))])
+/// A GitHub App's tokens for the configured user.
+fn gh_app_tokens(fake: &FakeGitHub) -> Value {
+    fake.set(|c| c.github_app = true);
+    let code = gh_sign_in(fake, &[]);
+    gh_redeem(fake, &code, &[]).json()
 }
 
 #[test]
@@ -235,53 +113,46 @@ fn github_web_flow_answers_form_encoded_unless_json_is_accepted() {
         &[],
     );
     assert_eq!(a.status, 302, "{}", a.body);
-    let code = gh_code(a.location.as_deref().unwrap());
-    assert_eq!(code.len(), 20);
-    assert_eq!(fake.issued_codes(), 1);
-    let recorded = fake.authorize_requests();
-    assert_eq!(fake_github::param(&recorded[0], "login"), Some("ana-silva"));
-    assert_eq!(
-        fake_github::param(&recorded[0], "code_challenge_method"),
-        Some("S256")
-    );
+    let code = code_of(&a.location().unwrap());
+    assert_eq!((code.len(), fake.issued_codes()), (20, 1));
+    let recorded = &fake.authorize_requests()[0];
+    assert_eq!(gh::param(recorded, "login"), Some("ana-silva"));
+    assert_eq!(gh::param(recorded, "code_challenge_method"), Some("S256"));
 
     // No Accept: application/json -> form-encoded, GitHub's default.
-    let t = gh_redeem(&fake, &code, &[], &[]);
+    let pairs = [
+        ("client_id", gh::DEFAULT_CLIENT_ID),
+        ("client_secret", gh::DEFAULT_CLIENT_SECRET),
+        ("code", &code),
+        ("code_verifier", VERIFIER),
+    ];
+    let t = post_form(&fake.token_url(), &pairs, &[]);
     assert_eq!(t.status, 200);
-    assert!(
-        t.content_type
-            .starts_with("application/x-www-form-urlencoded"),
-        "{}",
-        t.content_type
-    );
+    assert!(t
+        .content_type()
+        .starts_with("application/x-www-form-urlencoded"));
     let form = t.form();
     let names: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, ["access_token", "scope", "token_type"]);
-    let token = fake_github::param(&form, "access_token").unwrap();
+    let token = gh::param(&form, "access_token").unwrap();
     assert!(token.starts_with("gho_") && token.len() == 40, "{token}");
-    assert_eq!(
-        fake_github::param(&form, "scope"),
-        Some("read:user,user:email")
-    );
-    assert_eq!(fake_github::param(&form, "token_type"), Some("bearer"));
+    assert_eq!(gh::param(&form, "scope"), Some("read:user,user:email"));
+    assert_eq!(gh::param(&form, "token_type"), Some("bearer"));
     assert_eq!(fake.redeemed_codes(), 1);
     assert_eq!(
-        fake_github::param(&fake.token_requests()[0], "code_verifier"),
+        gh::param(&fake.token_requests()[0], "code_verifier"),
         Some(VERIFIER)
     );
 
     // Accept: application/json -> JSON; an OAuth app gets no refresh token and no expiry.
-    let code = gh_code(
-        &fake
-            .sign_in(&gh_authorize_url(&fake, &[]), &fake.config().user)
-            .unwrap(),
-    );
-    let t = gh_redeem(&fake, &code, &[], &[JSON]);
-    assert!(t.content_type.starts_with("application/json"));
+    let t = gh_redeem(&fake, &gh_sign_in(&fake, &[]), &[]);
+    assert!(t.content_type().starts_with("application/json"));
     let j = t.json();
-    assert!(j["access_token"].as_str().unwrap().starts_with("gho_"));
-    assert_eq!(j["token_type"], "bearer");
-    assert_eq!(j["scope"], "read:user,user:email");
+    assert!(str_of(&j, "access_token").starts_with("gho_"));
+    assert_eq!(
+        (&j["token_type"], &j["scope"]),
+        (&json!("bearer"), &json!("read:user,user:email"))
+    );
     assert!(j.get("refresh_token").is_none() && j.get("expires_in").is_none());
     assert_eq!(fake.token_calls(), 2);
 }
@@ -289,118 +160,73 @@ fn github_web_flow_answers_form_encoded_unless_json_is_accepted() {
 #[test]
 fn github_token_errors_are_http_200_with_error_fields() {
     let fake = github();
-    let url = gh_authorize_url(&fake, &[]);
-    let code = gh_code(&fake.sign_in(&url, &fake.config().user).unwrap());
-
+    let code = gh_sign_in(&fake, &[]);
     let check = |a: &Answer, error: &str| {
         assert_eq!(a.status, 200, "GitHub answers errors with 200: {}", a.body);
         let j = a.json();
         assert_eq!(j["error"], error, "{}", a.body);
-        assert!(j["error_description"].as_str().is_some());
-        assert!(j["error_uri"]
-            .as_str()
-            .unwrap()
-            .starts_with("https://docs.github.com/"));
-        assert!(j.get("access_token").is_none());
+        assert!(j["error_description"].is_string() && j.get("access_token").is_none());
+        assert!(str_of(&j, "error_uri").starts_with("https://docs.github.com/"));
     };
-    check(
-        &gh_redeem(&fake, &code, &[("client_secret", "wrong")], &[JSON]),
-        "incorrect_client_credentials",
-    );
-    check(
-        &gh_redeem(&fake, &code, &[("client_secret", "")], &[JSON]),
-        "incorrect_client_credentials",
-    );
-    check(
-        &gh_redeem(
-            &fake,
-            &code,
-            &[("client_id", "Ov23liSomeoneElse000")],
-            &[JSON],
+    let other_verifier = gh::pkce_verifier();
+    for (extra, error) in [
+        (("client_secret", "wrong"), "incorrect_client_credentials"),
+        (("client_secret", ""), "incorrect_client_credentials"),
+        (
+            ("client_id", "Ov23liSomeoneElse000"),
+            "incorrect_client_credentials",
         ),
-        "incorrect_client_credentials",
-    );
-    check(
-        &gh_redeem(&fake, "0123456789abcdef0123", &[], &[JSON]),
-        "bad_verification_code",
-    );
-    check(
-        &gh_redeem(
-            &fake,
-            &code,
-            &[("redirect_uri", "http://127.0.0.1:9999/other")],
-            &[JSON],
+        (("code", "0123456789abcdef0123"), "bad_verification_code"),
+        (
+            ("redirect_uri", "http://127.0.0.1:9999/other"),
+            "redirect_uri_mismatch",
         ),
-        "redirect_uri_mismatch",
-    );
-    check(
-        &gh_redeem(&fake, &code, &[("code_verifier", "")], &[JSON]),
-        "bad_code_verifier",
-    );
-    check(
-        &gh_redeem(
-            &fake,
-            &code,
-            &[("code_verifier", &fake_github::pkce_verifier())],
-            &[JSON],
-        ),
-        "bad_code_verifier",
-    );
+        (("code_verifier", ""), "bad_code_verifier"),
+        (("code_verifier", &other_verifier), "bad_code_verifier"),
+        (("grant_type", "password"), "unsupported_grant_type"),
+    ] {
+        check(&gh_redeem(&fake, &code, &[extra]), error);
+    }
     // Errors are form-encoded too without Accept: application/json.
-    let form = gh_redeem(&fake, &code, &[("client_secret", "wrong")], &[]);
+    let form = post_form(&fake.token_url(), &[("code", &code)], &[]);
     assert_eq!(form.status, 200);
     assert_eq!(
-        fake_github::param(&form.form(), "error"),
+        gh::param(&form.form(), "error"),
         Some("incorrect_client_credentials")
     );
     assert_eq!(fake.redeemed_codes(), 0);
 
     // The failures left the code usable; HTTP Basic authenticates the client as well as the
     // form does, and the code is one-time.
-    let basic_pairs = [
+    let auth = basic(gh::DEFAULT_CLIENT_ID, gh::DEFAULT_CLIENT_SECRET);
+    let pairs = [
         ("code", code.as_str()),
         ("redirect_uri", REDIRECT),
         ("code_verifier", VERIFIER),
     ];
-    let auth = basic(
-        fake_github::DEFAULT_CLIENT_ID,
-        fake_github::DEFAULT_CLIENT_SECRET,
-    );
-    let ok = post_form(
-        &fake.token_url(),
-        &basic_pairs,
-        &[JSON, ("Authorization", &auth)],
-    );
+    let ok = post_form(&fake.token_url(), &pairs, &[JSON, ("Authorization", &auth)]);
     assert!(ok.json()["access_token"].is_string(), "{}", ok.body);
-    check(
-        &gh_redeem(&fake, &code, &[], &[JSON]),
-        "bad_verification_code",
-    );
+    check(&gh_redeem(&fake, &code, &[]), "bad_verification_code");
 
     // redirect_uri is optional at the token endpoint (GitHub's rule).
-    let code = gh_code(&fake.sign_in(&url, &fake.config().user).unwrap());
-    let ok = gh_redeem(&fake, &code, &[("redirect_uri", "")], &[JSON]);
+    let ok = gh_redeem(&fake, &gh_sign_in(&fake, &[]), &[("redirect_uri", "")]);
     assert!(ok.json()["access_token"].is_string(), "{}", ok.body);
 
     // Codes expire.
     fake.set(|c| c.code_lifetime = Duration::ZERO);
-    let code = gh_code(&fake.sign_in(&url, &fake.config().user).unwrap());
     check(
-        &gh_redeem(&fake, &code, &[], &[JSON]),
+        &gh_redeem(&fake, &gh_sign_in(&fake, &[]), &[]),
         "bad_verification_code",
     );
 
     // Injected errors come the same way.
     fake.set(|c| {
         c.code_lifetime = Duration::from_secs(600);
-        c.token_error = Some((
-            "unverified_user_email".into(),
-            "The user must have a verified primary email.".into(),
-        ));
+        let e = "The user must have a verified primary email.";
+        c.token_error = Some(("unverified_user_email".into(), e.into()));
     });
-    let code = gh_code(&fake.sign_in(&url, &fake.config().user).unwrap());
     check(
-        &gh_redeem(&fake, &code, &[], &[JSON]),
+        &gh_redeem(&fake, &gh_sign_in(&fake, &[]), &[]),
         "unverified_user_email",
     );
 }
@@ -411,41 +237,29 @@ fn github_authorize_enforcement() {
     let user = fake.config().user;
 
     // An unknown application: a 404 page, no redirect.
-    for url in [
-        gh_authorize_url(&fake, &[("client_id", Some("Ov23liSomeoneElse000"))]),
-        gh_authorize_url(&fake, &[("client_id", None)]),
-    ] {
+    for client_id in [Some("Ov23liSomeoneElse000"), None] {
+        let url = gh_authorize_url(&fake, &[("client_id", client_id)]);
         let a = get(&url, &[]);
-        assert_eq!((a.status, a.location.as_deref()), (404, None), "{url}");
+        assert_eq!((a.status, a.location()), (404, None), "{url}");
         assert_eq!(fake.sign_in(&url, &user).unwrap_err().status, 404);
     }
 
     // A redirect_uri other than the registered one is reported to the registered callback.
-    let other = gh_authorize_url(
-        &fake,
-        &[(
-            "redirect_uri",
-            Some("http://127.0.0.1:9999/broker/callback/"),
-        )],
-    );
-    let location = fake.sign_in(&other, &user).unwrap();
+    let other = Some("http://127.0.0.1:9999/broker/callback/");
+    let location = fake
+        .sign_in(&gh_authorize_url(&fake, &[("redirect_uri", other)]), &user)
+        .unwrap();
     assert!(location.starts_with(&format!("{REDIRECT}?")), "{location}");
-    let params = fake_github::query_params(&location);
-    assert_eq!(
-        fake_github::param(&params, "error"),
-        Some("redirect_uri_mismatch")
-    );
-    assert_eq!(fake_github::param(&params, "state"), Some(STATE));
-    assert!(fake_github::param(&params, "code").is_none());
-    assert!(fake_github::param(&params, "error_uri")
+    let params = gh::query_params(&location);
+    assert_eq!(gh::param(&params, "error"), Some("redirect_uri_mismatch"));
+    assert_eq!(gh::param(&params, "state"), Some(STATE));
+    assert!(gh::param(&params, "code").is_none());
+    assert!(gh::param(&params, "error_uri")
         .unwrap()
         .contains("#redirect-uri-mismatch"));
 
     // Leaving redirect_uri out uses the registered one.
-    let location = fake
-        .sign_in(&gh_authorize_url(&fake, &[("redirect_uri", None)]), &user)
-        .unwrap();
-    gh_code(&location);
+    gh_sign_in(&fake, &[("redirect_uri", None)]);
 
     // state and PKCE (S256 only) are required by default; switchable.
     for overrides in [
@@ -457,8 +271,11 @@ fn github_authorize_enforcement() {
         vec![("code_challenge", Some("short"))],
     ] {
         let url = gh_authorize_url(&fake, &overrides);
-        let err = fake.sign_in(&url, &user).unwrap_err();
-        assert_eq!(err.status, 400, "{overrides:?}");
+        assert_eq!(
+            fake.sign_in(&url, &user).unwrap_err().status,
+            400,
+            "{overrides:?}"
+        );
         assert_eq!(get(&url, &[]).status, 400);
     }
     fake.set(|c| {
@@ -474,47 +291,39 @@ fn github_authorize_enforcement() {
         ],
     );
     let location = fake.sign_in(&url, &user).unwrap();
-    let code = fake_github::param(&fake_github::query_params(&location), "code")
+    let code = gh::param(&gh::query_params(&location), "code")
         .unwrap()
         .to_string();
     // Without a challenge there is nothing to verify.
-    let t = gh_redeem(&fake, &code, &[("code_verifier", "")], &[JSON]);
+    let t = gh_redeem(&fake, &code, &[("code_verifier", "")]);
     assert!(t.json()["access_token"].is_string(), "{}", t.body);
 
     // The user refuses: access_denied back to the client, with the state.
     let url = gh_authorize_url(&fake, &[]);
     for location in [fake.decline(&url).unwrap(), {
         fake.set(|c| c.cancel = true);
-        get(&url, &[]).location.unwrap()
+        get(&url, &[]).location().unwrap()
     }] {
-        let params = fake_github::query_params(&location);
+        let params = gh::query_params(&location);
         assert!(location.starts_with(&format!("{REDIRECT}?")));
-        assert_eq!(fake_github::param(&params, "error"), Some("access_denied"));
+        assert_eq!(gh::param(&params, "error"), Some("access_denied"));
+        let description = gh::param(&params, "error_description");
         assert_eq!(
-            fake_github::param(&params, "error_description"),
+            description,
             Some("The user has denied your application access.")
         );
-        assert_eq!(fake_github::param(&params, "state"), Some(STATE));
+        assert_eq!(gh::param(&params, "state"), Some(STATE));
     }
 
     // A suspended application.
     fake.set(|c| c.suspended = true);
     let location = fake.sign_in(&url, &user).unwrap();
-    assert_eq!(
-        fake_github::param(&fake_github::query_params(&location), "error"),
-        Some("application_suspended")
-    );
+    let error = gh::param(&gh::query_params(&location), "error").map(str::to_string);
+    assert_eq!(error.as_deref(), Some("application_suspended"));
 
     // A URL that is not this fake's.
-    assert_eq!(
-        fake.sign_in(
-            "https://github.com/login/oauth/authorize?client_id=x",
-            &user
-        )
-        .unwrap_err()
-        .status,
-        0
-    );
+    let elsewhere = "https://github.com/login/oauth/authorize?client_id=x";
+    assert_eq!(fake.sign_in(elsewhere, &user).unwrap_err().status, 0);
 }
 
 #[test]
@@ -531,23 +340,21 @@ fn github_api_user_email_null_and_emails_with_unverified_addresses() {
             GitHubEmail::new("b@typo.example", false, false),
         ],
     };
-    let url = gh_authorize_url(&fake, &[]);
-    let code = gh_code(&fake.sign_in(&url, &user).unwrap());
-    let token = gh_redeem(&fake, &code, &[], &[JSON]).json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let code = code_of(&fake.sign_in(&gh_authorize_url(&fake, &[]), &user).unwrap());
+    let token = str_of(&gh_redeem(&fake, &code, &[]).json(), "access_token").to_string();
 
-    let me = gh_api(&fake.user_url(), &token);
+    let me = get_bearer(&fake.user_url(), &token);
     assert_eq!(me.status, 200, "{}", me.body);
     let me_json = me.json();
-    assert_eq!(me_json["id"], 71_234_567);
     assert!(me_json["id"].is_u64());
-    assert_eq!(me_json["login"], "bruno-costa");
+    assert_eq!(
+        (&me_json["id"], &me_json["login"]),
+        (&json!(71_234_567), &json!("bruno-costa"))
+    );
     assert_eq!(me_json["email"], Value::Null);
     assert_eq!(me.header("x-oauth-scopes"), Some("read:user, user:email"));
 
-    let emails = gh_api(&fake.emails_url(), &token);
+    let emails = get_bearer(&fake.emails_url(), &token);
     assert_eq!(emails.status, 200, "{}", emails.body);
     assert_eq!(
         emails.json(),
@@ -569,21 +376,26 @@ fn github_api_user_email_null_and_emails_with_unverified_addresses() {
         &[("Authorization", &format!("token {token}"))],
     );
     assert_eq!(me.json()["email"], "bruno@personal.example");
-    let emails = gh_api(&fake.emails_url(), &token).json();
-    assert_eq!(emails[0]["verified"], true);
+    assert_eq!(
+        get_bearer(&fake.emails_url(), &token).json()[0]["verified"],
+        true
+    );
 
     // Unknown, missing or revoked tokens.
-    let bad = gh_api(&fake.user_url(), "gho_000000000000000000000000000000000000");
-    assert_eq!(bad.status, 401);
-    assert_eq!(bad.json()["message"], "Bad credentials");
+    let bad = get_bearer(&fake.user_url(), "gho_000000000000000000000000000000000000");
+    assert_eq!(
+        (bad.status, &bad.json()["message"]),
+        (401, &json!("Bad credentials"))
+    );
     let none = get(&fake.user_url(), &[]);
-    assert_eq!(none.status, 401);
-    assert_eq!(none.json()["message"], "Requires authentication");
+    assert_eq!(
+        (none.status, &none.json()["message"]),
+        (401, &json!("Requires authentication"))
+    );
     fake.revoke_access_tokens();
-    assert_eq!(gh_api(&fake.emails_url(), &token).status, 401);
+    assert_eq!(get_bearer(&fake.emails_url(), &token).status, 401);
 
-    assert_eq!(fake.user_calls(), 4);
-    assert_eq!(fake.emails_calls(), 3);
+    assert_eq!((fake.user_calls(), fake.emails_calls()), (4, 3));
     let recorded = fake.api_requests();
     assert_eq!(recorded.len(), 7);
     assert!(recorded[0]
@@ -597,25 +409,21 @@ fn github_api_user_email_null_and_emails_with_unverified_addresses() {
 fn github_api_requires_a_user_agent() {
     let fake = github();
     let token = gh_token(&fake, "read:user user:email");
-    let a = read(
-        agent_without_user_agent()
+    let no_user_agent = agent_with(false, None);
+    let auth = format!("Bearer {token}");
+    let a = send(
+        no_user_agent
             .get(&fake.user_url())
-            .header("Authorization", &format!("Bearer {token}"))
-            .call()
-            .unwrap(),
+            .header("Authorization", &auth)
+            .call(),
     );
+    let a = a.unwrap();
     assert_eq!(a.status, 403);
     assert!(a.body.contains("User-Agent"), "{}", a.body);
     assert_eq!(fake.user_calls(), 1);
     assert!(fake.api_requests()[0].header("user-agent").is_none());
     // The web endpoints do not need one.
-    let t = read(
-        agent_without_user_agent()
-            .post(&fake.token_url())
-            .content_type("application/x-www-form-urlencoded")
-            .send("code=x")
-            .unwrap(),
-    );
+    let t = try_post_form(&no_user_agent, &fake.token_url(), &[("code", "x")], &[]).unwrap();
     assert_eq!(t.status, 200);
 }
 
@@ -623,10 +431,12 @@ fn github_api_requires_a_user_agent() {
 fn github_emails_need_the_user_email_scope() {
     let fake = github();
     let token = gh_token(&fake, "read:user");
-    assert_eq!(gh_api(&fake.user_url(), &token).status, 200);
-    let emails = gh_api(&fake.emails_url(), &token);
-    assert_eq!(emails.status, 404, "{}", emails.body);
-    assert_eq!(emails.json()["message"], "Not Found");
+    assert_eq!(get_bearer(&fake.user_url(), &token).status, 200);
+    let emails = get_bearer(&fake.emails_url(), &token);
+    assert_eq!(
+        (emails.status, &emails.json()["message"]),
+        (404, &json!("Not Found"))
+    );
     assert_eq!(
         emails.header("x-accepted-oauth-scopes"),
         Some("user, user:email")
@@ -635,78 +445,158 @@ fn github_emails_need_the_user_email_scope() {
 
     // Without any scope /user still answers (public data); `user` implies `user:email`.
     let token = gh_token(&fake, "");
-    assert_eq!(gh_api(&fake.user_url(), &token).status, 200);
-    assert_eq!(gh_api(&fake.emails_url(), &token).status, 404);
+    assert_eq!(get_bearer(&fake.user_url(), &token).status, 200);
+    assert_eq!(get_bearer(&fake.emails_url(), &token).status, 404);
     let token = gh_token(&fake, "user");
-    assert_eq!(gh_api(&fake.emails_url(), &token).status, 200);
+    assert_eq!(get_bearer(&fake.emails_url(), &token).status, 200);
 }
 
 #[test]
-fn github_app_mode_expiring_tokens_and_rotating_refresh() {
+fn github_app_user_tokens_expire_and_each_refresh_token_works_once() {
     let fake = github();
     fake.set(|c| c.github_app = true);
-    let code = gh_code(
-        &fake
-            .sign_in(&gh_authorize_url(&fake, &[]), &fake.config().user)
-            .unwrap(),
-    );
-    let form = gh_redeem(&fake, &code, &[], &[]).form();
+    let code = gh_sign_in(&fake, &[]);
+    let pairs = [
+        ("client_id", gh::DEFAULT_CLIENT_ID),
+        ("client_secret", gh::DEFAULT_CLIENT_SECRET),
+        ("code", &code),
+        ("code_verifier", VERIFIER),
+    ];
+    let form = post_form(&fake.token_url(), &pairs, &[]).form();
     let names: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
+    let expected = [
+        "access_token",
+        "expires_in",
+        "refresh_token",
+        "refresh_token_expires_in",
+    ];
+    assert_eq!(names, [&expected[..], &["scope", "token_type"]].concat());
+    let p = |k: &str| gh::param(&form, k).unwrap().to_string();
+    assert!(p("access_token").starts_with("ghu_") && p("refresh_token").starts_with("ghr_"));
     assert_eq!(
-        names,
-        [
-            "access_token",
-            "expires_in",
-            "refresh_token",
-            "refresh_token_expires_in",
-            "scope",
-            "token_type"
-        ]
+        (p("expires_in"), p("refresh_token_expires_in")),
+        ("28800".into(), "15897600".into())
     );
-    let p = |k: &str| fake_github::param(&form, k).unwrap().to_string();
-    assert!(p("access_token").starts_with("ghu_"));
-    assert!(p("refresh_token").starts_with("ghr_"));
-    assert_eq!(p("expires_in"), "28800");
-    assert_eq!(p("refresh_token_expires_in"), "15897600");
     assert_eq!(p("scope"), "");
-    assert_eq!(gh_api(&fake.emails_url(), &p("access_token")).status, 200);
+    assert_eq!(
+        get_bearer(&fake.emails_url(), &p("access_token")).status,
+        200
+    );
 
-    let refresh = |rt: &str| {
-        post_form(
-            &fake.token_url(),
-            &[
-                ("client_id", fake_github::DEFAULT_CLIENT_ID),
-                ("client_secret", fake_github::DEFAULT_CLIENT_SECRET),
-                ("grant_type", "refresh_token"),
-                ("refresh_token", rt),
-            ],
-            &[JSON],
-        )
-        .json()
-    };
-    let j = refresh(&p("refresh_token"));
+    // GitHub's rule: "once you use a refresh token, that refresh token and the old user access
+    // token will no longer work".
+    let (first, old_access) = (p("refresh_token"), p("access_token"));
+    let j = gh_refresh(&fake, &first);
     assert_eq!(j["expires_in"], 28800);
-    let new_rt = j["refresh_token"].as_str().unwrap().to_string();
-    assert_ne!(new_rt, p("refresh_token"));
-    assert_eq!(refresh(&p("refresh_token"))["error"], "bad_refresh_token");
-    assert_eq!(fake.refreshes(), 1);
+    let second = str_of(&j, "refresh_token").to_string();
+    assert_ne!(second, first);
+    assert_eq!(get_bearer(&fake.user_url(), &old_access).status, 401);
+    assert_eq!(
+        get_bearer(&fake.user_url(), str_of(&j, "access_token")).status,
+        200
+    );
+    let reused = gh_refresh(&fake, &first);
+    assert_eq!(reused["error"], "bad_refresh_token");
+    assert!(str_of(&reused, "error_uri").contains("refreshing-user-access-tokens"));
+    // GitHub documents no revocation on reuse: the new token still works.
+    let third = gh_refresh(&fake, &second);
+    let c = fake.counters();
+    assert_eq!(
+        (c.refreshes, c.reuse_detections, c.grants_revoked),
+        (2, 1, 0)
+    );
+    assert_eq!(
+        (fake.presentations(&first), fake.max_presentations()),
+        (2, 2)
+    );
 
     fake.expire_access_tokens();
-    let expired = gh_api(&fake.user_url(), j["access_token"].as_str().unwrap());
-    assert_eq!(expired.status, 401);
-    fake.set(|c| c.app_email_permission = false);
-    let fresh = refresh(&new_rt);
-    let emails = gh_api(&fake.emails_url(), fresh["access_token"].as_str().unwrap());
-    assert_eq!(emails.status, 403);
-    fake.revoke_refresh_tokens();
     assert_eq!(
-        refresh(fresh["refresh_token"].as_str().unwrap())["error"],
-        "bad_refresh_token"
+        get_bearer(&fake.user_url(), str_of(&third, "access_token")).status,
+        401
     );
-
+    fake.set(|c| c.app_email_permission = false);
+    let fresh = gh_refresh(&fake, str_of(&third, "refresh_token"));
+    assert_eq!(
+        get_bearer(&fake.emails_url(), str_of(&fresh, "access_token")).status,
+        403
+    );
+    fake.expire_refresh_tokens();
+    let expired = gh_refresh(&fake, str_of(&fresh, "refresh_token"));
+    assert_eq!(expired["error"], "bad_refresh_token");
     // An OAuth app has no refresh tokens.
     fake.set(|c| c.github_app = false);
-    assert_eq!(refresh("ghr_anything")["error"], "bad_refresh_token");
+    assert_eq!(
+        gh_refresh(&fake, "ghr_anything")["error"],
+        "bad_refresh_token"
+    );
+}
+
+#[test]
+fn github_reuse_detection_when_switched_on_revokes_the_whole_grant() {
+    let fake = github();
+    fake.set(|c| c.refresh_policy.revoke_grant_on_reuse = true);
+    let tokens = gh_app_tokens(&fake);
+    let first = str_of(&tokens, "refresh_token");
+    let rotated = gh_refresh(&fake, first);
+    assert_eq!(gh_refresh(&fake, first)["error"], "bad_refresh_token");
+    // RFC 9700 4.14.2: the token that replaced it and its access token end too.
+    assert_eq!(
+        gh_refresh(&fake, str_of(&rotated, "refresh_token"))["error"],
+        "bad_refresh_token"
+    );
+    assert_eq!(
+        get_bearer(&fake.user_url(), str_of(&rotated, "access_token")).status,
+        401
+    );
+    let c = fake.counters();
+    assert_eq!(
+        (c.refreshes, c.reuse_detections, c.grants_revoked),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn github_grant_deletion_ends_every_token_of_the_user_for_the_app() {
+    let fake = github();
+    let (one, two) = (gh_app_tokens(&fake), gh_app_tokens(&fake));
+    let delete = |auth: &str, body: &str| {
+        let agent = agent_with(true, None);
+        let req = agent
+            .delete(&fake.grant_url())
+            .header("Authorization", auth);
+        send(
+            req.force_send_body()
+                .content_type("application/json")
+                .send(body),
+        )
+        .unwrap()
+    };
+    let app = basic(gh::DEFAULT_CLIENT_ID, gh::DEFAULT_CLIENT_SECRET);
+    let body = json!({"access_token": str_of(&one, "access_token")}).to_string();
+    assert_eq!(
+        delete(&basic(gh::DEFAULT_CLIENT_ID, "wrong"), &body).status,
+        404
+    );
+    assert_eq!(delete(&app, "{}").status, 422);
+    assert_eq!(
+        delete(&app, r#"{"access_token": "gho_unknown"}"#).status,
+        404
+    );
+    assert_eq!(fake.revocations(), 0);
+    assert_eq!(delete(&app, &body).status, 204);
+    for t in [&one, &two] {
+        assert_eq!(
+            get_bearer(&fake.user_url(), str_of(t, "access_token")).status,
+            401
+        );
+        assert_eq!(
+            gh_refresh(&fake, str_of(t, "refresh_token"))["error"],
+            "bad_refresh_token"
+        );
+    }
+    assert_eq!((fake.revocations(), fake.counters().grants_revoked), (1, 2));
+    assert_eq!(delete(&app, &body).status, 404);
 }
 
 #[test]
@@ -718,25 +608,25 @@ fn github_api_prefix_injected_errors_delays_and_counters() {
     });
     assert_eq!(fake.api_url(), format!("{}/api/v3", fake.base_url()));
     let token = gh_token(&fake, "user:email");
-    assert_eq!(gh_api(&fake.user_url(), &token).status, 200);
+    assert_eq!(get_bearer(&fake.user_url(), &token).status, 200);
     assert_eq!(
-        gh_api(&format!("{}/user", fake.base_url()), &token).status,
+        get_bearer(&format!("{}/user", fake.base_url()), &token).status,
         404
     );
 
     fake.set(|c| c.user_error = Some((503, "Service Unavailable".into())));
-    let a = gh_api(&fake.user_url(), &token);
+    let a = get_bearer(&fake.user_url(), &token);
     assert_eq!(
         (a.status, a.json()["message"].as_str()),
         (503, Some("Service Unavailable"))
     );
-    assert_eq!(gh_api(&fake.emails_url(), &token).status, 200);
+    assert_eq!(get_bearer(&fake.emails_url(), &token).status, 200);
     fake.set(|c| {
         c.user_error = None;
         c.emails_error = Some((500, "Server Error".into()));
     });
-    assert_eq!(gh_api(&fake.user_url(), &token).status, 200);
-    assert_eq!(gh_api(&fake.emails_url(), &token).status, 500);
+    assert_eq!(get_bearer(&fake.user_url(), &token).status, 200);
+    assert_eq!(get_bearer(&fake.emails_url(), &token).status, 500);
 
     // Delays hold the answer back at least that long (a lower bound, not a limit).
     fake.set(|c| {
@@ -744,15 +634,20 @@ fn github_api_prefix_injected_errors_delays_and_counters() {
         c.token_delay = Duration::from_millis(150);
         c.api_delay = Duration::from_millis(150);
     });
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     gh_token(&fake, "user:email");
     assert!(started.elapsed() >= Duration::from_millis(150));
-    let started = Instant::now();
-    assert_eq!(gh_api(&fake.user_url(), &token).status, 200);
+    let started = std::time::Instant::now();
+    assert_eq!(get_bearer(&fake.user_url(), &token).status, 200);
     assert!(started.elapsed() >= Duration::from_millis(150));
-    assert_eq!(fake.issued_codes(), 2);
-    assert_eq!(fake.redeemed_codes(), 2);
-    assert_eq!(fake.token_calls(), 2);
+    assert_eq!(
+        (
+            fake.issued_codes(),
+            fake.redeemed_codes(),
+            fake.token_calls()
+        ),
+        (2, 2, 2)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,58 +660,73 @@ fn google() -> FakeGoogle {
     })
 }
 
-fn go_authorize_url(fake: &FakeGoogle, overrides: &[(&str, Option<&str>)]) -> String {
-    let challenge = fake_google::pkce_challenge(VERIFIER);
-    url_with(
-        &fake.authorize_url(),
-        &[
-            ("client_id", fake_google::DEFAULT_CLIENT_ID),
-            ("redirect_uri", REDIRECT),
-            ("response_type", "code"),
-            ("scope", "openid email profile"),
-            ("state", STATE),
-            ("nonce", "n-0S6_WzA2Mj"),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-            ("access_type", "offline"),
-            ("prompt", "consent"),
-        ],
-        overrides,
-    )
+fn go_authorize_url(fake: &FakeGoogle, overrides: Overrides) -> String {
+    let challenge = go::pkce_challenge(VERIFIER);
+    let defaults = [
+        ("client_id", go::DEFAULT_CLIENT_ID),
+        ("redirect_uri", REDIRECT),
+        ("response_type", "code"),
+        ("scope", "openid email profile"),
+        ("state", STATE),
+        ("nonce", "n-0S6_WzA2Mj"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+        ("access_type", "offline"),
+        ("prompt", "consent"),
+    ];
+    url_with(&fake.authorize_url(), &defaults, overrides)
 }
 
-fn go_code(location: &str) -> String {
-    assert!(location.starts_with(&format!("{REDIRECT}?")), "{location}");
-    let params = fake_google::query_params(location);
-    assert_eq!(fake_google::param(&params, "state"), Some(STATE));
-    fake_google::param(&params, "code")
-        .expect("code")
-        .to_string()
+fn go_post(fake: &FakeGoogle, defaults: &[(&str, &str)], extra: &[(&str, &str)]) -> Answer {
+    let mut pairs = vec![
+        ("client_id", go::DEFAULT_CLIENT_ID),
+        ("client_secret", go::DEFAULT_CLIENT_SECRET),
+    ];
+    pairs.extend_from_slice(defaults);
+    post_form(&fake.token_url(), &merged(&pairs, extra), &[])
 }
 
 fn go_redeem(fake: &FakeGoogle, code: &str, extra: &[(&str, &str)]) -> Answer {
-    let pairs = merged(
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", fake_google::DEFAULT_CLIENT_ID),
-            ("client_secret", fake_google::DEFAULT_CLIENT_SECRET),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-        extra,
-    );
-    post_form(&fake.token_url(), &pairs, &[])
+    let defaults = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    go_post(fake, &defaults, extra)
+}
+
+fn go_refresh(fake: &FakeGoogle, refresh_token: &str) -> Answer {
+    let defaults = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
+    go_post(fake, &defaults, &[])
 }
 
 /// Signs `user` in with `overrides` and redeems the code: the token response.
-fn go_tokens(fake: &FakeGoogle, user: &GoogleUser, overrides: &[(&str, Option<&str>)]) -> Value {
+fn go_tokens(fake: &FakeGoogle, user: &GoogleUser, overrides: Overrides) -> Value {
     let location = fake
         .sign_in(&go_authorize_url(fake, overrides), user)
         .unwrap();
-    let t = go_redeem(fake, &go_code(&location), &[]);
+    let t = go_redeem(fake, &code_of(&location), &[]);
     assert_eq!(t.status, 200, "{}", t.body);
     t.json()
+}
+
+/// `(status, error, error_description)` of a Google error.
+fn go_error(a: &Answer) -> (u16, String, String) {
+    let j = a.json();
+    assert_eq!(j.as_object().unwrap().len(), 2, "{j}");
+    (
+        a.status,
+        str_of(&j, "error").into(),
+        str_of(&j, "error_description").into(),
+    )
+}
+
+fn ge(status: u16, error: &str, description: &str) -> (u16, String, String) {
+    (status, error.into(), description.into())
 }
 
 fn now() -> u64 {
@@ -832,7 +742,7 @@ fn verify_rs256(token: &str, jwks: &Value) -> Result<Value, String> {
     if parts.len() != 3 {
         return Err("not three segments".into());
     }
-    let header = fake_google::decode_jwt_header(token).ok_or("bad header")?;
+    let header = go::decode_jwt_header(token).ok_or("bad header")?;
     if header["alg"] != "RS256" {
         return Err(format!("alg {}", header["alg"]));
     }
@@ -843,17 +753,15 @@ fn verify_rs256(token: &str, jwks: &Value) -> Result<Value, String> {
         .iter()
         .find(|k| k["kid"] == kid)
         .ok_or_else(|| format!("unknown kid {kid}"))?;
-    assert_eq!(
-        (
-            key["kty"].as_str(),
-            key["alg"].as_str(),
-            key["use"].as_str()
-        ),
-        (Some("RSA"), Some("RS256"), Some("sig"))
+    let kind = (
+        key["kty"].as_str(),
+        key["alg"].as_str(),
+        key["use"].as_str(),
     );
-    let n = fake_google::b64url_decode(key["n"].as_str().unwrap()).unwrap();
-    let e = fake_google::b64url_decode(key["e"].as_str().unwrap()).unwrap();
-    let sig = fake_google::b64url_decode(parts[2]).ok_or("bad signature encoding")?;
+    assert_eq!(kind, (Some("RSA"), Some("RS256"), Some("sig")));
+    let n = go::b64url_decode(key["n"].as_str().unwrap()).unwrap();
+    let e = go::b64url_decode(key["e"].as_str().unwrap()).unwrap();
+    let sig = go::b64url_decode(parts[2]).ok_or("bad signature encoding")?;
     ring::signature::RsaPublicKeyComponents { n: &n, e: &e }
         .verify(
             &ring::signature::RSA_PKCS1_2048_8192_SHA256,
@@ -861,7 +769,7 @@ fn verify_rs256(token: &str, jwks: &Value) -> Result<Value, String> {
             &sig,
         )
         .map_err(|_| "bad signature".to_string())?;
-    fake_google::decode_jwt_payload(token).ok_or_else(|| "bad payload".into())
+    go::decode_jwt_payload(token).ok_or_else(|| "bad payload".into())
 }
 
 fn jwks_over_http(fake: &FakeGoogle) -> Value {
@@ -904,7 +812,7 @@ fn google_discovery_document() {
         "https://accounts.google.com"
     );
     let t = go_tokens(&fake, &fake.config().user, &[]);
-    let claims = fake_google::decode_jwt_payload(t["id_token"].as_str().unwrap()).unwrap();
+    let claims = go::decode_jwt_payload(t["id_token"].as_str().unwrap()).unwrap();
     assert_eq!(claims["iss"], "https://accounts.google.com");
 
     fake.set(|c| c.discovery_error = Some(503));
@@ -915,67 +823,66 @@ fn google_discovery_document() {
 #[test]
 fn google_code_flow_signs_id_tokens_verifiable_against_the_jwks() {
     let fake = google();
-    let a = get(
-        &go_authorize_url(
-            &fake,
-            &[
-                ("hd", Some("example.com")),
-                ("login_hint", Some("ana.silva@gmail.com")),
-            ],
-        ),
-        &[],
-    );
+    let overrides = [
+        ("hd", Some("example.com")),
+        ("login_hint", Some("ana.silva@gmail.com")),
+    ];
+    let a = get(&go_authorize_url(&fake, &overrides), &[]);
     assert_eq!(a.status, 302, "{}", a.body);
-    let location = a.location.unwrap();
-    let params = fake_google::query_params(&location);
+    let location = a.location().unwrap();
+    let params = go::query_params(&location);
     let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
     // Google's callback: no `iss`.
     assert_eq!(names, ["state", "code", "scope", "authuser", "prompt"]);
-    assert_eq!(
-        fake_google::param(&params, "scope"),
-        Some("openid https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile")
-    );
-    assert_eq!(fake_google::param(&params, "prompt"), Some("consent"));
-    let code = go_code(&location);
-    let recorded = fake.authorize_requests();
+    let scope = "openid https://www.googleapis.com/auth/userinfo.email \
+                 https://www.googleapis.com/auth/userinfo.profile";
+    assert_eq!(go::param(&params, "scope"), Some(scope));
+    assert_eq!(go::param(&params, "prompt"), Some("consent"));
+    let code = code_of(&location);
+    let recorded = &fake.authorize_requests()[0];
     for (k, v) in [
         ("hd", "example.com"),
         ("nonce", "n-0S6_WzA2Mj"),
         ("access_type", "offline"),
         ("prompt", "consent"),
     ] {
-        assert_eq!(fake_google::param(&recorded[0], k), Some(v));
+        assert_eq!(go::param(recorded, k), Some(v));
     }
 
     let t = go_redeem(&fake, &code, &[]);
     assert_eq!(t.status, 200, "{}", t.body);
     let j = t.json();
-    assert_eq!(j["token_type"], "Bearer");
-    assert_eq!(j["expires_in"], 3599);
-    assert!(j["access_token"].as_str().unwrap().starts_with("ya29."));
-    assert!(j["refresh_token"].as_str().unwrap().starts_with("1//"));
-    let id_token = j["id_token"].as_str().unwrap();
-    let header = fake_google::decode_jwt_header(id_token).unwrap();
-    assert_eq!(header["alg"], "RS256");
-    assert_eq!(header["kid"], fake.current_kid());
+    assert_eq!(
+        (&j["token_type"], &j["expires_in"]),
+        (&json!("Bearer"), &json!(3599))
+    );
+    assert!(str_of(&j, "access_token").starts_with("ya29."));
+    assert!(str_of(&j, "refresh_token").starts_with("1//"));
+    let id_token = str_of(&j, "id_token");
+    let header = go::decode_jwt_header(id_token).unwrap();
+    assert_eq!(
+        (&header["alg"], &header["kid"]),
+        (&json!("RS256"), &json!(fake.current_kid()))
+    );
     let jwks = jwks_over_http(&fake);
-    assert_eq!(jwks, fake.jwks());
-    assert_eq!(fake.jwks_fetches(), 1);
+    assert_eq!((&jwks, fake.jwks_fetches()), (&fake.jwks(), 1));
     let claims = verify_rs256(id_token, &jwks).unwrap();
     let user = fake.config().user;
     assert_eq!(claims["iss"], fake.base_url());
-    assert_eq!(claims["aud"], fake_google::DEFAULT_CLIENT_ID);
-    assert_eq!(claims["azp"], fake_google::DEFAULT_CLIENT_ID);
+    assert_eq!(
+        (&claims["aud"], &claims["azp"]),
+        (&json!(go::DEFAULT_CLIENT_ID), &json!(go::DEFAULT_CLIENT_ID))
+    );
     assert_eq!(claims["sub"], user.sub);
-    assert!(claims["sub"]
-        .as_str()
-        .unwrap()
-        .bytes()
-        .all(|b| b.is_ascii_digit()));
-    assert_eq!(claims["email"], "ana.silva@gmail.com");
-    assert_eq!(claims["email_verified"], true);
-    assert_eq!(claims["nonce"], "n-0S6_WzA2Mj");
-    assert_eq!(claims["name"], "Ana Silva");
+    assert!(str_of(&claims, "sub").bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(
+        (&claims["email"], &claims["email_verified"]),
+        (&json!("ana.silva@gmail.com"), &json!(true))
+    );
+    assert_eq!(
+        (&claims["nonce"], &claims["name"]),
+        (&json!("n-0S6_WzA2Mj"), &json!("Ana Silva"))
+    );
     assert!(
         claims.get("hd").is_none(),
         "hd is a hint, not a claim for consumer accounts"
@@ -985,79 +892,21 @@ fn google_code_flow_signs_id_tokens_verifiable_against_the_jwks() {
         claims["exp"].as_u64().unwrap(),
     );
     assert!(iat <= now() && exp == iat + 3600);
-    let at_hash = ring::digest::digest(
-        &ring::digest::SHA256,
-        j["access_token"].as_str().unwrap().as_bytes(),
-    );
+    let at_hash =
+        ring::digest::digest(&ring::digest::SHA256, str_of(&j, "access_token").as_bytes());
     assert_eq!(
         claims["at_hash"],
-        fake_google::b64url_encode(&at_hash.as_ref()[..16])
+        go::b64url_encode(&at_hash.as_ref()[..16])
     );
     assert_eq!(fake.issued_id_tokens(), vec![id_token.to_string()]);
 
     // Userinfo with the access token.
-    let ui = get(
-        &fake.userinfo_url(),
-        &[(
-            "Authorization",
-            &format!("Bearer {}", j["access_token"].as_str().unwrap()),
-        )],
-    );
+    let ui = get_bearer(&fake.userinfo_url(), str_of(&j, "access_token"));
     assert_eq!(ui.status, 200, "{}", ui.body);
-    assert_eq!(ui.json()["sub"], user.sub);
-    assert_eq!(ui.json()["email_verified"], true);
-
-    // Refresh: a new access token and id_token (no nonce), no new refresh token.
-    let r = post_form(
-        &fake.token_url(),
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", j["refresh_token"].as_str().unwrap()),
-        ],
-        &[(
-            "Authorization",
-            &basic(
-                fake_google::DEFAULT_CLIENT_ID,
-                fake_google::DEFAULT_CLIENT_SECRET,
-            ),
-        )],
+    assert_eq!(
+        (&ui.json()["sub"], &ui.json()["email_verified"]),
+        (&json!(user.sub), &json!(true))
     );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let r = r.json();
-    assert!(r.get("refresh_token").is_none());
-    let claims = verify_rs256(r["id_token"].as_str().unwrap(), &jwks).unwrap();
-    assert_eq!(claims["sub"], user.sub);
-    assert!(claims.get("nonce").is_none());
-    assert_eq!(fake.refreshes(), 1);
-
-    // Revoking the refresh token ends it and the access it granted.
-    let rv = post_form(
-        &fake.revoke_url(),
-        &[("token", j["refresh_token"].as_str().unwrap())],
-        &[],
-    );
-    assert_eq!(rv.status, 200);
-    assert_eq!(fake.revocations(), 1);
-    let again = post_form(
-        &fake.token_url(),
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", fake_google::DEFAULT_CLIENT_ID),
-            ("client_secret", fake_google::DEFAULT_CLIENT_SECRET),
-            ("refresh_token", j["refresh_token"].as_str().unwrap()),
-        ],
-        &[],
-    );
-    assert_eq!(again.status, 400);
-    assert_eq!(again.json()["error"], "invalid_grant");
-    let ui = get(
-        &fake.userinfo_url(),
-        &[(
-            "Authorization",
-            &format!("Bearer {}", r["access_token"].as_str().unwrap()),
-        )],
-    );
-    assert_eq!(ui.status, 401);
 }
 
 #[test]
@@ -1083,7 +932,7 @@ fn google_refresh_token_only_with_offline_access_and_consent() {
         .sign_in(&go_authorize_url(&fake, &[("prompt", None)]), &user)
         .unwrap();
     assert_eq!(
-        fake_google::param(&fake_google::query_params(&location), "prompt"),
+        go::param(&go::query_params(&location), "prompt"),
         Some("none")
     );
 }
@@ -1092,105 +941,71 @@ fn google_refresh_token_only_with_offline_access_and_consent() {
 fn google_token_errors() {
     let fake = google();
     let user = fake.config().user;
-    let code = go_code(&fake.sign_in(&go_authorize_url(&fake, &[]), &user).unwrap());
-    let check = |a: Answer, status: u16, error: &str, description: &str| {
-        assert_eq!(a.status, status, "{}", a.body);
+    let code = code_of(&fake.sign_in(&go_authorize_url(&fake, &[]), &user).unwrap());
+    let other = go::pkce_verifier();
+    for (extra, expected) in [
+        (
+            ("client_secret", "wrong"),
+            ge(401, "invalid_client", "Unauthorized"),
+        ),
+        (
+            ("client_id", "1-other.apps.googleusercontent.com"),
+            ge(401, "invalid_client", "The OAuth client was not found."),
+        ),
+        (
+            ("client_secret", ""),
+            ge(400, "invalid_request", "client_secret is missing."),
+        ),
+        (
+            ("redirect_uri", "http://127.0.0.1:9999/other"),
+            ge(400, "redirect_uri_mismatch", "Bad Request"),
+        ),
+        (
+            ("code_verifier", ""),
+            ge(400, "invalid_grant", "Missing code verifier."),
+        ),
+        (
+            ("code_verifier", &other),
+            ge(400, "invalid_grant", "Invalid code verifier."),
+        ),
+        (
+            ("grant_type", "password"),
+            ge(
+                400,
+                "unsupported_grant_type",
+                "Invalid grant_type: password",
+            ),
+        ),
+    ] {
         assert_eq!(
-            a.json(),
-            json!({"error": error, "error_description": description})
+            go_error(&go_redeem(&fake, &code, &[extra])),
+            expected,
+            "{extra:?}"
         );
-    };
-    check(
-        go_redeem(&fake, &code, &[("client_secret", "wrong")]),
-        401,
-        "invalid_client",
-        "Unauthorized",
-    );
-    check(
-        go_redeem(
-            &fake,
-            &code,
-            &[("client_id", "1-other.apps.googleusercontent.com")],
-        ),
-        401,
-        "invalid_client",
-        "The OAuth client was not found.",
-    );
-    check(
-        go_redeem(&fake, &code, &[("client_secret", "")]),
-        400,
-        "invalid_request",
-        "client_secret is missing.",
-    );
-    check(
-        go_redeem(
-            &fake,
-            &code,
-            &[("redirect_uri", "http://127.0.0.1:9999/other")],
-        ),
-        400,
-        "redirect_uri_mismatch",
-        "Bad Request",
-    );
-    check(
-        go_redeem(&fake, &code, &[("code_verifier", "")]),
-        400,
-        "invalid_grant",
-        "Missing code verifier.",
-    );
-    check(
-        go_redeem(
-            &fake,
-            &code,
-            &[("code_verifier", &fake_google::pkce_verifier())],
-        ),
-        400,
-        "invalid_grant",
-        "Invalid code verifier.",
-    );
-    check(
-        go_redeem(&fake, &code, &[("grant_type", "password")]),
-        400,
-        "unsupported_grant_type",
-        "Invalid grant_type: password",
-    );
+    }
     assert_eq!(fake.redeemed_codes(), 0);
     // The code survived the failures; it is one-time.
     assert_eq!(go_redeem(&fake, &code, &[]).status, 200);
-    check(
-        go_redeem(&fake, &code, &[]),
-        400,
-        "invalid_grant",
-        "Bad Request",
-    );
-    check(
-        go_redeem(&fake, "4/0Anonsense", &[]),
-        400,
-        "invalid_grant",
-        "Malformed auth code.",
+    let bad = ge(400, "invalid_grant", "Bad Request");
+    assert_eq!(go_error(&go_redeem(&fake, &code, &[])), bad);
+    let unknown = go_redeem(&fake, "4/0Anonsense", &[]);
+    assert_eq!(
+        go_error(&unknown),
+        ge(400, "invalid_grant", "Malformed auth code.")
     );
     assert_eq!(fake.redeemed_codes(), 1);
 
     fake.set(|c| c.code_lifetime = Duration::ZERO);
-    let code = go_code(&fake.sign_in(&go_authorize_url(&fake, &[]), &user).unwrap());
-    check(
-        go_redeem(&fake, &code, &[]),
-        400,
-        "invalid_grant",
-        "Bad Request",
-    );
+    let code = code_of(&fake.sign_in(&go_authorize_url(&fake, &[]), &user).unwrap());
+    assert_eq!(go_error(&go_redeem(&fake, &code, &[])), bad);
 
     fake.set(|c| {
         c.code_lifetime = Duration::from_secs(600);
         c.token_error = Some((503, "temporarily_unavailable".into(), "Try again".into()));
     });
-    let code = go_code(&fake.sign_in(&go_authorize_url(&fake, &[]), &user).unwrap());
-    check(
-        go_redeem(&fake, &code, &[]),
-        503,
-        "temporarily_unavailable",
-        "Try again",
-    );
+    let code = code_of(&fake.sign_in(&go_authorize_url(&fake, &[]), &user).unwrap());
+    let unavailable = ge(503, "temporarily_unavailable", "Try again");
+    assert_eq!(go_error(&go_redeem(&fake, &code, &[])), unavailable);
     fake.set(|c| c.token_error = None);
     assert_eq!(go_redeem(&fake, &code, &[]).status, 200);
 }
@@ -1199,106 +1014,93 @@ fn google_token_errors() {
 fn google_authorize_enforcement() {
     let fake = google();
     let user = fake.config().user;
-    let page = |overrides: &[(&str, Option<&str>)], status: u16, error: &str| {
-        let url = go_authorize_url(&fake, overrides);
+    for (overrides, status, error) in [
+        (
+            vec![("client_id", Some("1-other.apps.googleusercontent.com"))],
+            401,
+            "invalid_client",
+        ),
+        (vec![("client_id", None)], 400, "invalid_request"),
+        (
+            vec![(
+                "redirect_uri",
+                Some("http://127.0.0.1:9999/broker/callback/"),
+            )],
+            400,
+            "redirect_uri_mismatch",
+        ),
+        (
+            vec![(
+                "redirect_uri",
+                Some("http://localhost:9999/broker/callback"),
+            )],
+            400,
+            "redirect_uri_mismatch",
+        ),
+        (vec![("response_type", None)], 400, "response_type"),
+        (
+            vec![("response_type", Some("token"))],
+            400,
+            "unsupported_response_type",
+        ),
+        (vec![("scope", None)], 400, "scope"),
+        (vec![("scope", Some("email profile"))], 400, "openid"),
+        (vec![("scope", Some("openid mail"))], 400, "invalid_scope"),
+        (vec![("state", None)], 400, "state"),
+        (
+            vec![("code_challenge", None), ("code_challenge_method", None)],
+            400,
+            "PKCE",
+        ),
+        (vec![("code_challenge", None)], 400, "code_challenge"),
+        (
+            vec![("code_challenge_method", Some("S512"))],
+            400,
+            "code_challenge_method",
+        ),
+        (
+            vec![("code_challenge", Some("too-short"))],
+            400,
+            "code_challenge",
+        ),
+        (vec![("access_type", Some("forever"))], 400, "access_type"),
+        (vec![("prompt", Some("none consent"))], 400, "prompt"),
+    ] {
+        let url = go_authorize_url(&fake, &overrides);
         let a = get(&url, &[]);
         assert_eq!(
-            (a.status, a.location.as_deref()),
+            (a.status, a.location()),
             (status, None),
             "{overrides:?}: {}",
             a.body
         );
         assert!(a.body.contains(error), "{overrides:?}: {}", a.body);
-        let err = fake.sign_in(&url, &user).unwrap_err();
-        assert_eq!(err.status, status);
-    };
-    page(
-        &[("client_id", Some("1-other.apps.googleusercontent.com"))],
-        401,
-        "invalid_client",
-    );
-    page(&[("client_id", None)], 400, "invalid_request");
-    page(
-        &[(
-            "redirect_uri",
-            Some("http://127.0.0.1:9999/broker/callback/"),
-        )],
-        400,
-        "redirect_uri_mismatch",
-    );
-    page(
-        &[(
-            "redirect_uri",
-            Some("http://localhost:9999/broker/callback"),
-        )],
-        400,
-        "redirect_uri_mismatch",
-    );
-    page(&[("response_type", None)], 400, "response_type");
-    page(
-        &[("response_type", Some("token"))],
-        400,
-        "unsupported_response_type",
-    );
-    page(&[("scope", None)], 400, "scope");
-    page(&[("scope", Some("email profile"))], 400, "openid");
-    page(&[("scope", Some("openid mail"))], 400, "invalid_scope");
-    page(&[("state", None)], 400, "state");
-    page(
-        &[("code_challenge", None), ("code_challenge_method", None)],
-        400,
-        "PKCE",
-    );
-    page(
-        &[("code_challenge_method", Some("S512"))],
-        400,
-        "code_challenge_method",
-    );
-    page(
-        &[("code_challenge", Some("too-short"))],
-        400,
-        "code_challenge",
-    );
-    page(&[("access_type", Some("forever"))], 400, "access_type");
-    page(&[("prompt", Some("none consent"))], 400, "prompt");
+        assert_eq!(fake.sign_in(&url, &user).unwrap_err().status, status);
+    }
     assert_eq!(fake.issued_codes(), 0);
 
     // Declining, or `cancel`: access_denied with the state, and nothing else.
     let url = go_authorize_url(&fake, &[]);
     fake.set(|c| c.cancel = true);
-    for location in [
-        fake.decline(&url).unwrap(),
-        get(&url, &[]).location.unwrap(),
-    ] {
-        assert_eq!(
-            location,
-            format!(
-                "{REDIRECT}?error=access_denied&state={}",
-                form_urlencoded::byte_serialize(STATE.as_bytes()).collect::<String>()
-            )
-        );
-    }
+    let state: String = form_urlencoded::byte_serialize(STATE.as_bytes()).collect();
+    let denied = format!("{REDIRECT}?error=access_denied&state={state}");
+    assert_eq!(fake.decline(&url).unwrap(), denied);
+    assert_eq!(get(&url, &[]).location().unwrap(), denied);
     fake.set(|c| c.cancel = false);
 
     // plain PKCE is accepted (Google advertises it) and checked as plain.
     let plain = "plain-verifier-plain-verifier-plain-verifier-0";
-    let location = fake
-        .sign_in(
-            &go_authorize_url(
-                &fake,
-                &[
-                    ("code_challenge", Some(plain)),
-                    ("code_challenge_method", Some("plain")),
-                ],
-            ),
-            &user,
-        )
-        .unwrap();
-    let code = go_code(&location);
-    assert_eq!(
-        go_redeem(&fake, &code, &[]).json()["error_description"],
-        "Invalid code verifier."
+    let overrides = [
+        ("code_challenge", Some(plain)),
+        ("code_challenge_method", Some("plain")),
+    ];
+    let code = code_of(
+        &fake
+            .sign_in(&go_authorize_url(&fake, &overrides), &user)
+            .unwrap(),
     );
+    let t = go_redeem(&fake, &code, &[]);
+    assert_eq!(t.json()["error_description"], "Invalid code verifier.");
     assert_eq!(
         go_redeem(&fake, &code, &[("code_verifier", plain)]).status,
         200
@@ -1310,21 +1112,16 @@ fn google_authorize_enforcement() {
         c.require_pkce = false;
         c.require_openid = false;
     });
+    let overrides = [
+        ("state", None),
+        ("code_challenge", None),
+        ("code_challenge_method", None),
+        ("scope", Some("email")),
+    ];
     let location = fake
-        .sign_in(
-            &go_authorize_url(
-                &fake,
-                &[
-                    ("state", None),
-                    ("code_challenge", None),
-                    ("code_challenge_method", None),
-                    ("scope", Some("email")),
-                ],
-            ),
-            &user,
-        )
+        .sign_in(&go_authorize_url(&fake, &overrides), &user)
         .unwrap();
-    let code = fake_google::param(&fake_google::query_params(&location), "code")
+    let code = go::param(&go::query_params(&location), "code")
         .unwrap()
         .to_string();
     let t = go_redeem(&fake, &code, &[("code_verifier", "")]).json();
@@ -1334,11 +1131,53 @@ fn google_authorize_enforcement() {
     );
     assert_eq!(t["scope"], "https://www.googleapis.com/auth/userinfo.email");
 
+    let elsewhere = "https://accounts.google.com/o/oauth2/v2/auth";
+    assert_eq!(fake.sign_in(elsewhere, &user).unwrap_err().status, 0);
+}
+
+#[test]
+fn google_refresh_tokens_do_not_rotate_and_revocation_ends_the_grant() {
+    let fake = google();
+    let user = fake.config().user;
+    let j = go_tokens(&fake, &user, &[]);
+    let rt = str_of(&j, "refresh_token");
+    // The same token twice (HTTP Basic this time): new access and id tokens (no nonce), no
+    // new refresh token.
+    let auth = basic(go::DEFAULT_CLIENT_ID, go::DEFAULT_CLIENT_SECRET);
+    let pairs = [("grant_type", "refresh_token"), ("refresh_token", rt)];
+    let mut refreshed = Vec::new();
+    for _ in 0..2 {
+        let r = post_form(&fake.token_url(), &pairs, &[("Authorization", &auth)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = r.json();
+        assert!(r.get("refresh_token").is_none());
+        let claims = verify_rs256(str_of(&r, "id_token"), &fake.jwks()).unwrap();
+        assert!(claims["sub"] == json!(user.sub) && claims.get("nonce").is_none());
+        refreshed.push(r);
+    }
+    assert_eq!((fake.refreshes(), fake.presentations(rt)), (2, 2));
+
+    // Revoking an access token ends the whole grant: the refresh token and every access token.
+    let revoke = |token: &str| post_form(&fake.revoke_url(), &[("token", token)], &[]);
+    assert_eq!(revoke(str_of(&refreshed[1], "access_token")).status, 200);
+    let expired = ge(400, "invalid_grant", "Token has been expired or revoked.");
+    assert_eq!(go_error(&go_refresh(&fake, rt)), expired);
+    for t in [&j, &refreshed[0]] {
+        assert_eq!(
+            get_bearer(&fake.userinfo_url(), str_of(t, "access_token")).status,
+            401
+        );
+    }
+    let again = ge(400, "invalid_token", "Token expired or revoked");
+    assert_eq!(go_error(&revoke(rt)), again);
+    assert_eq!(fake.revocations(), 1);
+
+    // Apps in "Testing": refresh tokens live 7 days; a test makes that nothing.
+    fake.set(|c| c.refresh_token_lifetime = Some(Duration::ZERO));
+    let j = go_tokens(&fake, &user, &[]);
     assert_eq!(
-        fake.sign_in("https://accounts.google.com/o/oauth2/v2/auth", &user)
-            .unwrap_err()
-            .status,
-        0
+        go_error(&go_refresh(&fake, str_of(&j, "refresh_token"))),
+        expired
     );
 }
 
@@ -1354,10 +1193,10 @@ fn google_workspace_users_and_unverified_addresses() {
         .sign_in(&go_authorize_url(&fake, &[]), &worker)
         .unwrap();
     assert_eq!(
-        fake_google::param(&fake_google::query_params(&location), "hd"),
+        go::param(&go::query_params(&location), "hd"),
         Some("contoso.example")
     );
-    let t = go_redeem(&fake, &go_code(&location), &[]).json();
+    let t = go_redeem(&fake, &code_of(&location), &[]).json();
     let claims = verify_rs256(t["id_token"].as_str().unwrap(), &fake.jwks()).unwrap();
     assert_eq!(claims["hd"], "contoso.example");
     assert_eq!(claims["sub"], "117364892034598712345");
@@ -1389,7 +1228,7 @@ fn google_workspace_users_and_unverified_addresses() {
 
     // email claims need the email scope.
     let t = go_tokens(&fake, &unverified, &[("scope", Some("openid"))]);
-    let claims = fake_google::decode_jwt_payload(t["id_token"].as_str().unwrap()).unwrap();
+    let claims = go::decode_jwt_payload(t["id_token"].as_str().unwrap()).unwrap();
     assert!(claims.get("email").is_none() && claims.get("email_verified").is_none());
 
     // Userinfo refuses unknown and expired tokens.
@@ -1441,7 +1280,7 @@ fn google_key_rotation_changes_the_kid_and_the_jwks() {
         .unwrap()
         .to_string();
     assert_eq!(
-        fake_google::decode_jwt_header(&new_token).unwrap()["kid"],
+        go::decode_jwt_header(&new_token).unwrap()["kid"],
         second_kid
     );
     // A verifier holding the old JWKS does not know the new kid: it must fetch again.
@@ -1480,7 +1319,7 @@ fn google_hostile_id_tokens_are_what_they_claim() {
         fake.set_next_id_token_tamper(tamper);
         let t = go_tokens(&fake, &user, &[]);
         let token = t["id_token"].as_str().unwrap().to_string();
-        let claims = fake_google::decode_jwt_payload(&token).unwrap();
+        let claims = go::decode_jwt_payload(&token).unwrap();
         (token, claims)
     };
     let kid = fake.current_kid();
@@ -1489,11 +1328,11 @@ fn google_hostile_id_tokens_are_what_they_claim() {
     verify_rs256(&clean, &jwks).unwrap();
 
     let (t, _) = next(Tamper::ForgedSignature);
-    assert_eq!(fake_google::decode_jwt_header(&t).unwrap()["kid"], kid);
+    assert_eq!(go::decode_jwt_header(&t).unwrap()["kid"], kid);
     assert_eq!(verify_rs256(&t, &jwks).unwrap_err(), "bad signature");
 
     let (t, _) = next(Tamper::UnknownKid);
-    let header = fake_google::decode_jwt_header(&t).unwrap();
+    let header = go::decode_jwt_header(&t).unwrap();
     assert_eq!(header["kid"], fake.unknown_kid());
     assert!(!fake.published_kids().contains(&fake.unknown_kid()));
     assert!(verify_rs256(&t, &jwks)
@@ -1502,7 +1341,7 @@ fn google_hostile_id_tokens_are_what_they_claim() {
 
     let (t, c) = next(Tamper::WrongAud);
     verify_rs256(&t, &jwks).unwrap();
-    assert_ne!(c["aud"], fake_google::DEFAULT_CLIENT_ID);
+    assert_ne!(c["aud"], go::DEFAULT_CLIENT_ID);
     assert_eq!(c["aud"], c["azp"]);
 
     let (t, c) = next(Tamper::WrongIss);
@@ -1533,13 +1372,13 @@ fn google_hostile_id_tokens_are_what_they_claim() {
 
     let (t, c) = next(Tamper::AlgNone);
     assert!(t.ends_with('.'));
-    let header = fake_google::decode_jwt_header(&t).unwrap();
+    let header = go::decode_jwt_header(&t).unwrap();
     assert_eq!(header["alg"], "none");
     assert_eq!(c["sub"], user.sub);
     assert!(verify_rs256(&t, &jwks).is_err());
 
     let (t, _) = next(Tamper::Hs256WithPublicKey);
-    let header = fake_google::decode_jwt_header(&t).unwrap();
+    let header = go::decode_jwt_header(&t).unwrap();
     assert_eq!(
         (header["alg"].as_str(), header["kid"].as_str()),
         (Some("HS256"), Some(kid.as_str()))
@@ -1548,25 +1387,21 @@ fn google_hostile_id_tokens_are_what_they_claim() {
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
     let (input, sig) = t.rsplit_once('.').unwrap();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pem.as_bytes());
-    ring::hmac::verify(
-        &key,
-        input.as_bytes(),
-        &fake_google::b64url_decode(sig).unwrap(),
-    )
-    .expect("HMAC keyed with the public key's PEM");
+    ring::hmac::verify(&key, input.as_bytes(), &go::b64url_decode(sig).unwrap())
+        .expect("HMAC keyed with the public key's PEM");
     assert!(verify_rs256(&t, &jwks).is_err());
 
     // One-shot: the next token is clean again; a configured tamper applies to every token.
     let (t, c) = next(Tamper::Claims(json!({})));
     verify_rs256(&t, &jwks).unwrap();
-    assert_eq!(c["aud"], fake_google::DEFAULT_CLIENT_ID);
+    assert_eq!(c["aud"], go::DEFAULT_CLIENT_ID);
     let t = go_tokens(&fake, &user, &[]);
     verify_rs256(t["id_token"].as_str().unwrap(), &jwks).unwrap();
     fake.set(|c| c.id_token_tamper = Some(Tamper::WrongAud));
     for _ in 0..2 {
         let t = go_tokens(&fake, &user, &[]);
-        let c = fake_google::decode_jwt_payload(t["id_token"].as_str().unwrap()).unwrap();
-        assert_ne!(c["aud"], fake_google::DEFAULT_CLIENT_ID);
+        let c = go::decode_jwt_payload(t["id_token"].as_str().unwrap()).unwrap();
+        assert_ne!(c["aud"], go::DEFAULT_CLIENT_ID);
     }
     assert_eq!(fake.issued_id_tokens().len(), 16);
 
@@ -1585,8 +1420,125 @@ fn google_keys_are_the_committed_test_fixtures() {
         .decode(body)
         .unwrap();
     let jwk = &fake.jwks()["keys"][0];
-    let n = fake_google::b64url_decode(jwk["n"].as_str().unwrap()).unwrap();
+    let n = go::b64url_decode(jwk["n"].as_str().unwrap()).unwrap();
     assert_eq!(n.len(), 256, "2048-bit modulus");
     assert!(der.windows(n.len()).any(|w| w == n.as_slice()));
     assert!(der.ends_with(&[0x02, 0x03, 0x01, 0x00, 0x01]), "e = 65537");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The core under every fake: rotation policies as data, faults, counters
+
+#[test]
+fn a_grace_window_answers_a_retry_with_the_same_successor_and_a_later_reuse_revokes_the_grant() {
+    let fake = google();
+    // Any fake takes any provider's rule: Google's fake with Okta/Auth0/Dex-style rotation.
+    let policy = RefreshPolicy::one_time_with_grace(Duration::from_secs(600));
+    fake.set(|c| c.refresh_policy = policy);
+    let j = go_tokens(&fake, &fake.config().user, &[]);
+    let first = str_of(&j, "refresh_token");
+    let second = go_refresh(&fake, first).json();
+    let next = str_of(&second, "refresh_token");
+    assert_ne!(next, first);
+    // A retry within the window gets the same successor (a lost answer is not fatal).
+    let retry = go_refresh(&fake, first).json();
+    assert_eq!(retry["refresh_token"], next);
+    let third = go_refresh(&fake, next).json();
+    assert_eq!(fake.counters().reuse_detections, 0);
+    // The window closes: the first token is now a reuse, and the whole grant ends.
+    fake.set(|c| {
+        c.refresh_policy.rotation = Rotation::OneTime {
+            grace: Duration::ZERO,
+        }
+    });
+    let revoked = ge(400, "invalid_grant", "Token has been expired or revoked.");
+    assert_eq!(go_error(&go_refresh(&fake, first)), revoked);
+    assert_eq!(
+        go_error(&go_refresh(&fake, str_of(&third, "refresh_token"))),
+        revoked
+    );
+    let c = fake.counters();
+    assert_eq!(
+        (c.refreshes, c.reuse_detections, c.grants_revoked),
+        (3, 1, 1)
+    );
+    assert_eq!((fake.presentations(first), c.refresh_presentations), (3, 5));
+}
+
+#[test]
+fn injected_faults_strike_before_or_after_the_grant_is_processed() {
+    let fake = github();
+    let first = str_of(&gh_app_tokens(&fake), "refresh_token").to_string();
+    let refresh = |agent: &ureq::Agent, token: &str| {
+        let pairs = [
+            ("client_id", gh::DEFAULT_CLIENT_ID),
+            ("client_secret", gh::DEFAULT_CLIENT_SECRET),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+        ];
+        try_post_form(agent, &fake.token_url(), &pairs, &[JSON])
+    };
+    let agent = agent_with(true, None);
+
+    // Before: a gateway's 502, and nothing changed at the provider.
+    fake.inject_token_fault(Fault::before(FaultKind::Status(502)));
+    let a = refresh(&agent, &first).unwrap();
+    assert!(
+        a.status == 502 && a.content_type().starts_with("text/html"),
+        "{}",
+        a.body
+    );
+    let second = refresh(&agent, &first).unwrap().json();
+    let second = str_of(&second, "refresh_token").to_string();
+
+    // After: the provider rotated, but the answer is lost; the token is spent all the same.
+    fake.inject_token_fault(Fault::after(FaultKind::NoAnswer));
+    assert!(refresh(&agent, &second).is_err());
+    assert_eq!(gh_refresh(&fake, &second)["error"], "bad_refresh_token");
+    let c = fake.counters();
+    assert_eq!(
+        (c.refreshes, c.reuse_detections, c.refresh_presentations),
+        (2, 1, 4)
+    );
+
+    // A hang ends with the client's time-out; it held nothing else up, and changed nothing.
+    let token = str_of(&gh_app_tokens(&fake), "refresh_token").to_string();
+    fake.inject_token_fault(Fault::before(FaultKind::Hang));
+    let impatient = agent_with(true, Some(Duration::from_millis(500)));
+    assert!(refresh(&impatient, &token).is_err());
+    assert!(gh_refresh(&fake, &token)["refresh_token"].is_string());
+    assert_eq!(fake.presentations(&token), 2);
+}
+
+#[test]
+fn a_late_answer_lets_a_second_presentation_meet_a_spent_token() {
+    let fake = github();
+    let first = str_of(&gh_app_tokens(&fake), "refresh_token").to_string();
+    // The refresh is done at once; its answer comes only when the fake is dropped.
+    fake.inject_token_fault(Fault::after(FaultKind::Delay(Duration::from_secs(600))));
+    let (url, token) = (fake.token_url(), first.clone());
+    let slow = std::thread::spawn(move || {
+        let pairs = [
+            ("client_id", gh::DEFAULT_CLIENT_ID),
+            ("client_secret", gh::DEFAULT_CLIENT_SECRET),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &token),
+        ];
+        try_post_form(&agent_with(true, None), &url, &pairs, &[JSON]).map(|a| a.json())
+    });
+    support::eventually("the first refresh to be done", || {
+        (fake.refreshes() == 1).then_some(())
+    });
+    // A second replica, not waiting, presents the same token: it is spent already.
+    assert_eq!(gh_refresh(&fake, &first)["error"], "bad_refresh_token");
+    assert!(!slow.is_finished());
+    // What a client must never do, counted.
+    assert_eq!(
+        (fake.presentations(&first), fake.max_presentations()),
+        (2, 2)
+    );
+    assert_eq!(fake.counters().reuse_detections, 1);
+    drop(fake);
+    let late = slow.join().unwrap().unwrap();
+    assert!(str_of(&late, "refresh_token").starts_with("ghr_"));
 }

@@ -8,7 +8,7 @@
 //! clearly instead of blocking CI (`HANG` on every socket, `eventually`), and every loop has a
 //! bound on its count.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

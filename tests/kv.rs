@@ -3,7 +3,7 @@
 //! several handles (replicas in one process), pub/sub between handles, and what happens when
 //! servers die, are demoted or hand their slots over while calls are under way.
 
-mod support;
+use crate::support;
 
 use oauth_relay::kv::scripts::{self, tagged};
 use oauth_relay::kv::settings::{HostPort, SentinelSettings, Topology};

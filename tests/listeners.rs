@@ -3,7 +3,7 @@
 //! the other (the probes, on both, on neither); both listeners share the store and the
 //! shutdown. Without an internal address one listener serves everything.
 
-mod support;
+use crate::support;
 
 use oauth_relay::error::Face;
 use oauth_relay::routes::{Exposure, Pattern, ROUTES};

@@ -1,6 +1,6 @@
 //! Long-poll (`?wait=`) and the `oauth-relay wait` command.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

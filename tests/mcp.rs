@@ -8,9 +8,8 @@
 //! 9207), and calls a tool on an MCP server built with the same SDK that accepts only the
 //! provider's JWT access tokens for it (tests/support/mcp/server.py).
 
-#[path = "support/oidc.rs"]
-mod oidc;
-mod support;
+use crate::support;
+use support::oidc;
 
 use oidc::{OidcConfig, OidcProvider};
 use serde_json::{json, Value};

@@ -3,10 +3,12 @@
 //! redirect catcher standing in for the client's redirect URI, and the token endpoint redeemed
 //! with the crate's own outbound agent. Proves what the broker tests build on: codes with
 //! `state` and RFC 9207 `iss`, PKCE S256, id_tokens whose `kid` is in the JWKS and carry the
-//! `nonce`, refresh tokens, key rotation, a refused consent, a wrong password, another account.
+//! `nonce`, refresh tokens (rotated with reuse detection when asked), key rotation, a refused
+//! consent, a wrong password, another account.
 
-#[path = "support/oidc.rs"]
-mod oidc;
+use crate::support;
+
+use support::oidc;
 
 use base64::Engine as _;
 use oidc::{query_param, OidcConfig, OidcProvider, OnConsent, OnLogin};
@@ -328,6 +330,78 @@ fn a_person_signs_in_and_the_code_redeems_once_for_an_id_token_and_a_refresh_tok
         (400, Some("invalid_grant"))
     );
     assert_eq!(op.requests("token"), 4);
+}
+
+/// `grant_type=refresh_token` with client_secret_post.
+fn refresh(op: &OidcProvider, refresh_token: &str) -> (u16, Value) {
+    let c = op.config();
+    read(agent().post(&op.token_endpoint()).send_form([
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", &c.client_id),
+        ("client_secret", &c.client_secret),
+    ]))
+}
+
+#[test]
+fn with_rotation_a_refresh_rotates_and_a_reused_token_revokes_the_grant() {
+    let catcher = Catcher::start();
+    let op = OidcProvider::start(OidcConfig {
+        rotate_refresh_tokens: true,
+        ..OidcConfig::with_redirect_uris(&[&catcher.redirect_uri()])
+    });
+    let req = Request::new();
+    let code = sign_in_code(&catcher, &op, &req, &OidcConfig::ana());
+    let (status, tokens) = redeem(&op, &code, &req, &catcher.redirect_uri());
+    assert_eq!(status, 200, "{tokens}");
+    let first = tokens["refresh_token"].as_str().unwrap().to_string();
+
+    // A refresh returns a new refresh token.
+    let (status, rotated) = refresh(&op, &first);
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!((op.refresh_grants(), op.grants_revoked()), (1, 0));
+
+    // The used one again: refused, and the grant is gone, so the new one is refused as well.
+    let (status, reused) = refresh(&op, &first);
+    assert_eq!(
+        (status, reused["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(op.grants_revoked(), 1);
+    let (status, after) = refresh(&op, &second);
+    assert_eq!(
+        (status, after["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!((op.refresh_grants(), op.refresh_grant_errors()), (1, 2));
+    assert_eq!(op.max_refresh_presentations(), 2);
+    assert!(
+        op.logs()
+            .iter()
+            .any(|l| l.contains("refresh token already used")),
+        "{:?}",
+        op.logs()
+    );
+}
+
+#[test]
+fn without_rotation_the_same_refresh_token_keeps_working() {
+    let (catcher, op) = setup();
+    let req = Request::new();
+    let code = sign_in_code(&catcher, &op, &req, &OidcConfig::ana());
+    let (_, tokens) = redeem(&op, &code, &req, &catcher.redirect_uri());
+    let token = tokens["refresh_token"].as_str().unwrap();
+    for _ in 0..2 {
+        let (status, refreshed) = refresh(&op, token);
+        assert_eq!(status, 200, "{refreshed}");
+        assert_eq!(refreshed["refresh_token"], token);
+    }
+    assert_eq!(
+        (op.refresh_grants(), op.max_refresh_presentations()),
+        (2, 2)
+    );
 }
 
 #[test]

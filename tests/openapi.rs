@@ -3,10 +3,9 @@
 //! checked against the document (status documented, media type, required headers, JSON body
 //! valid against its schema), and the served /openapi.json is the file.
 
-mod support;
+use crate::support;
 
 use base64::Engine;
-use oauth_relay::error::Reason;
 use oauth_relay::routes::{find, Exposure, ROUTES};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,7 +130,11 @@ fn the_documented_reasons_are_the_codes_the_broker_gives() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    let codes: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    // Every reason a sign-in can end with: the shared ones and each provider kind's own.
+    let codes: BTreeSet<&str> = oauth_relay::provider::every_reason()
+        .iter()
+        .map(|r| r.code())
+        .collect();
     assert_eq!(documented, codes);
 }
 
@@ -456,6 +459,11 @@ fn broker_flows(api: &Api) {
     assert_eq!(api.get_with(&token, &auth).status, 410);
     assert_eq!(api.get(&start).status, 200, "already connected");
     assert_eq!(api.get("/m365/start/unknown").status, 404);
+    // What the deployment is (oauth-relay check-deployment).
+    assert_eq!(api.get("/deployment").status, 401);
+    let deployment = api.get_with("/deployment", &auth);
+    assert_eq!(deployment.status, 200);
+    assert_eq!(deployment.json()["providers"][0]["name"], "m365");
     assert_eq!(api.get("/m365/callback").status, 404);
     assert_eq!(api.get("/m365/callback?state=unknown&code=c").status, 404);
     // A person who cancels: the session fails, the caller learns why.
@@ -610,6 +618,7 @@ fn disabled_flows(api: &Api) {
     assert_eq!(api.get("/m365/callback?state=x").status, 404);
     assert_eq!(api.get("/status/x").status, 404);
     assert_eq!(api.get("/token/x").status, 404);
+    assert_eq!(api.get("/deployment").status, 404);
     // Without a token, retrieval is open.
     assert_eq!(api.get("/callback?code=c&state=open").status, 200);
     assert_eq!(api.get("/api/callback/open").status, 200);

@@ -6,7 +6,7 @@
 //! 404, byte for byte, as before; a plain retrieval of a state still waiting says 404 as the
 //! Python server did. In memory and across replicas on Redis, and through `oauth-relay wait`.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! Replays every step the Python server's recorded behaviour lists (tests/fixtures, a copy of
 //! the parity vectors) against the real binary: status, content type, listed headers, JSON.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::Relay;

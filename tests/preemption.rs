@@ -8,7 +8,7 @@
 //!
 //! In memory and across replicas on one real Redis.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::openapi::{check_webhook, document};

@@ -4,9 +4,9 @@
 //! when asked, errors with HTTP 200, a User-Agent on API calls and `user:email` for
 //! `/user/emails`. Success by e-mail and by id, and every way it must fail closed.
 
-#[path = "support/fake_github.rs"]
-mod fake_github;
-mod support;
+use crate::support;
+
+use support::fake_github;
 
 use fake_github::{FakeGitHub, FakeGitHubConfig, GitHubEmail, GitHubUser};
 use serde_json::{json, Value};

@@ -4,9 +4,9 @@
 //! the hostile id_tokens the fake can forge. Every one must fail closed as `id_token_invalid`,
 //! with the JWKS module's own reason in the audit log only.
 
-#[path = "support/fake_google.rs"]
-mod fake_google;
-mod support;
+use crate::support;
+
+use support::fake_google;
 
 use fake_google::{FakeGoogle, FakeGoogleConfig, GoogleUser, Tamper};
 use serde_json::{json, Value};

@@ -5,9 +5,9 @@
 //! id_tokens with keys it rotates at run time, and keeps e-mail in the id_token or (by choice)
 //! only at its userinfo endpoint.
 
-#[path = "support/oidc.rs"]
-mod oidc;
-mod support;
+use crate::support;
+
+use support::oidc;
 
 use oidc::{OidcAccount, OidcConfig, OidcProvider};
 use serde_json::{json, Value};

@@ -3,11 +3,10 @@
 //! another provider's callback (a mix-up) refused before any code is used; `login-link
 //! --provider`; and settings that must stop start-up.
 
-#[path = "support/fake_github.rs"]
-mod fake_github;
-#[path = "support/fake_google.rs"]
-mod fake_google;
-mod support;
+use crate::support;
+
+use support::fake_github;
+use support::fake_google;
 
 use fake_github::{FakeGitHub, FakeGitHubConfig};
 use fake_google::{FakeGoogle, FakeGoogleConfig};

@@ -1,7 +1,7 @@
 //! The relay's behaviour beyond parity: the Python server's holes closed (README "Differences"),
 //! bounds, the optional API token, registered states, and what reaches the log.
 
-mod support;
+use crate::support;
 
 use support::{eventually, Relay};
 

@@ -2,7 +2,7 @@
 //! Redis, and each step of a flow goes to a different replica. Also Redis faults, a replica
 //! killed mid-sign-in, and what Redis holds in the clear.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! `oauth-relay wait` prints them; each is bounded; the issuer is part of what makes two
 //! callbacks the same.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use std::process::Command;

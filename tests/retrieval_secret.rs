@@ -5,7 +5,7 @@
 //! (the README's example works on a server started with no settings), and with a token
 //! everything needs it; across replicas on Redis; and the `register` and `wait` commands.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use std::io::{Read, Write};

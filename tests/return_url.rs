@@ -4,9 +4,9 @@
 //! API and the pages, and a real Chromium signing in at a real OpenID Provider and clicking the
 //! link to a local "chat" that records the visit.
 
-#[path = "support/oidc.rs"]
-mod oidc;
-mod support;
+use crate::support;
+
+use support::oidc;
 
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -14,11 +14,7 @@ use support::broker::{providers_env, start_up_fails, Broker, Planned, BROKER_TOK
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
 use support::{get_url, HttpResponse};
 
-// Its own copy of the core, as each fake has (fake_microsoft.rs keeps its copy private).
-#[allow(clippy::duplicate_mod, dead_code)]
-#[path = "support/fake_http.rs"]
-mod fake_http;
-use fake_http::{FakeReply, FakeServer};
+use support::fake_http::{FakeReply, FakeServer};
 
 const EMAIL: &str = "ana.silva@contoso.example";
 const CHAT: &str = "https://chat.example.com";

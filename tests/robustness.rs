@@ -2,7 +2,7 @@
 //! idle listener, a panicking handler, a burst of connections, and a shutdown with work in
 //! flight. (Attacks on the HTTP layer itself are in tests/hostile.rs.)
 
-mod support;
+use crate::support;
 
 use oauth_relay::http::{HttpRequest, Reply, Response};
 use oauth_relay::server;

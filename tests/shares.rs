@@ -4,7 +4,7 @@
 //! for /callback, JSON for the API), `/metrics` counts it, another client is still served, and
 //! a retrieval frees a place. The share holds across two replicas on one real Redis.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::relay_api::{hash_of, metric, replica, As};
@@ -91,8 +91,10 @@ fn one_client_past_its_share_gets_429_and_another_is_still_served() {
     assert_eq!(
         lines,
         [
-            "# HELP oauth_relay_quota_refused_total Requests refused (429) past the client's share.",
+            "# HELP oauth_relay_quota_refused_total Times a client was held to its share of a cap others need: 429, or for connections its own longest-idle one closed instead.",
             "# TYPE oauth_relay_quota_refused_total counter",
+            "oauth_relay_quota_refused_total{share=\"connections\"} 0",
+            "oauth_relay_quota_refused_total{share=\"waiters\"} 0",
             "oauth_relay_quota_refused_total{share=\"pending\"} 5",
         ]
     );

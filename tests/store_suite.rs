@@ -3,7 +3,7 @@
 //! conflicts that hand out nothing, registrations that say "not yet" and "expired" to their
 //! owner only and leave a tombstone, per-client shares, and every kept parameter round trip.
 
-mod support;
+use crate::support;
 
 use oauth_relay::config::RedisConfig;
 use oauth_relay::keyring::Keyring;

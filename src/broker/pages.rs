@@ -94,8 +94,9 @@ pub fn success(lang: Lang, display: &str, read_only: bool, back: Option<&ReturnU
 }
 
 /// The page for a failure reason, with the reason's HTTP status (chosen in `error.rs`). The
-/// match is exhaustive: a new reason needs its words here. `display` names the provider; the
-/// reasons that can arise before a provider is known (an unknown link or state) do not use it.
+/// match is exhaustive: a new shared reason needs its words here (a provider kind's own reason
+/// carries them). `display` names the provider; the reasons that can arise before a provider is
+/// known (an unknown link or state) do not use it.
 pub fn failure(lang: Lang, reason: Reason, display: &str) -> Response {
     let d = display;
     let (en, pt): ([String; 2], [String; 2]) = match reason {
@@ -108,9 +109,6 @@ pub fn failure(lang: Lang, reason: Reason, display: &str) -> Response {
         Reason::EmailUnverified => (
             ["This account's e-mail address is not verified".into(), format!("The {d} account you signed in with has the right e-mail address, but {d} does not confirm that the address belongs to it, so nothing was connected. Verify the address first, then ask the assistant for a new link.")],
             ["O e-mail desta conta não foi verificado".into(), format!("A conta {d} com que você entrou tem o e-mail certo, mas não há confirmação de que o endereço pertence a ela, então nada foi conectado. Verifique o endereço primeiro e depois peça um novo link ao assistente.")]),
-        Reason::TenantMismatch | Reason::HostedDomainMismatch => (
-            ["This account's organization is not allowed".into(), "The account you signed in with belongs to a different organization, so nothing was connected. Ask the assistant for a new link and sign in with your work account.".into()],
-            ["A organização desta conta não é permitida".into(), "A conta com que você entrou pertence a outra organização, então nada foi conectado. Peça um novo link ao assistente e entre com sua conta de trabalho.".into()]),
         Reason::LinkUnknown | Reason::StateUnknown | Reason::StateMissing => (
             ["This link is not valid".into(), "This sign-in link is incomplete or unknown. Ask the assistant for a new link.".into()],
             ["Este link não é válido".into(), "Este link de login está incompleto ou é desconhecido. Peça um novo link ao assistente.".into()]),
@@ -134,10 +132,16 @@ pub fn failure(lang: Lang, reason: Reason, display: &str) -> Response {
         | Reason::ExchangeFailed
         | Reason::NoRefreshToken
         | Reason::IdTokenInvalid
-        | Reason::GraphFailed
         | Reason::ProfileFailed => (
             ["We could not connect your account".into(), format!("The {d} sign-in did not complete, so nothing was connected. Ask the assistant for a new link; if it happens again, tell the person who sent it.")],
             ["Não foi possível conectar sua conta".into(), format!("O login da conta {d} não foi concluído, então nada foi conectado. Peça um novo link ao assistente; se acontecer de novo, avise quem enviou o link.")]),
+        // A provider kind's own reason brings its words (its file says them).
+        Reason::Own(own) => {
+            let fill = |[title, text]: [&str; 2]| {
+                [title, text].map(|w| w.replace("{provider}", d))
+            };
+            (fill(own.words.en), fill(own.words.pt_br))
+        }
     };
     let [title, text] = match lang {
         Lang::En => en,
@@ -178,7 +182,7 @@ mod tests {
 
     #[test]
     fn every_failure_page_is_kind_and_closed() {
-        for reason in Reason::ALL {
+        for reason in crate::provider::every_reason() {
             for lang in [Lang::En, Lang::PtBr] {
                 let r = failure(lang, reason, "GitHub");
                 assert_eq!(r.status, reason.status());

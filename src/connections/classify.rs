@@ -11,64 +11,11 @@
 //! token is ambiguous (the provider answered success, so it may have rotated).
 
 use super::refresher::RefreshOutcome;
-use crate::provider::Grant;
-use crate::secret::Secret;
+use crate::grant::Grant;
+/// How a token request failed without an HTTP answer: the outbound layer's words for it.
+pub use crate::outbound::TransportFailure;
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
-
-/// How a token request failed without an HTTP answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportFailure {
-    /// The host name did not resolve.
-    Dns,
-    /// No connection was made: refused, unreachable, or the connect phase timed out.
-    Connect,
-    /// The TLS handshake failed (no request byte is sent before it completes).
-    Tls,
-    /// The request line and headers were not all written: no server acts on half a request.
-    HeadNotSent,
-    /// A timeout or reset while the body was being sent or the answer awaited or read, or a
-    /// budget that ran out in a phase nobody recorded.
-    AfterSending,
-    /// Something came back that is not HTTP.
-    BadResponse,
-    /// A local setting (URL, proxy) made the request impossible.
-    Config,
-}
-
-impl TransportFailure {
-    /// What a ureq 3 error says. Set a connect timeout below the global one
-    /// (`timeout_connect`, `timeout_resolve`): ureq reports a timeout by the budget that ran
-    /// out, so with only `timeout_global` a connect that never completed is reported as
-    /// `Global`, which must be treated as ambiguous.
-    pub fn of_ureq(e: &ureq::Error) -> TransportFailure {
-        use std::io::ErrorKind;
-        use ureq::Timeout;
-        match e {
-            ureq::Error::HostNotFound => TransportFailure::Dns,
-            ureq::Error::ConnectionFailed => TransportFailure::Connect,
-            ureq::Error::Tls(_) => TransportFailure::Tls,
-            ureq::Error::Timeout(Timeout::Resolve) => TransportFailure::Dns,
-            ureq::Error::Timeout(Timeout::Connect) => TransportFailure::Connect,
-            ureq::Error::Timeout(Timeout::SendRequest) => TransportFailure::HeadNotSent,
-            ureq::Error::Timeout(_) => TransportFailure::AfterSending,
-            ureq::Error::Io(io) => match io.kind() {
-                ErrorKind::ConnectionRefused
-                | ErrorKind::AddrNotAvailable
-                | ErrorKind::NetworkUnreachable
-                | ErrorKind::HostUnreachable => TransportFailure::Connect,
-                _ => TransportFailure::AfterSending,
-            },
-            ureq::Error::Protocol(_) => TransportFailure::BadResponse,
-            ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl | ureq::Error::Http(_) => {
-                TransportFailure::Config
-            }
-            // A body over our limit, a redirect we refused to follow, or anything newer: the
-            // request went out and we cannot tell what the provider did with it.
-            _ => TransportFailure::AfterSending,
-        }
-    }
-}
+use std::time::SystemTime;
 
 /// Classifies one refresh request: `Ok((status, body))` when an HTTP answer came back (its
 /// body as text, empty if none), `Err` when the transport failed. `sent_at` is when the
@@ -95,7 +42,7 @@ pub fn classify(
         };
     }
     match status {
-        200..=299 => match grant_from(&json, sent_at) {
+        200..=299 => match Grant::from_token_answer(&json, sent_at) {
             Some(grant) => RefreshOutcome::Granted(grant),
             None => RefreshOutcome::Ambiguous("unreadable_success".into()),
         },
@@ -132,34 +79,10 @@ fn code(error: &str) -> String {
     }
 }
 
-/// A successful token answer as a `Grant`, as the code exchange reads it (`oauth::redeem`):
-/// a JSON object with a non-empty `access_token`.
-fn grant_from(body: &Value, sent_at: SystemTime) -> Option<Grant> {
-    let token = |name: &str| {
-        body[name]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(Secret::new)
-    };
-    let access_token = token("access_token")?;
-    let expires_in = match &body["expires_in"] {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    };
-    Some(Grant {
-        access_token,
-        refresh_token: token("refresh_token"),
-        id_token: token("id_token"),
-        token_type: body["token_type"].as_str().unwrap_or("Bearer").to_string(),
-        scope: body["scope"].as_str().unwrap_or_default().to_string(),
-        expiry: expires_in.map(|s| sent_at + Duration::from_secs(s)),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn kind(result: Result<(u16, &str), TransportFailure>) -> String {
         match classify(result, SystemTime::UNIX_EPOCH) {
@@ -267,80 +190,5 @@ mod tests {
         ] {
             assert_eq!(kind(Err(failure)), expected);
         }
-    }
-
-    #[test]
-    fn ureq_errors_map_by_phase() {
-        use std::io::{Error, ErrorKind};
-        use ureq::Timeout;
-        let cases = [
-            (ureq::Error::HostNotFound, TransportFailure::Dns),
-            (ureq::Error::ConnectionFailed, TransportFailure::Connect),
-            (
-                ureq::Error::Timeout(Timeout::Connect),
-                TransportFailure::Connect,
-            ),
-            (
-                ureq::Error::Timeout(Timeout::Resolve),
-                TransportFailure::Dns,
-            ),
-            (
-                ureq::Error::Timeout(Timeout::SendRequest),
-                TransportFailure::HeadNotSent,
-            ),
-            (
-                ureq::Error::Timeout(Timeout::SendBody),
-                TransportFailure::AfterSending,
-            ),
-            (
-                ureq::Error::Timeout(Timeout::RecvResponse),
-                TransportFailure::AfterSending,
-            ),
-            // The global budget does not say which phase it ran out in.
-            (
-                ureq::Error::Timeout(Timeout::Global),
-                TransportFailure::AfterSending,
-            ),
-            (
-                ureq::Error::Io(Error::from(ErrorKind::ConnectionRefused)),
-                TransportFailure::Connect,
-            ),
-            (
-                ureq::Error::Io(Error::from(ErrorKind::ConnectionReset)),
-                TransportFailure::AfterSending,
-            ),
-            (
-                ureq::Error::Io(Error::from(ErrorKind::UnexpectedEof)),
-                TransportFailure::AfterSending,
-            ),
-            (ureq::Error::Tls("handshake"), TransportFailure::Tls),
-            (
-                ureq::Error::BodyExceedsLimit(1),
-                TransportFailure::AfterSending,
-            ),
-        ];
-        for (e, expected) in cases {
-            assert_eq!(TransportFailure::of_ureq(&e), expected, "{e}");
-        }
-    }
-
-    #[test]
-    fn a_real_refused_connection_is_not_sent() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let e = crate::outbound::agent(Duration::from_secs(5))
-            .post(&format!("http://127.0.0.1:{port}/token"))
-            .send_form([("grant_type", "refresh_token")])
-            .unwrap_err();
-        assert!(
-            matches!(
-                TransportFailure::of_ureq(&e),
-                TransportFailure::Connect | TransportFailure::Dns
-            ),
-            "{e:?}"
-        );
     }
 }

@@ -2,7 +2,7 @@
 //! of it, and declare how the provider treats a refresh token it has rotated. Providers
 //! implement `Refresher` on the shared OAuth client; tests hand in a closure (`RefreshFn`).
 
-use crate::provider::Grant;
+use crate::grant::Grant;
 use crate::secret::Secret;
 use std::time::Duration;
 

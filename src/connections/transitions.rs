@@ -7,7 +7,8 @@ use super::error::ConnError;
 use super::model::{Connection, Intent, IntentState, Status, StoredGrant};
 use super::policy::Policy;
 use super::refresher::{RefreshOutcome, Rotation};
-use crate::provider::{Grant, Identity};
+use crate::grant::Grant;
+use crate::identity::Identity;
 use std::time::{Duration, SystemTime};
 
 /// What a caller wants of a connection.

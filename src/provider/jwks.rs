@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::logging;
+use crate::outbound::{Http, Request};
 use crate::secret::Secret;
 
 /// The JWKS document may be at most this long; a larger one is refused whole.
@@ -64,43 +65,18 @@ const RSA_FAMILY: &[Algorithm] = &[
     Algorithm::PS512,
 ];
 
-/// Fetches a URL's body within a time budget: the one outbound call this module makes. A trait
-/// that a closure also implements, so tests hand in a fake (as oauth2-rs takes its HTTP client).
-pub trait Fetch: Send + Sync {
-    fn get(&self, url: &str, budget: Duration) -> Result<Vec<u8>, String>;
-}
-
-impl<F> Fetch for F
-where
-    F: Fn(&str, Duration) -> Result<Vec<u8>, String> + Send + Sync,
-{
-    fn get(&self, url: &str, budget: Duration) -> Result<Vec<u8>, String> {
-        self(url, budget)
+/// Fetches the JWKS at `url` through `http` within `budget`: a GET (no redirects followed, as
+/// every outbound call), reading at most [`MAX_JWKS_BYTES`]. The one outbound call this module
+/// makes.
+fn fetch(http: &dyn Http, url: &str, budget: Duration) -> Result<Vec<u8>, String> {
+    let request = Request::get(url, budget)
+        .header("Accept", "application/json")
+        .limit(MAX_JWKS_BYTES);
+    let response = http.call(request).map_err(|e| format!("GET {url}: {e}"))?;
+    if response.status != 200 {
+        return Err(format!("GET {url} answered HTTP {}", response.status));
     }
-}
-
-/// The real fetch: a GET through the project's outbound agent (ring TLS, webpki roots, no
-/// redirects, `budget` as the timeout of the whole call), reading at most [`MAX_JWKS_BYTES`].
-pub struct Https;
-
-impl Fetch for Https {
-    fn get(&self, url: &str, budget: Duration) -> Result<Vec<u8>, String> {
-        let mut response = crate::outbound::agent(budget)
-            .get(url)
-            .header("Accept", "application/json")
-            .call()
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(format!("GET {url} answered HTTP {status}"));
-        }
-        response
-            .body_mut()
-            .with_config()
-            .limit(MAX_JWKS_BYTES as u64)
-            .read_to_vec()
-            .map_err(|e| format!("GET {url}: {e}"))
-    }
+    Ok(response.body)
 }
 
 /// What the id_token must say, besides being signed by the provider.
@@ -212,7 +188,7 @@ type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 /// A provider's signing keys, fetched from its `jwks_uri` on first use and cached.
 pub struct Keys {
     jwks_uri: String,
-    fetch: Arc<dyn Fetch>,
+    http: Arc<dyn Http>,
     min_refetch: Duration,
     cache: Mutex<Cache>,
     /// Held for the length of a fetch, so concurrent verifications that need new keys wait for
@@ -224,11 +200,11 @@ pub struct Keys {
 
 impl Keys {
     /// `min_refetch` is the least time between two fetches (e.g. 10 s); the first fetch happens
-    /// on the first verification.
-    pub fn new(jwks_uri: String, fetch: Arc<dyn Fetch>, min_refetch: Duration) -> Keys {
+    /// on the first verification, through `http`.
+    pub fn new(jwks_uri: String, http: Arc<dyn Http>, min_refetch: Duration) -> Keys {
         Keys {
             jwks_uri,
-            fetch,
+            http,
             min_refetch,
             cache: Mutex::new(Cache {
                 snapshot: Snapshot {
@@ -331,10 +307,7 @@ impl Keys {
             }
             cache.attempted = Some(now);
         }
-        let outcome = self
-            .fetch
-            .get(&self.jwks_uri, budget)
-            .and_then(|body| parse_jwks(&body));
+        let outcome = fetch(&*self.http, &self.jwks_uri, budget).and_then(|body| parse_jwks(&body));
         match &outcome {
             Ok(keys) => logging::info(
                 "jwks_fetched",
@@ -505,6 +478,12 @@ fn openid_rules(claims: &Value, expect: &Expect) -> Result<(), IdTokenError> {
         }
     }
     Ok(())
+}
+
+/// How many signing keys of a JWKS body verification would use (the deployment check's
+/// question: are the provider's keys reachable and usable from here).
+pub fn usable_keys(body: &[u8]) -> Result<usize, String> {
+    parse_jwks(body).map(|keys| keys.len())
 }
 
 /// Reads a JWKS body into usable keys: bounded in size and count; keys for encryption, HMAC
@@ -706,13 +685,20 @@ mod tests {
             }
         }
 
-        fn fetch(&self) -> Arc<dyn Fetch> {
+        fn fetch(&self) -> Arc<dyn Http> {
             let body = self.body.clone();
             let calls = self.calls.clone();
-            Arc::new(move |url: &str, _budget: Duration| {
-                assert_eq!(url, URI);
+            Arc::new(move |request: Request| {
+                assert_eq!(request.url, URI);
+                assert_eq!(request.limit, MAX_JWKS_BYTES);
                 calls.fetch_add(1, Ordering::SeqCst);
-                body.lock().unwrap().clone()
+                match body.lock().unwrap().clone() {
+                    Ok(body) => Ok(crate::outbound::Response::new(200, body)),
+                    Err(e) => Err(crate::outbound::TransportError::new(
+                        crate::outbound::TransportFailure::Connect,
+                        e,
+                    )),
+                }
             })
         }
 
@@ -1034,6 +1020,22 @@ mod tests {
     }
 
     #[test]
+    fn jwks_an_answer_other_than_200_is_keys_unavailable_naming_the_status() {
+        let http: Arc<dyn Http> = Arc::new(|request: Request| {
+            assert_eq!(request.header_value("accept"), Some("application/json"));
+            Ok(crate::outbound::Response::new(404, "not here"))
+        });
+        let keys = Keys::new(URI.into(), http, Duration::ZERO);
+        let token = Signer::ec("ec-1").sign(&claims());
+        match keys.verify(&token, &expect(), budget()) {
+            Err(IdTokenError::KeysUnavailable(d)) => {
+                assert!(d.contains(&format!("GET {URI} answered HTTP 404")), "{d}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
     fn jwks_fetch_failure_is_keys_unavailable_and_rate_limited() {
         let ec = Signer::ec("ec-1");
         let fake = Fake::serving(Vec::new());
@@ -1193,12 +1195,12 @@ mod tests {
         let release_rx = Mutex::new(release_rx);
         let entered_tx = Mutex::new(entered_tx);
         let counter = calls.clone();
-        let fetch = move |_: &str, _: Duration| {
+        let fetch = move |_: Request| {
             counter.fetch_add(1, Ordering::SeqCst);
             let _ = entered_tx.lock().unwrap().send(());
             // Returns at once for any fetch after the first (the sender is dropped by then).
             let _ = release_rx.lock().unwrap().recv();
-            Ok::<_, String>(body.clone())
+            Ok(crate::outbound::Response::new(200, body.clone()))
         };
         // min_refetch zero: only single-flight keeps the waiters from fetching again.
         let keys = Arc::new(Keys::new(URI.into(), Arc::new(fetch), Duration::ZERO));

@@ -17,26 +17,198 @@
 //! The id_token comes straight from the token endpoint over TLS, so its claims are read
 //! without checking its signature (OpenID Connect Core 3.1.3.7, item 6).
 
+//!
+//! The `WK_M365_*` variables and flags of the version before providers define a Microsoft
+//! provider named `m365`, served at `/m365/*` ([`WkArgs`], flattened into the command line).
+//!
+//! Refresh tokens: Entra issues a new one with each refresh and the old one stays valid until
+//! it expires (`Rotation::ReusableAfterRotation`); one unused for 90 days expires. The identity
+//! platform offers no revocation endpoint.
+
 use super::oauth::{self, ClientAuth};
-use super::{with_scopes, AuthorizeRequest, Grant, Identity, Provider};
-use crate::error::{Error, Reason, SignInFailure};
-use crate::providers_config::ProviderSettings;
+use super::settings::{split_scopes, Form, ProviderSettings, Setting, Source};
+use super::{with_scopes, Grant, Identity, Kind, Provider, Upstream, Wanted};
+use crate::connections::refresher::{RefreshOutcome, Refresher, Rotation};
+use crate::error::{Error, OwnReason, Reason, SignInFailure, Words};
+use crate::outbound::{Http, Request};
 use crate::secret::Secret;
+use crate::urls::checked_url;
 use base64::Engine;
 use serde_json::{json, Value};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The `microsoft` kind in the registry (`provider::KINDS`).
+pub static KIND: Kind = Kind {
+    name: "microsoft",
+    settings: &[
+        Setting {
+            name: "TENANT",
+            form: Form::Text,
+        },
+        Setting {
+            name: "API_URL",
+            form: Form::Url,
+        },
+        Setting {
+            name: "LOGIN_URL",
+            form: Form::Url,
+        },
+    ],
+    check: check_settings,
+    build: |s, http, budget| Ok(Arc::new(Microsoft::new(s, http, budget))),
+    reasons: &[&TENANT_MISMATCH, &GRAPH_FAILED],
+};
 
 pub const DEFAULT_SCOPES: &str = "offline_access User.Read Mail.Read Calendars.Read";
 pub const DEFAULT_LOGIN_BASE: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_GRAPH_BASE: &str = "https://graph.microsoft.com";
 pub const DEFAULT_TENANT: &str = "organizations";
 const DISPLAY_NAME: &str = "Microsoft 365";
+/// An Entra refresh token unused this long expires (its inactivity lifetime).
+const IDLE_LIMIT: Duration = Duration::from_secs(90 * 24 * 3600);
+/// What a session asking for a scope that is not read-only is told (400).
+pub const WRITE_SCOPE_REFUSED: &str = "Only read-only Microsoft Graph scopes are allowed";
+
+/// The account belongs to another tenant than the pinned one.
+pub static TENANT_MISMATCH: OwnReason = OwnReason {
+    code: "tenant_mismatch",
+    status: 403,
+    words: Words {
+        en: [
+            "This account's organization is not allowed",
+            "The account you signed in with belongs to a different organization, so nothing was connected. Ask the assistant for a new link and sign in with your work account.",
+        ],
+        pt_br: [
+            "A organização desta conta não é permitida",
+            "A conta com que você entrou pertence a outra organização, então nada foi conectado. Peça um novo link ao assistente e entre com sua conta de trabalho.",
+        ],
+    },
+};
+
+/// Microsoft Graph `/me` failed (or answered for another account than the id_token's).
+pub static GRAPH_FAILED: OwnReason = OwnReason {
+    code: "graph_failed",
+    status: 502,
+    words: Words {
+        en: [
+            "We could not connect your account",
+            "The {provider} sign-in did not complete, so nothing was connected. Ask the assistant for a new link; if it happens again, tell the person who sent it.",
+        ],
+        pt_br: [
+            "Não foi possível conectar sua conta",
+            "O login da conta {provider} não foi concluído, então nada foi conectado. Peça um novo link ao assistente; se acontecer de novo, avise quem enviou o link.",
+        ],
+    },
+};
+
+/// The name of the provider the `WK_M365_*` variables define, which `/m365/*` serves.
+pub const WK_NAME: &str = "m365";
+
+/// The `WK_M365_*` variable of each setting of the `m365` provider.
+const WK_NAMES: &[(&str, &str)] = &[
+    ("CLIENT_ID", "WK_M365_CLIENT_ID"),
+    ("CLIENT_SECRET", "WK_M365_CLIENT_SECRET"),
+    ("TENANT", "WK_M365_TENANT_ID"),
+    ("LOGIN_URL", "WK_M365_LOGIN_BASE_URL"),
+    ("API_URL", "WK_M365_GRAPH_BASE_URL"),
+    ("SCOPES", "WK_M365_SCOPES"),
+];
+
+/// The Microsoft 365 provider's settings of the version before providers, as flags and
+/// `WK_M365_*` variables (flattened into the broker's).
+#[derive(clap::Args, Debug, Clone)]
+#[group(skip)]
+pub struct WkArgs {
+    /// Application (client) id of the Microsoft Entra app registration: defines the Microsoft
+    /// 365 provider `m365`, served at /m365/*.
+    #[arg(long, env = "WK_M365_CLIENT_ID")]
+    pub m365_client_id: Option<String>,
+    /// Tenant: a GUID or a domain pins sign-ins to that tenant; `organizations` or `common`
+    /// do not.
+    #[arg(long, env = "WK_M365_TENANT_ID", default_value = DEFAULT_TENANT)]
+    pub m365_tenant_id: String,
+    /// Client secret of a confidential ("Web") app registration; unset: public client (PKCE only).
+    #[arg(long, env = "WK_M365_CLIENT_SECRET", hide_env_values = true)]
+    pub m365_client_secret: Option<String>,
+    /// Microsoft identity platform base URL (national clouds, tests).
+    #[arg(long, env = "WK_M365_LOGIN_BASE_URL", default_value = DEFAULT_LOGIN_BASE)]
+    pub m365_login_base_url: String,
+    /// Microsoft Graph base URL (national clouds, tests).
+    #[arg(long, env = "WK_M365_GRAPH_BASE_URL", default_value = DEFAULT_GRAPH_BASE)]
+    pub m365_graph_base_url: String,
+    /// Space-separated scopes; only read-only Graph scopes are accepted.
+    #[arg(long, env = "WK_M365_SCOPES", default_value = DEFAULT_SCOPES)]
+    pub m365_scopes: String,
+}
+
+impl Default for WkArgs {
+    fn default() -> Self {
+        WkArgs {
+            m365_client_id: None,
+            m365_tenant_id: DEFAULT_TENANT.into(),
+            m365_client_secret: None,
+            m365_login_base_url: DEFAULT_LOGIN_BASE.into(),
+            m365_graph_base_url: DEFAULT_GRAPH_BASE.into(),
+            m365_scopes: DEFAULT_SCOPES.into(),
+        }
+    }
+}
+
+impl WkArgs {
+    /// The variable that defines the provider (and so turns broker mode on).
+    pub const DEFINED_BY: &'static str = "WK_M365_CLIENT_ID";
+
+    /// Whether the provider is defined (a client id that is not blank).
+    pub fn is_set(&self) -> bool {
+        self.m365_client_id
+            .as_deref()
+            .is_some_and(|id| !id.trim().is_empty())
+    }
+
+    /// The `m365` provider's settings, its redirect URI under `public`; `None` when it is not
+    /// defined. Checked for form here; Microsoft's rules apply later (`check_settings`).
+    pub fn settings(&self, public: &str) -> Result<Option<ProviderSettings>, String> {
+        let Some(client_id) = self
+            .m365_client_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+        else {
+            return Ok(None);
+        };
+        let mut s = ProviderSettings::new(
+            WK_NAME,
+            &KIND,
+            format!("{public}/m365/callback"),
+            client_id.to_string(),
+        );
+        s.client_secret = self
+            .m365_client_secret
+            .clone()
+            .filter(|secret| !secret.is_empty())
+            .map(Secret::new);
+        s.scopes = split_scopes(&self.m365_scopes);
+        s.own.insert(
+            "API_URL",
+            checked_url(&self.m365_graph_base_url, "WK_M365_GRAPH_BASE_URL")?,
+        );
+        s.own.insert(
+            "LOGIN_URL",
+            checked_url(&self.m365_login_base_url, "WK_M365_LOGIN_BASE_URL")?,
+        );
+        s.own
+            .insert("TENANT", self.m365_tenant_id.trim().to_string());
+        s.source = Source::Legacy(WK_NAMES);
+        Ok(Some(s))
+    }
+}
 
 /// Applies Microsoft's rules to the settings: a tenant of the right form, read-only scopes
 /// including `offline_access` (the broker hands out a refresh token), and the defaults.
 pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {
-    let tenant = s.tenant.get_or_insert_with(|| DEFAULT_TENANT.into());
+    s.set_default("TENANT", DEFAULT_TENANT);
+    let tenant = s.get("TENANT").unwrap_or_default();
     if tenant.is_empty()
         || !tenant
             .chars()
@@ -48,7 +220,7 @@ pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {
         ));
     }
     if s.scopes.is_empty() {
-        s.scopes = crate::providers_config::split_scopes(DEFAULT_SCOPES);
+        s.scopes = split_scopes(DEFAULT_SCOPES);
     }
     s.scopes =
         read_only_scopes(&s.scopes.join(" ")).map_err(|e| format!("{}: {e}", s.var("SCOPES")))?;
@@ -62,24 +234,23 @@ pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {
         read_only_scopes(&allowed.join(" "))
             .map_err(|e| format!("{}: {e}", s.var("ALLOWED_SCOPES")))?;
     }
-    s.login_url.get_or_insert_with(|| DEFAULT_LOGIN_BASE.into());
-    s.api_url.get_or_insert_with(|| DEFAULT_GRAPH_BASE.into());
+    s.set_default("LOGIN_URL", DEFAULT_LOGIN_BASE);
+    s.set_default("API_URL", DEFAULT_GRAPH_BASE);
     Ok(())
 }
 
 pub struct Microsoft {
     name: String,
     display_name: String,
-    client_id: String,
-    /// A confidential ("Web") registration sends its secret in the form, as Microsoft documents.
-    client_auth: ClientAuth,
+    /// A confidential ("Web") registration sends its secret in the form, as Microsoft
+    /// documents; the v2.0 endpoints want the scopes again at the token endpoint.
+    client: oauth::Client,
     tenant: String,
     /// The pinned tenant's GUID: the configured GUID, or a domain's once resolved; `None` for
     /// `organizations` and `common`.
     pinned: Pinned,
     login_base: String,
     graph_base: String,
-    redirect_uri: String,
     scopes: Vec<String>,
     allowed_scopes: Option<Vec<String>>,
     /// The variables hints tell the operator to fix.
@@ -87,6 +258,8 @@ pub struct Microsoft {
     tenant_var: String,
     client_id_var: String,
     scopes_var: String,
+    login_var: String,
+    graph_var: String,
 }
 
 /// Whether sign-ins are pinned to one tenant, and its GUID.
@@ -106,8 +279,8 @@ fn is_alias(tenant: &str) -> bool {
 }
 
 impl Microsoft {
-    pub fn new(s: &ProviderSettings, budget: Duration) -> Self {
-        let tenant = s.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into());
+    pub fn new(s: &ProviderSettings, http: Arc<dyn Http>, budget: Duration) -> Self {
+        let tenant = s.get("TENANT").unwrap_or(DEFAULT_TENANT).to_string();
         let pinned = if is_alias(&tenant) {
             Pinned::No
         } else if is_guid(&tenant) {
@@ -115,34 +288,42 @@ impl Microsoft {
         } else {
             Pinned::Domain(Mutex::new(None))
         };
+        let login_base = s.get("LOGIN_URL").unwrap_or(DEFAULT_LOGIN_BASE).to_string();
+        let endpoint = |name: &str| format!("{login_base}/{tenant}/oauth2/v2.0/{name}");
+        let client = oauth::Client {
+            authorize_params: vec![("response_mode".into(), "query".into())],
+            scope_in_token_requests: true,
+            ..oauth::Client::new(
+                &s.client_id,
+                match &s.client_secret {
+                    Some(secret) => ClientAuth::SecretPost(secret.clone()),
+                    None => ClientAuth::None,
+                },
+                &s.redirect_uri,
+                &endpoint("authorize"),
+                &endpoint("token"),
+                http,
+            )
+        };
         let m = Microsoft {
             name: s.name.clone(),
             display_name: s
                 .display_name
                 .clone()
                 .unwrap_or_else(|| DISPLAY_NAME.into()),
-            client_id: s.client_id.clone(),
-            client_auth: match &s.client_secret {
-                Some(secret) => ClientAuth::SecretPost(secret.clone()),
-                None => ClientAuth::None,
-            },
+            client,
             tenant,
             pinned,
-            login_base: s
-                .login_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_LOGIN_BASE.into()),
-            graph_base: s
-                .api_url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_GRAPH_BASE.into()),
-            redirect_uri: s.redirect_uri.clone(),
+            login_base,
+            graph_base: s.get("API_URL").unwrap_or(DEFAULT_GRAPH_BASE).to_string(),
             scopes: s.scopes.clone(),
             allowed_scopes: s.allowed_scopes.clone(),
             secret_var: s.var("CLIENT_SECRET"),
             tenant_var: s.var("TENANT"),
             client_id_var: s.var("CLIENT_ID"),
             scopes_var: s.var("SCOPES"),
+            login_var: s.var("LOGIN_URL"),
+            graph_var: s.var("API_URL"),
         };
         if let Pinned::Domain(_) = m.pinned {
             // Not fatal: the identity platform may be unreachable for a moment at start-up;
@@ -160,10 +341,6 @@ impl Microsoft {
             }
         }
         m
-    }
-
-    fn endpoint(&self, name: &str) -> String {
-        format!("{}/{}/oauth2/v2.0/{name}", self.login_base, self.tenant)
     }
 
     /// The GUID sign-ins are pinned to (`None`: any tenant), resolving a domain if need be.
@@ -195,12 +372,9 @@ impl Microsoft {
                 self.tenant_var
             )))
         };
-        let response = crate::outbound::agent(budget)
-            .get(&url)
-            .header("Accept", "application/json")
-            .call();
-        let (status, document) =
-            super::read_json(response).map_err(|e| failed(format!("GET {url}: {e}")))?;
+        let request = Request::get(&url, budget).header("Accept", "application/json");
+        let (status, document) = super::call_json(&*self.client.http, request)
+            .map_err(|e| failed(format!("GET {url}: {e}")))?;
         if status != 200 {
             return Err(failed(format!("GET {url} answered HTTP {status}")));
         }
@@ -213,7 +387,7 @@ impl Microsoft {
     /// What to fix in the app registration for Microsoft errors operators meet in practice.
     fn hint_for(&self, description: &str) -> Option<String> {
         let (secret, tenant, client) = (&self.secret_var, &self.tenant_var, &self.client_id_var);
-        let redirect = &self.redirect_uri;
+        let redirect = &self.client.redirect_uri;
         let hint = match aadsts_code(description)? {
             "AADSTS7000218" => format!("the app registration is a confidential (Web) client: set {secret}, or add the redirect URI under 'Mobile and desktop applications' to use a public client"),
             "AADSTS7000215" => format!("{secret} is wrong or expired: create a new client secret in the app registration"),
@@ -274,15 +448,16 @@ impl Provider for Microsoft {
         true
     }
 
-    fn redirect_uri(&self) -> &str {
-        &self.redirect_uri
+    fn client(&self) -> &oauth::Client {
+        &self.client
     }
 
     fn scopes(&self, requested: Option<&[String]>) -> Result<Vec<String>, Error> {
         let scopes = match requested {
             None => self.scopes.clone(),
             Some(list) => {
-                let scopes = read_only_scopes(&list.join(" ")).map_err(|_| Error::WriteScope)?;
+                let scopes = read_only_scopes(&list.join(" "))
+                    .map_err(|_| Error::BadRequest(WRITE_SCOPE_REFUSED))?;
                 match &self.allowed_scopes {
                     Some(allowed) => super::allowed_subset(&scopes, allowed)?,
                     None => scopes,
@@ -297,27 +472,6 @@ impl Provider for Microsoft {
             _ => &["openid", "offline_access"],
         };
         Ok(with_scopes(scopes, sign_in))
-    }
-
-    fn authorize_url(&self, r: &AuthorizeRequest) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query
-            .append_pair("client_id", &self.client_id)
-            .append_pair("response_type", "code")
-            .append_pair("redirect_uri", &self.redirect_uri)
-            .append_pair("response_mode", "query")
-            .append_pair("scope", &r.scopes.join(" "))
-            .append_pair("state", r.state)
-            .append_pair("code_challenge", r.code_challenge)
-            .append_pair("code_challenge_method", "S256")
-            .append_pair("nonce", r.nonce);
-        if let Some(hint) = r.login_hint {
-            query.append_pair("login_hint", hint);
-        }
-        if r.force_consent {
-            query.append_pair("prompt", "consent");
-        }
-        format!("{}?{}", self.endpoint("authorize"), query.finish())
     }
 
     /// Microsoft does not send `iss` in authorization responses (nor advertise RFC 9207), so
@@ -344,30 +498,6 @@ impl Provider for Microsoft {
                 format!("the authorization response's iss is {iss:?}"),
             ))
         }
-    }
-
-    fn exchange(
-        &self,
-        code: &Secret,
-        verifier: &Secret,
-        scopes: &[String],
-        budget: Duration,
-    ) -> Result<Grant, SignInFailure> {
-        let scope = scopes.join(" ");
-        oauth::redeem(
-            &oauth::Redemption {
-                token_url: &self.endpoint("token"),
-                client_id: &self.client_id,
-                auth: &self.client_auth,
-                redirect_uri: &self.redirect_uri,
-                code,
-                verifier,
-                // Microsoft's v2.0 endpoint wants the scopes again at redemption.
-                extra: &[("scope", &scope)],
-            },
-            budget,
-            &|description| self.hint_for(description),
-        )
     }
 
     fn identity(
@@ -407,27 +537,25 @@ impl Provider for Microsoft {
         if let Some(pinned) = &pinned {
             if tenant != *pinned {
                 return Err(SignInFailure::new(
-                    Reason::TenantMismatch,
+                    Reason::Own(&TENANT_MISMATCH),
                     format!("id_token tid is {tenant}, pinned to {pinned}"),
                 ));
             }
         }
-        let response = crate::outbound::agent(budget)
-            .get(&format!("{}/v1.0/me", self.graph_base))
+        let request = Request::get(format!("{}/v1.0/me", self.graph_base), budget)
             .header(
                 "Authorization",
-                &format!("Bearer {}", grant.access_token.expose()),
+                format!("Bearer {}", grant.access_token.expose()),
             )
-            .header("Accept", "application/json")
-            .call();
-        let (status, me) = super::read_json(response).map_err(|detail| {
-            SignInFailure::new(Reason::GraphFailed, detail).with_hint(Some(
+            .header("Accept", "application/json");
+        let (status, me) = super::call_json(&*self.client.http, request).map_err(|detail| {
+            SignInFailure::new(Reason::Own(&GRAPH_FAILED), detail).with_hint(Some(
                 "Microsoft Graph did not answer in time; check the Graph base URL and egress",
             ))
         })?;
         if status != 200 {
             return Err(SignInFailure::new(
-                Reason::GraphFailed,
+                Reason::Own(&GRAPH_FAILED),
                 format!(
                     "GET /v1.0/me answered HTTP {status} {}",
                     me["error"]["code"].as_str().unwrap_or("")
@@ -443,13 +571,13 @@ impl Provider for Microsoft {
             .as_str()
             .filter(|id| !id.is_empty())
             .map(str::to_lowercase)
-            .ok_or_else(|| SignInFailure::new(Reason::GraphFailed, "Graph /me has no id"))?;
+            .ok_or_else(|| SignInFailure::new(Reason::Own(&GRAPH_FAILED), "Graph /me has no id"))?;
         if claims["oid"]
             .as_str()
             .is_some_and(|o| !o.eq_ignore_ascii_case(&oid))
         {
             return Err(SignInFailure::new(
-                Reason::GraphFailed,
+                Reason::Own(&GRAPH_FAILED),
                 "Graph /me answered for another object than the id_token's oid",
             ));
         }
@@ -478,11 +606,54 @@ impl Provider for Microsoft {
         json!({
             "name": self.name,
             "kind": "microsoft",
-            "redirect_uri": self.redirect_uri,
+            "redirect_uri": self.client.redirect_uri,
             "tenant": self.tenant,
-            "confidential_client": self.client_auth.is_confidential(),
+            "confidential_client": self.client.auth.is_confidential(),
             "scopes": self.scopes.join(" "),
         })
+    }
+
+    /// The tenant's OpenID configuration (it resolves a tenant domain, and answers only for a
+    /// tenant that exists) and Graph, which every sign-in asks who signed in. The id_token's
+    /// claims are read without its keys (see the top of the file), so the keys are not needed.
+    fn upstreams(&self) -> Vec<Upstream> {
+        vec![
+            Upstream {
+                name: "discovery",
+                url: format!(
+                    "{}/{}/v2.0/.well-known/openid-configuration",
+                    self.login_base, self.tenant
+                ),
+                wanted: Wanted::Discovery(None),
+                setting: format!("{} and {}", self.login_var, self.tenant_var),
+            },
+            Upstream {
+                name: "graph",
+                url: format!("{}/v1.0/me", self.graph_base),
+                wanted: Wanted::AnyAnswer,
+                setting: self.graph_var.clone(),
+            },
+        ]
+    }
+}
+
+/// Entra rotates refresh tokens but keeps the old ones valid; 90 days unused, one expires.
+impl Refresher for Microsoft {
+    fn rotation(&self) -> Rotation {
+        Rotation::ReusableAfterRotation
+    }
+
+    fn refresh(
+        &self,
+        refresh_token: &Secret,
+        scopes: &[String],
+        budget: Duration,
+    ) -> RefreshOutcome {
+        self.client.refresh(refresh_token, scopes, budget)
+    }
+
+    fn idle_limit(&self) -> Option<Duration> {
+        Some(IDLE_LIMIT)
     }
 }
 
@@ -601,6 +772,9 @@ pub fn jwt_claims(jwt: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::Response;
+    use crate::provider::testing::Upstream;
+    use crate::provider::AuthorizeRequest;
 
     #[test]
     fn claims_are_read_from_the_payload() {
@@ -609,23 +783,31 @@ mod tests {
         assert!(jwt_claims("garbage").is_none());
     }
 
-    /// The `WK_M365_*` provider as the shared test settings build it.
+    /// The `WK_M365_*` provider as its flags build it, with only a client id.
     fn settings() -> ProviderSettings {
-        ProviderSettings {
-            redirect_uri: "https://relay.example/m365/callback".into(),
-            source: crate::providers_config::Source::Wk,
-            ..crate::providers_config::tests_support::settings(
-                "m365",
-                crate::providers_config::Kind::Microsoft,
-            )
+        let mut s = WkArgs {
+            m365_client_id: Some("client".into()),
+            ..WkArgs::default()
         }
+        .settings("https://relay.example")
+        .unwrap()
+        .unwrap();
+        // As before its flags had defaults: what Microsoft's rules default to.
+        s.own.clear();
+        s.scopes.clear();
+        s
+    }
+
+    /// A provider that reaches nothing (a pinned domain is then left unresolved).
+    fn microsoft(s: &ProviderSettings) -> Microsoft {
+        Microsoft::new(s, Upstream::unreachable().http, Duration::from_secs(1))
     }
 
     #[test]
     fn known_errors_get_a_hint_naming_the_variable() {
         let mut s = settings();
         check_settings(&mut s).unwrap();
-        let m = Microsoft::new(&s, Duration::from_secs(1));
+        let m = microsoft(&s);
         assert!(m
             .hint_for("AADSTS7000218: The request body must contain")
             .unwrap()
@@ -682,7 +864,7 @@ mod tests {
     fn settings_follow_microsofts_rules() {
         let mut s = settings();
         check_settings(&mut s).unwrap();
-        assert_eq!(s.tenant.as_deref(), Some("organizations"));
+        assert_eq!(s.get("TENANT"), Some("organizations"));
         assert_eq!(s.scopes.join(" "), DEFAULT_SCOPES);
         let mut s = settings();
         s.scopes = vec!["offline_access".into(), "Mail.Send".into()];
@@ -695,24 +877,25 @@ mod tests {
             .unwrap_err()
             .contains("offline_access"));
         let mut s = settings();
-        s.tenant = Some("a/b".into());
+        s.own.insert("TENANT", "a/b".into());
         assert!(check_settings(&mut s)
             .unwrap_err()
             .contains("WK_M365_TENANT_ID"));
         let mut s = settings();
         check_settings(&mut s).unwrap();
-        let m = Microsoft::new(&s, Duration::from_secs(1));
+        let m = microsoft(&s);
         assert_eq!(
             m.scopes(Some(&["Mail.Send".to_string()])),
-            Err(Error::WriteScope)
+            Err(Error::BadRequest(WRITE_SCOPE_REFUSED))
         );
         let scopes = m.scopes(Some(&["User.Read".to_string()])).unwrap();
         assert_eq!(scopes, ["openid", "offline_access", "email", "User.Read"]);
         // A pinned tenant's directory vouches for Graph's mail: no `email` claim needed.
         let mut s = settings();
-        s.tenant = Some("11111111-2222-3333-4444-555555555555".into());
+        s.own
+            .insert("TENANT", "11111111-2222-3333-4444-555555555555".into());
         check_settings(&mut s).unwrap();
-        let pinned = Microsoft::new(&s, Duration::from_secs(1));
+        let pinned = microsoft(&s);
         let scopes = pinned.scopes(Some(&["User.Read".to_string()])).unwrap();
         assert_eq!(scopes, ["openid", "offline_access", "User.Read"]);
     }
@@ -824,9 +1007,10 @@ mod tests {
     #[test]
     fn the_iss_parameter_is_optional_but_must_be_microsofts() {
         let mut s = settings();
-        s.tenant = Some("11111111-2222-3333-4444-555555555555".into());
+        s.own
+            .insert("TENANT", "11111111-2222-3333-4444-555555555555".into());
         check_settings(&mut s).unwrap();
-        let pinned = Microsoft::new(&s, Duration::from_secs(1));
+        let pinned = microsoft(&s);
         assert!(pinned.check_response_issuer(None).is_ok());
         assert!(pinned
             .check_response_issuer(Some(
@@ -845,14 +1029,11 @@ mod tests {
                 Reason::IssuerMismatch
             );
         }
-        let any = Microsoft::new(
-            &{
-                let mut s = settings();
-                check_settings(&mut s).unwrap();
-                s
-            },
-            Duration::from_secs(1),
-        );
+        let any = microsoft(&{
+            let mut s = settings();
+            check_settings(&mut s).unwrap();
+            s
+        });
         assert!(any
             .check_response_issuer(Some(
                 "https://login.microsoftonline.com/99999999-2222-3333-4444-555555555555/v2.0"
@@ -868,5 +1049,246 @@ mod tests {
         assert!(is_guid("11111111-2222-3333-4444-555555555555"));
         assert!(!is_guid("organizations"));
         assert!(!is_guid("contoso.onmicrosoft.com"));
+    }
+
+    /// An id_token as the token endpoint sends it (unsigned here: its claims are read only).
+    fn id_token(claims: Value) -> Secret {
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        Secret::new(format!(
+            "{}.{}.sig",
+            b64(&json!({"alg": "RS256"})),
+            b64(&claims)
+        ))
+    }
+
+    fn grant(claims: Value) -> Grant {
+        Grant {
+            access_token: Secret::new("at"),
+            refresh_token: Some(Secret::new("rt")),
+            id_token: Some(id_token(claims)),
+            token_type: "Bearer".into(),
+            scope: String::new(),
+            expiry: None,
+        }
+    }
+
+    const TID: &str = "11111111-2222-3333-4444-555555555555";
+    const OID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+
+    fn checked(tenant: Option<&str>) -> ProviderSettings {
+        let mut s = settings();
+        if let Some(t) = tenant {
+            s.own.insert("TENANT", t.into());
+        }
+        check_settings(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn sign_ins_go_to_the_tenants_v2_endpoints_with_microsofts_parameters() {
+        let upstream = Upstream::answering(200, r#"{"access_token":"at","refresh_token":"rt"}"#);
+        let m = Microsoft::new(
+            &checked(Some(TID)),
+            upstream.http.clone(),
+            Duration::from_secs(1),
+        );
+        let scopes = m.scopes(None).unwrap();
+        let url = m.authorize_url(&AuthorizeRequest {
+            state: "st",
+            code_challenge: "ch",
+            nonce: "n",
+            login_hint: Some("ana@contoso.example"),
+            scopes: &scopes,
+            force_consent: true,
+        });
+        assert!(
+            url.starts_with(&format!(
+                "https://login.microsoftonline.com/{TID}/oauth2/v2.0/authorize?client_id=client&"
+            )),
+            "{url}"
+        );
+        for part in [
+            "response_mode=query",
+            "nonce=n",
+            "login_hint=ana%40contoso.example",
+            "prompt=consent",
+        ] {
+            assert!(url.contains(part), "{part}: {url}");
+        }
+        m.exchange(
+            &Secret::new("c"),
+            &Secret::new("v"),
+            &scopes,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let sent = upstream.requests();
+        assert_eq!(
+            sent[0].url,
+            format!("https://login.microsoftonline.com/{TID}/oauth2/v2.0/token")
+        );
+        // The v2.0 endpoint wants the scopes again at redemption; a public client has no secret.
+        assert_eq!(sent[0].form_value("scope"), Some(scopes.join(" ")));
+        assert_eq!(sent[0].form_value("client_secret"), None);
+    }
+
+    #[test]
+    fn who_signed_in_is_the_tenant_and_graphs_object_id() {
+        let me = |body: &'static str| {
+            Upstream::new(move |r| {
+                assert_eq!(r.url, "https://graph.microsoft.com/v1.0/me");
+                assert_eq!(r.header_value("authorization"), Some("Bearer at"));
+                Ok(Response::new(200, body))
+            })
+        };
+        let claims = json!({"tid": TID.to_uppercase(), "oid": OID, "nonce": "n"});
+        let graph =
+            me(r#"{"id":"AAAAAAAA-bbbb-cccc-dddd-eeeeeeeeeeee","mail":"Ana@Contoso.example"}"#);
+        let m = Microsoft::new(
+            &checked(Some(TID)),
+            graph.http.clone(),
+            Duration::from_secs(1),
+        );
+        let identity = m
+            .identity(&grant(claims.clone()), "n", Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(identity.subject, format!("{TID}/{OID}"));
+        assert_eq!(identity.email.as_deref(), Some("ana@contoso.example"));
+        assert!(
+            identity.email_verified,
+            "a pinned tenant vouches for Graph's mail"
+        );
+        assert_eq!(identity.tenant.as_deref(), Some(TID));
+        // Another tenant than the pinned one: this kind's own reason, 403.
+        let other = json!({"tid": "99999999-2222-3333-4444-555555555555", "nonce": "n"});
+        let f = m
+            .identity(&grant(other), "n", Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(
+            (f.reason.code(), f.reason.status()),
+            ("tenant_mismatch", 403)
+        );
+        // A nonce that is not the session's.
+        let f = m
+            .identity(&grant(claims.clone()), "other", Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(f.reason, Reason::IdTokenInvalid);
+        // Graph answering for another object, failing, or not at all: graph_failed, 502.
+        let someone_else = me(r#"{"id":"ffffffff-bbbb-cccc-dddd-eeeeeeeeeeee"}"#);
+        for upstream in [
+            someone_else,
+            Upstream::answering(401, r#"{"error":{"code":"InvalidAuthenticationToken"}}"#),
+            Upstream::unreachable(),
+        ] {
+            let m = Microsoft::new(
+                &checked(Some(TID)),
+                upstream.http.clone(),
+                Duration::from_secs(1),
+            );
+            let f = m
+                .identity(&grant(claims.clone()), "n", Duration::from_secs(1))
+                .unwrap_err();
+            assert_eq!(
+                (f.reason.code(), f.reason.status()),
+                ("graph_failed", 502),
+                "{}",
+                f.detail
+            );
+        }
+    }
+
+    #[test]
+    fn a_pinned_domain_is_resolved_to_its_tenant_through_its_openid_configuration() {
+        let upstream = Upstream::new(|r| {
+            Ok(
+                if r.url
+                    .ends_with("/contoso.example/v2.0/.well-known/openid-configuration")
+                {
+                    Response::new(
+                        200,
+                        format!(r#"{{"issuer":"https://login.microsoftonline.com/{TID}/v2.0"}}"#),
+                    )
+                } else {
+                    Response::new(404, "{}")
+                },
+            )
+        });
+        let m = Microsoft::new(
+            &checked(Some("contoso.example")),
+            upstream.http.clone(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            m.pinned_tenant(Duration::from_secs(1)).unwrap().as_deref(),
+            Some(TID)
+        );
+        assert_eq!(upstream.requests().len(), 1, "resolved once, at start-up");
+        let m = microsoft(&checked(Some("contoso.example")));
+        let f = m.pinned_tenant(Duration::from_secs(1)).unwrap_err();
+        assert_eq!(f.reason, Reason::ProviderError);
+        assert!(f.hint.unwrap().contains("WK_M365_TENANT_ID"));
+    }
+
+    #[test]
+    fn refresh_tokens_stay_valid_when_rotated_and_cannot_be_revoked() {
+        let upstream = Upstream::answering(
+            400,
+            r#"{"error":"invalid_grant","error_description":"AADSTS700082: expired"}"#,
+        );
+        let mut s = checked(None);
+        s.client_secret = Some(Secret::new("s"));
+        let m = Microsoft::new(&s, upstream.http.clone(), Duration::from_secs(1));
+        assert_eq!(m.rotation(), Rotation::ReusableAfterRotation);
+        assert_eq!(m.idle_limit(), Some(IDLE_LIMIT));
+        let scopes = m.scopes(None).unwrap();
+        assert_eq!(
+            m.refresh(&Secret::new("rt"), &scopes, Duration::from_secs(1))
+                .kind(),
+            "invalid_grant"
+        );
+        let sent = upstream.requests();
+        assert_eq!(sent[0].form_value("scope"), Some(scopes.join(" ")));
+        assert_eq!(sent[0].form_value("client_secret").as_deref(), Some("s"));
+        assert_eq!(
+            m.revoke(
+                Some(&Secret::new("at")),
+                Some(&Secret::new("rt")),
+                Duration::from_secs(1)
+            ),
+            Err(super::super::RevokeError::Unsupported)
+        );
+    }
+
+    #[test]
+    fn the_wk_flags_define_the_m365_provider_and_name_their_variables() {
+        let off = WkArgs::default();
+        assert!(!off.is_set());
+        assert!(off.settings("https://relay.example").unwrap().is_none());
+        let blank = WkArgs {
+            m365_client_id: Some("  ".into()),
+            ..WkArgs::default()
+        };
+        assert!(!blank.is_set());
+        let on = WkArgs {
+            m365_client_id: Some(" client ".into()),
+            m365_client_secret: Some(String::new()),
+            ..WkArgs::default()
+        };
+        let s = on.settings("https://relay.example").unwrap().unwrap();
+        assert_eq!((s.name.as_str(), s.client_id.as_str()), ("m365", "client"));
+        assert_eq!(s.redirect_uri, "https://relay.example/m365/callback");
+        assert!(s.client_secret.is_none(), "blank is unset");
+        assert_eq!(s.get("LOGIN_URL"), Some(DEFAULT_LOGIN_BASE));
+        assert_eq!(s.var("SCOPES"), "WK_M365_SCOPES");
+        let bad = WkArgs {
+            m365_graph_base_url: "http://graph.example".into(),
+            ..on
+        };
+        assert!(bad
+            .settings("https://relay.example")
+            .unwrap_err()
+            .contains("WK_M365_GRAPH_BASE_URL"));
     }
 }

@@ -6,17 +6,58 @@
 //! the id_token is verified against the provider's JWKS (`jwks.rs`); the RFC 9207 `iss`
 //! parameter is required when the provider promises it. An e-mail counts only when the
 //! provider says `email_verified: true`; the subject is `sub`.
+//!
+//! Refresh tokens: providers differ, and discovery does not say how, so a used refresh token is
+//! taken to be dead once rotated (`Rotation::OneTime`: Okta, Auth0, Keycloak and Dex with
+//! rotation, RFC 9700's reuse detection) unless `REFRESH_ROTATION` says otherwise; how long one
+//! may lie unused is `REFRESH_IDLE_DAYS` (unset: no limit). A grant is revoked at the
+//! discovered `revocation_endpoint` (RFC 7009), when there is one.
 
-use super::jwks::{self, Expect, Keys};
-use super::oauth::{self, ClientAuth};
-use super::{allowed_subset, with_scopes, AuthorizeRequest, Grant, Identity, Provider};
-use crate::broker_config::checked_url;
+use super::jwks::{Expect, Keys};
+use super::oauth::{self, ClientAuth, Revocation};
+use super::settings::{split_scopes, Form, ProviderSettings, Setting};
+use super::{
+    allowed_subset, with_scopes, AuthorizeRequest, Grant, Identity, Kind, Provider, Upstream,
+    Wanted,
+};
+use crate::connections::refresher::{RefreshOutcome, Refresher, Rotation};
 use crate::error::{Error, Reason, SignInFailure};
-use crate::providers_config::{split_scopes, ProviderSettings};
+use crate::outbound::{Http, Request};
 use crate::secret::Secret;
+use crate::urls::checked_url;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The `oidc` kind in the registry (`provider::KINDS`).
+pub static KIND: Kind = Kind {
+    name: "oidc",
+    settings: &[
+        Setting {
+            name: "ISSUER",
+            form: Form::Issuer,
+        },
+        Setting {
+            name: "AUTHORIZE_URL",
+            form: Form::Url,
+        },
+        Setting {
+            name: "TOKEN_URL",
+            form: Form::Url,
+        },
+        Setting {
+            name: "REFRESH_ROTATION",
+            form: Form::Text,
+        },
+        Setting {
+            name: "REFRESH_IDLE_DAYS",
+            form: Form::Text,
+        },
+    ],
+    check: check_settings,
+    build: |s, http, budget| Ok(Arc::new(Oidc::new(s, "oidc", &s.name, http, budget)?)),
+    reasons: &[],
+};
 
 pub const DEFAULT_SCOPES: &str = "openid email";
 /// The least time between two JWKS fetches (an unknown `kid` triggers one). Short, because
@@ -25,16 +66,53 @@ pub const DEFAULT_SCOPES: &str = "openid email";
 /// sign-in lands just after a fetch must not fail for a longer wait. It still bounds a provider
 /// that signs with a key it never publishes to one fetch a second.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(1);
+/// `REFRESH_ROTATION` when unset: the rule that is safe whatever the provider does.
+pub const DEFAULT_ROTATION: &str = "one-time";
+/// The longest `REFRESH_IDLE_DAYS` (ten years: longer is no limit at all).
+const MAX_IDLE_DAYS: u64 = 3650;
 
-/// Checks the settings of an `oidc` provider: an issuer is required.
+/// `REFRESH_ROTATION`'s values: `one-time` (a rotated refresh token is dead, and presenting it
+/// again may revoke the grant), `reusable` (a rotated one stays valid, as Microsoft Entra's do),
+/// `none` (the refresh token never changes, as Google's does not).
+fn rotation_of(value: &str) -> Option<Rotation> {
+    match value {
+        "one-time" => Some(Rotation::OneTime),
+        "reusable" => Some(Rotation::ReusableAfterRotation),
+        "none" => Some(Rotation::NoRotation),
+        _ => None,
+    }
+}
+
+/// Checks the settings of an `oidc` provider: an issuer is required; the refresh rules, when
+/// set, must be ones the relay knows.
 pub fn check_settings(s: &mut ProviderSettings) -> Result<(), String> {
-    if s.issuer.is_none() {
+    if s.get("ISSUER").is_none() {
         return Err(format!(
             "{} is required for provider {} (kind oidc): the issuer's URL, as in its discovery \
              document",
             s.var("ISSUER"),
             s.name
         ));
+    }
+    if let Some(rotation) = s.get("REFRESH_ROTATION") {
+        if rotation_of(rotation).is_none() {
+            return Err(format!(
+                "{} must be one-time, reusable or none, not {rotation:?}",
+                s.var("REFRESH_ROTATION")
+            ));
+        }
+    }
+    s.set_default("REFRESH_ROTATION", DEFAULT_ROTATION);
+    if let Some(days) = s.get("REFRESH_IDLE_DAYS") {
+        if !days
+            .parse::<u64>()
+            .is_ok_and(|d| (1..=MAX_IDLE_DAYS).contains(&d))
+        {
+            return Err(format!(
+                "{} must be a number of days from 1 to {MAX_IDLE_DAYS}, not {days:?}",
+                s.var("REFRESH_IDLE_DAYS")
+            ));
+        }
     }
     default_scopes(s, DEFAULT_SCOPES);
     Ok(())
@@ -60,6 +138,10 @@ pub struct Metadata {
     pub iss_parameter_supported: bool,
     /// `token_endpoint_auth_methods_supported` (OpenID Connect's default when absent).
     pub auth_methods: Vec<String>,
+    /// RFC 7009's endpoint (RFC 8414 `revocation_endpoint`), when advertised as an https URL.
+    /// Revocation is best effort, so one that is not is left unused rather than stopping
+    /// start-up.
+    pub revocation_endpoint: Option<String>,
 }
 
 /// Reads and checks `document`, the discovery answer for `issuer`. `var` names the issuer's
@@ -110,22 +192,33 @@ pub fn parse_metadata(document: &Value, issuer: &str, var: &str) -> Result<Metad
             .as_bool()
             .unwrap_or(false),
         auth_methods,
+        revocation_endpoint: document["revocation_endpoint"]
+            .as_str()
+            .and_then(|url| checked_url(url, "revocation_endpoint").ok()),
     })
 }
 
-/// Fetches `{issuer}/.well-known/openid-configuration` within `budget`.
-pub fn discover(issuer: &str, var: &str, budget: Duration) -> Result<Metadata, String> {
-    // Discovery 4.1: the issuer with any terminating "/" removed, then the well-known path.
-    let url = format!(
+/// Discovery 4.1: the issuer with any terminating "/" removed, then the well-known path.
+pub fn discovery_url(issuer: &str) -> String {
+    format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
-    );
-    let response = crate::outbound::agent(budget)
-        .get(&url)
-        .header("Accept", "application/json")
-        .call();
-    let (status, document) = super::read_json(response)
-        .map_err(|e| format!("{var}: OpenID Connect discovery at {url} failed: {e}"))?;
+    )
+}
+
+/// Fetches `{issuer}/.well-known/openid-configuration` through `http` within `budget`.
+pub fn discover(
+    http: &dyn Http,
+    issuer: &str,
+    var: &str,
+    budget: Duration,
+) -> Result<Metadata, String> {
+    let url = discovery_url(issuer);
+    let (status, document) = super::call_json(
+        http,
+        Request::get(&url, budget).header("Accept", "application/json"),
+    )
+    .map_err(|e| format!("{var}: OpenID Connect discovery at {url} failed: {e}"))?;
     if status != 200 || !document.is_object() {
         return Err(format!(
             "{var}: OpenID Connect discovery at {url} answered HTTP {status}{}",
@@ -165,43 +258,52 @@ pub struct Oidc {
     name: String,
     kind: &'static str,
     display_name: String,
-    client_id: String,
-    client_auth: ClientAuth,
-    redirect_uri: String,
+    /// The OAuth client; Google adds its parameters and revocation endpoint to it.
+    pub(super) client: oauth::Client,
     metadata: Metadata,
     keys: Keys,
     scopes: Vec<String>,
     allowed_scopes: Vec<String>,
+    rotation: Rotation,
+    idle_limit: Option<Duration>,
     client_var: String,
     secret_var: String,
+    issuer_var: String,
 }
 
 impl Oidc {
-    /// Discovers the provider and sets it up. `display_default` names it on pages when
-    /// `DISPLAY_NAME` is unset.
+    /// Discovers the provider through `http` and sets it up. `display_default` names it on
+    /// pages when `DISPLAY_NAME` is unset.
     pub fn new(
         s: &ProviderSettings,
         kind: &'static str,
         display_default: &str,
+        http: Arc<dyn Http>,
         budget: Duration,
     ) -> Result<Oidc, String> {
         let issuer = s
-            .issuer
-            .as_deref()
+            .get("ISSUER")
             .ok_or(format!("{} is required", s.var("ISSUER")))?;
-        let mut metadata = discover(issuer, &s.var("ISSUER"), budget)?;
+        let mut metadata = discover(&*http, issuer, &s.var("ISSUER"), budget)?;
         // Explicit endpoints win over discovered ones (a proxy, a private network path).
-        if let Some(url) = &s.authorize_url {
-            metadata.authorization_endpoint = url.clone();
+        if let Some(url) = s.get("AUTHORIZE_URL") {
+            metadata.authorization_endpoint = url.to_string();
         }
-        if let Some(url) = &s.token_url {
-            metadata.token_endpoint = url.clone();
+        if let Some(url) = s.get("TOKEN_URL") {
+            metadata.token_endpoint = url.to_string();
         }
-        let keys = Keys::new(
-            metadata.jwks_uri.clone(),
-            Arc::new(jwks::Https),
-            JWKS_MIN_REFETCH,
+        let keys = Keys::new(metadata.jwks_uri.clone(), http.clone(), JWKS_MIN_REFETCH);
+        let mut client = oauth::Client::new(
+            &s.client_id,
+            client_auth(s, &metadata)?,
+            &s.redirect_uri,
+            &metadata.authorization_endpoint,
+            &metadata.token_endpoint,
+            http,
         );
+        if let Some(endpoint) = &metadata.revocation_endpoint {
+            client.revocation = Revocation::Rfc7009(endpoint.clone());
+        }
         Ok(Oidc {
             name: s.name.clone(),
             kind,
@@ -209,51 +311,27 @@ impl Oidc {
                 .display_name
                 .clone()
                 .unwrap_or_else(|| display_default.into()),
-            client_id: s.client_id.clone(),
-            client_auth: client_auth(s, &metadata)?,
-            redirect_uri: s.redirect_uri.clone(),
+            client,
             keys,
             scopes: s.scopes.clone(),
             allowed_scopes: with_scopes(s.allowed().to_vec(), &["openid"]),
+            rotation: s
+                .get("REFRESH_ROTATION")
+                .and_then(rotation_of)
+                .unwrap_or(Rotation::OneTime),
+            idle_limit: s
+                .get("REFRESH_IDLE_DAYS")
+                .and_then(|d| d.parse::<u64>().ok())
+                .map(|days| Duration::from_secs(days * 24 * 3600)),
             client_var: s.var("CLIENT_ID"),
             secret_var: s.var("CLIENT_SECRET"),
+            issuer_var: s.var("ISSUER"),
             metadata,
         })
     }
 
     pub fn issuer(&self) -> &str {
         &self.metadata.issuer
-    }
-
-    /// The authorization URL with `extra` parameters (Google's `access_type`, `hd`).
-    pub fn authorize_url_with(&self, r: &AuthorizeRequest, extra: &[(&str, &str)]) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", &self.redirect_uri)
-            .append_pair("scope", &r.scopes.join(" "))
-            .append_pair("state", r.state)
-            .append_pair("code_challenge", r.code_challenge)
-            .append_pair("code_challenge_method", "S256")
-            .append_pair("nonce", r.nonce);
-        if let Some(hint) = r.login_hint {
-            query.append_pair("login_hint", hint);
-        }
-        let mut prompt_consent = r.force_consent;
-        for (key, value) in extra {
-            if *key == "prompt" && *value == "consent" {
-                prompt_consent = true;
-            } else {
-                query.append_pair(key, value);
-            }
-        }
-        if prompt_consent {
-            query.append_pair("prompt", "consent");
-        }
-        let endpoint = &self.metadata.authorization_endpoint;
-        let separator = if endpoint.contains('?') { '&' } else { '?' };
-        format!("{endpoint}{separator}{}", query.finish())
     }
 
     /// The identity and the verified id_token's claims (for rules on other claims).
@@ -273,7 +351,7 @@ impl Oidc {
             id_token.expose(),
             &Expect {
                 issuer: &self.metadata.issuer,
-                audience: &self.client_id,
+                audience: &self.client.client_id,
                 nonce: Some(nonce),
             },
             budget,
@@ -308,16 +386,14 @@ impl Oidc {
             return Ok((None, false));
         };
         let failed = |detail: String| SignInFailure::new(Reason::ProfileFailed, detail);
-        let response = crate::outbound::agent(budget)
-            .get(url)
+        let request = Request::get(url, budget)
             .header(
                 "Authorization",
-                &format!("Bearer {}", grant.access_token.expose()),
+                format!("Bearer {}", grant.access_token.expose()),
             )
-            .header("Accept", "application/json")
-            .call();
-        let (status, info) =
-            super::read_json(response).map_err(|e| failed(format!("GET {url}: {e}")))?;
+            .header("Accept", "application/json");
+        let (status, info) = super::call_json(&*self.client.http, request)
+            .map_err(|e| failed(format!("GET {url}: {e}")))?;
         if status != 200 || !info.is_object() {
             return Err(failed(format!("GET {url} answered HTTP {status}")));
         }
@@ -337,7 +413,7 @@ impl Oidc {
             ),
             "redirect_uri_mismatch" => format!(
                 "register {} as a redirect URI of the client, exactly",
-                self.redirect_uri
+                self.client.redirect_uri
             ),
             "invalid_grant" => {
                 "the code was refused: expired, used already, or a PKCE verifier altered on the way"
@@ -368,8 +444,8 @@ impl Provider for Oidc {
         &self.display_name
     }
 
-    fn redirect_uri(&self) -> &str {
-        &self.redirect_uri
+    fn client(&self) -> &oauth::Client {
+        &self.client
     }
 
     fn scopes(&self, requested: Option<&[String]>) -> Result<Vec<String>, Error> {
@@ -388,7 +464,7 @@ impl Provider for Oidc {
         } else {
             &[]
         };
-        self.authorize_url_with(r, extra)
+        self.client.authorize_url(r, extra)
     }
 
     fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), SignInFailure> {
@@ -396,28 +472,6 @@ impl Provider for Oidc {
             iss,
             &self.metadata.issuer,
             self.metadata.iss_parameter_supported,
-        )
-    }
-
-    fn exchange(
-        &self,
-        code: &Secret,
-        verifier: &Secret,
-        _scopes: &[String],
-        budget: Duration,
-    ) -> Result<Grant, SignInFailure> {
-        oauth::redeem(
-            &oauth::Redemption {
-                token_url: &self.metadata.token_endpoint,
-                client_id: &self.client_id,
-                auth: &self.client_auth,
-                redirect_uri: &self.redirect_uri,
-                code,
-                verifier,
-                extra: &[],
-            },
-            budget,
-            &|error| self.hint_for(error),
         )
     }
 
@@ -449,11 +503,50 @@ impl Provider for Oidc {
             "name": self.name,
             "kind": self.kind,
             "issuer": self.metadata.issuer,
-            "redirect_uri": self.redirect_uri,
-            "client_authentication": self.client_auth.method(),
+            "redirect_uri": self.client.redirect_uri,
+            "client_authentication": self.client.auth.method(),
             "iss_parameter": self.metadata.iss_parameter_supported,
             "scopes": self.scopes.join(" "),
         })
+    }
+
+    /// The discovery document (read at start-up only, but the keys come from what it names) and
+    /// the signing keys every id_token is verified with.
+    fn upstreams(&self) -> Vec<Upstream> {
+        vec![
+            Upstream {
+                name: "discovery",
+                url: discovery_url(&self.metadata.issuer),
+                wanted: Wanted::Discovery(Some(self.metadata.issuer.clone())),
+                setting: self.issuer_var.clone(),
+            },
+            Upstream {
+                name: "keys",
+                url: self.metadata.jwks_uri.clone(),
+                wanted: Wanted::Keys,
+                setting: format!("{} (the discovered jwks_uri)", self.issuer_var),
+            },
+        ]
+    }
+}
+
+/// As `REFRESH_ROTATION` and `REFRESH_IDLE_DAYS` say (one-time, no idle limit, by default).
+impl Refresher for Oidc {
+    fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
+    fn refresh(
+        &self,
+        refresh_token: &Secret,
+        scopes: &[String],
+        budget: Duration,
+    ) -> RefreshOutcome {
+        self.client.refresh(refresh_token, scopes, budget)
+    }
+
+    fn idle_limit(&self) -> Option<Duration> {
+        self.idle_limit
     }
 }
 
@@ -481,7 +574,8 @@ pub fn check_issuer_parameter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::oauth::tests::{json_reply, serve_once};
+    use crate::outbound::{Response, TransportError, TransportFailure};
+    use crate::provider::testing::{settings, Upstream};
 
     fn document(issuer: &str) -> Value {
         json!({
@@ -547,58 +641,250 @@ mod tests {
 
     #[test]
     fn discovery_is_fetched_from_the_well_known_path() {
-        let (url, seen) = serve_once(&json_reply("200 OK", "{}"));
+        let budget = Duration::from_secs(5);
+        let empty = Upstream::answering(200, "{}");
         // The issuer's trailing slash is removed before the well-known path is added.
-        let e = discover(&format!("{url}/tenant/"), "V", Duration::from_secs(5)).unwrap_err();
-        let request = seen.recv().unwrap();
-        assert!(
-            request.starts_with("GET /tenant/.well-known/openid-configuration HTTP/1.1"),
-            "{request}"
+        let e = discover(&*empty.http, "https://idp.example/tenant/", "V", budget).unwrap_err();
+        assert_eq!(
+            empty.requests()[0].url,
+            "https://idp.example/tenant/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            empty.requests()[0].header_value("accept"),
+            Some("application/json")
         );
         assert!(e.contains("names the issuer \"\""), "{e}");
-        let issuer_doc = |url: &str| {
-            let mut d = document(url);
-            for field in ["authorization_endpoint", "token_endpoint", "jwks_uri"] {
-                d[field] = json!(format!("{url}/{field}"));
-            }
-            d.as_object_mut().unwrap().remove("userinfo_endpoint");
-            d
-        };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
         let e = discover(
-            &format!("http://127.0.0.1:{port}"),
+            &*Upstream::unreachable().http,
+            "https://idp.example",
             "V",
-            Duration::from_secs(5),
+            budget,
         )
         .unwrap_err();
         assert!(e.starts_with("V: OpenID Connect discovery at"), "{e}");
-        let (url, _seen) = serve_once(&json_reply("404 Not Found", "{}"));
-        assert!(discover(&url, "V", Duration::from_secs(5))
+        let missing = Upstream::answering(404, "{}");
+        assert!(discover(&*missing.http, "https://idp.example", "V", budget)
             .unwrap_err()
             .contains("HTTP 404"));
-        let (url, _seen) = serve_once("200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert!(discover(&url, "V", Duration::from_secs(5))
+        let blank = Upstream::answering(200, "");
+        assert!(discover(&*blank.http, "https://idp.example", "V", budget)
             .unwrap_err()
             .contains("without a JSON document"));
-        // A good one (its own URL as the issuer: loopback http is allowed).
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let body = issuer_doc(&url).to_string();
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).unwrap();
-            let reply = json_reply("200 OK", &body);
-            stream
-                .write_all(format!("HTTP/1.1 {reply}").as_bytes())
-                .unwrap();
-        });
-        let m = discover(&url, "V", Duration::from_secs(5)).unwrap();
-        assert_eq!(m.jwks_uri, format!("{url}/jwks_uri"));
+        let mut d = document("https://idp.example");
+        d.as_object_mut().unwrap().remove("userinfo_endpoint");
+        d["revocation_endpoint"] = json!("https://idp.example/revoke");
+        let good = Upstream::answering(200, &d.to_string());
+        let m = discover(&*good.http, "https://idp.example", "V", budget).unwrap();
+        assert_eq!(m.jwks_uri, "https://idp.example/jwks");
         assert_eq!(m.userinfo_endpoint, None);
+        assert_eq!(
+            m.revocation_endpoint.as_deref(),
+            Some("https://idp.example/revoke")
+        );
+    }
+
+    /// An `oidc` provider discovered from `document`, its upstream answering everything else
+    /// by `answer`.
+    fn provider(
+        mut s: ProviderSettings,
+        document: Value,
+        answer: impl Fn(&Request) -> Result<Response, TransportError> + Send + Sync + 'static,
+    ) -> (Oidc, Upstream) {
+        s.own.insert("ISSUER", "https://idp.example".into());
+        check_settings(&mut s).unwrap();
+        let body = document.to_string();
+        let upstream = Upstream::new(move |r| {
+            if r.url.ends_with("/.well-known/openid-configuration") {
+                Ok(Response::new(200, body.clone()))
+            } else {
+                answer(r)
+            }
+        });
+        let oidc = Oidc::new(
+            &s,
+            "oidc",
+            &s.name,
+            upstream.http.clone(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        (oidc, upstream)
+    }
+
+    #[test]
+    fn the_client_follows_discovery_and_the_settings() {
+        let s = settings("corp", &KIND);
+        let mut d = document("https://idp.example");
+        d["revocation_endpoint"] = json!("http://idp.example/revoke");
+        let (p, _) = provider(s, d, |_| Ok(Response::new(500, "")));
+        assert_eq!(p.client.token_endpoint, "https://idp.example/token");
+        assert!(
+            matches!(p.client.auth, ClientAuth::None),
+            "no secret: a public client"
+        );
+        assert!(
+            matches!(p.client.revocation, Revocation::Unsupported),
+            "a revocation endpoint that is not https is not used"
+        );
+        assert_eq!(p.rotation(), Rotation::OneTime, "the safe default");
+        assert_eq!(p.idle_limit(), None);
+        // Explicit endpoints win; the provider's only method for a secret is chosen.
+        let mut s = settings("corp", &KIND);
+        s.own
+            .insert("TOKEN_URL", "https://proxy.example/token".into());
+        s.own.insert("REFRESH_ROTATION", "reusable".into());
+        s.own.insert("REFRESH_IDLE_DAYS", "30".into());
+        s.client_secret = Some(Secret::new("s"));
+        let (p, _) = provider(s, document("https://idp.example"), |_| {
+            Ok(Response::new(500, ""))
+        });
+        assert_eq!(p.client.token_endpoint, "https://proxy.example/token");
+        assert_eq!(p.client.auth.method(), "client_secret_post");
+        assert_eq!(p.rotation(), Rotation::ReusableAfterRotation);
+        assert_eq!(p.idle_limit(), Some(Duration::from_secs(30 * 24 * 3600)));
+    }
+
+    #[test]
+    fn refresh_settings_must_be_known_values() {
+        for (setting, value) in [
+            ("REFRESH_ROTATION", "sometimes"),
+            ("REFRESH_IDLE_DAYS", "0"),
+            ("REFRESH_IDLE_DAYS", "ninety"),
+            ("REFRESH_IDLE_DAYS", "3651"),
+        ] {
+            let mut s = settings("corp", &KIND);
+            s.own.insert("ISSUER", "https://idp.example".into());
+            s.own.insert(setting, value.into());
+            let e = check_settings(&mut s).unwrap_err();
+            assert!(
+                e.contains(&format!("OAUTH_RELAY_PROVIDER_CORP_{setting}")),
+                "{e}"
+            );
+        }
+        let mut s = settings("corp", &KIND);
+        assert!(check_settings(&mut s)
+            .unwrap_err()
+            .contains("OAUTH_RELAY_PROVIDER_CORP_ISSUER"));
+    }
+
+    #[test]
+    fn authorize_urls_ask_for_consent_with_offline_access() {
+        let (p, _) = provider(
+            settings("corp", &KIND),
+            document("https://idp.example"),
+            |_| Ok(Response::new(500, "")),
+        );
+        let url = |scopes: &[String]| {
+            p.authorize_url(&AuthorizeRequest {
+                state: "st",
+                code_challenge: "ch",
+                nonce: "n-1",
+                login_hint: Some("ana@example.com"),
+                scopes,
+                force_consent: false,
+            })
+        };
+        let plain = url(&p.scopes(None).unwrap());
+        assert!(
+            plain.starts_with("https://idp.example/authorize?"),
+            "{plain}"
+        );
+        assert!(plain.contains("nonce=n-1") && plain.contains("login_hint=ana%40example.com"));
+        assert!(!plain.contains("prompt="), "{plain}");
+        let offline = url(&["openid".to_string(), "offline_access".to_string()]);
+        assert!(offline.ends_with("&prompt=consent"), "{offline}");
+    }
+
+    #[test]
+    fn the_email_comes_from_userinfo_for_the_same_subject_only() {
+        let grant = Grant {
+            access_token: Secret::new("at"),
+            refresh_token: None,
+            id_token: None,
+            token_type: "Bearer".into(),
+            scope: String::new(),
+            expiry: None,
+        };
+        let budget = Duration::from_secs(5);
+        let (p, upstream) = provider(
+            settings("corp", &KIND),
+            document("https://idp.example"),
+            |_| {
+                Ok(Response::new(
+                    200,
+                    r#"{"sub":"u-1","email":"Ana@Example.com","email_verified":true}"#,
+                ))
+            },
+        );
+        assert_eq!(
+            p.userinfo_email(&grant, "u-1", budget).unwrap(),
+            (Some("ana@example.com".into()), true)
+        );
+        {
+            let sent = upstream.requests();
+            let r = sent.last().unwrap();
+            assert_eq!(r.url, "https://idp.example/userinfo");
+            assert_eq!(r.header_value("authorization"), Some("Bearer at"));
+        }
+        let f = p.userinfo_email(&grant, "u-2", budget).unwrap_err();
+        assert_eq!(f.reason, Reason::ProfileFailed);
+        assert!(f.detail.contains("another subject"), "{}", f.detail);
+        let (down, _) = provider(
+            settings("corp", &KIND),
+            document("https://idp.example"),
+            |_| {
+                Err(TransportError::new(
+                    TransportFailure::Connect,
+                    "connection refused",
+                ))
+            },
+        );
+        let f = down.userinfo_email(&grant, "u-1", budget).unwrap_err();
+        assert_eq!(
+            f.detail,
+            "GET https://idp.example/userinfo: connection refused"
+        );
+        let (missing, _) = provider(
+            settings("corp", &KIND),
+            document("https://idp.example"),
+            |_| Ok(Response::new(401, "{}")),
+        );
+        assert_eq!(
+            missing
+                .userinfo_email(&grant, "u-1", budget)
+                .unwrap_err()
+                .detail,
+            "GET https://idp.example/userinfo answered HTTP 401"
+        );
+    }
+
+    #[test]
+    fn a_refresh_goes_to_the_token_endpoint_and_a_revocation_to_the_revocation_endpoint() {
+        let mut d = document("https://idp.example");
+        d["revocation_endpoint"] = json!("https://idp.example/revoke");
+        let (p, upstream) = provider(settings("corp", &KIND), d, |r| {
+            Ok(match r.url.as_str() {
+                "https://idp.example/token" => {
+                    Response::new(200, r#"{"access_token":"at2","refresh_token":"rt2"}"#)
+                }
+                _ => Response::new(200, ""),
+            })
+        });
+        let budget = Duration::from_secs(5);
+        let outcome = p.refresh(&Secret::new("rt1"), &["openid".into()], budget);
+        assert_eq!(outcome.kind(), "granted");
+        p.revoke(None, Some(&Secret::new("rt2")), budget).unwrap();
+        let sent = upstream.requests();
+        let urls: Vec<&str> = sent.iter().map(|r| r.url.as_str()).collect();
+        assert_eq!(
+            &urls[1..],
+            ["https://idp.example/token", "https://idp.example/revoke"]
+        );
+        assert_eq!(
+            sent[1].form_value("scope"),
+            None,
+            "the grant's scopes apply"
+        );
     }
 
     #[test]

@@ -137,21 +137,16 @@ async fn serve_request(
     if status >= 500 {
         counters.server_errors.fetch_add(1, Ordering::Relaxed);
     }
-    if logging::enabled(logging::Level::Info) {
-        let mut line = json!({
-            "method": method.as_str(),
-            "route": response.route,
-            "state": response.subject,
-            "status": status,
-            "ms": (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "peer": peer.ip().to_string(),
-        });
+    logging::access(&logging::Access {
+        method: method.as_str(),
+        route: response.route,
+        state: response.subject.as_deref(),
+        status,
+        elapsed: started.elapsed(),
+        peer: peer.ip(),
         // Only when a trusted proxy named someone else.
-        if let Some(client) = client.filter(|c| *c != peer.ip().to_canonical()) {
-            line["client"] = json!(client.to_string());
-        }
-        logging::info("request", line);
-    }
+        client: client.filter(|c| *c != peer.ip().to_canonical()),
+    });
     Ok(into_hyper(response))
 }
 

@@ -322,6 +322,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// `active_callbacks` as last counted by the background thread; -1: Redis unreachable.
     active_cache: AtomicI64,
+    /// The provider of records written before sessions named theirs (`with_unnamed_provider`).
+    unnamed_provider: String,
 }
 
 /// A client for the configured Redis (password, private CA), for the store and the event
@@ -384,6 +386,7 @@ impl RedisStore {
                 take_tokens: script(TAKE_TOKENS),
             },
             active_cache: AtomicI64::new(-1),
+            unnamed_provider: String::new(),
         })
     }
 
@@ -391,6 +394,14 @@ impl RedisStore {
     /// Defaults to `max_pending`: no share smaller than the whole.
     pub fn with_max_per_client(mut self, max_per_client: usize) -> Self {
         self.max_per_client = max_per_client;
+        self
+    }
+
+    /// Names the provider of sessions and tokens stored by the version before providers had
+    /// names (they were all that version's one provider's). Defaults to none: such records
+    /// then belong to no configured provider.
+    pub fn with_unnamed_provider(mut self, name: &str) -> Self {
+        self.unnamed_provider = name.to_string();
         self
     }
 
@@ -665,7 +676,7 @@ impl RedisStore {
             None => String::new(),
         };
         Ok(Some((
-            session_from_json(&v, Secret::new(verifier))?,
+            session_from_json(&v, Secret::new(verifier), &self.unnamed_provider)?,
             parse_status(&status),
             exp,
         )))
@@ -704,7 +715,7 @@ fn session_to_json(s: &Session) -> Value {
 /// `provider`, `nonce` or `expected_subject`; before return URLs: no `return_url`; before sealed
 /// hand-offs: no `seal_to`), so a rolling upgrade loses no sign-in. A `seal_to` that no longer
 /// reads as a key fails closed: the tokens are never kept in the clear instead.
-fn session_from_json(v: &Value, verifier: Secret) -> StoreResult<Session> {
+fn session_from_json(v: &Value, verifier: Secret, unnamed: &str) -> StoreResult<Session> {
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let opt = |k: &str| v[k].as_str().map(String::from);
     let seal_to =
@@ -719,7 +730,7 @@ fn session_from_json(v: &Value, verifier: Secret) -> StoreResult<Session> {
         link_id: text("link_id"),
         oauth_state: text("oauth_state"),
         verifier,
-        provider: opt("provider").unwrap_or_else(|| crate::providers_config::M365.into()),
+        provider: opt("provider").unwrap_or_else(|| unnamed.into()),
         nonce: text("nonce"),
         expected_email: opt("expected_email"),
         expected_subject: opt("expected_subject"),
@@ -774,11 +785,11 @@ fn tokens_to_json(t: &Tokens) -> Value {
 
 /// Reads tokens written by this version and by the one before it (Microsoft only: a refresh
 /// token and an expiry always, no `provider`, `subject`, `email_verified` or `tenant`).
-fn tokens_from_json(v: &Value) -> Tokens {
+fn tokens_from_json(v: &Value, unnamed: &str) -> Tokens {
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let opt = |k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(String::from);
     Tokens {
-        provider: opt("provider").unwrap_or_else(|| crate::providers_config::M365.into()),
+        provider: opt("provider").unwrap_or_else(|| unnamed.into()),
         access_token: Secret::new(text("access_token")),
         refresh_token: opt("refresh_token").map(Secret::new),
         id_token: v["id_token"].as_str().map(Secret::new),
@@ -1025,6 +1036,7 @@ impl Store for RedisStore {
                 Ok(StateTake::Taken(session_from_json(
                     &data,
                     Secret::new(verifier),
+                    &self.unnamed_provider,
                 )?))
             }
             b"reused" => Ok(StateTake::Reused(parse_status(&String::from_utf8_lossy(
@@ -1094,7 +1106,7 @@ impl Store for RedisStore {
             }
             "ok" => {
                 let v = self.open_json(&format!("{key}/tokens"), field(1))?;
-                TokenTake::Taken(Handoff::Clear(tokens_from_json(&v)))
+                TokenTake::Taken(Handoff::Clear(tokens_from_json(&v, &self.unnamed_provider)))
             }
             "pending" => TokenTake::Pending,
             "consumed" => TokenTake::Consumed,
@@ -1115,7 +1127,7 @@ mod tests {
             "expected_email": "ana@contoso.example", "force_consent": true,
             "scopes": ["openid", "offline_access"], "expires_at": 1_900_000_000u64,
         });
-        let s = session_from_json(&old, Secret::new("v")).unwrap();
+        let s = session_from_json(&old, Secret::new("v"), "m365").unwrap();
         assert_eq!(s.provider, "m365");
         assert_eq!(s.nonce, "");
         assert_eq!(s.expected_email.as_deref(), Some("ana@contoso.example"));
@@ -1128,7 +1140,7 @@ mod tests {
             "token_type": "Bearer", "scope": "User.Read", "email": "ana@contoso.example",
             "expiry": 1_900_000_000u64,
         });
-        let t = tokens_from_json(&old);
+        let t = tokens_from_json(&old, "m365");
         assert_eq!(t.provider, "m365");
         assert_eq!(t.refresh_token.unwrap().expose(), "rt");
         assert_eq!(
@@ -1173,12 +1185,12 @@ mod tests {
             seal_to: Some(crate::seal::PrivateKey::generate(crate::seal::Curve::X25519).public()),
         };
         assert_eq!(
-            session_from_json(&session_to_json(&s), Secret::new("v")).unwrap(),
+            session_from_json(&session_to_json(&s), Secret::new("v"), "m365").unwrap(),
             s
         );
         let mut broken = session_to_json(&s);
         broken["seal_to"]["x"] = json!("not a key");
-        assert!(session_from_json(&broken, Secret::new("v")).is_err());
+        assert!(session_from_json(&broken, Secret::new("v"), "m365").is_err());
         let t = Tokens {
             provider: "github".into(),
             access_token: Secret::new("gho_x"),
@@ -1192,6 +1204,6 @@ mod tests {
             email_verified: true,
             tenant: None,
         };
-        assert_eq!(tokens_from_json(&tokens_to_json(&t)), t);
+        assert_eq!(tokens_from_json(&tokens_to_json(&t), "m365"), t);
     }
 }

@@ -1,24 +1,29 @@
-//! A fake GitHub (OAuth 2.0, not OpenID Connect) on one plain-HTTP port: the web flow
-//! (`GET /login/oauth/authorize`, `POST /login/oauth/access_token`) and the REST API
-//! (`GET /user`, `GET /user/emails`, under a configurable prefix such as GitHub Enterprise's
-//! `/api/v3`). It enforces what GitHub enforces and answers the way GitHub answers:
+//! A fake GitHub (OAuth 2.0, not OpenID Connect) on one plain-HTTP port, on the
+//! authorization-server core of fake_as.rs: the web flow (`GET /login/oauth/authorize`,
+//! `POST /login/oauth/access_token`) and the REST API (`GET /user`, `GET /user/emails`,
+//! `DELETE /applications/{client_id}/grant`, under a configurable prefix such as GitHub
+//! Enterprise's `/api/v3`). What is GitHub's own, and kept here:
 //!
 //! - authorize: an unknown `client_id` gets a 404 page; a `redirect_uri` other than the
 //!   registered callback URL is sent back to the *registered* callback with
-//!   `error=redirect_uri_mismatch` (GitHub's documented behaviour); a refusal comes back as
-//!   `error=access_denied`; PKCE is S256 only. Stricter than GitHub, on purpose and switchable:
-//!   the redirect URI must match byte for byte (GitHub accepts sub-paths of the callback URL),
-//!   and `state` and PKCE are required by default (GitHub recommends both, requires neither).
-//! - token: client authentication (form or HTTP Basic), codes that are one-time, expire after
-//!   10 minutes, and are bound to the client, the redirect URI and the PKCE challenge. The
-//!   answer is form-encoded unless `Accept: application/json` asks for JSON, and every error
-//!   is HTTP 200 with `error`, `error_description`, `error_uri` (GitHub's quirk). OAuth-app
-//!   tokens never expire and come without a refresh token; `github_app` emulates a GitHub App
-//!   with expiring user tokens (`expires_in`, `refresh_token`, `refresh_token_expires_in`).
+//!   `error=redirect_uri_mismatch` (GitHub's documented behaviour), and leaving it out means the
+//!   registered one; a refusal comes back as `error=access_denied`; PKCE is S256 only; no
+//!   `response_type`. Stricter than GitHub, on purpose and switchable: the redirect URI must
+//!   match byte for byte (GitHub accepts sub-paths of the callback URL), and `state` and PKCE
+//!   are required by default (GitHub recommends both, requires neither).
+//! - token: every app has a secret (form or HTTP Basic); `redirect_uri` is optional. The
+//!   answer is form-encoded unless `Accept: application/json` asks for JSON, and every error is
+//!   HTTP 200 with `error`, `error_description`, `error_uri` (`bad_verification_code`,
+//!   `bad_refresh_token`, ...). OAuth-app `gho_` tokens never expire and come without a refresh
+//!   token; `github_app` emulates a GitHub App with expiring user tokens (`ghu_` with
+//!   `expires_in`, `ghr_` refresh tokens with `refresh_token_expires_in`), rotated by
+//!   `RefreshPolicy::github_app()`.
 //! - API: a `User-Agent` header is required (403 otherwise); `Authorization: Bearer` or
 //!   `token`; `401 Bad credentials` for an unknown token; `/user`'s `email` is the *public*
 //!   address (often `null`); `/user/emails` needs the `user:email` (or `user`) scope and
-//!   answers 404 without it, as GitHub does.
+//!   answers 404 without it, as GitHub does. Revocation is grant deletion, with the app's
+//!   credentials as HTTP Basic and the token in a JSON body: every token of that user and app
+//!   ends (GitHub has no RFC 7009 endpoint).
 //!
 //! The person signing in: fetching the authorize URL over HTTP signs in `FakeGitHubConfig::user`
 //! at once (no form), and a test picks anyone with `FakeGitHub::sign_in(url, &user)` or refuses
@@ -27,28 +32,22 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-// Each fake includes the HTTP core and the fake-provider core as its own modules, so a test
-// crate with several fakes loads the files several times, on purpose; clippy's duplicate_mod
-// skips includes that allow it.
-#[allow(clippy::duplicate_mod)]
-#[path = "fake_http.rs"]
-mod fake_http;
-use fake_http::{FakeReply, FakeRequest};
-#[allow(clippy::duplicate_mod)]
-#[path = "fake_provider.rs"]
-mod fake_provider;
+use super::fake_as::{
+    check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientRule, CodeError, Grant, Params,
+    PkceRules, RefreshPolicy, Refusal, TokenError, TokenQuirks, TokenRules, Who,
+};
+use super::fake_http::{FakeReply, FakeRequest};
 // The helpers tests use, under this fake's name (not every test crate uses them all).
 #[allow(unused_imports)]
-pub use fake_provider::{
+pub use super::fake_provider::{
     b64url_encode, param, pkce_challenge, pkce_verifier, query_params, SignInError,
 };
-use fake_provider::{
-    html_escape, is_b64url, is_pkce_verifier, parse_basic, random_bytes, request_params,
-    typed_reply, with_query, Running,
+use super::fake_provider::{
+    html_escape, parse_basic, random_bytes, request_params, typed_reply, with_query, Core, Running,
 };
 
 /// An OAuth app's client id (GitHub's look: `Ov23li` and 14 more characters).
@@ -62,6 +61,8 @@ const DOCS_AUTHORIZE_ERRORS: &str =
 const DOCS_TOKEN_ERRORS: &str =
     "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/";
 const DOCS_REFRESH: &str = "https://docs.github.com/apps/creating-github-apps/authenticating-with-a-github-app/refreshing-user-access-tokens";
+const DOCS_GRANT: &str =
+    "https://docs.github.com/rest/apps/oauth-applications#delete-an-app-authorization";
 
 /// One address of a user, as `GET /user/emails` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,12 +151,15 @@ pub struct FakeGitHubConfig {
     pub access_token_lifetime_secs: u64,
     /// GitHub App refresh tokens: 6 months.
     pub refresh_token_lifetime_secs: u64,
+    /// What a used refresh token becomes (GitHub App mode): `RefreshPolicy::github_app()`.
+    pub refresh_policy: RefreshPolicy,
     /// How long a code can be redeemed (GitHub: 10 minutes).
     pub code_lifetime: Duration,
     /// Where the REST API lives under the base URL: `""` as on api.github.com, `"/api/v3"` as on
     /// GitHub Enterprise Server.
     pub api_prefix: String,
-    /// Sleep this long before answering the token endpoint.
+    /// Sleep this long before answering the token endpoint (one-shot faults:
+    /// `inject_token_fault`).
     pub token_delay: Duration,
     /// Sleep this long before answering an API request.
     pub api_delay: Duration,
@@ -192,6 +196,7 @@ impl Default for FakeGitHubConfig {
             app_email_permission: true,
             access_token_lifetime_secs: 28_800,
             refresh_token_lifetime_secs: 15_897_600,
+            refresh_policy: RefreshPolicy::github_app(),
             code_lifetime: Duration::from_secs(600),
             api_prefix: String::new(),
             token_delay: Duration::ZERO,
@@ -202,8 +207,6 @@ impl Default for FakeGitHubConfig {
         }
     }
 }
-
-type Params = Vec<(String, String)>;
 
 /// An API request as received, for assertions (`User-Agent`, `Accept`, the auth scheme).
 #[derive(Clone, Debug)]
@@ -224,62 +227,23 @@ impl ApiRequest {
     }
 }
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    code_challenge: Option<String>,
-    scopes: Vec<String>,
-    user_id: u64,
-    issued: Instant,
-    redeemed: bool,
-}
-
-struct AccessGrant {
-    user_id: u64,
-    scopes: Vec<String>,
-    /// `None`: an OAuth-app token, valid until revoked.
-    expires: Option<Instant>,
-}
-
-struct RefreshGrant {
-    client_id: String,
-    user_id: u64,
-    scopes: Vec<String>,
-    expires: Instant,
-}
-
-struct State {
-    cfg: FakeGitHubConfig,
-    /// Everyone who signed in, by id: the API reads their current data here.
+/// What is GitHub's own: everyone who signed in (the API reads their current data here) and
+/// the API's records.
+#[derive(Default)]
+pub struct GitHubOwn {
     users: HashMap<u64, GitHubUser>,
-    codes: HashMap<String, CodeGrant>,
-    access_tokens: HashMap<String, AccessGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
-    authorize_requests: Vec<Params>,
-    token_requests: Vec<Params>,
     api_requests: Vec<ApiRequest>,
-    issued_codes: usize,
-    redeemed_codes: usize,
-    refreshes: usize,
-    token_calls: usize,
     user_calls: usize,
     emails_calls: usize,
 }
 
-type Shared = fake_provider::Core<State>;
+/// Grants remember the user's id.
+type State = AsState<FakeGitHubConfig, u64, GitHubOwn>;
+type Shared = Core<State>;
 
-/// Who is at the keyboard when the authorize endpoint runs.
-enum Who<'a> {
-    /// Fetched over HTTP: `cfg.user` signs in (or refuses when `cfg.cancel`).
-    Browser,
-    User(&'a GitHubUser),
-    Decline,
-}
-
-/// A running fake GitHub on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
-pub struct FakeGitHub {
-    shared: Running<State>,
-}
+/// A running fake GitHub on `127.0.0.1:<free port>`; stopped (threads joined) on drop. The
+/// core's methods (`config`, `set`, `counters`, `inject_token_fault`, ...) come with it.
+pub type FakeGitHub = Running<State>;
 
 const AUTHORIZE_PATH: &str = "/login/oauth/authorize";
 const TOKEN_PATH: &str = "/login/oauth/access_token";
@@ -292,45 +256,23 @@ impl FakeGitHub {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeGitHubConfig) -> FakeGitHub {
-        let state = State {
-            cfg,
-            users: HashMap::new(),
-            codes: HashMap::new(),
-            access_tokens: HashMap::new(),
-            refresh_tokens: HashMap::new(),
-            authorize_requests: Vec::new(),
-            token_requests: Vec::new(),
-            api_requests: Vec::new(),
-            issued_codes: 0,
-            redeemed_codes: 0,
-            refreshes: 0,
-            token_calls: 0,
-            user_calls: 0,
-            emails_calls: 0,
-        };
-        FakeGitHub {
-            shared: Running::start("fake-github", state, (), handle),
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`: GitHub's web host (github.com).
-    pub fn base_url(&self) -> String {
-        self.shared.base_url()
+        let state = AsState::new(cfg, GitHubOwn::default());
+        Running::serve("fake-github", state, (), handle)
     }
 
     /// `{base}/login/oauth/authorize`.
     pub fn authorize_url(&self) -> String {
-        format!("{}{AUTHORIZE_PATH}", self.shared.base)
+        format!("{}{AUTHORIZE_PATH}", self.base)
     }
 
     /// `{base}/login/oauth/access_token`.
     pub fn token_url(&self) -> String {
-        format!("{}{TOKEN_PATH}", self.shared.base)
+        format!("{}{TOKEN_PATH}", self.base)
     }
 
     /// The REST API root (api.github.com): `{base}{api_prefix}`, no trailing slash.
     pub fn api_url(&self) -> String {
-        format!("{}{}", self.shared.base, self.shared.lock().cfg.api_prefix)
+        format!("{}{}", self.base, self.lock().cfg.api_prefix)
     }
 
     /// `{api}/user`.
@@ -343,125 +285,71 @@ impl FakeGitHub {
         format!("{}/user/emails", self.api_url())
     }
 
-    /// A copy of the current configuration.
-    pub fn config(&self) -> FakeGitHubConfig {
-        self.shared.lock().cfg.clone()
-    }
-
-    /// Changes the configuration at runtime: `fake.set(|c| c.cancel = true)`.
-    pub fn set(&self, f: impl FnOnce(&mut FakeGitHubConfig)) {
-        f(&mut self.shared.lock().cfg)
+    /// `{api}/applications/{client_id}/grant`: `DELETE` with the app's credentials as HTTP
+    /// Basic and `{"access_token": ...}` ends the user's grant.
+    pub fn grant_url(&self) -> String {
+        let client_id = self.lock().cfg.client_id.clone();
+        format!("{}/applications/{client_id}/grant", self.api_url())
     }
 
     /// The person at `url` (an authorize URL, as the broker built it) signs in as `user`:
     /// returns the redirect the browser would follow (`redirect_uri?code=...&state=...`, or an
     /// error redirect such as `redirect_uri_mismatch`), or the page GitHub shows instead.
     pub fn sign_in(&self, url: &str, user: &GitHubUser) -> Result<String, SignInError> {
-        self.visit(url, Who::User(user))
+        self.at_keyboard(url, Who::User(user))
     }
 
     /// The person at `url` clicks "Cancel": `redirect_uri?error=access_denied&...&state=...`
     /// (or the page GitHub shows when the request itself is wrong).
     pub fn decline(&self, url: &str) -> Result<String, SignInError> {
-        self.visit(url, Who::Decline)
+        self.at_keyboard(url, Who::Decline)
     }
 
-    fn visit(&self, url: &str, who: Who) -> Result<String, SignInError> {
-        self.shared.visit(url, "GitHub", |path, request| {
+    fn at_keyboard(&self, url: &str, who: Who<GitHubUser>) -> Result<String, SignInError> {
+        self.visit(url, "GitHub", |path, request| {
             if path == AUTHORIZE_PATH {
-                authorize(&self.shared, request, who)
+                authorize(self, request, who)
             } else {
-                handle(&self.shared, request)
+                handle(self, request)
             }
         })
     }
 
     /// Adds or replaces a user (by id); the API answers with their current data.
     pub fn add_user(&self, user: GitHubUser) {
-        self.shared.lock().users.insert(user.id, user);
+        self.lock().own.users.insert(user.id, user);
     }
 
     /// Changes a user's data (e.g. an address gets verified) for the API's next answers and,
     /// when it is `config().user`, for later sign-ins too; `false` if the id is unknown.
     pub fn update_user(&self, id: u64, f: impl FnOnce(&mut GitHubUser)) -> bool {
-        let mut st = self.shared.lock();
-        let current = match st.users.get(&id) {
+        let mut st = self.lock();
+        let mut updated = match st.own.users.get(&id) {
             Some(u) => u.clone(),
             None if st.cfg.user.id == id => st.cfg.user.clone(),
             None => return false,
         };
-        let mut updated = current;
         f(&mut updated);
         if st.cfg.user.id == id {
             st.cfg.user = updated.clone();
         }
-        st.users.insert(id, updated);
+        st.own.users.insert(id, updated);
         true
-    }
-
-    /// Every authorize request's query parameters, in order of arrival (HTTP and `sign_in`).
-    pub fn authorize_requests(&self) -> Vec<Vec<(String, String)>> {
-        self.shared.lock().authorize_requests.clone()
-    }
-
-    /// Every token request's parameters (query and body; secrets and verifiers included).
-    pub fn token_requests(&self) -> Vec<Vec<(String, String)>> {
-        self.shared.lock().token_requests.clone()
     }
 
     /// Every API request (any path), in order.
     pub fn api_requests(&self) -> Vec<ApiRequest> {
-        self.shared.lock().api_requests.clone()
-    }
-
-    /// Codes issued by the authorize endpoint.
-    pub fn issued_codes(&self) -> usize {
-        self.shared.lock().issued_codes
-    }
-
-    /// Codes successfully redeemed.
-    pub fn redeemed_codes(&self) -> usize {
-        self.shared.lock().redeemed_codes
-    }
-
-    /// Successful `grant_type=refresh_token` requests (GitHub App mode).
-    pub fn refreshes(&self) -> usize {
-        self.shared.lock().refreshes
-    }
-
-    /// Requests to the token endpoint (any outcome).
-    pub fn token_calls(&self) -> usize {
-        self.shared.lock().token_calls
+        self.lock().own.api_requests.clone()
     }
 
     /// Requests to `/user` (any outcome).
     pub fn user_calls(&self) -> usize {
-        self.shared.lock().user_calls
+        self.lock().own.user_calls
     }
 
     /// Requests to `/user/emails` (any outcome).
     pub fn emails_calls(&self) -> usize {
-        self.shared.lock().emails_calls
-    }
-
-    /// Makes every access token issued so far invalid (the user revoked the app): the API
-    /// answers `401 Bad credentials`.
-    pub fn revoke_access_tokens(&self) {
-        self.shared.lock().access_tokens.clear();
-    }
-
-    /// Makes every access token issued so far expired (GitHub App tokens expire; OAuth-app
-    /// tokens do not, but this works on them too): the API answers `401 Bad credentials`.
-    pub fn expire_access_tokens(&self) {
-        let now = Instant::now();
-        for grant in self.shared.lock().access_tokens.values_mut() {
-            grant.expires = Some(now);
-        }
-    }
-
-    /// Forgets every refresh token issued so far: redeeming them fails with `bad_refresh_token`.
-    pub fn revoke_refresh_tokens(&self) {
-        self.shared.lock().refresh_tokens.clear();
+        self.lock().own.emails_calls
     }
 }
 
@@ -469,7 +357,7 @@ impl FakeGitHub {
 // Server
 
 fn json_reply(status: u16, v: &Value) -> FakeReply {
-    fake_provider::json_reply(status, v, &[])
+    super::fake_provider::json_reply(status, v, &[])
 }
 
 fn page(status: u16, title: &str, message: &str) -> FakeReply {
@@ -496,7 +384,7 @@ fn not_found_page() -> FakeReply {
 }
 
 fn redirect(location: String) -> FakeReply {
-    fake_provider::redirect_reply(
+    super::fake_provider::redirect_reply(
         location,
         &[
             ("Content-Type", "text/html; charset=utf-8"),
@@ -550,122 +438,106 @@ fn split_scopes(s: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // GET /login/oauth/authorize
 
-fn authorize(shared: &Shared, request: &FakeRequest, who: Who) -> FakeReply {
+fn authorize(shared: &Shared, request: &FakeRequest, who: Who<GitHubUser>) -> FakeReply {
     let query = request.url.split_once('?').map_or("", |(_, q)| q);
     let params: Params = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     let mut st = shared.lock();
-    st.authorize_requests.push(params.clone());
+    st.auth.authorize_requests.push(params.clone());
     if request.method != "GET" {
         return not_found_page();
     }
     let cfg = st.cfg.clone();
-    let p = |k: &str| param(&params, k).map(str::to_string);
-    // An unknown application: GitHub's 404 page, no redirect.
-    if p("client_id").as_deref() != Some(cfg.client_id.as_str()) {
-        return not_found_page();
-    }
-    let state = p("state");
+    let registered = vec![cfg.redirect_uri.clone()];
     // Errors GitHub reports by redirecting to the registered callback URL.
-    let fail = |target: &str, error: &str, description: &str, anchor: &str| {
+    let fail = |error: &str, description: &str, anchor: &str| {
         let uri = format!("{DOCS_AUTHORIZE_ERRORS}#{anchor}");
         let mut out = vec![
             ("error", error),
             ("error_description", description),
             ("error_uri", uri.as_str()),
         ];
-        if let Some(s) = &state {
-            out.push(("state", s.as_str()));
+        if let Some(s) = param(&params, "state") {
+            out.push(("state", s));
         }
-        redirect(with_query(target, &out))
+        redirect(with_query(&cfg.redirect_uri, &out))
     };
-    if cfg.suspended {
+    if cfg.suspended && param(&params, "client_id") == Some(cfg.client_id.as_str()) {
         return fail(
-            &cfg.redirect_uri,
             "application_suspended",
             "Your application has been suspended. Contact support@github.com.",
             "application-suspended",
         );
     }
-    let redirect_uri = p("redirect_uri").unwrap_or_else(|| cfg.redirect_uri.clone());
-    if redirect_uri != cfg.redirect_uri {
-        return fail(
-            &cfg.redirect_uri,
-            "redirect_uri_mismatch",
-            "The redirect_uri MUST match the registered callback URL for this application.",
-            "redirect-uri-mismatch",
-        );
-    }
-    if cfg.require_state && state.as_deref().unwrap_or("").is_empty() {
-        return page(
-            400,
-            "Missing state",
-            "fake GitHub: this fake requires a non-empty state parameter (GitHub recommends it).",
-        );
-    }
-    let challenge = p("code_challenge");
-    let method = p("code_challenge_method");
-    match (&challenge, method.as_deref()) {
-        (None, None) if cfg.require_pkce => {
-            return page(
-                400,
-                "Missing code_challenge",
-                "fake GitHub: this fake requires PKCE (code_challenge with \
-                 code_challenge_method=S256).",
-            )
-        }
-        (None, None) => {}
-        (Some(c), Some("S256")) if c.len() == 43 && is_b64url(c) => {}
-        (Some(_), Some("S256")) => {
-            return page(
-                400,
-                "Invalid code_challenge",
-                "The code_challenge must be 43 base64url characters (S256).",
-            )
-        }
-        _ => {
-            return page(
-                400,
-                "Invalid code_challenge_method",
-                "Only the S256 code challenge method is accepted.",
-            )
-        }
-    }
-    let user = match who {
-        Who::Decline => None,
-        Who::Browser if cfg.cancel => None,
-        Who::Browser => Some(cfg.user.clone()),
-        Who::User(u) => Some(u.clone()),
+    let rules = AuthorizeRules {
+        client_id: &cfg.client_id,
+        redirect_uris: &registered,
+        default_redirect_uri: true,
+        response_type: false,
+        require_scope: false,
+        require_state: cfg.require_state,
+        pkce: PkceRules {
+            required: cfg.require_pkce,
+            methods: &["S256"],
+            default_method: None,
+        },
     };
-    let Some(user) = user else {
+    let request = match check_authorize(&params, &rules) {
+        Ok(request) => request,
+        Err(Refusal { error, .. }) => {
+            return match error {
+                AuthorizeError::MissingClientId | AuthorizeError::UnknownClient(_) => {
+                    not_found_page()
+                }
+                AuthorizeError::UnregisteredRedirectUri(_) => fail(
+                    "redirect_uri_mismatch",
+                    "The redirect_uri MUST match the registered callback URL for this \
+                     application.",
+                    "redirect-uri-mismatch",
+                ),
+                AuthorizeError::MissingState => page(
+                    400,
+                    "Missing state",
+                    "fake GitHub: this fake requires a non-empty state parameter (GitHub \
+                     recommends it).",
+                ),
+                AuthorizeError::MissingChallenge => page(
+                    400,
+                    "Missing code_challenge",
+                    "fake GitHub: this fake requires PKCE (code_challenge with \
+                     code_challenge_method=S256).",
+                ),
+                AuthorizeError::InvalidChallenge => page(
+                    400,
+                    "Invalid code_challenge",
+                    "The code_challenge must be 43 base64url characters (S256).",
+                ),
+                _ => page(
+                    400,
+                    "Invalid code_challenge_method",
+                    "Only the S256 code challenge method is accepted.",
+                ),
+            }
+        }
+    };
+    let Some(user) = who.consents(cfg.cancel, &cfg.user) else {
         return fail(
-            &redirect_uri,
             "access_denied",
             "The user has denied your application access.",
             "access-denied",
         );
     };
-    let code = random_hex(10);
-    st.users.insert(user.id, user.clone());
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id: cfg.client_id.clone(),
-            redirect_uri: redirect_uri.clone(),
-            code_challenge: challenge,
-            scopes: split_scopes(&p("scope").unwrap_or_default()),
-            user_id: user.id,
-            issued: Instant::now(),
-            redeemed: false,
-        },
-    );
-    st.issued_codes += 1;
+    st.own.users.insert(user.id, user.clone());
+    let scopes = split_scopes(&request.scope);
+    let code = st
+        .auth
+        .issue_code(random_hex(10), &request, scopes, user.id);
     let mut out = vec![("code", code.as_str())];
-    if let Some(s) = &state {
+    if let Some(s) = &request.state {
         out.push(("state", s.as_str()));
     }
-    redirect(with_query(&redirect_uri, &out))
+    redirect(with_query(&request.redirect_uri, &out))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -714,133 +586,109 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
     let json_wanted = request
         .header("accept")
         .is_some_and(|a| a.to_ascii_lowercase().contains("application/json"));
+    let basic = request.header("authorization").and_then(parse_basic);
     // Parameters: the query string, then a form or JSON body.
-    let params = request_params(request);
-    let delay = {
-        let mut st = shared.lock();
-        st.token_requests.push(params.clone());
-        st.token_calls += 1;
-        st.cfg.token_delay
-    };
-    shared.nap(delay);
+    shared.serve_token(
+        request_params(request),
+        |c| c.token_delay,
+        |st, params| token_grant(st, params, basic.as_ref(), json_wanted),
+    )
+}
 
-    let mut st = shared.lock();
+/// GitHub's side of a token request: its words (HTTP 200 errors), its token formats.
+struct GitHubTokens<'a> {
+    cfg: &'a FakeGitHubConfig,
+    json_wanted: bool,
+}
+
+impl TokenQuirks<u64> for GitHubTokens<'_> {
+    fn refuse(&self, e: TokenError) -> FakeReply {
+        let (error, description, uri) = match e {
+            TokenError::Client(_) => (
+                "incorrect_client_credentials",
+                "The client_id and/or client_secret passed are incorrect.",
+                format!("{DOCS_TOKEN_ERRORS}#incorrect-client-credentials"),
+            ),
+            TokenError::Code(CodeError::RedirectMismatch { .. }) => (
+                "redirect_uri_mismatch",
+                "The redirect_uri MUST match the registered callback URL for this application.",
+                format!("{DOCS_AUTHORIZE_ERRORS}#redirect-uri-mismatch2"),
+            ),
+            TokenError::Code(CodeError::MissingVerifier | CodeError::WrongVerifier) => (
+                "bad_code_verifier",
+                "The code_verifier does not match the code_challenge supplied in the \
+                 authorization request.",
+                DOCS_TOKEN_ERRORS.to_string(),
+            ),
+            TokenError::Code(_) | TokenError::Missing("code") => (
+                "bad_verification_code",
+                "The code passed is incorrect or expired.",
+                format!("{DOCS_TOKEN_ERRORS}#bad-verification-code"),
+            ),
+            TokenError::Refresh(_) | TokenError::Missing(_) => (
+                "bad_refresh_token",
+                "The refresh token passed is incorrect or expired.",
+                DOCS_REFRESH.to_string(),
+            ),
+            TokenError::UnsupportedGrantType(_) => (
+                "unsupported_grant_type",
+                "The grant type is not supported.",
+                DOCS_TOKEN_ERRORS.to_string(),
+            ),
+        };
+        token_error(self.json_wanted, error, description, &uri)
+    }
+
+    fn new_refresh_token(&self) -> String {
+        format!("ghr_{}", random_alnum(76))
+    }
+
+    /// Only GitHub Apps with expiring user tokens have refresh tokens.
+    fn refresh_on_code(&self, _: &Grant<u64>) -> bool {
+        self.cfg.github_app
+    }
+
+    fn refreshable(&self) -> bool {
+        self.cfg.github_app
+    }
+}
+
+fn token_grant(
+    st: &mut State,
+    params: &Params,
+    basic: Option<&(String, String)>,
+    json_wanted: bool,
+) -> FakeReply {
     let cfg = st.cfg.clone();
     if let Some((error, description)) = &cfg.token_error {
         return token_error(json_wanted, error, description, DOCS_TOKEN_ERRORS);
     }
-    let f = |k: &str| param(&params, k).map(str::to_string);
-    let basic = request.header("authorization").and_then(parse_basic);
-    let client_id = f("client_id").or_else(|| basic.as_ref().map(|(id, _)| id.clone()));
-    let secret = f("client_secret").or_else(|| basic.as_ref().map(|(_, s)| s.clone()));
-    let bad_client = || {
-        token_error(
-            json_wanted,
-            "incorrect_client_credentials",
-            "The client_id and/or client_secret passed are incorrect.",
-            &format!("{DOCS_TOKEN_ERRORS}#incorrect-client-credentials"),
-        )
+    let rules = TokenRules {
+        client: ClientRule {
+            client_id: &cfg.client_id,
+            secret: Some(&cfg.client_secret),
+        },
+        default_grant_type: Some("authorization_code"),
+        client_first: true,
+        redirect_uri_required: false,
+        code_lifetime: cfg.code_lifetime,
+        refresh_policy: cfg.refresh_policy,
+        refresh_lifetime: Some(Duration::from_secs(cfg.refresh_token_lifetime_secs)),
     };
-    if client_id.as_deref() != Some(cfg.client_id.as_str())
-        || secret.as_deref() != Some(cfg.client_secret.as_str())
-    {
-        return bad_client();
-    }
-    let bad_code = || {
-        token_error(
-            json_wanted,
-            "bad_verification_code",
-            "The code passed is incorrect or expired.",
-            &format!("{DOCS_TOKEN_ERRORS}#bad-verification-code"),
-        )
+    let quirks = GitHubTokens {
+        cfg: &cfg,
+        json_wanted,
     };
-
-    let (user_id, scopes) = match f("grant_type").as_deref() {
-        None | Some("authorization_code") => {
-            let Some(code) = f("code") else {
-                return bad_code();
-            };
-            let Some(grant) = st.codes.get_mut(&code) else {
-                return bad_code();
-            };
-            if grant.redeemed
-                || grant.issued.elapsed() > cfg.code_lifetime
-                || grant.client_id != cfg.client_id
-            {
-                return bad_code();
-            }
-            if let Some(uri) = f("redirect_uri") {
-                if uri != grant.redirect_uri {
-                    return token_error(
-                        json_wanted,
-                        "redirect_uri_mismatch",
-                        "The redirect_uri MUST match the registered callback URL for this \
-                         application.",
-                        &format!("{DOCS_AUTHORIZE_ERRORS}#redirect-uri-mismatch2"),
-                    );
-                }
-            }
-            if let Some(challenge) = &grant.code_challenge {
-                let ok = f("code_verifier")
-                    .is_some_and(|v| is_pkce_verifier(&v) && pkce_challenge(&v) == *challenge);
-                if !ok {
-                    return token_error(
-                        json_wanted,
-                        "bad_code_verifier",
-                        "The code_verifier does not match the code_challenge supplied in the \
-                         authorization request.",
-                        DOCS_TOKEN_ERRORS,
-                    );
-                }
-            }
-            grant.redeemed = true;
-            let out = (grant.user_id, grant.scopes.clone());
-            st.redeemed_codes += 1;
-            out
-        }
-        Some("refresh_token") => {
-            let bad_refresh = || {
-                token_error(
-                    json_wanted,
-                    "bad_refresh_token",
-                    "The refresh token passed is incorrect or expired.",
-                    DOCS_REFRESH,
-                )
-            };
-            let Some(refresh) = f("refresh_token") else {
-                return bad_refresh();
-            };
-            let valid = st.refresh_tokens.get(&refresh).is_some_and(|g| {
-                cfg.github_app && g.client_id == cfg.client_id && Instant::now() < g.expires
-            });
-            if !valid {
-                return bad_refresh();
-            }
-            // GitHub rotates refresh tokens: the one just used is spent.
-            let grant = st.refresh_tokens.remove(&refresh).unwrap();
-            st.refreshes += 1;
-            (grant.user_id, grant.scopes)
-        }
-        Some(_) => {
-            return token_error(
-                json_wanted,
-                "unsupported_grant_type",
-                "The grant type is not supported.",
-                DOCS_TOKEN_ERRORS,
-            )
-        }
+    let granted = match st.auth.token(params, basic, &rules, &quirks) {
+        Ok(granted) => granted,
+        Err(reply) => return reply,
     };
-
+    let grant = granted.grant;
+    let scopes = st.auth.grant(grant).scopes.clone();
     if !cfg.github_app {
         let access_token = format!("gho_{}", random_alnum(36));
-        st.access_tokens.insert(
-            access_token.clone(),
-            AccessGrant {
-                user_id,
-                scopes: scopes.clone(),
-                expires: None,
-            },
-        );
+        st.auth
+            .issue_access(access_token.clone(), grant, scopes.clone(), None);
         return token_answer(
             json_wanted,
             &[
@@ -850,40 +698,25 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
             ],
         );
     }
+    // GitHub Apps have permissions, not scopes.
     let access_token = format!("ghu_{}", random_alnum(36));
-    let refresh_token = format!("ghr_{}", random_alnum(76));
-    let now = Instant::now();
-    st.access_tokens.insert(
-        access_token.clone(),
-        AccessGrant {
-            user_id,
-            scopes: Vec::new(),
-            expires: Some(now + Duration::from_secs(cfg.access_token_lifetime_secs)),
-        },
-    );
-    st.refresh_tokens.insert(
-        refresh_token.clone(),
-        RefreshGrant {
-            client_id: cfg.client_id.clone(),
-            user_id,
-            scopes,
-            expires: now + Duration::from_secs(cfg.refresh_token_lifetime_secs),
-        },
-    );
-    token_answer(
-        json_wanted,
-        &[
-            ("access_token", json!(access_token)),
-            ("expires_in", json!(cfg.access_token_lifetime_secs)),
-            ("refresh_token", json!(refresh_token)),
-            (
-                "refresh_token_expires_in",
-                json!(cfg.refresh_token_lifetime_secs),
-            ),
-            ("scope", json!("")),
-            ("token_type", json!("bearer")),
-        ],
-    )
+    let lifetime = Duration::from_secs(cfg.access_token_lifetime_secs);
+    st.auth
+        .issue_access(access_token.clone(), grant, Vec::new(), Some(lifetime));
+    let mut fields = vec![
+        ("access_token", json!(access_token)),
+        ("expires_in", json!(cfg.access_token_lifetime_secs)),
+    ];
+    if let Some(refresh) = granted.refresh_token {
+        fields.push(("refresh_token", json!(refresh)));
+        fields.push((
+            "refresh_token_expires_in",
+            json!(cfg.refresh_token_lifetime_secs),
+        ));
+    }
+    fields.push(("scope", json!("")));
+    fields.push(("token_type", json!("bearer")));
+    token_answer(json_wanted, &fields)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,14 +743,14 @@ const DOCS_EMAILS: &str =
 fn api(shared: &Shared, request: &FakeRequest, path: &str) -> FakeReply {
     let delay = {
         let mut st = shared.lock();
-        st.api_requests.push(ApiRequest {
+        st.own.api_requests.push(ApiRequest {
             method: request.method.clone(),
             url: request.url.clone(),
             headers: request.headers.clone(),
         });
         match path {
-            "/user" => st.user_calls += 1,
-            "/user/emails" => st.emails_calls += 1,
+            "/user" => st.own.user_calls += 1,
+            "/user/emails" => st.own.emails_calls += 1,
             _ => {}
         }
         st.cfg.api_delay
@@ -936,6 +769,10 @@ fn api(shared: &Shared, request: &FakeRequest, path: &str) -> FakeReply {
               Check https://developer.github.com for other possible causes.\n"
                 .to_vec(),
         );
+    }
+    let grant_path = format!("/applications/{}/grant", shared.lock().cfg.client_id);
+    if request.method == "DELETE" && path == grant_path {
+        return delete_grant(shared, request);
     }
     if request.method != "GET" || !matches!(path, "/user" | "/user/emails") {
         return api_error(404, "Not Found", "https://docs.github.com/rest");
@@ -962,19 +799,15 @@ fn api(shared: &Shared, request: &FakeRequest, path: &str) -> FakeReply {
         };
         return api_error(401, "Requires authentication", docs);
     };
-    let Some(grant) = st
-        .access_tokens
-        .get(&token)
-        .filter(|g| g.expires.is_none_or(|e| Instant::now() < e))
-    else {
+    let Some((access, grant)) = st.auth.live_access(&token) else {
         return api_error(401, "Bad credentials", "https://docs.github.com/rest");
     };
-    let Some(user) = st.users.get(&grant.user_id).cloned() else {
+    let Some(user) = st.own.users.get(&grant.user).cloned() else {
         return api_error(401, "Bad credentials", "https://docs.github.com/rest");
     };
     let github_app = st.cfg.github_app;
     let app_email_permission = st.cfg.app_email_permission;
-    let scopes = grant.scopes.clone();
+    let scopes = access.scopes.clone();
     let api_base = format!("{}{}", shared.base, st.cfg.api_prefix);
     drop(st);
 
@@ -1045,4 +878,30 @@ fn api(shared: &Shared, request: &FakeRequest, path: &str) -> FakeReply {
         r.headers.push(("X-Accepted-OAuth-Scopes", accepted.into()));
     }
     r
+}
+
+/// `DELETE /applications/{client_id}/grant`: the app's `client_id` and `client_secret` as HTTP
+/// Basic, `{"access_token": ...}` as the body; every token of that user for the app ends
+/// ("Deleting an OAuth application's grant will also delete all OAuth tokens associated with
+/// the application for the user"). 204 when done; 422 without an `access_token`. Wrong
+/// credentials and unknown tokens get 404, as GitHub hides what a caller may not see.
+fn delete_grant(shared: &Shared, request: &FakeRequest) -> FakeReply {
+    let st = &mut *shared.lock();
+    let basic = request.header("authorization").and_then(parse_basic);
+    if basic != Some((st.cfg.client_id.clone(), st.cfg.client_secret.clone())) {
+        return api_error(404, "Not Found", DOCS_GRANT);
+    }
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    let Some(token) = body["access_token"].as_str() else {
+        let message = "Invalid request.\n\n\"access_token\" wasn't supplied.";
+        return api_error(422, message, DOCS_GRANT);
+    };
+    let Some((_, grant)) = st.auth.live_access(token) else {
+        return api_error(404, "Not Found", DOCS_GRANT);
+    };
+    // One authorization per user and app: all of that user's grants end.
+    let user = grant.user;
+    st.auth.revoke_grants_where(|g| g.user == user);
+    st.auth.counters.revocations += 1;
+    typed_reply(204, "text/plain", Vec::new())
 }

@@ -1,21 +1,24 @@
-//! A fake Google (OpenID Connect) on one plain-HTTP port, with Google's paths: discovery
-//! (`/.well-known/openid-configuration`), authorize (`/o/oauth2/v2/auth`), token (`/token`),
-//! keys (`/oauth2/v3/certs`), userinfo (`/v1/userinfo`) and revocation (`/revoke`). It enforces
-//! what Google enforces and answers the way Google answers:
+//! A fake Google (OpenID Connect) on one plain-HTTP port, with Google's paths, on the
+//! authorization-server core of fake_as.rs: discovery (`/.well-known/openid-configuration`),
+//! authorize (`/o/oauth2/v2/auth`), token (`/token`), keys (`/oauth2/v3/certs`), userinfo
+//! (`/v1/userinfo`) and revocation (`/revoke`, `https://oauth2.googleapis.com/revoke` in
+//! production). What is Google's own, and kept here:
 //!
 //! - authorize: error pages (no redirect) for an unknown client (`Error 401: invalid_client`),
 //!   a `redirect_uri` that is not registered byte for byte (`Error 400: redirect_uri_mismatch`)
-//!   and malformed requests (`Error 400: invalid_request`); `error=access_denied` back to the
-//!   client when the user refuses; PKCE `S256` or `plain`. The callback carries `state`, `code`,
-//!   `scope`, `authuser`, `hd` (Workspace users), `prompt`, and no `iss` (Google does not
-//!   advertise `authorization_response_iss_parameter_supported`). Stricter than Google, on
-//!   purpose and switchable: `state`, PKCE and the `openid` scope are required by default.
-//! - token: client authentication (form or HTTP Basic); codes one-time, expiring, bound to the
-//!   client, the redirect URI and the PKCE verifier; Google's error bodies and statuses
-//!   (`invalid_grant` / `Bad Request` with 400, `invalid_client` with 401, ...). The answer has
-//!   an RS256 `id_token` signed with the current key (`kid` in the header), and a
+//!   and malformed requests (`Error 400: invalid_request`, Google's scope names, `access_type`,
+//!   `prompt`); `error=access_denied` back to the client when the user refuses; PKCE `S256` or
+//!   `plain`. The callback carries `state`, `code`, `scope`, `authuser`, `hd` (Workspace
+//!   users), `prompt`, and no `iss` (Google does not advertise
+//!   `authorization_response_iss_parameter_supported`). Stricter than Google, on purpose and
+//!   switchable: `state`, PKCE and the `openid` scope are required by default.
+//! - token: Google's error bodies and statuses (`invalid_grant` / `Bad Request` with 400,
+//!   `invalid_client` with 401, ...). The answer has an RS256 `id_token` signed with the
+//!   current key (`kid` in the header) with `hd` and `email_verified` claims, and a
 //!   `refresh_token` only when the authorize request had `access_type=offline` and
-//!   `prompt=consent`.
+//!   `prompt=consent`. Refresh tokens are not rotated (`RefreshPolicy::google()`); revoking a
+//!   refresh or an access token ends the grant ("if the token is an access token and it has a
+//!   corresponding refresh token, the refresh token will also be revoked").
 //! - keys: the JWKS publishes the current key; `rotate_keys` switches signing to the other key
 //!   (both published until `unpublish_old_keys`); fetches are counted.
 //! - hostile id_tokens for negative tests: `set_next_id_token_tamper(Tamper::...)`.
@@ -27,31 +30,26 @@
 //! Signing keys are test-only fixtures in `tests/fixtures/keys/` (see the README there).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use ring::signature::{KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
 
-// Each fake includes the HTTP core and the fake-provider core as its own modules, so a test
-// crate with several fakes loads the files several times, on purpose; clippy's duplicate_mod
-// skips includes that allow it.
-#[allow(clippy::duplicate_mod)]
-#[path = "fake_http.rs"]
-mod fake_http;
-use fake_http::{FakeReply, FakeRequest};
-#[allow(clippy::duplicate_mod)]
-#[path = "fake_provider.rs"]
-mod fake_provider;
+use super::fake_as::{
+    check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientError, ClientRule, CodeError,
+    Grant, Params, PkceRules, RefreshError, RefreshPolicy, TokenError, TokenQuirks, TokenRules,
+    Who,
+};
+use super::fake_http::{FakeReply, FakeRequest};
 // The helpers tests use, under this fake's name (not every test crate uses them all).
 #[allow(unused_imports)]
-pub use fake_provider::{
+pub use super::fake_provider::{
     b64url_decode, b64url_encode, param, pkce_challenge, pkce_verifier, query_params, SignInError,
 };
-use fake_provider::{
-    html_escape, is_b64url, is_pkce_verifier, parse_basic, random_b64, reply, request_params,
-    unix_now, with_query, Running,
+use super::fake_provider::{
+    html_escape, parse_basic, random_b64, reply, request_params, unix_now, with_query, Core,
+    Running,
 };
 
 pub const DEFAULT_CLIENT_ID: &str =
@@ -184,7 +182,13 @@ pub struct FakeGoogleConfig {
     pub id_token_lifetime_secs: u64,
     /// Applied to every id_token (a one-shot `set_next_id_token_tamper` takes precedence).
     pub id_token_tamper: Option<Tamper>,
-    /// Sleep this long before answering the token endpoint.
+    /// Refresh tokens do not rotate: `RefreshPolicy::google()`.
+    pub refresh_policy: RefreshPolicy,
+    /// `None` (Google in production): refresh tokens do not expire with time; 7 days for an app
+    /// in "Testing" status.
+    pub refresh_token_lifetime: Option<Duration>,
+    /// Sleep this long before answering the token endpoint (one-shot faults:
+    /// `inject_token_fault`).
     pub token_delay: Duration,
     /// Sleep this long before answering the JWKS.
     pub jwks_delay: Duration,
@@ -215,6 +219,8 @@ impl Default for FakeGoogleConfig {
             access_token_lifetime_secs: 3599,
             id_token_lifetime_secs: 3600,
             id_token_tamper: None,
+            refresh_policy: RefreshPolicy::google(),
+            refresh_token_lifetime: None,
             token_delay: Duration::ZERO,
             jwks_delay: Duration::ZERO,
             userinfo_delay: Duration::ZERO,
@@ -225,9 +231,8 @@ impl Default for FakeGoogleConfig {
     }
 }
 
-type Params = Vec<(String, String)>;
-
-struct RsaKey {
+/// One of the fake's signing keys (fixed at start).
+pub struct RsaKey {
     pair: RsaKeyPair,
     kid: String,
     n: Vec<u8>,
@@ -314,73 +319,39 @@ fn spki_pem(rsa_public_key: &[u8]) -> String {
     pem
 }
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    /// `(method, challenge)`.
-    challenge: Option<(String, String)>,
-    scopes: Vec<String>,
-    nonce: Option<String>,
-    offline_consent: bool,
-    user: GoogleUser,
-    issued: Instant,
-    redeemed: bool,
+/// Who signed in, and whether they consented to offline access (a refresh token).
+#[derive(Clone)]
+pub struct GoogleSignIn {
+    pub user: GoogleUser,
+    pub offline: bool,
 }
 
-struct AccessGrant {
-    client_id: String,
-    scopes: Vec<String>,
-    user: GoogleUser,
-    expires: Instant,
-}
-
-struct RefreshGrant {
-    client_id: String,
-    scopes: Vec<String>,
-    user: GoogleUser,
-}
-
-struct State {
-    cfg: FakeGoogleConfig,
-    codes: HashMap<String, CodeGrant>,
-    access_tokens: HashMap<String, AccessGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
+/// What is Google's own: the signing keys in use, id_token tampering, and counters.
+#[derive(Default)]
+pub struct GoogleOwn {
     /// The key signing now (0 or 1).
     current_key: usize,
     /// The keys in the JWKS, current first.
     published: Vec<usize>,
     next_tamper: Option<Tamper>,
     id_tokens: Vec<String>,
-    authorize_requests: Vec<Params>,
-    token_requests: Vec<Params>,
-    issued_codes: usize,
-    redeemed_codes: usize,
-    refreshes: usize,
-    token_calls: usize,
     discovery_fetches: usize,
     jwks_fetches: usize,
     userinfo_calls: usize,
-    revocations: usize,
 }
 
+type State = AsState<FakeGoogleConfig, GoogleSignIn, GoogleOwn>;
 /// The signing keys are fixed at start.
-type Shared = fake_provider::Core<State, Vec<RsaKey>>;
+type Shared = Core<State, Vec<RsaKey>>;
 
 impl Shared {
     fn keys(&self) -> &[RsaKey] {
         &self.fixed
     }
 
-    fn issuer(&self, cfg: &FakeGoogleConfig) -> String {
+    fn issuer_of(&self, cfg: &FakeGoogleConfig) -> String {
         cfg.issuer.clone().unwrap_or_else(|| self.base.clone())
     }
-}
-
-/// Who is at the keyboard when the authorize endpoint runs.
-enum Who<'a> {
-    Browser,
-    User(&'a GoogleUser),
-    Decline,
 }
 
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
@@ -390,10 +361,9 @@ const JWKS_PATH: &str = "/oauth2/v3/certs";
 const USERINFO_PATH: &str = "/v1/userinfo";
 const REVOKE_PATH: &str = "/revoke";
 
-/// A running fake Google on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
-pub struct FakeGoogle {
-    shared: Running<State, Vec<RsaKey>>,
-}
+/// A running fake Google on `127.0.0.1:<free port>`; stopped (threads joined) on drop. The
+/// core's methods (`config`, `set`, `counters`, `inject_token_fault`, ...) come with it.
+pub type FakeGoogle = Running<State, Vec<RsaKey>>;
 
 impl FakeGoogle {
     /// Starts with `FakeGoogleConfig::default()`.
@@ -403,234 +373,152 @@ impl FakeGoogle {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeGoogleConfig) -> FakeGoogle {
-        let state = State {
-            cfg,
-            codes: HashMap::new(),
-            access_tokens: HashMap::new(),
-            refresh_tokens: HashMap::new(),
-            current_key: 0,
+        let own = GoogleOwn {
             published: vec![0],
-            next_tamper: None,
-            id_tokens: Vec::new(),
-            authorize_requests: Vec::new(),
-            token_requests: Vec::new(),
-            issued_codes: 0,
-            redeemed_codes: 0,
-            refreshes: 0,
-            token_calls: 0,
-            discovery_fetches: 0,
-            jwks_fetches: 0,
-            userinfo_calls: 0,
-            revocations: 0,
+            ..GoogleOwn::default()
         };
         let keys = KEY_PKCS8.iter().map(|k| RsaKey::load(k)).collect();
-        FakeGoogle {
-            shared: Running::start("fake-google", state, keys, handle),
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    pub fn base_url(&self) -> String {
-        self.shared.base_url()
+        Running::serve("fake-google", AsState::new(cfg, own), keys, handle)
     }
 
     /// The issuer discovery advertises and id_tokens carry (the base URL unless configured).
     pub fn issuer(&self) -> String {
-        let cfg = self.shared.lock().cfg.clone();
-        self.shared.issuer(&cfg)
+        let cfg = self.config();
+        self.issuer_of(&cfg)
     }
 
     /// `{base}/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
-        format!("{}{DISCOVERY_PATH}", self.shared.base)
+        format!("{}{DISCOVERY_PATH}", self.base)
     }
 
     /// `{base}/o/oauth2/v2/auth`.
     pub fn authorize_url(&self) -> String {
-        format!("{}{AUTHORIZE_PATH}", self.shared.base)
+        format!("{}{AUTHORIZE_PATH}", self.base)
     }
 
     /// `{base}/token`.
     pub fn token_url(&self) -> String {
-        format!("{}{TOKEN_PATH}", self.shared.base)
+        format!("{}{TOKEN_PATH}", self.base)
     }
 
     /// `{base}/oauth2/v3/certs`.
     pub fn jwks_url(&self) -> String {
-        format!("{}{JWKS_PATH}", self.shared.base)
+        format!("{}{JWKS_PATH}", self.base)
     }
 
     /// `{base}/v1/userinfo`.
     pub fn userinfo_url(&self) -> String {
-        format!("{}{USERINFO_PATH}", self.shared.base)
+        format!("{}{USERINFO_PATH}", self.base)
     }
 
     /// `{base}/revoke`.
     pub fn revoke_url(&self) -> String {
-        format!("{}{REVOKE_PATH}", self.shared.base)
-    }
-
-    /// A copy of the current configuration.
-    pub fn config(&self) -> FakeGoogleConfig {
-        self.shared.lock().cfg.clone()
-    }
-
-    /// Changes the configuration at runtime: `fake.set(|c| c.cancel = true)`.
-    pub fn set(&self, f: impl FnOnce(&mut FakeGoogleConfig)) {
-        f(&mut self.shared.lock().cfg)
+        format!("{}{REVOKE_PATH}", self.base)
     }
 
     /// The person at `url` (an authorize URL, as the broker built it) signs in as `user`:
     /// returns the redirect the browser would follow (`redirect_uri?state=...&code=...`), or
     /// the error page Google shows instead.
     pub fn sign_in(&self, url: &str, user: &GoogleUser) -> Result<String, SignInError> {
-        self.visit(url, Who::User(user))
+        self.at_keyboard(url, Who::User(user))
     }
 
     /// The person at `url` clicks "Cancel": `redirect_uri?error=access_denied&state=...` (or
     /// the error page Google shows when the request itself is wrong).
     pub fn decline(&self, url: &str) -> Result<String, SignInError> {
-        self.visit(url, Who::Decline)
+        self.at_keyboard(url, Who::Decline)
     }
 
-    fn visit(&self, url: &str, who: Who) -> Result<String, SignInError> {
-        self.shared.visit(url, "Google", |path, request| {
+    fn at_keyboard(&self, url: &str, who: Who<GoogleUser>) -> Result<String, SignInError> {
+        self.visit(url, "Google", |path, request| {
             if path == AUTHORIZE_PATH {
-                authorize(&self.shared, request, who)
+                authorize(self, request, who)
             } else {
-                handle(&self.shared, request)
+                handle(self, request)
             }
         })
     }
 
     /// The next token response's id_token (only that one) gets `tamper`.
     pub fn set_next_id_token_tamper(&self, tamper: Tamper) {
-        self.shared.lock().next_tamper = Some(tamper);
+        self.lock().own.next_tamper = Some(tamper);
     }
 
     /// Signing switches to the other key, which is published first; the previous key stays in
     /// the JWKS (Google overlaps its keys) until `unpublish_old_keys`.
     pub fn rotate_keys(&self) {
-        let mut st = self.shared.lock();
-        let next = 1 - st.current_key;
-        st.current_key = next;
-        st.published.retain(|k| *k != next);
-        st.published.insert(0, next);
+        let own = &mut self.lock().own;
+        let next = 1 - own.current_key;
+        own.current_key = next;
+        own.published.retain(|k| *k != next);
+        own.published.insert(0, next);
     }
 
     /// The JWKS keeps only the current key.
     pub fn unpublish_old_keys(&self) {
-        let mut st = self.shared.lock();
-        let current = st.current_key;
-        st.published = vec![current];
+        let own = &mut self.lock().own;
+        own.published = vec![own.current_key];
     }
 
     /// The `kid` id_tokens are signed under now.
     pub fn current_kid(&self) -> String {
-        let current = self.shared.lock().current_key;
-        self.shared.keys()[current].kid.clone()
+        let current = self.lock().own.current_key;
+        self.keys()[current].kid.clone()
     }
 
     /// The `kid`s the JWKS publishes now, current first.
     pub fn published_kids(&self) -> Vec<String> {
-        let published = self.shared.lock().published.clone();
+        let published = self.lock().own.published.clone();
         published
             .iter()
-            .map(|k| self.shared.keys()[*k].kid.clone())
+            .map(|k| self.keys()[*k].kid.clone())
             .collect()
     }
 
     /// The `kid` forgeries (`Tamper::UnknownKid`) use; never published.
     pub fn unknown_kid(&self) -> String {
-        self.shared.keys()[FORGER].kid.clone()
+        self.keys()[FORGER].kid.clone()
     }
 
     /// The JWKS as `/oauth2/v3/certs` serves it now (not counted as a fetch).
     pub fn jwks(&self) -> Value {
-        let published = self.shared.lock().published.clone();
-        jwks_of(&self.shared, &published)
+        let published = self.lock().own.published.clone();
+        jwks_of(self, &published)
     }
 
     /// The PEM (`-----BEGIN PUBLIC KEY-----`) of the current key: the HMAC secret of
     /// `Tamper::Hs256WithPublicKey`.
     pub fn public_key_pem(&self) -> String {
-        let current = self.shared.lock().current_key;
-        self.shared.keys()[current].pem.clone()
+        let current = self.lock().own.current_key;
+        self.keys()[current].pem.clone()
     }
 
     /// A JWT with `claims`, properly signed with the current key (header `alg`, `kid`, `typ`).
     pub fn sign_id_token(&self, claims: &Value) -> String {
-        let current = self.shared.lock().current_key;
-        sign_rs256(&self.shared.keys()[current], claims)
+        let current = self.lock().own.current_key;
+        sign_rs256(&self.keys()[current], claims)
     }
 
     /// Every id_token issued by the token endpoint, in order (tampered ones included).
     pub fn issued_id_tokens(&self) -> Vec<String> {
-        self.shared.lock().id_tokens.clone()
-    }
-
-    /// Every authorize request's query parameters, in order of arrival (HTTP and `sign_in`).
-    pub fn authorize_requests(&self) -> Vec<Vec<(String, String)>> {
-        self.shared.lock().authorize_requests.clone()
-    }
-
-    /// Every token request's parameters (secrets and verifiers included), in order.
-    pub fn token_requests(&self) -> Vec<Vec<(String, String)>> {
-        self.shared.lock().token_requests.clone()
-    }
-
-    /// Codes issued by the authorize endpoint.
-    pub fn issued_codes(&self) -> usize {
-        self.shared.lock().issued_codes
-    }
-
-    /// Codes successfully redeemed.
-    pub fn redeemed_codes(&self) -> usize {
-        self.shared.lock().redeemed_codes
-    }
-
-    /// Successful `grant_type=refresh_token` requests.
-    pub fn refreshes(&self) -> usize {
-        self.shared.lock().refreshes
-    }
-
-    /// Requests to the token endpoint (any outcome).
-    pub fn token_calls(&self) -> usize {
-        self.shared.lock().token_calls
+        self.lock().own.id_tokens.clone()
     }
 
     /// Requests for the discovery document (any outcome).
     pub fn discovery_fetches(&self) -> usize {
-        self.shared.lock().discovery_fetches
+        self.lock().own.discovery_fetches
     }
 
     /// Requests for the JWKS (any outcome): a caching verifier fetches again only for an
     /// unknown `kid`.
     pub fn jwks_fetches(&self) -> usize {
-        self.shared.lock().jwks_fetches
+        self.lock().own.jwks_fetches
     }
 
     /// Requests to userinfo (any outcome).
     pub fn userinfo_calls(&self) -> usize {
-        self.shared.lock().userinfo_calls
-    }
-
-    /// Successful revocations.
-    pub fn revocations(&self) -> usize {
-        self.shared.lock().revocations
-    }
-
-    /// Makes every access token issued so far expired: userinfo answers 401.
-    pub fn expire_access_tokens(&self) {
-        let now = Instant::now();
-        for grant in self.shared.lock().access_tokens.values_mut() {
-            grant.expires = now;
-        }
-    }
-
-    /// Forgets every refresh token issued so far: redeeming them fails with `invalid_grant`.
-    pub fn revoke_refresh_tokens(&self) {
-        self.shared.lock().refresh_tokens.clear();
+        self.lock().own.userinfo_calls
     }
 }
 
@@ -653,7 +541,7 @@ pub fn decode_jwt_payload(token: &str) -> Option<Value> {
 const NO_CACHE: &str = "no-cache, no-store, max-age=0, must-revalidate";
 
 fn json_reply(status: u16, v: &Value) -> FakeReply {
-    fake_provider::json_reply(
+    super::fake_provider::json_reply(
         status,
         v,
         &[("Cache-Control", NO_CACHE), ("Pragma", "no-cache")],
@@ -684,7 +572,7 @@ fn error_page(status: u16, error: &str, detail: &str) -> FakeReply {
 }
 
 fn redirect(location: String) -> FakeReply {
-    fake_provider::redirect_reply(
+    super::fake_provider::redirect_reply(
         location,
         &[
             ("Content-Type", "text/html; charset=UTF-8"),
@@ -739,7 +627,7 @@ fn handle(shared: &Shared, request: &FakeRequest) -> FakeReply {
 fn discovery(shared: &Shared) -> FakeReply {
     let cfg = {
         let mut st = shared.lock();
-        st.discovery_fetches += 1;
+        st.own.discovery_fetches += 1;
         st.cfg.clone()
     };
     if let Some(status) = cfg.discovery_error {
@@ -753,7 +641,7 @@ fn discovery(shared: &Shared) -> FakeReply {
     let mut r = json_reply(
         200,
         &json!({
-            "issuer": shared.issuer(&cfg),
+            "issuer": shared.issuer_of(&cfg),
             "authorization_endpoint": format!("{b}{AUTHORIZE_PATH}"),
             "token_endpoint": format!("{b}{TOKEN_PATH}"),
             "userinfo_endpoint": format!("{b}{USERINFO_PATH}"),
@@ -792,8 +680,12 @@ fn jwks_of(shared: &Shared, published: &[usize]) -> Value {
 fn jwks(shared: &Shared) -> FakeReply {
     let (delay, error, published) = {
         let mut st = shared.lock();
-        st.jwks_fetches += 1;
-        (st.cfg.jwks_delay, st.cfg.jwks_error, st.published.clone())
+        st.own.jwks_fetches += 1;
+        (
+            st.cfg.jwks_delay,
+            st.cfg.jwks_error,
+            st.own.published.clone(),
+        )
     };
     shared.nap(delay);
     if let Some(status) = error {
@@ -835,19 +727,20 @@ fn make_id_token(
     access_token: &str,
 ) -> String {
     let tamper = st
+        .own
         .next_tamper
         .take()
         .or_else(|| st.cfg.id_token_tamper.clone());
     if tamper == Some(Tamper::ReplayPrevious) {
-        if let Some(previous) = st.id_tokens.last().cloned() {
-            st.id_tokens.push(previous.clone());
+        if let Some(previous) = st.own.id_tokens.last().cloned() {
+            st.own.id_tokens.push(previous.clone());
             return previous;
         }
     }
     let now = unix_now();
     let digest = ring::digest::digest(&ring::digest::SHA256, access_token.as_bytes());
     let mut claims = json!({
-        "iss": shared.issuer(&st.cfg),
+        "iss": shared.issuer_of(&st.cfg),
         "azp": client_id,
         "aud": client_id,
         "sub": user.sub,
@@ -871,7 +764,7 @@ fn make_id_token(
     if let Some(n) = nonce {
         claims["nonce"] = json!(n);
     }
-    let current = &shared.keys()[st.current_key];
+    let current = &shared.keys()[st.own.current_key];
     let forger = &shared.keys()[FORGER];
     let header = |alg: &str, kid: &str| json!({"alg": alg, "kid": kid, "typ": "JWT"});
     let token = match tamper {
@@ -930,20 +823,20 @@ fn make_id_token(
             sign_rs256(current, &claims)
         }
     };
-    st.id_tokens.push(token.clone());
+    st.own.id_tokens.push(token.clone());
     token
 }
 
 // ---------------------------------------------------------------------------------------------
 // GET /o/oauth2/v2/auth
 
-fn authorize(shared: &Shared, request: &FakeRequest, who: Who) -> FakeReply {
+fn authorize(shared: &Shared, request: &FakeRequest, who: Who<GoogleUser>) -> FakeReply {
     let query = request.url.split_once('?').map_or("", |(_, q)| q);
     let params: Params = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     let mut st = shared.lock();
-    st.authorize_requests.push(params.clone());
+    st.auth.authorize_requests.push(params.clone());
     if request.method != "GET" && request.method != "POST" {
         return error_page(405, "invalid_request", "Method not allowed.");
     }
@@ -956,45 +849,75 @@ fn authorize(shared: &Shared, request: &FakeRequest, who: Who) -> FakeReply {
             &format!("Missing required parameter: {name}"),
         )
     };
-    let Some(client_id) = p("client_id") else {
-        return missing("client_id");
+    let rules = AuthorizeRules {
+        client_id: &cfg.client_id,
+        redirect_uris: &cfg.redirect_uris,
+        default_redirect_uri: false,
+        response_type: true,
+        require_scope: true,
+        require_state: cfg.require_state,
+        pkce: PkceRules {
+            required: cfg.require_pkce,
+            methods: &["S256", "plain"],
+            default_method: Some("plain"),
+        },
     };
-    if client_id != cfg.client_id {
-        return error_page(401, "invalid_client", "The OAuth client was not found.");
-    }
-    let Some(redirect_uri) = p("redirect_uri") else {
-        return missing("redirect_uri");
+    // Google shows every error on its own page; only a refusal goes back to the client.
+    let request = match check_authorize(&params, &rules) {
+        Ok(request) => request,
+        Err(refusal) => {
+            return match refusal.error {
+                AuthorizeError::MissingClientId => missing("client_id"),
+                AuthorizeError::UnknownClient(_) => {
+                    error_page(401, "invalid_client", "The OAuth client was not found.")
+                }
+                AuthorizeError::MissingRedirectUri => missing("redirect_uri"),
+                AuthorizeError::UnregisteredRedirectUri(uri) => error_page(
+                    400,
+                    "redirect_uri_mismatch",
+                    &format!(
+                        "You can't sign in to this app because it doesn't comply with Google's \
+                         OAuth 2.0 policy. If you're the app developer, register the redirect \
+                         URI in the Google Cloud Console. Request details: redirect_uri={uri}"
+                    ),
+                ),
+                AuthorizeError::MissingResponseType => missing("response_type"),
+                AuthorizeError::UnsupportedResponseType(other) => error_page(
+                    400,
+                    "unsupported_response_type",
+                    &format!("Invalid response_type: {other} (this fake does the code flow)"),
+                ),
+                AuthorizeError::MissingScope => missing("scope"),
+                AuthorizeError::MissingState => error_page(
+                    400,
+                    "invalid_request",
+                    "fake Google: this fake requires a non-empty state parameter.",
+                ),
+                AuthorizeError::MissingChallenge if p("code_challenge_method").is_some() => {
+                    missing("code_challenge")
+                }
+                AuthorizeError::MissingChallenge => error_page(
+                    400,
+                    "invalid_request",
+                    "fake Google: this fake requires PKCE (code_challenge).",
+                ),
+                AuthorizeError::UnsupportedChallengeMethod(method) => error_page(
+                    400,
+                    "invalid_request",
+                    &format!("Invalid code_challenge_method: {method}"),
+                ),
+                AuthorizeError::InvalidChallenge => {
+                    error_page(400, "invalid_request", "Invalid code_challenge.")
+                }
+            };
+        }
     };
-    if !cfg.redirect_uris.contains(&redirect_uri) {
-        return error_page(
-            400,
-            "redirect_uri_mismatch",
-            &format!(
-                "You can't sign in to this app because it doesn't comply with Google's OAuth 2.0 \
-                 policy. If you're the app developer, register the redirect URI in the Google \
-                 Cloud Console. Request details: redirect_uri={redirect_uri}"
-            ),
-        );
-    }
-    let Some(response_type) = p("response_type") else {
-        return missing("response_type");
-    };
-    if response_type != "code" {
-        return error_page(
-            400,
-            "unsupported_response_type",
-            &format!("Invalid response_type: {response_type} (this fake does the code flow)"),
-        );
-    }
-    let requested: Vec<String> = p("scope")
-        .unwrap_or_default()
+    let requested: Vec<String> = request
+        .scope
         .split(' ')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    if requested.is_empty() {
-        return missing("scope");
-    }
     if let Some(bad) = requested.iter().find(|s| !known_scope(s)) {
         return error_page(
             400,
@@ -1009,44 +932,6 @@ fn authorize(shared: &Shared, request: &FakeRequest, who: Who) -> FakeReply {
             "fake Google: this fake requires the openid scope (Google would issue no id_token).",
         );
     }
-    let state = p("state");
-    if cfg.require_state && state.as_deref().unwrap_or("").is_empty() {
-        return error_page(
-            400,
-            "invalid_request",
-            "fake Google: this fake requires a non-empty state parameter.",
-        );
-    }
-    let challenge = match (p("code_challenge"), p("code_challenge_method")) {
-        (None, None) if cfg.require_pkce => {
-            return error_page(
-                400,
-                "invalid_request",
-                "fake Google: this fake requires PKCE (code_challenge).",
-            )
-        }
-        (None, None) => None,
-        (None, Some(_)) => return missing("code_challenge"),
-        (Some(c), method) => {
-            let method = method.unwrap_or_else(|| "plain".into());
-            if method != "S256" && method != "plain" {
-                return error_page(
-                    400,
-                    "invalid_request",
-                    &format!("Invalid code_challenge_method: {method}"),
-                );
-            }
-            let ok = if method == "S256" {
-                c.len() == 43 && is_b64url(&c)
-            } else {
-                is_pkce_verifier(&c)
-            };
-            if !ok {
-                return error_page(400, "invalid_request", "Invalid code_challenge.");
-            }
-            Some((method, c))
-        }
-    };
     let access_type = p("access_type").unwrap_or_else(|| "online".into());
     if access_type != "online" && access_type != "offline" {
         return error_page(
@@ -1074,49 +959,31 @@ fn authorize(shared: &Shared, request: &FakeRequest, who: Who) -> FakeReply {
             "prompt=none cannot be combined with other values.",
         );
     }
-    let user = match who {
-        Who::Decline => None,
-        Who::Browser if cfg.cancel => None,
-        Who::Browser => Some(cfg.user.clone()),
-        Who::User(u) => Some(u.clone()),
-    };
-    let Some(user) = user else {
+    let Some(user) = who.consents(cfg.cancel, &cfg.user) else {
         let mut out = vec![("error", "access_denied")];
-        if let Some(s) = &state {
+        if let Some(s) = &request.state {
             out.push(("state", s.as_str()));
         }
-        return redirect(with_query(&redirect_uri, &out));
+        return redirect(with_query(&request.redirect_uri, &out));
     };
-    let scopes: Vec<String> = {
-        let mut out: Vec<String> = Vec::new();
-        for s in requested.iter().map(|s| expand_scope(s)) {
-            if !has(&out, &s) {
-                out.push(s);
-            }
+    let mut scopes: Vec<String> = Vec::new();
+    for s in requested.iter().map(|s| expand_scope(s)) {
+        if !has(&scopes, &s) {
+            scopes.push(s);
         }
-        out
-    };
+    }
+    // A refresh token only with access_type=offline and prompt=consent.
     let consent = has(&prompts, "consent");
+    let signed = GoogleSignIn {
+        user: user.clone(),
+        offline: access_type == "offline" && consent,
+    };
     let code = format!("4/0A{}", random_b64(54));
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id,
-            redirect_uri: redirect_uri.clone(),
-            challenge,
-            scopes: scopes.clone(),
-            nonce: p("nonce"),
-            offline_consent: access_type == "offline" && consent,
-            user: user.clone(),
-            issued: Instant::now(),
-            redeemed: false,
-        },
-    );
-    st.issued_codes += 1;
+    let code = st.auth.issue_code(code, &request, scopes.clone(), signed);
     drop(st);
     let scope = scopes.join(" ");
     let mut out: Vec<(&str, &str)> = Vec::new();
-    if let Some(s) = &state {
+    if let Some(s) = &request.state {
         out.push(("state", s.as_str()));
     }
     out.push(("code", code.as_str()));
@@ -1126,7 +993,7 @@ fn authorize(shared: &Shared, request: &FakeRequest, who: Who) -> FakeReply {
         out.push(("hd", hd.as_str()));
     }
     out.push(("prompt", if consent { "consent" } else { "none" }));
-    redirect(with_query(&redirect_uri, &out))
+    redirect(with_query(&request.redirect_uri, &out))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1136,139 +1003,133 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
     if request.method != "POST" {
         return error_page(405, "invalid_request", "Method not allowed.");
     }
-    let params = request_params(request);
-    let delay = {
-        let mut st = shared.lock();
-        st.token_requests.push(params.clone());
-        st.token_calls += 1;
-        st.cfg.token_delay
-    };
-    shared.nap(delay);
+    let basic = request.header("authorization").and_then(parse_basic);
+    shared.serve_token(
+        request_params(request),
+        |c| c.token_delay,
+        |st, params| token_grant(shared, st, params, basic.as_ref()),
+    )
+}
 
-    let mut st = shared.lock();
+/// Google's side of a token request: its words and its token formats.
+struct GoogleTokens;
+
+impl TokenQuirks<GoogleSignIn> for GoogleTokens {
+    fn refuse(&self, e: TokenError) -> FakeReply {
+        let (status, error, description) = match e {
+            TokenError::Missing("grant_type") => {
+                (400, "unsupported_grant_type", "Invalid grant_type: ".into())
+            }
+            TokenError::Missing("redirect_uri") => (
+                400,
+                "invalid_request",
+                "Missing parameter: redirect_uri".into(),
+            ),
+            TokenError::Missing(name) => (
+                400,
+                "invalid_request",
+                format!("Missing required parameter: {name}"),
+            ),
+            TokenError::UnsupportedGrantType(other) => (
+                400,
+                "unsupported_grant_type",
+                format!("Invalid grant_type: {other}"),
+            ),
+            TokenError::Client(ClientError::MissingId) => (
+                400,
+                "invalid_request",
+                "Could not determine client ID from request.".into(),
+            ),
+            TokenError::Client(ClientError::UnknownId(_)) => (
+                401,
+                "invalid_client",
+                "The OAuth client was not found.".into(),
+            ),
+            TokenError::Client(ClientError::MissingSecret) => {
+                (400, "invalid_request", "client_secret is missing.".into())
+            }
+            TokenError::Client(_) => (401, "invalid_client", "Unauthorized".into()),
+            TokenError::Code(CodeError::Unknown) => {
+                (400, "invalid_grant", "Malformed auth code.".into())
+            }
+            TokenError::Code(CodeError::RedirectMismatch { .. }) => {
+                (400, "redirect_uri_mismatch", "Bad Request".into())
+            }
+            TokenError::Code(CodeError::MissingVerifier) => {
+                (400, "invalid_grant", "Missing code verifier.".into())
+            }
+            TokenError::Code(CodeError::WrongVerifier) => {
+                (400, "invalid_grant", "Invalid code verifier.".into())
+            }
+            TokenError::Code(_) => (400, "invalid_grant", "Bad Request".into()),
+            TokenError::Refresh(RefreshError::OtherClient) => {
+                (400, "unauthorized_client", "Unauthorized".into())
+            }
+            TokenError::Refresh(_) => (
+                400,
+                "invalid_grant",
+                "Token has been expired or revoked.".into(),
+            ),
+        };
+        oauth_error(status, error, &description)
+    }
+
+    fn new_refresh_token(&self) -> String {
+        format!("1//0{}", random_b64(75))
+    }
+
+    /// A refresh token only with `access_type=offline` and `prompt=consent`.
+    fn refresh_on_code(&self, grant: &Grant<GoogleSignIn>) -> bool {
+        grant.user.offline
+    }
+}
+
+fn token_grant(
+    shared: &Shared,
+    st: &mut State,
+    params: &Params,
+    basic: Option<&(String, String)>,
+) -> FakeReply {
     let cfg = st.cfg.clone();
     if let Some((status, error, description)) = &cfg.token_error {
         return oauth_error(*status, error, description);
     }
-    let f = |k: &str| param(&params, k).map(str::to_string);
-    let grant_type = f("grant_type").unwrap_or_default();
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
-        return oauth_error(
-            400,
-            "unsupported_grant_type",
-            &format!("Invalid grant_type: {grant_type}"),
-        );
-    }
-    let basic = request.header("authorization").and_then(parse_basic);
-    let Some(client_id) = f("client_id").or_else(|| basic.as_ref().map(|(c, _)| c.clone())) else {
-        return oauth_error(
-            400,
-            "invalid_request",
-            "Could not determine client ID from request.",
-        );
-    };
-    if client_id != cfg.client_id {
-        return oauth_error(401, "invalid_client", "The OAuth client was not found.");
-    }
-    let Some(secret) = f("client_secret").or_else(|| basic.as_ref().map(|(_, s)| s.clone())) else {
-        return oauth_error(400, "invalid_request", "client_secret is missing.");
-    };
-    if secret != cfg.client_secret {
-        return oauth_error(401, "invalid_client", "Unauthorized");
-    }
-
-    let (scopes, user, nonce, offline_consent) = if grant_type == "authorization_code" {
-        let Some(code) = f("code") else {
-            return oauth_error(400, "invalid_request", "Missing required parameter: code");
-        };
-        let Some(redirect_uri) = f("redirect_uri") else {
-            return oauth_error(400, "invalid_request", "Missing parameter: redirect_uri");
-        };
-        let Some(grant) = st.codes.get_mut(&code) else {
-            return oauth_error(400, "invalid_grant", "Malformed auth code.");
-        };
-        if grant.redeemed
-            || grant.issued.elapsed() > cfg.code_lifetime
-            || grant.client_id != client_id
-        {
-            return oauth_error(400, "invalid_grant", "Bad Request");
-        }
-        if grant.redirect_uri != redirect_uri {
-            return oauth_error(400, "redirect_uri_mismatch", "Bad Request");
-        }
-        if let Some((method, challenge)) = &grant.challenge {
-            let Some(verifier) = f("code_verifier") else {
-                return oauth_error(400, "invalid_grant", "Missing code verifier.");
-            };
-            let computed = if method == "S256" {
-                pkce_challenge(&verifier)
-            } else {
-                verifier.clone()
-            };
-            if !is_pkce_verifier(&verifier) || computed != *challenge {
-                return oauth_error(400, "invalid_grant", "Invalid code verifier.");
-            }
-        }
-        grant.redeemed = true;
-        let out = (
-            grant.scopes.clone(),
-            grant.user.clone(),
-            grant.nonce.clone(),
-            grant.offline_consent,
-        );
-        st.redeemed_codes += 1;
-        out
-    } else {
-        let Some(refresh) = f("refresh_token") else {
-            return oauth_error(
-                400,
-                "invalid_request",
-                "Missing required parameter: refresh_token",
-            );
-        };
-        let Some(grant) = st.refresh_tokens.get(&refresh) else {
-            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.");
-        };
-        if grant.client_id != client_id {
-            return oauth_error(400, "unauthorized_client", "Unauthorized");
-        }
-        let out = (grant.scopes.clone(), grant.user.clone(), None, false);
-        st.refreshes += 1;
-        out
-    };
-
-    let access_token = format!("ya29.a0{}", random_b64(120));
-    st.access_tokens.insert(
-        access_token.clone(),
-        AccessGrant {
-            client_id: client_id.clone(),
-            scopes: scopes.clone(),
-            user: user.clone(),
-            expires: Instant::now() + Duration::from_secs(cfg.access_token_lifetime_secs),
+    let rules = TokenRules {
+        client: ClientRule {
+            client_id: &cfg.client_id,
+            secret: Some(&cfg.client_secret),
         },
-    );
+        default_grant_type: None,
+        client_first: false,
+        redirect_uri_required: true,
+        code_lifetime: cfg.code_lifetime,
+        refresh_policy: cfg.refresh_policy,
+        refresh_lifetime: cfg.refresh_token_lifetime,
+    };
+    let granted = match st.auth.token(params, basic, &rules, &GoogleTokens) {
+        Ok(granted) => granted,
+        Err(reply) => return reply,
+    };
+    let (grant, client_id, nonce) = (granted.grant, granted.client_id, granted.nonce);
+    let GoogleSignIn { user, .. } = st.auth.grant(grant).user.clone();
+    let scopes = st.auth.grant(grant).scopes.clone();
+    let access_token = format!("ya29.a0{}", random_b64(120));
+    let lifetime = Duration::from_secs(cfg.access_token_lifetime_secs);
+    st.auth
+        .issue_access(access_token.clone(), grant, scopes.clone(), Some(lifetime));
     let mut body = json!({
         "access_token": access_token,
         "expires_in": cfg.access_token_lifetime_secs,
         "scope": scopes.join(" "),
         "token_type": "Bearer",
     });
-    if offline_consent {
-        let refresh = format!("1//0{}", random_b64(75));
-        st.refresh_tokens.insert(
-            refresh.clone(),
-            RefreshGrant {
-                client_id: client_id.clone(),
-                scopes: scopes.clone(),
-                user: user.clone(),
-            },
-        );
+    if let Some(refresh) = granted.refresh_token {
         body["refresh_token"] = json!(refresh);
     }
     if has(&scopes, "openid") {
         let id_token = make_id_token(
             shared,
-            &mut st,
+            st,
             &client_id,
             &user,
             &scopes,
@@ -1286,7 +1147,7 @@ fn token(shared: &Shared, request: &FakeRequest) -> FakeReply {
 fn userinfo(shared: &Shared, request: &FakeRequest) -> FakeReply {
     let delay = {
         let mut st = shared.lock();
-        st.userinfo_calls += 1;
+        st.own.userinfo_calls += 1;
         st.cfg.userinfo_delay
     };
     shared.nap(delay);
@@ -1305,21 +1166,18 @@ fn userinfo(shared: &Shared, request: &FakeRequest) -> FakeReply {
             .then(|| token.trim().to_string())
     });
     let st = shared.lock();
-    let Some(grant) = token
-        .and_then(|t| st.access_tokens.get(&t))
-        .filter(|g| Instant::now() < g.expires)
-    else {
+    let Some((access, grant)) = token.and_then(|t| st.auth.live_access(&t)) else {
         return unauthorized();
     };
-    let u = &grant.user;
+    let u = &grant.user.user;
     let mut body = json!({ "sub": u.sub });
-    if has(&grant.scopes, SCOPE_PROFILE) {
+    if has(&access.scopes, SCOPE_PROFILE) {
         body["name"] = json!(u.name);
         body["given_name"] = json!(u.given_name);
         body["family_name"] = json!(u.family_name);
         body["picture"] = json!(u.picture);
     }
-    if has(&grant.scopes, SCOPE_EMAIL) {
+    if has(&access.scopes, SCOPE_EMAIL) {
         body["email"] = json!(u.email);
         body["email_verified"] = json!(u.email_verified);
     }
@@ -1329,6 +1187,8 @@ fn userinfo(shared: &Shared, request: &FakeRequest) -> FakeReply {
     json_reply(200, &body)
 }
 
+/// RFC 7009 as Google does it: a refresh or an access token, in the query or the form; either
+/// ends the whole grant.
 fn revoke(shared: &Shared, request: &FakeRequest) -> FakeReply {
     if request.method != "POST" {
         return error_page(405, "invalid_request", "Method not allowed.");
@@ -1337,14 +1197,8 @@ fn revoke(shared: &Shared, request: &FakeRequest) -> FakeReply {
     let Some(token) = param(&params, "token") else {
         return oauth_error(400, "invalid_request", "Missing required parameter: token");
     };
-    let mut st = shared.lock();
-    if let Some(grant) = st.refresh_tokens.remove(token) {
-        // Revoking a refresh token revokes the access it granted.
-        st.access_tokens
-            .retain(|_, a| !(a.client_id == grant.client_id && a.user.sub == grant.user.sub));
-    } else if st.access_tokens.remove(token).is_none() {
+    if !shared.lock().auth.revoke_token(token) {
         return oauth_error(400, "invalid_token", "Token expired or revoked");
     }
-    st.revocations += 1;
     json_reply(200, &json!({}))
 }

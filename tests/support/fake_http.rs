@@ -29,9 +29,22 @@ impl FakeRequest {
 }
 
 pub struct FakeReply {
+    /// 0: no answer at all, the connection is closed (`FakeReply::no_answer`).
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+}
+
+impl FakeReply {
+    /// The connection is closed after the request was read, without a byte of answer: what a
+    /// client sees when a proxy or the upstream dies mid-request.
+    pub fn no_answer() -> FakeReply {
+        FakeReply {
+            status: 0,
+            headers: vec![],
+            body: vec![],
+        }
+    }
 }
 
 /// Bodies larger than this are refused with 413, like a real front end would.
@@ -124,6 +137,9 @@ fn serve(stream: TcpStream, handle: &dyn Fn(&FakeRequest) -> FakeReply) {
             body: vec![],
         },
     };
+    if reply.status == 0 {
+        return;
+    }
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         reply.status,
@@ -190,9 +206,12 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Status",
     }
 }

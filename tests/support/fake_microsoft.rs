@@ -1,38 +1,38 @@
-//! A fake Microsoft identity platform (v2.0 authorize/token endpoints) and Microsoft Graph
-//! (`GET /v1.0/me`) on one plain-HTTP port, enforcing what Microsoft enforces for the
-//! authorization-code flow with PKCE: registered redirect URIs (exact match, error page and no
-//! redirect when they differ), one-time codes that expire after 10 minutes, the same
-//! `redirect_uri` at redemption, S256 PKCE, client authentication for confidential clients (and
-//! none for public ones), `refresh_token` only with `offline_access`, `id_token` only with
-//! `openid`, and its claims by scope (`oid`, `name`, `preferred_username` need `profile`;
-//! `email` needs `email`). Errors have Microsoft's shape and AADSTS codes.
+//! A fake Microsoft identity platform (v2.0 authorize/token endpoints by tenant) and Microsoft
+//! Graph (`GET /v1.0/me`, `POST /v1.0/me/revokeSignInSessions`) on one plain-HTTP port, on the
+//! authorization-server core of fake_as.rs. What is Microsoft's own, and kept here: tenants
+//! (GUID, verified domains, `organizations`, `common`) and their discovery documents, errors
+//! with Microsoft's shape and AADSTS codes (an error page and no redirect before the redirect
+//! URI is known, `response_mode` after), repeated parameters refused, S256 PKCE only, the
+//! confidential-client rule (a "Web" app must authenticate: AADSTS7000218; a public one must
+//! not send a secret: AADSTS700025), the token's `scope` within what was consented,
+//! `refresh_token` only with `offline_access`, rotated on every use with the old one still
+//! valid (`RefreshPolicy::entra()`, 90 days), `id_token` only with `openid` and its claims by
+//! scope (`oid`, `name`, `preferred_username` need `profile`; `email` needs `email`;
+//! `xms_edov`), and Graph's answers. Access tokens are JWTs Graph accepts until they expire,
+//! revoked sessions or not.
 //!
 //! The user "signs in" without a form: `/authorize` answers at once with the redirect. Who signed
 //! in is fixed when the code is issued (a later `set` changes later sign-ins only); behaviours
 //! (`cancel`, delays, injected errors, ...) are read when each request arrives.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
-#[path = "fake_http.rs"]
-mod fake_http;
-use fake_http::{FakeReply, FakeRequest};
-// The fake-provider core, included the same way (see fake_github.rs).
-#[allow(clippy::duplicate_mod)]
-#[path = "fake_provider.rs"]
-mod fake_provider;
+use super::fake_as::{
+    check_authorize, AsState, AuthorizeError, AuthorizeRules, ClientError, ClientRule, CodeError,
+    Grant, Params, PkceRules, RefreshError, RefreshPolicy, TokenError, TokenQuirks, TokenRules,
+};
+use super::fake_http::{FakeReply, FakeRequest};
 // The helpers tests use, under this fake's name (not every test crate uses them all).
 #[allow(unused_imports)]
-pub use fake_provider::{b64url_encode, param, pkce_challenge, pkce_verifier, query_params};
-use fake_provider::{
-    html_escape, html_reply, is_b64url, is_pkce_verifier, random_b64, random_bytes, unix_now,
-    Running,
+pub use super::fake_provider::{b64url_encode, param, pkce_challenge, pkce_verifier, query_params};
+use super::fake_provider::{
+    html_escape, html_reply, random_b64, random_bytes, unix_now, Core, Running,
 };
 
-/// The fake's settings. Set at start (`FakeMicrosoft::start_with`) or later (`FakeMicrosoft::set`).
 #[derive(Clone, Debug)]
 pub struct FakeConfig {
     /// The app registration's application (client) id.
@@ -61,7 +61,12 @@ pub struct FakeConfig {
     pub cancel: bool,
     /// Never return a `refresh_token`, even with `offline_access`.
     pub omit_refresh_token: bool,
-    /// Sleep this long before answering `/token` (a slow identity provider).
+    /// What a used refresh token becomes: `RefreshPolicy::entra()`.
+    pub refresh_policy: RefreshPolicy,
+    /// How long a refresh token lives: 90 days (24 hours for single-page apps).
+    pub refresh_token_lifetime: Duration,
+    /// Sleep this long before answering `/token` (a slow identity provider; one-shot faults:
+    /// `inject_token_fault`).
     pub token_delay: Duration,
     /// Answer every `/token` request with this `(status, error, error_description)` (after the
     /// delay and before any validation; the code stays unredeemed).
@@ -100,6 +105,8 @@ impl Default for FakeConfig {
             user_name: "Ana Silva".into(),
             cancel: false,
             omit_refresh_token: false,
+            refresh_policy: RefreshPolicy::entra(),
+            refresh_token_lifetime: Duration::from_secs(90 * 24 * 3600),
             token_delay: Duration::ZERO,
             token_error: None,
             graph_fail: false,
@@ -121,11 +128,9 @@ impl FakeConfig {
     }
 }
 
-type Params = Vec<(String, String)>;
-
 /// Who signed in, fixed when the code was issued.
 #[derive(Clone, Debug)]
-struct User {
+pub struct User {
     tid: String,
     oid: String,
     upn: String,
@@ -134,49 +139,19 @@ struct User {
     name: String,
 }
 
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    code_challenge: String,
-    scopes: Vec<String>,
-    nonce: Option<String>,
-    user: User,
-    issued: Instant,
-    redeemed: bool,
-}
-
-struct RefreshGrant {
-    client_id: String,
-    scopes: Vec<String>,
-    user: User,
-}
-
-struct AccessGrant {
-    scopes: Vec<String>,
-    user: User,
-    expires: Instant,
-}
-
-struct State {
-    cfg: FakeConfig,
-    codes: HashMap<String, CodeGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
-    access_tokens: HashMap<String, AccessGrant>,
-    authorize_requests: Vec<Params>,
-    token_requests: Vec<Params>,
-    issued_codes: usize,
-    redeemed_codes: usize,
-    refreshes: usize,
+/// What is Microsoft's own: counters of Graph and discovery.
+#[derive(Default)]
+pub struct MicrosoftOwn {
     graph_calls: usize,
     discovery_fetches: usize,
 }
 
-type Shared = fake_provider::Core<State>;
+type State = AsState<FakeConfig, User, MicrosoftOwn>;
+type Shared = Core<State>;
 
-/// A running fake on `127.0.0.1:<free port>`; stopped (threads joined) on drop.
-pub struct FakeMicrosoft {
-    shared: Running<State>,
-}
+/// A running fake on `127.0.0.1:<free port>`; stopped (threads joined) on drop. The core's
+/// methods (`config`, `set`, `counters`, `inject_token_fault`, ...) come with it.
+pub type FakeMicrosoft = Running<State>;
 
 const MAX_BODY: usize = 64 * 1024;
 const GRAPH_ID: &str = "00000003-0000-0000-c000-000000000000";
@@ -189,100 +164,38 @@ impl FakeMicrosoft {
 
     /// Starts with `cfg`.
     pub fn start_with(cfg: FakeConfig) -> FakeMicrosoft {
-        let state = State {
-            cfg,
-            codes: HashMap::new(),
-            refresh_tokens: HashMap::new(),
-            access_tokens: HashMap::new(),
-            authorize_requests: Vec::new(),
-            token_requests: Vec::new(),
-            issued_codes: 0,
-            redeemed_codes: 0,
-            refreshes: 0,
-            graph_calls: 0,
-            discovery_fetches: 0,
-        };
-        FakeMicrosoft {
-            shared: Running::start("fake-microsoft", state, (), handle),
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`: both the login base URL and the Graph base URL.
-    pub fn base_url(&self) -> String {
-        self.shared.base_url()
+        let state = AsState::new(cfg, MicrosoftOwn::default());
+        Running::serve("fake-microsoft", state, (), handle)
     }
 
     /// `{base}/{tenant}/oauth2/v2.0/authorize`.
     pub fn authorize_endpoint(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/oauth2/v2.0/authorize", self.shared.base)
+        format!("{}/{tenant}/oauth2/v2.0/authorize", self.base)
     }
 
     /// `{base}/{tenant}/oauth2/v2.0/token`.
     pub fn token_endpoint(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/oauth2/v2.0/token", self.shared.base)
+        format!("{}/{tenant}/oauth2/v2.0/token", self.base)
     }
 
     /// `{base}/v1.0/me`.
     pub fn graph_me_url(&self) -> String {
-        format!("{}/v1.0/me", self.shared.base)
+        format!("{}/v1.0/me", self.base)
     }
 
-    /// A copy of the current configuration.
-    pub fn config(&self) -> FakeConfig {
-        self.shared.lock().cfg.clone()
-    }
-
-    /// Changes the configuration at runtime: `fake.set(|c| c.cancel = true)`.
-    pub fn set(&self, f: impl FnOnce(&mut FakeConfig)) {
-        f(&mut self.shared.lock().cfg)
-    }
-
-    /// Every `/authorize` request's query parameters, in order of arrival.
-    pub fn authorize_requests(&self) -> Vec<Vec<(String, String)>> {
-        self.shared.lock().authorize_requests.clone()
-    }
-
-    /// Every `/token` request's form parameters (secrets and verifiers included), in order.
-    pub fn token_requests(&self) -> Vec<Vec<(String, String)>> {
-        self.shared.lock().token_requests.clone()
-    }
-
-    /// Authorization codes issued by `/authorize`.
-    pub fn issued_codes(&self) -> usize {
-        self.shared.lock().issued_codes
-    }
-
-    /// Authorization codes successfully redeemed at `/token`.
-    pub fn redeemed_codes(&self) -> usize {
-        self.shared.lock().redeemed_codes
-    }
-
-    /// Successful `grant_type=refresh_token` requests.
-    pub fn refreshes(&self) -> usize {
-        self.shared.lock().refreshes
+    /// `{base}/v1.0/me/revokeSignInSessions`: ends every refresh token of the token's user.
+    pub fn revoke_sessions_url(&self) -> String {
+        format!("{}/v1.0/me/revokeSignInSessions", self.base)
     }
 
     /// Requests to `/v1.0/me` (any outcome).
     pub fn graph_calls(&self) -> usize {
-        self.shared.lock().graph_calls
+        self.lock().own.graph_calls
     }
 
     /// Requests for an OpenID configuration document (any tenant, any outcome).
     pub fn discovery_fetches(&self) -> usize {
-        self.shared.lock().discovery_fetches
-    }
-
-    /// Makes every access token issued so far expired: Graph answers 401 for them.
-    pub fn expire_access_tokens(&self) {
-        let now = Instant::now();
-        for grant in self.shared.lock().access_tokens.values_mut() {
-            grant.expires = now;
-        }
-    }
-
-    /// Forgets every refresh token issued so far (as if revoked): redeeming them fails.
-    pub fn revoke_refresh_tokens(&self) {
-        self.shared.lock().refresh_tokens.clear();
+        self.lock().own.discovery_fetches
     }
 }
 
@@ -328,7 +241,7 @@ pub fn decode_jwt_payload(token: &str) -> Option<Value> {
 const NO_CACHE: &str = "no-store, no-cache";
 
 fn json_reply(status: u16, v: &Value) -> FakeReply {
-    fake_provider::json_reply(
+    super::fake_provider::json_reply(
         status,
         v,
         &[("Cache-Control", NO_CACHE), ("Pragma", "no-cache")],
@@ -336,7 +249,7 @@ fn json_reply(status: u16, v: &Value) -> FakeReply {
 }
 
 fn redirect(location: String) -> FakeReply {
-    fake_provider::redirect_reply(location, &[("Cache-Control", NO_CACHE)])
+    super::fake_provider::redirect_reply(location, &[("Cache-Control", NO_CACHE)])
 }
 
 fn handle(shared: &Shared, request: &FakeRequest) -> FakeReply {
@@ -350,6 +263,7 @@ fn handle(shared: &Shared, request: &FakeRequest) -> FakeReply {
         [_, "oauth2", "v2.0", "token"] => token(shared, request, segments[0]),
         [_, "v2.0", ".well-known", "openid-configuration"] => discovery(shared, segments[0]),
         ["v1.0", "me"] => graph_me(shared, request, query),
+        ["v1.0", "me", "revokesigninsessions"] => revoke_sessions(shared, request),
         _ => json_reply(
             404,
             &json!({"error": {"code": "NotFound", "message": format!("fake Microsoft: no route for {path}")}}),
@@ -547,7 +461,7 @@ fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) 
         .into_owned()
         .collect();
     let mut st = shared.lock();
-    st.authorize_requests.push(params.clone());
+    st.auth.authorize_requests.push(params.clone());
     if request.method != "GET" {
         return error_page(
             405,
@@ -565,90 +479,89 @@ fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) 
         );
     }
     let p = |k: &str| param(&params, k).map(str::to_string);
-    let Some(client_id) = p("client_id") else {
-        return error_page(400, &missing("client_id"));
-    };
-    if client_id != cfg.client_id {
-        return error_page(
-            400,
-            &format!(
-                "AADSTS700016: Application with identifier '{client_id}' was not found in the \
-                 directory '{tenant}'. This can happen if the application has not been installed by \
-                 the administrator of the tenant or consented to by any user in the tenant. You may \
-                 have sent your authentication request to the wrong tenant."
-            ),
-        );
-    }
-    let Some(redirect_uri) = p("redirect_uri") else {
-        return error_page(400, &missing("redirect_uri"));
-    };
-    if !cfg.redirect_uris.contains(&redirect_uri) {
-        return error_page(
-            400,
-            &format!(
-                "AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not \
-                 match the redirect URIs configured for the application '{client_id}'. Make sure the \
-                 redirect URI sent in the request matches one added to your application in the \
-                 Azure portal. Navigate to https://aka.ms/redirectUriMismatchError to learn more \
-                 about how to fix this."
-            ),
-        );
-    }
-    // From here on, errors go back to the (registered) redirect URI.
-    let state = p("state");
     let mode = p("response_mode").unwrap_or_else(|| "query".into());
-    let fail = |error: &str, description: &str| {
+    let valid_mode = matches!(mode.as_str(), "query" | "fragment" | "form_post");
+    // Once the redirect URI is known, errors go back to it, the way response_mode asks.
+    let fail = |redirect_uri: &str, error: &str, description: &str| {
         let mut out = vec![("error", error), ("error_description", description)];
-        if let Some(s) = &state {
-            out.push(("state", s.as_str()));
+        if let Some(s) = param(&params, "state") {
+            out.push(("state", s));
         }
-        let mode = if matches!(mode.as_str(), "query" | "fragment" | "form_post") {
-            mode.as_str()
-        } else {
-            "query"
-        };
-        respond_to_client(&redirect_uri, mode, &out)
+        respond_to_client(redirect_uri, if valid_mode { &mode } else { "query" }, &out)
     };
-    if !matches!(mode.as_str(), "query" | "fragment" | "form_post") {
-        return fail(
-            "invalid_request",
-            &format!("AADSTS900131: The value '{mode}' for 'response_mode' is not supported."),
-        );
-    }
-    match p("response_type").as_deref() {
-        None => return fail("invalid_request", &missing("response_type")),
-        Some("code") => {}
-        Some(other) => {
-            return fail(
-                "unsupported_response_type",
-                &format!(
+    let rules = AuthorizeRules {
+        client_id: &cfg.client_id,
+        redirect_uris: &cfg.redirect_uris,
+        default_redirect_uri: false,
+        response_type: true,
+        require_scope: true,
+        require_state: false,
+        pkce: PkceRules {
+            required: true,
+            methods: &["S256"],
+            default_method: None,
+        },
+    };
+    let request = match check_authorize(&params, &rules) {
+        Ok(request) => request,
+        Err(refusal) => {
+            let description = match &refusal.error {
+                AuthorizeError::MissingClientId => missing("client_id"),
+                AuthorizeError::UnknownClient(client_id) => format!(
+                    "AADSTS700016: Application with identifier '{client_id}' was not found in \
+                     the directory '{tenant}'. This can happen if the application has not been \
+                     installed by the administrator of the tenant or consented to by any user \
+                     in the tenant. You may have sent your authentication request to the wrong \
+                     tenant."
+                ),
+                AuthorizeError::MissingRedirectUri => missing("redirect_uri"),
+                AuthorizeError::UnregisteredRedirectUri(uri) => format!(
+                    "AADSTS50011: The redirect URI '{uri}' specified in the request does not \
+                     match the redirect URIs configured for the application '{}'. Make sure \
+                     the redirect URI sent in the request matches one added to your \
+                     application in the Azure portal. Navigate to \
+                     https://aka.ms/redirectUriMismatchError to learn more about how to fix \
+                     this.",
+                    cfg.client_id
+                ),
+                AuthorizeError::MissingResponseType => missing("response_type"),
+                AuthorizeError::UnsupportedResponseType(other) => format!(
                     "AADSTS700054: response_type '{other}' is not enabled for the application."
                 ),
-            )
+                AuthorizeError::MissingScope => missing("scope"),
+                AuthorizeError::MissingState | AuthorizeError::MissingChallenge => {
+                    missing("code_challenge")
+                }
+                AuthorizeError::UnsupportedChallengeMethod(_) => {
+                    "AADSTS501471: Invalid code_challenge_method: this app accepts only 'S256'."
+                        .into()
+                }
+                AuthorizeError::InvalidChallenge => {
+                    "AADSTS501491: Invalid size of Code_Challenge parameter.".into()
+                }
+            };
+            let error = match refusal.error {
+                AuthorizeError::UnsupportedResponseType(_) => "unsupported_response_type",
+                _ => "invalid_request",
+            };
+            return match &refusal.redirect_uri {
+                Some(redirect_uri) => fail(redirect_uri, error, &description),
+                None => error_page(400, &description),
+            };
         }
-    }
-    let scopes = split_scopes(&p("scope").unwrap_or_default());
-    if scopes.is_empty() {
-        return fail("invalid_request", &missing("scope"));
-    }
-    let Some(challenge) = p("code_challenge") else {
-        return fail("invalid_request", &missing("code_challenge"));
     };
-    if p("code_challenge_method").as_deref() != Some("S256") {
+    let redirect_uri = &request.redirect_uri;
+    if !valid_mode {
         return fail(
+            redirect_uri,
             "invalid_request",
-            "AADSTS501471: Invalid code_challenge_method: this app accepts only 'S256'.",
-        );
-    }
-    if challenge.len() != 43 || !is_b64url(&challenge) {
-        return fail(
-            "invalid_request",
-            "AADSTS501491: Invalid size of Code_Challenge parameter.",
+            &format!("AADSTS900131: The value '{mode}' for 'response_mode' is not supported."),
         );
     }
     if let Some(prompt) = p("prompt") {
         if !["login", "none", "consent", "select_account", "create"].contains(&prompt.as_str()) {
             return fail(
+                redirect_uri,
                 "invalid_request",
                 &format!("AADSTS90023: Invalid prompt value '{prompt}'."),
             );
@@ -656,40 +569,30 @@ fn authorize(shared: &Shared, request: &FakeRequest, tenant: &str, query: &str) 
     }
     if cfg.cancel {
         return fail(
+            redirect_uri,
             "access_denied",
             "AADSTS65004: User declined to consent to access the app.",
         );
     }
+    let user = User {
+        tid: cfg.effective_user_tid(),
+        oid: cfg.user_oid.clone(),
+        upn: cfg.user_upn.clone(),
+        mail: cfg.user_mail.clone(),
+        email_claim: cfg.user_email_claim.clone().or(cfg.user_mail.clone()),
+        name: cfg.user_name.clone(),
+    };
+    let scopes = split_scopes(&request.scope);
     let code = format!("1.A{}", random_b64(96));
-    st.codes.insert(
-        code.clone(),
-        CodeGrant {
-            client_id,
-            redirect_uri: redirect_uri.clone(),
-            code_challenge: challenge,
-            scopes,
-            nonce: p("nonce"),
-            user: User {
-                tid: cfg.effective_user_tid(),
-                oid: cfg.user_oid.clone(),
-                upn: cfg.user_upn.clone(),
-                mail: cfg.user_mail.clone(),
-                email_claim: cfg.user_email_claim.clone().or(cfg.user_mail.clone()),
-                name: cfg.user_name.clone(),
-            },
-            issued: Instant::now(),
-            redeemed: false,
-        },
-    );
-    st.issued_codes += 1;
+    let code = st.auth.issue_code(code, &request, scopes, user);
     drop(st);
     let session = random_guid();
     let mut out = vec![("code", code.as_str())];
-    if let Some(s) = &state {
+    if let Some(s) = &request.state {
         out.push(("state", s.as_str()));
     }
     out.push(("session_state", session.as_str()));
-    respond_to_client(&redirect_uri, &mode, &out)
+    respond_to_client(redirect_uri, &mode, &out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -711,8 +614,7 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
             .starts_with("application/x-www-form-urlencoded")
     });
     let basic = request.header("authorization").and_then(parse_basic);
-    let body = &request.body;
-    if body.len() > MAX_BODY {
+    if request.body.len() > MAX_BODY {
         return sts_error(
             413,
             "invalid_request",
@@ -720,18 +622,24 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
         );
     }
     let form: Params = if is_form {
-        form_urlencoded::parse(body).into_owned().collect()
+        form_urlencoded::parse(&request.body).into_owned().collect()
     } else {
         Vec::new()
     };
-    let delay = {
-        let mut st = shared.lock();
-        st.token_requests.push(form.clone());
-        st.cfg.token_delay
-    };
-    shared.nap(delay);
+    shared.serve_token(
+        form,
+        |c| c.token_delay,
+        |st, form| token_grant(shared, st, form, basic.as_ref(), tenant),
+    )
+}
 
-    let mut st = shared.lock();
+fn token_grant(
+    shared: &Shared,
+    st: &mut State,
+    form: &Params,
+    basic: Option<&(String, String)>,
+    tenant: &str,
+) -> FakeReply {
     let cfg = st.cfg.clone();
     if !tenant_known(&cfg, tenant) {
         return sts_error(400, "invalid_request", &tenant_not_found(tenant));
@@ -739,178 +647,43 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
     if let Some((status, error, description)) = &cfg.token_error {
         return sts_error(*status, error, description);
     }
-    if let Some(k) = duplicated(&form) {
+    if let Some(k) = duplicated(form) {
         return sts_error(
             400,
             "invalid_request",
             &format!("AADSTS9002313: Invalid request. Request is malformed or invalid. - The request parameter '{k}' is duplicated."),
         );
     }
-    let f = |k: &str| param(&form, k).map(str::to_string);
-    let Some(grant_type) = f("grant_type") else {
-        return sts_error(400, "invalid_request", &missing("grant_type"));
+    let asked = param(form, "scope").map(split_scopes);
+    // A "Web" registration is a confidential client; "Mobile and desktop" a public one.
+    let rules = TokenRules {
+        client: ClientRule {
+            client_id: &cfg.client_id,
+            secret: cfg.client_secret.as_deref(),
+        },
+        default_grant_type: None,
+        client_first: false,
+        redirect_uri_required: true,
+        code_lifetime: cfg.code_lifetime,
+        refresh_policy: cfg.refresh_policy,
+        refresh_lifetime: Some(cfg.refresh_token_lifetime),
     };
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
-        return sts_error(
-            400,
-            "unsupported_grant_type",
-            &format!("AADSTS70003: The app requested an unsupported grant type '{grant_type}'."),
-        );
-    }
-    // Client identification and authentication.
-    let client_id = match (f("client_id"), &basic) {
-        (Some(c), _) => c,
-        (None, Some((c, _))) => c.clone(),
-        (None, None) => return sts_error(400, "invalid_request", &missing("client_id")),
+    let quirks = MicrosoftTokens {
+        cfg: &cfg,
+        tenant,
+        asked: asked.as_deref(),
+        redirect_uri: param(form, "redirect_uri").unwrap_or(""),
     };
-    if client_id != cfg.client_id {
-        return sts_error(
-            400,
-            "unauthorized_client",
-            &format!(
-                "AADSTS700016: Application with identifier '{client_id}' was not found in the \
-                 directory '{tenant}'."
-            ),
-        );
-    }
-    let presented = f("client_secret").or_else(|| basic.as_ref().map(|(_, s)| s.clone()));
-    match (&cfg.client_secret, presented) {
-        (Some(_), None) => {
-            return sts_error(
-                401,
-                "invalid_client",
-                "AADSTS7000218: The request body must contain the following parameter: \
-                 'client_assertion' or 'client_secret'.",
-            )
-        }
-        (Some(expected), Some(given)) if *expected != given => {
-            return sts_error(
-                401,
-                "invalid_client",
-                &format!(
-                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in \
-                     the request is the client secret value, not the client secret ID, for a secret \
-                     added to app '{client_id}'."
-                ),
-            )
-        }
-        (None, Some(_)) => {
-            return sts_error(
-                401,
-                "invalid_client",
-                "AADSTS700025: Client is public so neither 'client_assertion' nor 'client_secret' \
-                 should be presented.",
-            )
-        }
-        _ => {}
-    }
-    let asked = f("scope").map(|s| split_scopes(&s));
-
-    let (scopes, user, nonce) = if grant_type == "authorization_code" {
-        let Some(code) = f("code") else {
-            return sts_error(400, "invalid_request", &missing("code"));
-        };
-        let Some(redirect_uri) = f("redirect_uri") else {
-            return sts_error(400, "invalid_request", &missing("redirect_uri"));
-        };
-        let Some(grant) = st.codes.get_mut(&code) else {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS70000: The provided value for the 'code' parameter is not valid.",
-            );
-        };
-        if grant.redeemed {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a \
-                 new valid code or use an existing refresh token.",
-            );
-        }
-        if grant.issued.elapsed() > cfg.code_lifetime {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS70008: The provided authorization code or refresh token has expired due to \
-                 inactivity. Send a new interactive authorization request for this user and resource.",
-            );
-        }
-        if grant.client_id != client_id {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS70000: The provided value for the 'code' parameter is not valid. The code \
-                 was issued to a different client.",
-            );
-        }
-        if grant.redirect_uri != redirect_uri {
-            return sts_error(
-                400,
-                "invalid_grant",
-                &format!(
-                    "AADSTS500112: The reply address '{redirect_uri}' does not match the reply \
-                     address '{}' provided when requesting Authorization code.",
-                    grant.redirect_uri
-                ),
-            );
-        }
-        let Some(verifier) = f("code_verifier") else {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS50148: The code_verifier does not match the code_challenge supplied in the \
-                 authorization request for PKCE.",
-            );
-        };
-        if !is_pkce_verifier(&verifier) || pkce_challenge(&verifier) != grant.code_challenge {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS501481: The Code_Verifier does not match the code_challenge supplied in the \
-                 authorization request.",
-            );
-        }
-        if let Err(reply) = check_subset(asked.as_deref(), &grant.scopes) {
-            return reply;
-        }
-        grant.redeemed = true;
-        let out = (
-            grant.scopes.clone(),
-            grant.user.clone(),
-            grant.nonce.clone(),
-        );
-        st.redeemed_codes += 1;
-        out
-    } else {
-        let Some(refresh) = f("refresh_token") else {
-            return sts_error(400, "invalid_request", &missing("refresh_token"));
-        };
-        let Some(grant) = st.refresh_tokens.get(&refresh) else {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS9002313: Invalid request. Request is malformed or invalid. - The refresh \
-                 token is not valid.",
-            );
-        };
-        if grant.client_id != client_id {
-            return sts_error(
-                400,
-                "invalid_grant",
-                "AADSTS700005: Provided Authorization Code is intended to use against other \
-                 tenant or client.",
-            );
-        }
-        if let Err(reply) = check_subset(asked.as_deref(), &grant.scopes) {
-            return reply;
-        }
-        let out = (grant.scopes.clone(), grant.user.clone(), None);
-        st.refreshes += 1;
-        out
+    let granted = match st.auth.token(form, basic, &rules, &quirks) {
+        Ok(granted) => granted,
+        Err(reply) => return reply,
     };
+    let (grant, client_id, nonce) = (granted.grant, granted.client_id, granted.nonce);
+    let refresh_token = granted.refresh_token.filter(|_| !cfg.omit_refresh_token);
 
     // Issue.
+    let user = st.auth.grant(grant).user.clone();
+    let scopes = st.auth.grant(grant).scopes.clone();
     let resource: Vec<String> = match &asked {
         Some(a) if a.iter().any(|s| !is_oidc_scope(s)) => resource_scopes(a),
         _ => resource_scopes(&scopes),
@@ -927,14 +700,9 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
         "uti": random_b64(16),
         "ver": "1.0",
     }));
-    st.access_tokens.insert(
-        access_token.clone(),
-        AccessGrant {
-            scopes: resource.clone(),
-            user: user.clone(),
-            expires: Instant::now() + Duration::from_secs(lifetime),
-        },
-    );
+    let expires = Some(Duration::from_secs(lifetime));
+    st.auth
+        .issue_access(access_token.clone(), grant, resource.clone(), expires);
     let mut body = json!({
         "token_type": "Bearer",
         "scope": resource.join(" "),
@@ -942,19 +710,9 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
         "ext_expires_in": lifetime,
         "access_token": access_token,
     });
-    if has_scope(&scopes, "offline_access") && !cfg.omit_refresh_token {
-        let refresh = format!("1.A{}", random_b64(192));
-        st.refresh_tokens.insert(
-            refresh.clone(),
-            RefreshGrant {
-                client_id: client_id.clone(),
-                scopes: scopes.clone(),
-                user: user.clone(),
-            },
-        );
+    if let Some(refresh) = refresh_token {
         body["refresh_token"] = json!(refresh);
     }
-    drop(st);
     if has_scope(&scopes, "openid") {
         let mut claims = json!({
             "aud": client_id,
@@ -985,6 +743,138 @@ fn token(shared: &Shared, request: &FakeRequest, tenant: &str) -> FakeReply {
         body["id_token"] = json!(fake_jwt(&claims));
     }
     json_reply(200, &body)
+}
+
+/// Microsoft's side of a token request: AADSTS errors, scopes within consent, `offline_access`.
+struct MicrosoftTokens<'a> {
+    cfg: &'a FakeConfig,
+    tenant: &'a str,
+    /// The request's `scope`, if any.
+    asked: Option<&'a [String]>,
+    redirect_uri: &'a str,
+}
+
+impl TokenQuirks<User> for MicrosoftTokens<'_> {
+    fn refuse(&self, e: TokenError) -> FakeReply {
+        let (status, error, description) = match e {
+            TokenError::Missing(name) => (400, "invalid_request", missing(name)),
+            TokenError::UnsupportedGrantType(other) => (
+                400,
+                "unsupported_grant_type",
+                format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
+            ),
+            TokenError::Client(e) => client_error(e, self.tenant, &self.cfg.client_id),
+            TokenError::Code(e) => (400, "invalid_grant", code_error(e, self.redirect_uri)),
+            TokenError::Refresh(e) => (400, "invalid_grant", refresh_error(e, self.cfg)),
+        };
+        sts_error(status, error, &description)
+    }
+
+    fn new_refresh_token(&self) -> String {
+        format!("1.A{}", random_b64(192))
+    }
+
+    /// Refresh tokens come only with `offline_access`.
+    fn refresh_on_code(&self, grant: &Grant<User>) -> bool {
+        has_scope(&grant.scopes, "offline_access") && !self.cfg.omit_refresh_token
+    }
+
+    fn check(&self, granted: &[String]) -> Result<(), FakeReply> {
+        check_subset(self.asked, granted)
+    }
+}
+
+/// A client the core refused, in Microsoft's words.
+fn client_error(e: ClientError, tenant: &str, client_id: &str) -> (u16, &'static str, String) {
+    match e {
+        ClientError::MissingId => (400, "invalid_request", missing("client_id")),
+        ClientError::UnknownId(id) => (
+            400,
+            "unauthorized_client",
+            format!(
+                "AADSTS700016: Application with identifier '{id}' was not found in the \
+                 directory '{tenant}'."
+            ),
+        ),
+        ClientError::MissingSecret => (
+            401,
+            "invalid_client",
+            "AADSTS7000218: The request body must contain the following parameter: \
+             'client_assertion' or 'client_secret'."
+                .into(),
+        ),
+        ClientError::WrongSecret => (
+            401,
+            "invalid_client",
+            format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in \
+                 the request is the client secret value, not the client secret ID, for a secret \
+                 added to app '{client_id}'."
+            ),
+        ),
+        ClientError::SecretFromPublicClient => (
+            401,
+            "invalid_client",
+            "AADSTS700025: Client is public so neither 'client_assertion' nor 'client_secret' \
+             should be presented."
+                .into(),
+        ),
+    }
+}
+
+/// A code the core refused, in Microsoft's words.
+fn code_error(e: CodeError, redirect_uri: &str) -> String {
+    match e {
+        CodeError::Unknown => {
+            "AADSTS70000: The provided value for the 'code' parameter is not valid.".into()
+        }
+        CodeError::Redeemed => "AADSTS54005: OAuth2 Authorization code was already redeemed, \
+                                please retry with a new valid code or use an existing refresh \
+                                token."
+            .into(),
+        CodeError::Expired => "AADSTS70008: The provided authorization code or refresh token has \
+                               expired due to inactivity. Send a new interactive authorization \
+                               request for this user and resource."
+            .into(),
+        CodeError::OtherClient => "AADSTS70000: The provided value for the 'code' parameter is \
+                                   not valid. The code was issued to a different client."
+            .into(),
+        CodeError::RedirectMismatch { expected } => format!(
+            "AADSTS500112: The reply address '{redirect_uri}' does not match the reply address \
+             '{expected}' provided when requesting Authorization code."
+        ),
+        CodeError::MissingVerifier => "AADSTS50148: The code_verifier does not match the \
+                                       code_challenge supplied in the authorization request for \
+                                       PKCE."
+            .into(),
+        CodeError::WrongVerifier => "AADSTS501481: The Code_Verifier does not match the \
+                                     code_challenge supplied in the authorization request."
+            .into(),
+    }
+}
+
+/// A refresh token the core refused, in Microsoft's words.
+fn refresh_error(e: RefreshError, cfg: &FakeConfig) -> String {
+    match e {
+        RefreshError::Unknown => "AADSTS9002313: Invalid request. Request is malformed or \
+                                  invalid. - The refresh token is not valid."
+            .into(),
+        RefreshError::OtherClient => "AADSTS700005: Provided Authorization Code is intended to \
+                                      use against other tenant or client."
+            .into(),
+        RefreshError::Expired => format!(
+            "AADSTS700082: The refresh token has expired due to inactivity. The token was \
+             inactive for {} days.",
+            cfg.refresh_token_lifetime.as_secs() / 86_400
+        ),
+        // An administrator revoked the user's sessions, or the password changed.
+        RefreshError::Revoked => "AADSTS50173: The provided grant has expired due to it being \
+                                  revoked, a fresh auth token is needed. The user might have \
+                                  changed or reset their password."
+            .into(),
+        // Only under a one-time policy a test gave this fake; Entra keeps old tokens valid.
+        RefreshError::Reused => "AADSTS70000: Provided grant is invalid or malformed.".into(),
+    }
 }
 
 /// A requested `scope` at `/token` must stay within what was consented at `/authorize`.
@@ -1025,7 +915,7 @@ fn fake_jwt(payload: &Value) -> String {
 
 /// Microsoft takes base64 or base64url, padded or not.
 fn parse_basic(value: &str) -> Option<(String, String)> {
-    fake_provider::parse_basic_with(value, b64_decode)
+    super::fake_provider::parse_basic_with(value, b64_decode)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,7 +924,7 @@ fn parse_basic(value: &str) -> Option<(String, String)> {
 fn discovery(shared: &Shared, tenant: &str) -> FakeReply {
     let cfg = {
         let mut st = shared.lock();
-        st.discovery_fetches += 1;
+        st.own.discovery_fetches += 1;
         st.cfg.clone()
     };
     if !tenant_known(&cfg, tenant) {
@@ -1098,10 +988,45 @@ const ME_READ_SCOPES: &[&str] = &[
     "Directory.ReadWrite.All",
 ];
 
+/// The grant behind a Graph request's bearer token, or Graph's answer when there is none.
+/// Revoked sessions do not matter: access tokens are JWTs, valid until they expire.
+fn bearer_grant(st: &State, request: &FakeRequest) -> Result<(Vec<String>, User), FakeReply> {
+    let bearer = request.header("authorization").and_then(|v| {
+        let v = v.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
+    });
+    let Some(bearer) = bearer.filter(|t| !t.is_empty()) else {
+        return Err(graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            "Access token is empty.",
+        ));
+    };
+    let Some((access, grant)) = st.auth.access(&bearer) else {
+        let message = if bearer.split('.').count() == 3 {
+            "Access token validation failure. Invalid audience."
+        } else {
+            "IDX14100: JWT is not well formed, there are no dots (.).\nThe token needs to be in JWS or JWE Compact Serialization Format."
+        };
+        return Err(graph_error(401, "InvalidAuthenticationToken", message));
+    };
+    if access.expired() {
+        return Err(graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+        ));
+    }
+    Ok((access.scopes.clone(), grant.user.clone()))
+}
+
 fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> FakeReply {
     let delay = {
         let mut st = shared.lock();
-        st.graph_calls += 1;
+        st.own.graph_calls += 1;
         st.cfg.graph_delay
     };
     shared.nap(delay);
@@ -1120,39 +1045,17 @@ fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> FakeReply {
             "General exception while processing.",
         );
     }
-    let bearer = request.header("authorization").and_then(|v| {
-        let v = v.trim();
-        let (scheme, token) = v.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string())
-    });
-    let Some(bearer) = bearer.filter(|t| !t.is_empty()) else {
-        return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.");
+    let (scopes, u) = match bearer_grant(&st, request) {
+        Ok(found) => found,
+        Err(reply) => return reply,
     };
-    let Some(grant) = st.access_tokens.get(&bearer) else {
-        let message = if bearer.split('.').count() == 3 {
-            "Access token validation failure. Invalid audience."
-        } else {
-            "IDX14100: JWT is not well formed, there are no dots (.).\nThe token needs to be in JWS or JWE Compact Serialization Format."
-        };
-        return graph_error(401, "InvalidAuthenticationToken", message);
-    };
-    if Instant::now() >= grant.expires {
-        return graph_error(
-            401,
-            "InvalidAuthenticationToken",
-            "Lifetime validation failed, the token is expired.",
-        );
-    }
-    if !ME_READ_SCOPES.iter().any(|s| has_scope(&grant.scopes, s)) {
+    if !ME_READ_SCOPES.iter().any(|s| has_scope(&scopes, s)) {
         return graph_error(
             403,
             "Authorization_RequestDenied",
             "Insufficient privileges to complete the operation.",
         );
     }
-    let u = grant.user.clone();
     drop(st);
     let (given, surname) = match u.name.split_once(' ') {
         Some((g, s)) => (json!(g), json!(s)),
@@ -1213,4 +1116,39 @@ fn graph_me(shared: &Shared, request: &FakeRequest, query: &str) -> FakeReply {
             .into();
     r.headers.push(("request-id", random_guid()));
     r
+}
+
+/// `POST /v1.0/me/revokeSignInSessions` (Graph's `user: revokeSignInSessions`): every refresh
+/// token of the signed-in user ends (they answer AADSTS50173); access tokens stay valid until
+/// they expire. Needs `User.RevokeSessions.All` (or `Directory.AccessAsUser.All`).
+fn revoke_sessions(shared: &Shared, request: &FakeRequest) -> FakeReply {
+    let st = &mut *shared.lock();
+    if request.method != "POST" {
+        return graph_error(
+            405,
+            "Request_BadRequest",
+            "Specified HTTP method is not allowed for the request target.",
+        );
+    }
+    let (scopes, user) = match bearer_grant(st, request) {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    let allowed = ["User.RevokeSessions.All", "Directory.AccessAsUser.All"];
+    if !allowed.iter().any(|s| has_scope(&scopes, s)) {
+        return graph_error(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
+    st.auth.revoke_grants_where(|g| g.user.oid == user.oid);
+    st.auth.counters.revocations += 1;
+    json_reply(
+        200,
+        &json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
+            "value": true,
+        }),
+    )
 }

@@ -1,10 +1,8 @@
-//! The small core every fake identity provider is built on, above the HTTP server of
-//! fake_http.rs: the state behind one lock, delays cut short when the fake is dropped, the
-//! in-process `sign_in` plumbing, reply helpers, and the helpers tests share (PKCE, base64url,
-//! query parameters). A provider's file keeps only what is its own: endpoints, rules, quirks.
-//!
-//! Each fake includes this file next to its own fake_http.rs module (`super::fake_http`), the
-//! way it includes fake_http.rs: a test crate with several fakes loads both several times.
+//! How a fake identity provider runs, above the HTTP server of fake_http.rs: the state behind
+//! one lock, delays cut short when the fake is dropped, the in-process `sign_in` plumbing, reply
+//! helpers, and the helpers tests share (PKCE, base64url, query parameters). The authorization
+//! server itself (codes, grants, tokens, rotation) is fake_as.rs; a provider's file keeps only
+//! what is its own: endpoints, rules, quirks.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -108,7 +106,7 @@ pub struct Running<S, K = ()> {
 
 impl<S: Send + 'static, K: Send + Sync + 'static> Running<S, K> {
     /// Starts a server named `name` whose requests go to `handle(core, request)`.
-    pub fn start(
+    pub fn serve(
         name: &str,
         state: S,
         fixed: K,

@@ -383,7 +383,14 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
 }
 
 pub mod broker;
+pub mod fake_as;
+pub mod fake_client;
+pub mod fake_github;
+pub mod fake_google;
+pub mod fake_http;
 pub mod fake_microsoft;
+pub mod fake_provider;
+pub mod oidc;
 pub mod openapi;
 pub mod python;
 pub mod redis_topology;

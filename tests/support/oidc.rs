@@ -7,9 +7,10 @@
 //! client_secret_post), `code` flow with PKCE S256 required, scopes `openid`, `email`
 //! (`email`, `email_verified`) and `offline_access` (a refresh token), RFC 9207 `iss` in the
 //! authorization response, RS256 keys that `rotate_keys` and `drop_old_keys` change at run time,
-//! and fixed accounts whose passwords its login page checks.
+//! fixed accounts whose passwords its login page checks, and on demand
+//! (`OidcConfig::rotate_refresh_tokens`) refresh tokens rotated on every use with reuse detection.
 //!
-//! Self-contained (std and serde_json): include it as `#[path = "support/oidc.rs"] mod oidc;`.
+//! Self-contained (std and serde_json): `support::oidc`.
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -82,6 +83,11 @@ pub struct OidcConfig {
     /// RFC 8707 resource indicators it issues JWT access tokens (RFC 9068) for: (resource URL,
     /// its space-separated scopes). A request naming another resource is refused.
     pub resource_servers: Vec<(String, String)>,
+    /// `rotateRefreshToken: true`: a new refresh token on every use, and a used one presented
+    /// again revokes the whole grant (oidc-provider's reuse detection; server.mjs says exactly
+    /// what it does). False (default): oidc-provider's own rule, which for this confidential
+    /// client keeps the refresh token until 70% of its life is gone.
+    pub rotate_refresh_tokens: bool,
 }
 
 impl OidcConfig {
@@ -135,6 +141,7 @@ impl OidcConfig {
                 .iter()
                 .map(|(url, scope)| (url.clone(), json!({ "scope": scope })))
                 .collect::<serde_json::Map<String, Value>>(),
+            "rotate_refresh_tokens": self.rotate_refresh_tokens,
         })
     }
 }
@@ -151,6 +158,7 @@ impl Default for OidcConfig {
             strict_offline_access: false,
             ttl: Vec::new(),
             resource_servers: Vec::new(),
+            rotate_refresh_tokens: false,
         }
     }
 }
@@ -299,7 +307,9 @@ impl OidcProvider {
 
     /// `{"requests": {"discovery": n, "jwks": n, "authorization": n, "token": n, "userinfo": n,
     /// "interaction": n, "other": n}, "logins": [account ids], "failed_logins": [typed logins],
-    /// "signing_kid", "kids"}` (a request name is absent until it has been requested).
+    /// "refresh_grants", "refresh_grant_errors", "grants_revoked", "refresh_presentations":
+    /// {token hash: n}, "signing_kid", "kids"}` (a request name is absent until it has been
+    /// requested).
     pub fn stats(&self) -> Value {
         self.admin("GET", "/stats")
     }
@@ -311,6 +321,28 @@ impl OidcProvider {
 
     pub fn jwks_fetches(&self) -> u64 {
         self.requests("jwks")
+    }
+
+    /// `grant_type=refresh_token` requests answered with tokens.
+    pub fn refresh_grants(&self) -> u64 {
+        self.stats()["refresh_grants"].as_u64().unwrap()
+    }
+
+    /// `grant_type=refresh_token` requests refused.
+    pub fn refresh_grant_errors(&self) -> u64 {
+        self.stats()["refresh_grant_errors"].as_u64().unwrap()
+    }
+
+    /// Grants revoked by the provider (a reused refresh token, a code redeemed twice).
+    pub fn grants_revoked(&self) -> u64 {
+        self.stats()["grants_revoked"].as_u64().unwrap()
+    }
+
+    /// The most times one refresh token was presented (0 before any).
+    pub fn max_refresh_presentations(&self) -> u64 {
+        let stats = self.stats();
+        let counts = stats["refresh_presentations"].as_object().unwrap();
+        counts.values().filter_map(Value::as_u64).max().unwrap_or(0)
     }
 
     /// Account ids that signed in, in order.

@@ -6,12 +6,8 @@
 //! retrying) but is counted as a duplicate, not accepted again. It can be down (nothing
 //! listening on its port), fail scripted attempts, or hold requests until released.
 
-// Its own copy of the core, as each fake has (fake_microsoft.rs keeps its copy private).
-#[allow(clippy::duplicate_mod)]
-#[path = "fake_http.rs"]
-mod fake_http;
+use super::fake_http::{FakeReply, FakeRequest, FakeServer};
 use base64::Engine;
-use fake_http::{FakeReply, FakeRequest, FakeServer};
 use std::collections::{HashSet, VecDeque};
 use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex};

@@ -22,6 +22,10 @@
 //                           naming one gets a JWT access token (RFC 9068, RS256, `aud` the URL)
 //                           carrying those of its scopes that were granted; any other `resource`
 //                           is refused (invalid_target), as before
+//   rotate_refresh_tokens   false (default): oidc-provider's own rule (for this confidential
+//                           client, rotation only once 70% of a refresh token's life is gone);
+//                           true: `rotateRefreshToken: true`, a new refresh token on every use,
+//                           and a used one presented again revokes the whole grant (below)
 //
 // When both ports listen it prints one line to stdout:
 //   {"event":"listening","issuer":"http://127.0.0.1:PORT","admin":"http://127.0.0.1:PORT2"}
@@ -30,14 +34,25 @@
 // Admin port (plain JSON, no authentication: loopback test harness only):
 //   POST /rotate          a new RS256 key signs from now on; the old ones stay in the JWKS
 //   POST /drop-old-keys   the JWKS keeps only the signing key
-//   GET  /stats           request counts by endpoint, logins, failed logins, keys
+//   GET  /stats           request counts by endpoint, logins, failed logins, keys, refresh
+//                         grants served and refused, grants revoked, and how many times each
+//                         refresh token was presented (refresh_presentations, keyed by the first
+//                         16 hex digits of its SHA-256)
 //   POST /reset-stats     zeroes the counts and lists
+//
+// Reuse detection under rotation is oidc-provider's own (9.x, lib/actions/grants/refresh_token.js):
+// a rotated token is kept, marked consumed; presenting it again destroys it and calls
+// lib/helpers/revoke.js on its grant, which deletes every access token, refresh token and
+// authorization code of the grant and, as revokeGrantPolicy allows it outside the revocation
+// endpoint, the grant itself (event grant.revoked); the answer is invalid_grant ("refresh token
+// already used" in the log). The token that replaced it then answers invalid_grant too ("refresh
+// token not found"): the legitimate client must sign in again (RFC 9700 4.14.2).
 //
 // The keys of a Provider are fixed when it is constructed, so a rotation builds a new Provider
 // with the new key set and swaps it in; all instances share one in-memory store (sessions,
 // grants, codes, refresh tokens) and one cookie key, so nothing else changes for clients.
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import * as querystring from 'node:querystring';
@@ -73,6 +88,10 @@ function newStats() {
     requests: {}, // endpoint name -> count
     logins: [], // account ids that signed in, in order
     failed_logins: [], // what was typed in the login field when the password was wrong
+    refresh_grants: 0, // grant_type=refresh_token answered with tokens
+    refresh_grant_errors: 0, // grant_type=refresh_token refused (any error)
+    grants_revoked: 0, // grants revoked: a reused refresh token, a code used twice
+    refresh_presentations: {}, // sha256(refresh token), 16 hex digits -> times presented
   };
 }
 
@@ -116,6 +135,7 @@ function buildProvider() {
     },
     // A refresh token whenever offline_access was granted (see offlineAccess).
     issueRefreshToken: async (ctx, c, code) => c.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
+    ...(config.rotate_refresh_tokens ? { rotateRefreshToken: true } : {}),
     features: {
       devInteractions: { enabled: true },
       resourceIndicators: {
@@ -136,8 +156,11 @@ function buildProvider() {
   provider.use(checkPassword);
   provider.use(offlinePages);
   for (const event of ['server_error', 'authorization.error', 'grant.error', 'userinfo.error']) {
-    provider.on(event, (ctx, err) => log({ event, error: err?.message, detail: err?.error_description }));
+    provider.on(event, (ctx, err) => log({ event, error: err?.message, detail: err?.error_detail ?? err?.error_description }));
   }
+  provider.on('grant.success', (ctx) => countRefresh(ctx, 'refresh_grants'));
+  provider.on('grant.error', (ctx) => countRefresh(ctx, 'refresh_grant_errors'));
+  provider.on('grant.revoked', () => { stats.grants_revoked += 1; });
   return provider;
 }
 
@@ -185,6 +208,17 @@ async function offlinePages(ctx, next) {
   ctx.body = ctx.body.replace(/@import url\([^)]*\);/g, '');
   if (ctx.query.login_error) {
     ctx.body = ctx.body.replace('<form', '<p class="login-error">Invalid login or password.</p><form');
+  }
+}
+
+// A refresh-token request, by its outcome, and the token it presented.
+function countRefresh(ctx, outcome) {
+  const params = ctx.oidc?.params ?? {};
+  if (params.grant_type !== 'refresh_token') return;
+  stats[outcome] += 1;
+  if (params.refresh_token) {
+    const key = createHash('sha256').update(String(params.refresh_token)).digest('hex').slice(0, 16);
+    stats.refresh_presentations[key] = (stats.refresh_presentations[key] ?? 0) + 1;
   }
 }
 
