@@ -30,7 +30,13 @@ pub fn record(event: &str, handle: Option<&str>, email: Option<&str>, extra: Val
     } else {
         logging::Level::Info
     };
-    logging::event(level, event, fields);
+    // A line tied to no session (an unknown state, a stranger's callback) is one anyone can
+    // cause: it must not crowd out the lines of real sign-ins when stderr lags.
+    if handle.is_some() {
+        logging::event(level, event, fields);
+    } else {
+        logging::from_anyone(level, event, fields);
+    }
 }
 
 #[cfg(test)]

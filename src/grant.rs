@@ -19,6 +19,10 @@ pub struct Grant {
     pub expiry: Option<SystemTime>,
 }
 
+/// The longest lifetime a token answer's `expires_in` is taken to mean (ten years): real access
+/// tokens live minutes to hours, and a bound keeps every expiry printable and comparable.
+pub const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
+
 impl Grant {
     /// A successful token answer (RFC 6749 5.1) as a `Grant`: `None` unless it has a non-empty
     /// `access_token`. `sent_at` is when the request went out (the start of `expires_in`, which
@@ -43,7 +47,11 @@ impl Grant {
             id_token: token("id_token"),
             token_type: body["token_type"].as_str().unwrap_or("Bearer").to_string(),
             scope: body["scope"].as_str().unwrap_or_default().to_string(),
-            expiry: expires_in.map(|s| sent_at + Duration::from_secs(s)),
+            // A provider's `expires_in` is trusted only up to a bound: a huge one would overflow
+            // the clock (a panic after the one-time take) or print past the year 9999.
+            expiry: expires_in
+                .map(|s| s.min(MAX_EXPIRES_IN_SECS))
+                .and_then(|s| sent_at.checked_add(Duration::from_secs(s))),
         })
     }
 }
@@ -52,6 +60,24 @@ impl Grant {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_huge_expires_in_is_bounded_not_a_panic() {
+        let at = SystemTime::UNIX_EPOCH;
+        for huge in [
+            json!(u64::MAX),
+            json!("18446744073709551615"),
+            json!(300_000_000_000u64),
+        ] {
+            let g = Grant::from_token_answer(&json!({"access_token": "a", "expires_in": huge}), at)
+                .unwrap();
+            assert_eq!(
+                g.expiry,
+                Some(at + Duration::from_secs(MAX_EXPIRES_IN_SECS)),
+                "{huge}"
+            );
+        }
+    }
 
     #[test]
     fn a_token_answer_needs_an_access_token_and_may_omit_the_rest() {

@@ -30,7 +30,7 @@ pub fn ready(app: &App) -> Result<Response, Error> {
     match app.store.ping() {
         Ok(()) => Ok(Response::json(200, &json!({ "status": "ready" }))),
         Err(e) => {
-            logging::warn("not_ready", json!({ "error": e.0 }));
+            logging::from_anyone(logging::Level::Warn, "not_ready", json!({ "error": e.0 }));
             Ok(Response::json(
                 503,
                 &json!({ "status": "unavailable", "message": "State storage is unavailable" }),

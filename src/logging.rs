@@ -111,6 +111,22 @@ pub fn dropped_lines() -> u64 {
 
 /// Writes `{"ts":..,"level":..,"event":.., ...fields}` as one line. `fields` should be an object.
 pub fn event(level: Level, name: &str, fields: Value) {
+    let class = if level == Level::Debug {
+        Class::Sheddable
+    } else {
+        Class::Kept
+    };
+    write_event(level, name, fields, class)
+}
+
+/// A line any stranger can cause once per request (a junk callback, a refused share, an
+/// unknown sign-in state): written like the others, but dropped first when stderr lags, as
+/// access lines are, so a flood of them cannot crowd out the lines of real sign-ins.
+pub fn from_anyone(level: Level, name: &str, fields: Value) {
+    write_event(level, name, fields, Class::Sheddable)
+}
+
+fn write_event(level: Level, name: &str, fields: Value, class: Class) {
     if !enabled(level) {
         return;
     }
@@ -129,11 +145,6 @@ pub fn event(level: Level, name: &str, fields: Value) {
             }
         }
         line.push_str("}\n");
-        let class = if level == Level::Debug {
-            Class::Sheddable
-        } else {
-            Class::Kept
-        };
         emit(line.as_bytes(), class);
     });
 }

@@ -21,10 +21,18 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The longest a name lookup or a TCP/TLS connect may take within a request's budget.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub fn agent(timeout: Duration) -> ureq::Agent {
     install_crypto_provider();
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
+        // Their own, shorter bounds: a lookup or connect that never completes is then reported
+        // as such (nothing was sent), not as the global timeout, which a refresh must count as
+        // "may have been sent" (connections::classify).
+        .timeout_resolve(Some(timeout.min(CONNECT_TIMEOUT)))
+        .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
         .http_status_as_error(false)
         .max_redirects(0)
         .tls_config(

@@ -74,7 +74,8 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         stored @ (Put::Stored | Put::StoredRegistered) => {
             // The fields (a hash among them) are built only when the line is written.
             if logging::enabled(logging::Level::Info) {
-                logging::info(
+                logging::from_anyone(
+                    logging::Level::Info,
                     "callback_stored",
                     json!({ "state": short_hash(&state), "outcome": outcome }),
                 );
@@ -88,7 +89,8 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         // A person reloading the page: same page, nothing changes.
         Put::Repeated => {}
         Put::Conflicted => {
-            logging::warn(
+            logging::from_anyone(
+                logging::Level::Warn,
                 "callback_conflict",
                 json!({ "state": short_hash(&state), "effect": "neither callback is handed out" }),
             );
@@ -101,25 +103,32 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         }
         Put::InConflict => return Err(Error::SignInConflict),
         Put::Conflict => {
-            logging::warn("callback_conflict", json!({ "state": short_hash(&state) }));
+            logging::from_anyone(
+                logging::Level::Warn,
+                "callback_conflict",
+                json!({ "state": short_hash(&state) }),
+            );
             return Err(Error::StateConflict);
         }
         Put::NotRegistered => {
-            logging::warn(
+            logging::from_anyone(
+                logging::Level::Warn,
                 "callback_unregistered",
                 json!({ "state": short_hash(&state) }),
             );
             return Err(Error::StateNotRegistered);
         }
         Put::Expired => {
-            logging::warn(
+            logging::from_anyone(
+                logging::Level::Warn,
                 "callback_after_registration_expired",
                 json!({ "state": short_hash(&state) }),
             );
             return Err(Error::StateExpired);
         }
         Put::Full => {
-            logging::warn(
+            logging::from_anyone(
+                logging::Level::Warn,
                 "store_full",
                 json!({ "max_pending": app.config.max_pending }),
             );
@@ -138,7 +147,8 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
 fn share_used_up(app: &App) -> Error {
     app.pending_share_refused
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    logging::warn(
+    logging::from_anyone(
+        logging::Level::Warn,
         "pending_share_full",
         json!({ "max_pending_per_client": app.config.max_pending_per_client }),
     );
@@ -262,7 +272,9 @@ const REGISTRATION_KEYS: &[&str] = &["state", "ttl_secs", "retrieval_hash"];
 /// under `/api/` (with a hash or without); such a registration is a trusted caller's and counts
 /// against no client's share. Without one, anyone may register a state with the hash of their
 /// own retrieval secret: on such a server whoever knows a state can already take its code, so a
-/// stranger gains nothing, and the client gets a code nobody else can take. Those
+/// stranger gains no code it could not take anyway (though it can take one quietly from a
+/// client that does not register: README, "Who may register"), and the client gets a code
+/// nobody else can take. Those
 /// self-registrations count against the client's share of `OAUTH_RELAY_MAX_PENDING`. A
 /// registration without a hash and without a token would open the callback to everyone, as no
 /// registration does, so it is refused, naming the setting that allows it.
@@ -300,7 +312,8 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     let client = (!trusted).then(|| Client::of(req.client_ip()));
     match app.store.register_by(state, ttl, guard.as_ref(), client)? {
         Register::Registered { expires_at } => {
-            logging::info(
+            logging::from_anyone(
+                logging::Level::Info,
                 "state_registered",
                 json!({ "state": short_hash(state), "ttl_secs": ttl.as_secs(),
                         "retrieval_secret": guard.is_some() }),

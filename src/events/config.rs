@@ -83,7 +83,13 @@ impl WebhookConfig {
         const URL: &str = "OAUTH_RELAY_WEBHOOK_URL";
         // Same rule as the broker's upstream URLs: the events cross the network signed but
         // not encrypted otherwise.
-        crate::broker_config::checked_url(url, URL)?;
+        // Its words, not the URL itself: the path of a webhook URL may hold a secret.
+        crate::urls::checked_url(url, URL).map_err(|e| match e.rsplit_once(": \"") {
+            Some((words, _)) => {
+                format!("{words} (the value is not repeated: its path may hold a secret)")
+            }
+            None => e,
+        })?;
         let secret = match (&a.webhook_secret, &a.webhook_secret_file) {
             (Some(_), Some(_)) => {
                 return Err("set OAUTH_RELAY_WEBHOOK_SECRET or OAUTH_RELAY_WEBHOOK_SECRET_FILE, not both".into())

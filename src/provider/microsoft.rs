@@ -516,14 +516,13 @@ impl Provider for Microsoft {
                     "the token response has no readable id_token",
                 )
             })?;
-        // Unsigned claims (see the top of the file), yet still this sign-in's: the nonce sent.
-        if claims
-            .get("nonce")
-            .is_some_and(|n| n.as_str() != Some(nonce))
-        {
+        // Unsigned claims (see the top of the file), yet still this sign-in's: the nonce sent,
+        // which Entra always echoes (an id_token without it is not an answer to this request).
+        let sent = crate::secret::Secret::new(nonce.to_string());
+        if !claims["nonce"].as_str().is_some_and(|n| sent.matches(n)) {
             return Err(SignInFailure::new(
                 Reason::IdTokenInvalid,
-                "id_token_nonce: the id_token's nonce is not the one sent",
+                "id_token_nonce: the id_token's nonce is missing or not the one sent",
             ));
         }
         let tenant = claims["tid"]

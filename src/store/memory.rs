@@ -559,7 +559,16 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut s = self.sessions();
         if s.by_handle.len() >= self.max_sessions {
-            s.by_handle.retain(|_, e| e.expires > now);
+            // Through `remove`, so the link and state indexes go with each expired session.
+            let expired: Vec<String> = s
+                .by_handle
+                .iter()
+                .filter(|(_, e)| e.expires <= now)
+                .map(|(handle, _)| handle.clone())
+                .collect();
+            for handle in expired {
+                s.remove(&handle);
+            }
             if s.by_handle.len() >= self.max_sessions {
                 return Ok(false);
             }
