@@ -341,8 +341,10 @@ fn a_lost_reply_is_reported_never_retried_and_nothing_sent_is_unavailable() {
     // Redis stalls (a slow script, a fork, a paused VM) past the timeout: the take is queued
     // on the server and will run; the caller must hear that it may have.
     let port = redis.node.port;
-    let stall = std::thread::spawn(move || cli(port, &Access::default(), &["DEBUG", "SLEEP", "2"]));
-    std::thread::sleep(Duration::from_millis(200));
+    let stall = std::thread::spawn(move || cli(port, &Access::default(), &["DEBUG", "SLEEP", "5"]));
+    // Only once Redis has stopped answering (a PING on a socket of its own goes unanswered):
+    // on a loaded machine the DEBUG SLEEP may take a while to start.
+    wait_for("Redis to stall", 30, || redis_stalled(port).then_some(()));
     let e = kv
         .run_blocking::<Option<String>>(Call::script(&take()).key(&key))
         .unwrap_err();
@@ -391,6 +393,26 @@ fn a_lost_reply_is_reported_never_retried_and_nothing_sent_is_unavailable() {
     assert_eq!((stored, kv.stats().lost), (1, lost));
 }
 
+/// Whether Redis on `port` leaves a PING unanswered for 200 ms.
+fn redis_stalled(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 #[test]
 fn a_write_after_a_quiet_spell_checks_its_connection_first() {
     let redis = Standalone::start();
@@ -403,8 +425,10 @@ fn a_write_after_a_quiet_spell_checks_its_connection_first() {
     // sent, and the caller may safely try again.
     std::thread::sleep(Duration::from_millis(1500));
     let port = redis.node.port;
-    let stall = std::thread::spawn(move || cli(port, &Access::default(), &["DEBUG", "SLEEP", "2"]));
-    std::thread::sleep(Duration::from_millis(200));
+    let stall = std::thread::spawn(move || cli(port, &Access::default(), &["DEBUG", "SLEEP", "5"]));
+    // Only once Redis has stopped answering (a PING on a socket of its own goes unanswered):
+    // on a loaded machine the DEBUG SLEEP may take a while to start.
+    wait_for("Redis to stall", 30, || redis_stalled(port).then_some(()));
     let e = kv
         .run_blocking::<i64>(Call::script(&incr()).key(&key))
         .unwrap_err();
