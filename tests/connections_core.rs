@@ -15,6 +15,8 @@ use oauth_relay::connections::{
     ConnError, Connections, Policy, RefreshFn, RefreshOutcome, Refresher, Rotation, Status,
 };
 use oauth_relay::keyring::Keyring;
+use oauth_relay::kv::settings::Topology;
+use oauth_relay::kv::KvSettings;
 use oauth_relay::provider::{Grant, Identity};
 use oauth_relay::secret::Secret;
 use oauth_relay::store::redis::RedisStore;
@@ -282,14 +284,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn redis_config(url: String, prefix: &str, keys: Arc<Keyring>) -> RedisConfig {
-    RedisConfig {
-        url: Secret::new(url),
-        password: None,
-        ca_pem: None,
+    RedisConfig::new(
+        KvSettings {
+            prefix: prefix.to_string(),
+            timeout: Duration::from_secs(2),
+            ..KvSettings::new(Topology::Standalone {
+                url: Secret::new(url),
+            })
+        },
         keys,
-        prefix: prefix.to_string(),
-        timeout: Duration::from_secs(2),
-    }
+    )
 }
 
 /// One replica on Redis: its own pool, store and `Connections`, told of the others' news
@@ -309,11 +313,14 @@ fn redis_replica(url: &str, prefix: &str, idp: &Arc<FakeIdp>, policy: Policy) ->
         policy,
     ));
     let weak = Arc::downgrade(&conns);
-    store.start_background(move |key| {
-        if let Some(c) = weak.upgrade() {
-            c.notified(key)
-        }
-    });
+    store.start_background(
+        move |key| {
+            if let Some(c) = weak.upgrade() {
+                c.notified(key)
+            }
+        },
+        || {},
+    );
     conns
 }
 
@@ -1274,7 +1281,7 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
         10,
     )
     .unwrap();
-    let p = redis_persistence(&store);
+    let p = redis_persistence(store.kv());
     assert_eq!(p, Persistence::None);
     assert!(p.warning().unwrap().contains("appendfsync always"));
     let durable = DurableRedis::start();
@@ -1284,8 +1291,8 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
         10,
     )
     .unwrap();
-    assert_eq!(redis_persistence(&store), Persistence::AofAlways);
-    assert_eq!(redis_persistence(&store).warning(), None);
+    assert_eq!(redis_persistence(store.kv()), Persistence::AofAlways);
+    assert_eq!(redis_persistence(store.kv()).warning(), None);
     let mut con = redis::Client::open(durable.url())
         .unwrap()
         .get_connection()
@@ -1297,7 +1304,7 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
         .query(&mut con)
         .unwrap();
     assert_eq!(
-        redis_persistence(&store),
+        redis_persistence(store.kv()),
         Persistence::AofRelaxed("everysec".into())
     );
     let unreachable = RedisStore::new(
@@ -1311,7 +1318,7 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
     )
     .unwrap();
     assert!(matches!(
-        redis_persistence(&unreachable),
+        redis_persistence(unreachable.kv()),
         Persistence::Unknown(_)
     ));
 }
