@@ -1347,3 +1347,70 @@ fn redis_refuses_a_changed_names_key() {
         .unwrap_err();
     assert!(err.contains("names"), "{err}");
 }
+
+/// On a replicated Redis (Sentinel), a refresh token is presented only once its intent is on a
+/// replica: with the replica down, WAIT cannot vouch for the intent (a failover could bring
+/// the record back without it, and another replica present the same one-time token), so
+/// nothing is presented and the attempt records `not_sent`; once the replica is back, the
+/// refresh goes ahead, once.
+#[test]
+fn on_sentinel_a_refresh_token_is_presented_only_once_its_intent_is_on_a_replica() {
+    use oauth_relay::kv::settings::{HostPort, SentinelSettings};
+    use support::redis_topology::SentinelSet;
+    let mut set = SentinelSet::start();
+    let mut config = RedisConfig::new(
+        KvSettings {
+            prefix: "durable:".into(),
+            timeout: Duration::from_secs(2),
+            ..KvSettings::new(Topology::Sentinel(SentinelSettings {
+                sentinels: set
+                    .sentinel_addrs()
+                    .iter()
+                    .map(|a| HostPort::parse(a, 26379).unwrap())
+                    .collect(),
+                master_name: set.name.clone(),
+                username: None,
+                password: None,
+                tls: false,
+                data_tls: false,
+            }))
+        },
+        keys(),
+    );
+    config.durability.wait = Duration::from_millis(500);
+    assert_eq!(
+        config.durability.replicas, 1,
+        "Sentinel waits for one replica"
+    );
+    let store = Arc::new(RedisStore::new(&config, Duration::from_secs(600), 1000).unwrap());
+    let idp = FakeIdp::new(Rotation::OneTime);
+    let c = Connections::new(
+        Arc::new(RedisConnections::new(store, 1000)),
+        refreshers(&idp, None),
+        fast(),
+    );
+    let (id, _) = create(&c, "ana");
+    let primary = set.primary_by_sentinels().unwrap();
+    let replica = set.other_than(primary);
+    set.node(replica).kill();
+    let refused = c.token(
+        &id,
+        Duration::from_secs(60),
+        Instant::now() + Duration::from_secs(3),
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(idp.total_presentations(), 0, "presented with no replica");
+    set.node(replica).restart();
+    set.wait_until_watched();
+    let fresh = support::eventually("a refresh once the replica is back", || {
+        c.token(
+            &id,
+            Duration::from_secs(60),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .ok()
+    });
+    assert_eq!(fresh.generation, 1);
+    assert_eq!(idp.presented(&rt(0)), 1);
+    assert_eq!(idp.total_presentations(), 1);
+}

@@ -6,14 +6,17 @@
 //!
 //! **Takes survive failovers.** Redis replicates asynchronously: a take the primary ran can be
 //! lost with it, and then the replica promoted in its place still holds the code, the OAuth
-//! state or the tokens, ready to be handed out a second time. So with a replicated Redis every
-//! take (a callback retrieval, an OAuth state, a token hand-off) is followed by WAIT on the same
-//! connection (`Kv::run_durable`), and what it took is handed out only once
-//! `Durability::replicas` replicas have the take; otherwise the request fails closed (503, log
-//! line `take_not_replicated`): the value is then used up on the primary, or, if a failover
-//! undoes the take, still there to be taken once. Other writes (a callback stored, a session
-//! created) are not waited for: a failover may lose the last of them, which shows as a missing
-//! callback or session (README, "What a failover can lose").
+//! state or the tokens, ready to be handed out a second time. So with a replicated Redis
+//! (`Durability::replicas` above 0) every take (a callback retrieval, an OAuth state, a token
+//! hand-off) first checks, inside its script and before it changes anything, that enough
+//! replicas are online (else it refuses: 503, log line `take_refused`, nothing used up, as
+//! right after a failover while the new primary has no replica yet); then WAIT follows it on
+//! the same connection (`Kv::run_durable`), and what it took is handed out only once enough
+//! replicas acknowledged it. Otherwise the request fails closed (503, `take_not_replicated`):
+//! the value is used up on the primary, or, if a failover undoes the take, still there to be
+//! taken once. Other writes (a callback stored, a session created) are not waited for: a
+//! failover may lose the last of them, which shows as a missing callback or session (README,
+//! "What a failover can lose").
 //!
 //! **Keys and Redis Cluster slots.** Every key of one script must be in one slot, and the caps
 //! are counted in the same script as the write they bound (the pending cap, each client's share,
@@ -47,7 +50,7 @@ use super::{
 use super::{Client, Proof};
 use crate::config::{Durability, RedisConfig};
 use crate::keyring::Keyring;
-use crate::kv::scripts::tagged;
+use crate::kv::scripts::{tagged, REPLICAS_ONLINE};
 use crate::kv::{Call, Event, Kv, KvError, Script};
 use crate::seal::SealKey;
 use crate::secret::{BindingHash, RetrievalHash, Secret};
@@ -173,6 +176,7 @@ if not opens(cur) then return {'missing'} end
 local kind = string.sub(cur, 1, 1)
 if kind == 'T' or kind == 'U' then return {'taken'} end
 if kind == 'X' or kind == 'Y' then return {'conflict'} end
+if not replicas_online(tonumber(ARGV[#ARGV])) then return {'no_replicas'} end
 local ttl = tonumber(ARGV[3])
 local marker, sealed
 if kind == 'G' then
@@ -270,6 +274,7 @@ if ARGV[1] ~= '' then
   end
 end
 if not opened then return {'other_browser'} end
+if not replicas_online(tonumber(ARGV[#ARGV])) then return {'no_replicas'} end
 redis.call('HSET', KEYS[1], 'taken', '1')
 local verifier = redis.call('HGET', KEYS[1], 'verifier')
 redis.call('HDEL', KEYS[1], 'verifier')
@@ -294,6 +299,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'notfound'} end
 if now >= tonumber(redis.call('HGET', KEYS[1], 'exp')) then return {'notfound'} end
 if st == 'ready' then
+  if not replicas_online(tonumber(ARGV[#ARGV])) then return {'no_replicas'} end
   local tokens = redis.call('HGET', KEYS[1], 'tokens') or ''
   local sealed = redis.call('HGET', KEYS[1], 'sealed') or ''
   redis.call('HDEL', KEYS[1], 'tokens', 'sealed')
@@ -351,7 +357,7 @@ impl RedisStore {
             max_per_client: max_pending,
             scripts: Scripts {
                 put: Script::with_now(&format!("{REGISTRATION}{PUT}")),
-                take: Script::with_now(&format!("{REGISTRATION}{OPENS}{TAKE}")),
+                take: Script::with_now(&format!("{REPLICAS_ONLINE}{REGISTRATION}{OPENS}{TAKE}")),
                 // Reads only.
                 has: Script::with_now(&format!("{REGISTRATION}{OPENS}{HAS}")).idempotent(),
                 register: Script::with_now(REGISTER),
@@ -359,9 +365,9 @@ impl RedisStore {
                 active: Script::with_now(ACTIVE).idempotent(),
                 create_session: Script::with_now(CREATE_SESSION),
                 bind_browser: Script::with_now(BIND_BROWSER),
-                take_state: Script::with_now(TAKE_STATE),
+                take_state: Script::with_now(&format!("{REPLICAS_ONLINE}{TAKE_STATE}")),
                 finish: Script::with_now(FINISH),
-                take_tokens: Script::with_now(TAKE_TOKENS),
+                take_tokens: Script::with_now(&format!("{REPLICAS_ONLINE}{TAKE_TOKENS}")),
             },
             active_cache: AtomicI64::new(-1),
         }
@@ -446,38 +452,48 @@ impl RedisStore {
         self.run(call.idempotent())
     }
 
-    /// A take (`what`, for the log): sent once, and with a replicated Redis followed by WAIT.
-    /// When `handed_out` says the reply hands something out and fewer replicas than required
-    /// have the take, it fails closed: nothing is handed out that a failover could hand out
-    /// again.
-    fn take<T: FromRedisValue>(
-        &self,
-        call: Call,
-        what: &'static str,
-        handed_out: impl Fn(&T) -> bool,
-    ) -> StoreResult<T> {
+    /// A take (`what`, for the log), whose script's reply begins `ok` when it hands something
+    /// out. Sent once, with the replicas required as its last argument: a script that finds
+    /// fewer online refuses (`no_replicas`) before it changes anything. With a replicated
+    /// Redis it is followed by WAIT, and what it took is handed out only if enough replicas
+    /// acknowledged it: otherwise it fails closed, used up on this primary, and a failover
+    /// that undid it would leave it to be taken once more, never twice.
+    fn take(&self, call: Call, what: &'static str) -> StoreResult<Vec<Vec<u8>>> {
         let Durability { replicas, wait } = self.durability;
-        if replicas == 0 {
-            return self.run(call);
+        let call = call.arg(replicas);
+        let (reply, acked) = if replicas == 0 {
+            (self.run::<Vec<Vec<u8>>>(call)?, 0)
+        } else {
+            let done = self
+                .kv
+                .run_durable_blocking::<Vec<Vec<u8>>>(call, replicas, wait)
+                .map_err(unavailable)?;
+            (done.value, done.replicas)
+        };
+        let first = reply.first().map(Vec::as_slice);
+        if first == Some(b"no_replicas") {
+            crate::logging::warn(
+                "take_refused",
+                json!({ "take": what, "needed": replicas,
+                        "effect": "nothing taken (503): fewer replicas online than OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED" }),
+            );
+            return Err(Unavailable(format!(
+                "redis: fewer than {replicas} replicas online; the {what} was not taken"
+            )));
         }
-        let done = self
-            .kv
-            .run_durable_blocking::<T>(call, replicas, wait)
-            .map_err(unavailable)?;
-        if done.replicas < replicas && handed_out(&done.value) {
+        if first == Some(b"ok") && acked < replicas {
             crate::logging::warn(
                 "take_not_replicated",
-                json!({ "take": what, "replicas": done.replicas, "needed": replicas,
+                json!({ "take": what, "replicas": acked, "needed": replicas,
                         "wait_ms": wait.as_millis() as u64,
                         "effect": "not handed out (503): a failover could have undone the take" }),
             );
             return Err(Unavailable(format!(
-                "redis: the {what} take reached {} of {replicas} replicas within {} ms",
-                done.replicas,
+                "redis: the {what} take reached {acked} of {replicas} replicas within {} ms",
                 wait.as_millis()
             )));
         }
-        Ok(done.value)
+        Ok(reply)
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -602,13 +618,6 @@ impl RedisStore {
             exp,
         )))
     }
-}
-
-/// The first field of a script's reply is `ok`: it handed something out.
-// Passed where an `Fn(&T)` of the reply's own type, `Vec<Vec<u8>>`, is expected.
-#[allow(clippy::ptr_arg)]
-fn ok_reply(reply: &Vec<Vec<u8>>) -> bool {
-    reply.first().is_some_and(|f| f == b"ok")
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -783,7 +792,7 @@ impl Store for RedisStore {
         let reply: Vec<Vec<u8>> = loop {
             let share: Option<String> = self.read(Call::command("GET").key(&owner))?;
             let share = share.unwrap_or_else(|| self.set("q:none"));
-            let reply: Vec<Vec<u8>> = self.take(
+            let reply = self.take(
                 Call::script(&self.scripts.take)
                     .key(&key)
                     .key(self.set("pending"))
@@ -795,7 +804,6 @@ impl Store for RedisStore {
                     .arg(authorized)
                     .arg(self.ttl_ms()),
                 "callback",
-                ok_reply,
             )?;
             tries += 1;
             match reply.first().map(Vec::as_slice) {
@@ -959,10 +967,9 @@ impl Store for RedisStore {
         let mac = browser
             .map(|b| self.browser(b).to_vec())
             .unwrap_or_default();
-        let reply: Vec<Vec<u8>> = self.take(
+        let reply = self.take(
             Call::script(&self.scripts.take_state).key(&key).arg(&mac),
             "oauth_state",
-            ok_reply,
         )?;
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
         match field(0) {
@@ -1022,11 +1029,7 @@ impl Store for RedisStore {
 
     fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake> {
         let key = self.session_key(handle);
-        let reply: Vec<Vec<u8>> = self.take(
-            Call::script(&self.scripts.take_tokens).key(&key),
-            "tokens",
-            ok_reply,
-        )?;
+        let reply = self.take(Call::script(&self.scripts.take_tokens).key(&key), "tokens")?;
         let first = String::from_utf8_lossy(reply.first().map(Vec::as_slice).unwrap_or_default())
             .to_string();
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
