@@ -574,3 +574,15 @@ fn connections_redis_closed_while_idle_are_not_used() {
         failed.len()
     );
 }
+
+#[test]
+fn start_up_warns_when_redis_would_lose_everything_in_a_restart() {
+    // The test server persists nothing (no snapshots, no append-only file).
+    let redis = RedisServer::start();
+    let r = replica(&redis, None, &[]);
+    let line = r.wait_for_log("\"redis_persistence\"");
+    assert!(
+        line.contains("persists nothing") && line.contains("appendfsync always"),
+        "{line}"
+    );
+}
