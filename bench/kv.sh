@@ -10,7 +10,7 @@
 # CALLERS tasks on two current-thread runtimes (as the server's event loops call it); the same
 # with each call spawned onto one dedicated runtime thread (the design not taken); with
 # CALLERS blocking threads (as handlers on the blocking pool would until they are async); and
-# CALLERS threads with a synchronous connection each (today's pool, without its hop to the
+# CALLERS threads with a synchronous connection each (the store's pool before this layer, without its hop to the
 # blocking pool). All on the same cores as Redis.
 set -euo pipefail
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then

@@ -7,7 +7,7 @@
 //! loops are, each awaiting `Kv::run`), `handoff` (the same callers, but each call spawned onto
 //! one dedicated runtime thread and its JoinHandle awaited: the design `Kv::run` did not take),
 //! `blocking` (CALLERS threads calling `run_blocking`), `sync` (CALLERS threads with a
-//! synchronous connection each: today's pool without its blocking-pool hop).
+//! synchronous connection each: the store's pool before this layer, without its blocking-pool hop).
 
 use oauth_relay::kv::settings::Topology;
 use oauth_relay::kv::{Call, Kv, KvSettings, Script};

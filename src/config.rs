@@ -72,6 +72,15 @@ pub mod defaults {
     pub const REDIS_PORT: u16 = 6379;
     /// The port of a sentinel given without one (OAUTH_RELAY_REDIS_SENTINELS).
     pub const REDIS_SENTINEL_PORT: u16 = 26379;
+    /// Replicas that must have a take before it is handed out: one where Redis fails over
+    /// (Sentinel, Cluster), so a failover cannot undo a take that was handed out; none on one
+    /// server, which has nothing to fail over to.
+    pub fn redis_min_replicas_acked(replicated: bool) -> u32 {
+        u32::from(replicated)
+    }
+    /// How long a take waits for those replicas: a replica on the same network has it within a
+    /// millisecond; past this it is missing or far behind, and the take fails closed (503).
+    pub const REDIS_REPLICA_WAIT_MS: u64 = 500;
 }
 
 #[derive(Parser, Debug)]
@@ -276,8 +285,7 @@ pub struct ServeArgs {
     #[arg(long, env = "OAUTH_RELAY_CORS_ORIGINS", default_value = defaults::CORS_ORIGINS)]
     pub cors_origins: String,
     /// Redis Sentinels to ask for the primary, comma-separated host:port (port defaults to
-    /// 26379), with --redis-master-name; instead of OAUTH_RELAY_REDIS_URL. Parsed and checked,
-    /// not used by the store yet.
+    /// 26379), with --redis-master-name; instead of OAUTH_RELAY_REDIS_URL.
     #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINELS")]
     pub redis_sentinels: Option<String>,
     /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
@@ -294,7 +302,7 @@ pub struct ServeArgs {
     pub redis_sentinel_tls: bool,
     /// Redis Cluster nodes to learn the cluster from, comma-separated `redis://host:port`,
     /// `rediss://host:port` or `host:port` (port defaults to 6379); instead of
-    /// OAUTH_RELAY_REDIS_URL. Parsed and checked, not used by the store yet.
+    /// OAUTH_RELAY_REDIS_URL.
     #[arg(long, env = "OAUTH_RELAY_REDIS_CLUSTER_NODES")]
     pub redis_cluster_nodes: Option<String>,
     /// ACL user for the Redis servers found through the sentinels or the cluster (with
@@ -307,6 +315,15 @@ pub struct ServeArgs {
     /// rediss:// instead.
     #[arg(long, env = "OAUTH_RELAY_REDIS_TLS")]
     pub redis_tls: bool,
+    /// Replicas that must acknowledge (WAIT) a take (a callback retrieval, an OAuth state, a
+    /// token hand-off, a refresh intent) before it is used; fewer within
+    /// --redis-replica-wait-ms: 503, nothing handed out. Default: 1 with Sentinel or Cluster,
+    /// 0 with OAUTH_RELAY_REDIS_URL. 0: no WAIT (a failover may then undo a take).
+    #[arg(long, env = "OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED")]
+    pub redis_min_replicas_acked: Option<u32>,
+    /// Milliseconds a take waits for OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED replicas.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_REPLICA_WAIT_MS", default_value_t = defaults::REDIS_REPLICA_WAIT_MS)]
+    pub redis_replica_wait_ms: u64,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
     #[command(flatten)]
@@ -673,65 +690,72 @@ impl Default for ServerOptions {
     }
 }
 
+/// Shared state in Redis: where it is (`kv`), the keys that seal what is stored there, and
+/// how many replicas must have a take before it is used.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: Secret,
-    pub password: Option<Secret>,
-    pub ca_pem: Option<Vec<u8>>,
+    pub kv: crate::kv::KvSettings,
     /// Parsed once, here: validating the setting and using it are the same work.
     pub keys: std::sync::Arc<crate::keyring::Keyring>,
-    pub prefix: String,
-    pub timeout: Duration,
+    pub durability: Durability,
+}
+
+/// What a take (something handed out once) waits for before it is used: `replicas` replicas
+/// acknowledging it (WAIT), for at most `wait`. With fewer, the take fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    pub replicas: u32,
+    pub wait: Duration,
 }
 
 impl RedisConfig {
+    /// `kv` with the default durability of its topology (tests, benchmarks).
+    pub fn new(
+        kv: crate::kv::KvSettings,
+        keys: std::sync::Arc<crate::keyring::Keyring>,
+    ) -> RedisConfig {
+        let replicated = !matches!(
+            kv.topology,
+            crate::kv::settings::Topology::Standalone { .. }
+        );
+        RedisConfig {
+            kv,
+            keys,
+            durability: Durability {
+                replicas: defaults::redis_min_replicas_acked(replicated),
+                wait: Duration::from_millis(defaults::REDIS_REPLICA_WAIT_MS),
+            },
+        }
+    }
+
     fn from_args(a: &ServeArgs) -> Result<Option<RedisConfig>, String> {
-        let Some(url) = a
-            .redis_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-        else {
+        let Some(kv) = crate::kv::KvSettings::from_args(a).map_err(|e| e.to_string())? else {
+            if a.redis_min_replicas_acked.is_some() {
+                return Err("OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED is set, so OAUTH_RELAY_REDIS_URL, OAUTH_RELAY_REDIS_SENTINELS or OAUTH_RELAY_REDIS_CLUSTER_NODES must be set too".into());
+            }
             return Ok(None);
         };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err("OAUTH_RELAY_REDIS_URL must start with redis:// or rediss://".into());
-        }
+        use crate::kv::settings::{Topology, CLUSTER_NODES, SENTINELS, URL};
+        let chosen = match kv.topology {
+            Topology::Standalone { .. } => URL,
+            Topology::Sentinel(_) => SENTINELS,
+            Topology::Cluster { .. } => CLUSTER_NODES,
+        };
         let key = a
             .encryption_key
             .clone()
             .filter(|k| !k.trim().is_empty())
-            .ok_or("OAUTH_RELAY_REDIS_URL needs OAUTH_RELAY_ENCRYPTION_KEY: secrets are never stored in Redis in the clear")?;
+            .ok_or_else(|| format!("{} needs OAUTH_RELAY_ENCRYPTION_KEY: secrets are never stored in Redis in the clear", chosen.variable))?;
         let keys = std::sync::Arc::new(crate::keyring::Keyring::parse(&key)?);
-        let password = match &a.redis_password_file {
-            None => None,
-            Some(path) => Some(Secret::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        format!("OAUTH_RELAY_REDIS_PASSWORD_FILE {}: {e}", path.display())
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-            )),
-        };
-        let ca_pem = match &a.redis_ca_file {
-            None => None,
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("OAUTH_RELAY_REDIS_CA_FILE {}: {e}", path.display()))?,
-            ),
-        };
-        if a.redis_timeout_ms == 0 {
-            return Err("OAUTH_RELAY_REDIS_TIMEOUT_MS must be at least 1".into());
+        let mut config = RedisConfig::new(kv, keys);
+        if let Some(n) = a.redis_min_replicas_acked {
+            config.durability.replicas = n;
         }
-        Ok(Some(RedisConfig {
-            url: Secret::new(url),
-            password,
-            ca_pem,
-            keys,
-            prefix: a.redis_prefix.clone(),
-            timeout: Duration::from_millis(a.redis_timeout_ms),
-        }))
+        if a.redis_replica_wait_ms == 0 {
+            return Err("OAUTH_RELAY_REDIS_REPLICA_WAIT_MS must be at least 1".into());
+        }
+        config.durability.wait = Duration::from_millis(a.redis_replica_wait_ms);
+        Ok(Some(config))
     }
 }
 
@@ -824,8 +848,6 @@ pub enum ConfigError {
     TrustedProxy(String),
     /// `OAUTH_RELAY_LOG_LEVEL` is no level.
     LogLevel,
-    /// A Redis topology the store does not run on yet: its variable and flag.
-    Topology(String),
     /// Redis's settings (`RedisConfig`, `src/kv`), in their own words.
     Redis(String),
     /// `OAUTH_RELAY_ENCRYPTION_KEY`, in the keyring's words.
@@ -860,7 +882,6 @@ impl ConfigError {
             ConfigError::LogLevel => {
                 "OAUTH_RELAY_LOG_LEVEL must be one of debug, info, warn, error, off".into()
             }
-            ConfigError::Topology(variable) => format!("{variable} is understood, but this version keeps its state on one Redis only: set OAUTH_RELAY_REDIS_URL instead"),
             ConfigError::InternalUrl(words)
             | ConfigError::Redis(words)
             | ConfigError::EncryptionKey(words)
@@ -894,23 +915,8 @@ impl Config {
         a: ServeArgs,
         env: &crate::providers_config::Env,
     ) -> Result<Config, ConfigError> {
+        // Standalone, Sentinel or Cluster (src/kv); a mistake stops start-up naming the setting.
         let redis = RedisConfig::from_args(&a).map_err(ConfigError::Redis)?;
-        // The Redis layer's settings (src/kv) are checked here, so a mistake stops start-up.
-        // The store runs on OAUTH_RELAY_REDIS_URL only, so far: Sentinel or Cluster settings
-        // are refused rather than leave state in memory without a word.
-        let kv =
-            crate::kv::KvSettings::from_args(&a).map_err(|e| ConfigError::Redis(e.to_string()))?;
-        if let Some(kv) = kv {
-            use crate::kv::settings::{Topology, CLUSTER_NODES, SENTINELS};
-            let chosen = match kv.topology {
-                Topology::Standalone { .. } => None,
-                Topology::Sentinel(_) => Some(SENTINELS),
-                Topology::Cluster { .. } => Some(CLUSTER_NODES),
-            };
-            if let Some(chosen) = chosen {
-                return Err(ConfigError::Topology(chosen.to_string()));
-            }
-        }
         let key = a.encryption_key.as_deref().filter(|k| !k.trim().is_empty());
         if let (None, Some(key)) = (&redis, key) {
             // Checked all the same: a typo should not wait for the day Redis is turned on.
@@ -1233,10 +1239,10 @@ mod tests {
             ),
             (
                 &["--redis-cluster-nodes", "a:7000"],
-                ConfigError::Topology(
-                    "OAUTH_RELAY_REDIS_CLUSTER_NODES (--redis-cluster-nodes)".into(),
+                ConfigError::Redis(
+                    "OAUTH_RELAY_REDIS_CLUSTER_NODES needs OAUTH_RELAY_ENCRYPTION_KEY: secrets are never stored in Redis in the clear".into(),
                 ),
-                "OAUTH_RELAY_REDIS_CLUSTER_NODES (--redis-cluster-nodes) is understood, but this version keeps its state on one Redis only: set OAUTH_RELAY_REDIS_URL (--redis-url) instead",
+                "OAUTH_RELAY_REDIS_CLUSTER_NODES (--redis-cluster-nodes) needs OAUTH_RELAY_ENCRYPTION_KEY (--encryption-key): secrets are never stored in Redis in the clear",
             ),
         ] {
             let got = refused(args);
@@ -1322,15 +1328,55 @@ mod tests {
     }
 
     #[test]
-    fn redis_topologies_not_served_yet_are_refused() {
-        let e = parse(&["--redis-sentinels", "s:26379", "--redis-master-name", "m"]).unwrap_err();
+    fn redis_topologies_are_served_and_each_needs_the_encryption_key() {
+        let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let sentinel = ["--redis-sentinels", "s:26379", "--redis-master-name", "m"];
+        let e = parse(&sentinel).unwrap_err();
         assert!(
-            e.contains("OAUTH_RELAY_REDIS_SENTINELS") && e.contains("OAUTH_RELAY_REDIS_URL"),
+            e.contains("OAUTH_RELAY_REDIS_SENTINELS") && e.contains("OAUTH_RELAY_ENCRYPTION_KEY"),
             "{e}"
         );
+        let c = parse(&[&sentinel[..], &["--encryption-key", key]].concat()).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(r.kv.kind(), "sentinel");
+        assert_eq!(r.durability.replicas, 1, "a replicated Redis waits for one");
         let e = parse(&["--redis-cluster-nodes", "a:7000"]).unwrap_err();
         assert!(e.contains("OAUTH_RELAY_REDIS_CLUSTER_NODES"), "{e}");
+        let c = parse(&[
+            "--redis-cluster-nodes",
+            "a:7000",
+            "--encryption-key",
+            key,
+            "--redis-min-replicas-acked",
+            "2",
+            "--redis-replica-wait-ms",
+            "50",
+        ])
+        .unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(r.kv.kind(), "cluster");
+        assert_eq!(
+            r.durability,
+            Durability {
+                replicas: 2,
+                wait: Duration::from_millis(50)
+            }
+        );
+        let c = parse(&["--redis-url", "redis://r:6379/0", "--encryption-key", key]).unwrap();
+        assert_eq!(c.redis.unwrap().durability.replicas, 0, "one server");
         let e = parse(&["--redis-master-name", "m"]).unwrap_err();
         assert!(e.contains("OAUTH_RELAY_REDIS_SENTINELS"), "{e}");
+        let e = parse(&["--redis-min-replicas-acked", "1"]).unwrap_err();
+        assert!(e.contains("OAUTH_RELAY_REDIS_URL"), "{e}");
+        let e = parse(&[
+            "--redis-url",
+            "redis://r",
+            "--encryption-key",
+            key,
+            "--redis-replica-wait-ms",
+            "0",
+        ])
+        .unwrap_err();
+        assert!(e.contains("OAUTH_RELAY_REDIS_REPLICA_WAIT_MS"), "{e}");
     }
 }

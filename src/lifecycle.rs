@@ -7,8 +7,10 @@ use crate::broker;
 use crate::budget;
 use crate::config;
 use crate::config::ConfigError;
+use crate::connections;
 use crate::events;
 use crate::http;
+use crate::kv;
 use crate::logging;
 use crate::outbound;
 use crate::provider;
@@ -115,21 +117,34 @@ fn check_memory_budget(config: &config::Config) {
 /// and its delivery threads.
 fn start_events(
     webhook: events::config::WebhookConfig,
-    redis: Option<&config::RedisConfig>,
-) -> Result<Arc<events::Events>, Fatal> {
+    redis: Option<(&kv::Kv, &config::RedisConfig)>,
+) -> Arc<events::Events> {
     let outbox: Arc<dyn events::outbox::Outbox> = match redis {
         None => Arc::new(events::memory_outbox::MemoryOutbox::new(webhook.max_queue)),
-        Some(r) => Arc::new(
-            events::redis_outbox::RedisOutbox::new(
-                r,
-                webhook.max_queue,
-                webhook.lease(),
-                webhook.max_age,
-            )
-            .map_err(Fatal::Events)?,
-        ),
+        Some((kv, r)) => Arc::new(events::redis_outbox::RedisOutbox::new(
+            kv.clone(),
+            &r.kv.prefix,
+            r.keys.clone(),
+            webhook.max_queue,
+            webhook.lease(),
+        )),
     };
-    Ok(Arc::new(events::Events::start(webhook, outbox)))
+    Arc::new(events::Events::start(webhook, outbox))
+}
+
+/// Warns at start-up when Redis is out of reach, or would lose what it is given in a restart
+/// (one check for the store, the outbox and kept connections: `connections::durability`).
+fn check_redis(store: &store::redis::RedisStore, kv: &kv::Kv) {
+    if let Err(e) = store::Store::ping(store) {
+        logging::warn(
+            "redis_unreachable",
+            json!({ "error": e.0, "effect": "/ready answers 503 until Redis answers" }),
+        );
+        return;
+    }
+    if let Some(warning) = connections::durability::redis_persistence(kv).warning() {
+        logging::warn("redis_persistence", json!({ "warning": warning }));
+    }
 }
 
 /// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
@@ -140,7 +155,7 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
         logging::warn(
             "encryption_key_unused",
             json!({ "setting": "OAUTH_RELAY_ENCRYPTION_KEY",
-                    "effect": "it seals only what is stored in Redis, and OAUTH_RELAY_REDIS_URL is not set: pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
+                    "effect": "it seals only what is stored in Redis, and no Redis is configured: pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
         );
     }
     let public = server::bind(&config.host, config.port).map_err(|error| Fatal::Listen {
@@ -160,8 +175,29 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
         }
     };
     let waiters = waiters::Waiters::new(config.max_waiters, config.max_waiters_per_client);
-    let store: Arc<dyn store::Store> = match &config.redis {
-        None => Arc::new(
+    // One Redis layer for the store and the outbox: one connection per server, shared.
+    let kv = config
+        .redis
+        .as_ref()
+        .map(|r| kv::Kv::open(&r.kv))
+        .transpose()
+        .map_err(Fatal::Store)?;
+    let store: Arc<dyn store::Store> = match (&config.redis, &kv) {
+        (Some(r), Some(kv)) => {
+            let redis = Arc::new(
+                store::redis::RedisStore::on(kv.clone(), r, config.ttl, config.max_pending)
+                    .with_max_per_client(config.max_pending_per_client)
+                    // Sessions stored before providers had names were all Microsoft 365's.
+                    .with_unnamed_provider(providers_config::M365),
+            );
+            let (w, all) = (waiters.clone(), waiters.clone());
+            // After a failover (or any lost subscription) news may have been missed: every
+            // local long-poll looks again.
+            redis.start_background(move |key| w.notify(key), move || all.notify_all());
+            check_redis(&redis, kv);
+            redis
+        }
+        _ => Arc::new(
             store::memory::MemoryStore::new(
                 config.ttl,
                 config.max_pending,
@@ -170,24 +206,6 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
             .with_max_sessions(config.max_sessions)
             .with_max_per_client(config.max_pending_per_client),
         ),
-        Some(r) => {
-            let redis = Arc::new(
-                store::redis::RedisStore::new(r, config.ttl, config.max_pending)
-                    .map_err(Fatal::Store)?
-                    .with_max_per_client(config.max_pending_per_client)
-                    // Sessions stored before providers had names were all Microsoft 365's.
-                    .with_unnamed_provider(providers_config::M365),
-            );
-            let w = waiters.clone();
-            redis.start_background(move |key| w.notify(key));
-            if let Err(e) = store::Store::ping(redis.as_ref()) {
-                logging::warn(
-                    "redis_unreachable",
-                    json!({ "error": e.0, "effect": "/ready answers 503 until Redis answers" }),
-                );
-            }
-            redis
-        }
     };
     {
         let store = store.clone();
@@ -224,8 +242,7 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
     let events = config
         .webhook
         .clone()
-        .map(|w| start_events(w, config.redis.as_ref()))
-        .transpose()?;
+        .map(|w| start_events(w, kv.as_ref().zip(config.redis.as_ref())));
     let counters = Arc::new(server::Counters::default());
     let app = Arc::new(app::App {
         config: config.clone(),
@@ -252,6 +269,11 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
             "api_token": config.api_token.is_some(),
             "require_registered_state": config.require_registered_state,
             "store": if config.redis.is_some() { "redis" } else { "memory" },
+            "redis": config.redis.as_ref().map(|r| json!({
+                "topology": r.kv.kind(),
+                "min_replicas_acked": r.durability.replicas,
+                "replica_wait_ms": r.durability.wait.as_millis() as u64,
+            })),
             "webhook": config.webhook.as_ref().map(|w| json!({
                 "origin": w.origin(),
                 "max_attempts": w.max_attempts,

@@ -160,6 +160,21 @@ impl Waiters {
         }
     }
 
+    /// Wakes every parked request to look again (news for any of them may have been missed:
+    /// the shared store's subscription was down). They keep their places.
+    pub fn notify_all(&self) {
+        let wakes: Vec<Arc<Notify>> = self
+            .lock()
+            .by_key
+            .values()
+            .flatten()
+            .map(|(_, wake)| wake.clone())
+            .collect();
+        for wake in wakes {
+            wake.notify_one();
+        }
+    }
+
     /// Wakes everything now and refuses new waiters (graceful shutdown).
     pub fn shutdown(&self) {
         let wakes: Vec<Arc<Notify>> = {
@@ -291,6 +306,21 @@ mod tests {
         });
         drop((a, b));
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn notify_all_wakes_every_key_and_keeps_every_place() {
+        let w = Waiters::new(10, 10);
+        let mut a = w.park("a", ip(1)).unwrap();
+        let mut b = w.park("b", None).unwrap();
+        w.notify_all();
+        block_on(async {
+            a.woken().await;
+            b.woken().await;
+        });
+        assert_eq!(w.len(), 2);
+        assert!(!w.is_closed(), "a gap is not a shutdown");
+        let _c = w.park("c", None).expect("newcomers still park");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use oauth_relay::connections::{
     ConnError, Connections, Policy, RefreshFn, RefreshOutcome, Refresher, Rotation, Status,
 };
 use oauth_relay::keyring::Keyring;
+use oauth_relay::kv::settings::Topology;
+use oauth_relay::kv::KvSettings;
 use oauth_relay::provider::{Grant, Identity};
 use oauth_relay::secret::Secret;
 use oauth_relay::store::redis::RedisStore;
@@ -282,14 +284,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn redis_config(url: String, prefix: &str, keys: Arc<Keyring>) -> RedisConfig {
-    RedisConfig {
-        url: Secret::new(url),
-        password: None,
-        ca_pem: None,
+    RedisConfig::new(
+        KvSettings {
+            prefix: prefix.to_string(),
+            timeout: Duration::from_secs(2),
+            ..KvSettings::new(Topology::Standalone {
+                url: Secret::new(url),
+            })
+        },
         keys,
-        prefix: prefix.to_string(),
-        timeout: Duration::from_secs(2),
-    }
+    )
 }
 
 /// One replica on Redis: its own pool, store and `Connections`, told of the others' news
@@ -309,11 +313,14 @@ fn redis_replica(url: &str, prefix: &str, idp: &Arc<FakeIdp>, policy: Policy) ->
         policy,
     ));
     let weak = Arc::downgrade(&conns);
-    store.start_background(move |key| {
-        if let Some(c) = weak.upgrade() {
-            c.notified(key)
-        }
-    });
+    store.start_background(
+        move |key| {
+            if let Some(c) = weak.upgrade() {
+                c.notified(key)
+            }
+        },
+        || {},
+    );
     conns
 }
 
@@ -1277,7 +1284,7 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
         10,
     )
     .unwrap();
-    let p = redis_persistence(&store);
+    let p = redis_persistence(store.kv());
     assert_eq!(p, Persistence::None);
     assert!(p.warning().unwrap().contains("appendfsync always"));
     let durable = DurableRedis::start();
@@ -1287,8 +1294,8 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
         10,
     )
     .unwrap();
-    assert_eq!(redis_persistence(&store), Persistence::AofAlways);
-    assert_eq!(redis_persistence(&store).warning(), None);
+    assert_eq!(redis_persistence(store.kv()), Persistence::AofAlways);
+    assert_eq!(redis_persistence(store.kv()).warning(), None);
     let mut con = redis::Client::open(durable.url())
         .unwrap()
         .get_connection()
@@ -1300,7 +1307,7 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
         .query(&mut con)
         .unwrap();
     assert_eq!(
-        redis_persistence(&store),
+        redis_persistence(store.kv()),
         Persistence::AofRelaxed("everysec".into())
     );
     let unreachable = RedisStore::new(
@@ -1314,7 +1321,7 @@ fn the_redis_persistence_check_tells_what_a_crash_would_lose() {
     )
     .unwrap();
     assert!(matches!(
-        redis_persistence(&unreachable),
+        redis_persistence(unreachable.kv()),
         Persistence::Unknown(_)
     ));
 }
@@ -1342,4 +1349,71 @@ fn redis_refuses_a_changed_names_key() {
         .check_key_names()
         .unwrap_err();
     assert!(err.contains("names"), "{err}");
+}
+
+/// On a replicated Redis (Sentinel), a refresh token is presented only once its intent is on a
+/// replica: with the replica down, WAIT cannot vouch for the intent (a failover could bring
+/// the record back without it, and another replica present the same one-time token), so
+/// nothing is presented and the attempt records `not_sent`; once the replica is back, the
+/// refresh goes ahead, once.
+#[test]
+fn on_sentinel_a_refresh_token_is_presented_only_once_its_intent_is_on_a_replica() {
+    use oauth_relay::kv::settings::{HostPort, SentinelSettings};
+    use support::redis_topology::SentinelSet;
+    let mut set = SentinelSet::start();
+    let mut config = RedisConfig::new(
+        KvSettings {
+            prefix: "durable:".into(),
+            timeout: Duration::from_secs(2),
+            ..KvSettings::new(Topology::Sentinel(SentinelSettings {
+                sentinels: set
+                    .sentinel_addrs()
+                    .iter()
+                    .map(|a| HostPort::parse(a, 26379).unwrap())
+                    .collect(),
+                master_name: set.name.clone(),
+                username: None,
+                password: None,
+                tls: false,
+                data_tls: false,
+            }))
+        },
+        keys(),
+    );
+    config.durability.wait = Duration::from_millis(500);
+    assert_eq!(
+        config.durability.replicas, 1,
+        "Sentinel waits for one replica"
+    );
+    let store = Arc::new(RedisStore::new(&config, Duration::from_secs(600), 1000).unwrap());
+    let idp = FakeIdp::new(Rotation::OneTime);
+    let c = Connections::new(
+        Arc::new(RedisConnections::new(store, 1000)),
+        refreshers(&idp, None),
+        fast(),
+    );
+    let (id, _) = create(&c, "ana");
+    let primary = set.primary_by_sentinels().unwrap();
+    let replica = set.other_than(primary);
+    set.node(replica).kill();
+    let refused = c.token(
+        &id,
+        Duration::from_secs(60),
+        Instant::now() + Duration::from_secs(3),
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(idp.total_presentations(), 0, "presented with no replica");
+    set.node(replica).restart();
+    set.wait_until_watched();
+    let fresh = support::eventually("a refresh once the replica is back", || {
+        c.token(
+            &id,
+            Duration::from_secs(60),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .ok()
+    });
+    assert_eq!(fresh.generation, 1);
+    assert_eq!(idp.presented(&rt(0)), 1);
+    assert_eq!(idp.total_presentations(), 1);
 }

@@ -789,3 +789,115 @@ fn after_redis_restarts_events_are_still_queued_and_delivered() {
         0
     );
 }
+
+/// Events the version before tagged keys queued (`<prefix>events:*` and a hash per event,
+/// sealed under its own key's name) are moved into this version's outbox and delivered, with
+/// the id they were given: a rolling upgrade loses no queued event.
+#[test]
+fn events_queued_under_the_untagged_names_of_the_previous_version_are_delivered() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start(&test_secret());
+    let keys = oauth_relay::keyring::Keyring::parse(KEY).unwrap();
+    let cli = |args: &[&[u8]]| {
+        let mut con = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query::<redis::Value>(&mut con).unwrap();
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let handles = ["st-queued-old-1", "st-queued-old-2"];
+    for (i, handle) in handles.iter().enumerate() {
+        let id = format!("evt_old{i}");
+        let body = json!({
+            "type": "relay.callback_received",
+            "timestamp": "2026-12-01T10:00:00.000Z",
+            "data": { "handle": sha256_hex(handle), "outcome": "code" },
+        })
+        .to_string();
+        let hash = format!("oauth-relay:event:{id}");
+        let sealed = keys.seal(hash.as_bytes(), body.as_bytes());
+        cli(&[
+            b"HSET",
+            hash.as_bytes(),
+            b"body",
+            &sealed,
+            b"attempts",
+            b"0",
+            b"created",
+            now_ms.as_bytes(),
+            b"token",
+            b"",
+        ]);
+        cli(&[
+            b"ZADD",
+            b"oauth-relay:events:age",
+            now_ms.as_bytes(),
+            id.as_bytes(),
+        ]);
+        cli(&[
+            b"ZADD",
+            b"oauth-relay:events:due",
+            now_ms.as_bytes(),
+            id.as_bytes(),
+        ]);
+    }
+    let r = replica(&redis, &receiver);
+    eventually("both old events", || {
+        handles
+            .iter()
+            .all(|h| events_for(&receiver, h).len() == 1)
+            .then_some(())
+    });
+    let ids: Vec<String> = receiver.accepted().iter().map(|a| a.id.clone()).collect();
+    assert!(ids.contains(&"evt_old0".to_string()) && ids.contains(&"evt_old1".to_string()));
+    r.wait_for_log("\"webhook_events_moved\"");
+    // Nothing is left under the old names.
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("oauth-relay:event*")
+        .query(&mut con)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The Redis outbox on a Redis Cluster: its keys share one slot, so every script runs there.
+#[test]
+fn events_are_delivered_from_a_redis_cluster() {
+    let cluster = support::redis_topology::ClusterSet::start();
+    let receiver = Receiver::start(&test_secret());
+    let mut env = webhook_env(&receiver, &[]);
+    env.push((
+        "OAUTH_RELAY_REDIS_CLUSTER_NODES".into(),
+        cluster.seeds().join(","),
+    ));
+    env.push(("OAUTH_RELAY_ENCRYPTION_KEY".into(), KEY.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = Relay::start_env(&[], &env);
+    eventually("the replica to be ready", || {
+        (r.get("/ready").status == 200).then_some(())
+    });
+    for i in 0..10 {
+        assert_eq!(
+            r.get(&format!("/callback?code=c&state=st-cluster-{i}"))
+                .status,
+            200
+        );
+    }
+    eventually("every event", || {
+        (0..10)
+            .all(|i| events_for(&receiver, &format!("st-cluster-{i}")).len() == 1)
+            .then_some(())
+    });
+}

@@ -19,6 +19,7 @@ mod contract;
 mod cors;
 mod docs;
 mod events;
+mod failover;
 mod fairness;
 mod fake_microsoft;
 mod fake_providers;

@@ -405,7 +405,7 @@ fn redis_stalled(port: u16) -> bool {
     }
     let mut buf = [0u8; 16];
     match s.read(&mut buf) {
-        Ok(_) => false,
+        Ok(_answered) => false,
         Err(e) => matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

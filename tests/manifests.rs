@@ -28,9 +28,11 @@ const PROBE_PORT: &str = "internal";
 
 const SINGLE: &str = "deploy/overlays/single";
 const REDIS: &str = "deploy/overlays/redis";
+/// overlays/redis on an in-cluster Redis Sentinel set.
+const SENTINEL: &str = "deploy/overlays/sentinel";
 /// An operator's own overlay: every component, generated Secret, patches.
 const EXAMPLE: &str = "deploy/examples/production";
-const OVERLAYS: &[&str] = &[SINGLE, REDIS, EXAMPLE];
+const OVERLAYS: &[&str] = &[SINGLE, REDIS, SENTINEL, EXAMPLE];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -617,7 +619,14 @@ fn replicas_match_where_the_state_lives() {
             .filter(|p| selects(&p["spec"]["selector"]["matchLabels"], pod_labels))
             .collect();
         let autoscalers = of_kind(&docs, "HorizontalPodAutoscaler");
-        if value_of(&env, "OAUTH_RELAY_REDIS_URL").is_none() {
+        let in_redis = [
+            "OAUTH_RELAY_REDIS_URL",
+            "OAUTH_RELAY_REDIS_SENTINELS",
+            "OAUTH_RELAY_REDIS_CLUSTER_NODES",
+        ]
+        .iter()
+        .any(|name| value_of(&env, name).is_some());
+        if !in_redis {
             assert_eq!(spec["replicas"], 1, "{overlay}");
             assert_eq!(spec["strategy"]["type"], "Recreate", "{overlay}");
             assert!(autoscalers.is_empty() && budgets.is_empty(), "{overlay}");
@@ -651,4 +660,53 @@ fn replicas_match_where_the_state_lives() {
             "{overlay}: {may_go} of {least}"
         );
     }
+}
+
+/// The Sentinel overlay configures one topology (the sentinels, not overlays/redis's URL), names
+/// the set's own sentinels by their pods' stable names, waits for a replica before a take, and
+/// runs the set as three pods that persist every write, with a disruption budget that keeps the
+/// sentinels' quorum.
+#[test]
+fn the_sentinel_overlay_points_the_relay_at_its_own_sentinels() {
+    let docs = render(SENTINEL);
+    let env = env_of(&docs);
+    assert_eq!(value_of(&env, "OAUTH_RELAY_REDIS_URL"), None);
+    let config = config_of(&env).redis.expect("state in Redis");
+    assert_eq!(config.kv.kind(), "sentinel");
+    assert_eq!(config.durability.replicas, 1);
+    let set = named(&docs, "StatefulSet", "oauth-relay-sentinel");
+    let replicas = set["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    let service = set["spec"]["serviceName"].as_str().unwrap();
+    let expected: Vec<String> = (0..replicas)
+        .map(|i| format!("oauth-relay-sentinel-{i}.{service}:26379"))
+        .collect();
+    assert_eq!(
+        value_of(&env, "OAUTH_RELAY_REDIS_SENTINELS"),
+        Some(expected.join(",").as_str())
+    );
+    let master = value_of(&env, "OAUTH_RELAY_REDIS_MASTER_NAME").unwrap();
+    let containers = set["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let script = |name: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} container"))["command"][2]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(script("sentinel").contains(&format!("sentinel monitor {master} ")));
+    assert!(script("redis").contains("--appendfsync always"));
+    assert!(named(&docs, "Service", service)["spec"]["clusterIP"] == "None");
+    assert!(of_kind(&docs, "StatefulSet")
+        .iter()
+        .all(|s| s["metadata"]["name"] != "oauth-relay-redis"));
+    let budget = named(&docs, "PodDisruptionBudget", "oauth-relay-sentinel");
+    assert_eq!(
+        budget["spec"]["maxUnavailable"], 1,
+        "the quorum survives a drain"
+    );
 }

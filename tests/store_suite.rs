@@ -7,6 +7,8 @@ use crate::support;
 
 use oauth_relay::config::RedisConfig;
 use oauth_relay::keyring::Keyring;
+use oauth_relay::kv::settings::{HostPort, SentinelSettings, Topology};
+use oauth_relay::kv::{Kv, KvSettings};
 use oauth_relay::secret::{BindingHash, RetrievalHash, Secret};
 use oauth_relay::store::memory::MemoryStore;
 use oauth_relay::store::redis::RedisStore;
@@ -17,6 +19,7 @@ use oauth_relay::store::{
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
+use support::redis_topology::{ClusterSet, SentinelSet};
 
 fn cb(state: &str, code: &str) -> Callback {
     Callback {
@@ -1012,6 +1015,27 @@ fn memory_store_keeps_the_contract() {
     );
 }
 
+/// The Redis settings of a check: `base`'s topology under `prefix`. Takes wait up to 5 s for
+/// a replica (a loaded two-core machine may lag): what is asserted is the contract, not speed.
+fn config_on(base: &KvSettings, prefix: &str) -> RedisConfig {
+    let mut config = RedisConfig::new(
+        KvSettings {
+            prefix: prefix.to_string(),
+            timeout: Duration::from_secs(2),
+            ..base.clone()
+        },
+        Arc::new(Keyring::parse(KEY).unwrap()),
+    );
+    config.durability.wait = Duration::from_secs(5);
+    config
+}
+
+fn standalone(url: String) -> KvSettings {
+    KvSettings::new(Topology::Standalone {
+        url: Secret::new(url),
+    })
+}
+
 fn redis_store(
     server: &support::RedisServer,
     prefix: &str,
@@ -1028,16 +1052,8 @@ fn redis_store_shared(
     max: usize,
     per_client: usize,
 ) -> Arc<dyn Store> {
-    let config = RedisConfig {
-        url: Secret::new(server.url()),
-        password: None,
-        ca_pem: None,
-        keys: Arc::new(Keyring::parse(KEY).unwrap()),
-        prefix: prefix.to_string(),
-        timeout: Duration::from_secs(2),
-    };
     Arc::new(
-        RedisStore::new(&config, ttl, max)
+        RedisStore::new(&config_on(&standalone(server.url()), prefix), ttl, max)
             .unwrap()
             .with_max_per_client(per_client),
     )
@@ -1053,6 +1069,53 @@ fn redis_store_keeps_the_contract() {
         &|ttl, max| redis_store(&server, &prefix(), ttl, max),
         &|ttl, max, per_client| redis_store_shared(&server, &prefix(), ttl, max, per_client),
     );
+}
+
+/// The contract on `base`'s topology, every check on one shared Redis layer (as a replica's
+/// store, outbox and connections share one) under a prefix of its own.
+fn keeps_the_contract_on(base: KvSettings) {
+    let kv = Kv::open(&base).unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let prefix = || format!("t{}:", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let store = |ttl, max, per_client| -> Arc<dyn Store> {
+        Arc::new(
+            RedisStore::on(kv.clone(), &config_on(&base, &prefix()), ttl, max)
+                .with_max_per_client(per_client),
+        )
+    };
+    run_suite(&|ttl, max| store(ttl, max, max), &store);
+    // Every take was acknowledged by a replica (WAIT) before it was handed out.
+    assert_eq!(kv.stats().lost, 0, "{:?}", kv.stats());
+}
+
+#[test]
+fn redis_sentinel_store_keeps_the_contract() {
+    let set = SentinelSet::start();
+    keeps_the_contract_on(KvSettings::new(Topology::Sentinel(SentinelSettings {
+        sentinels: set
+            .sentinel_addrs()
+            .iter()
+            .map(|a| HostPort::parse(a, 26379).unwrap())
+            .collect(),
+        master_name: set.name.clone(),
+        username: None,
+        password: None,
+        tls: false,
+        data_tls: false,
+    })));
+}
+
+#[test]
+fn redis_cluster_store_keeps_the_contract() {
+    let set = ClusterSet::start();
+    keeps_the_contract_on(KvSettings::new(Topology::Cluster {
+        seeds: set
+            .seeds()
+            .iter()
+            .map(|a| HostPort::parse(a, 6379).unwrap())
+            .collect(),
+        tls: false,
+    }));
 }
 
 #[test]
@@ -1162,7 +1225,9 @@ fn what_earlier_versions_stored_still_reads() {
             .query::<()>(&mut con)
             .unwrap()
     };
-    let key = format!("old:c:{}", keys.name("c", "before"));
+    // The keys of this version (`{<prefix>relay}:...`, src/store/redis.rs) holding values as
+    // earlier versions wrote them.
+    let key = format!("{{old:relay}}:c:{}", keys.name("c", "before"));
     let before = serde_json::json!({ "state": "before", "code": "old-code",
                                      "error": null, "error_description": null });
     let mut value = b"L".to_vec();
@@ -1183,7 +1248,7 @@ fn what_earlier_versions_stored_still_reads() {
         Take::Taken(cb("before", "old-code"))
     );
     set(
-        &format!("old:r:{}", keys.name("r", "old-registration")),
+        &format!("{{old:relay}}:r:{}", keys.name("r", "old-registration")),
         b"1",
     );
     assert!(matches!(
@@ -1289,14 +1354,7 @@ fn calls(server: &support::RedisServer, command: &str) -> u64 {
 }
 
 fn redis_store_at(url: String) -> Arc<dyn Store> {
-    let config = RedisConfig {
-        url: Secret::new(url),
-        password: None,
-        ca_pem: None,
-        keys: Arc::new(Keyring::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()),
-        prefix: "lost:".to_string(),
-        timeout: Duration::from_secs(2),
-    };
+    let config = config_on(&standalone(url), "lost:");
     Arc::new(RedisStore::new(&config, Duration::from_secs(60), 100).unwrap())
 }
 

@@ -1,13 +1,15 @@
-//! Connections in Redis, shared by every replica, over the relay store's connection pool
-//! (`store::redis::RedisStore`: epochs, checked idle connections, writes sent once).
+//! Connections in Redis, shared by every replica, over the relay store's Redis layer
+//! (`store::redis::RedisStore::kv`: one server, Sentinel or Cluster; writes sent once, reads
+//! asked again when a reply is lost).
 //!
 //! One connection is two keys with one hash tag, `<prefix>conn:{H}:state` (a hash: `v` the
 //! revision, `attn` the attention time in ms or empty, `rec` the sealed record) and
 //! `<prefix>conn:{H}:used` (last use, ms), where H is the keyed hash of the id: every script
-//! names only these two keys, so on a Redis Cluster it runs on the one node that holds them.
-//! Each step is one script: a swap compares `v` and writes the record; a removal deletes both.
-//! Values are sealed with the keyring under the state key's name, and no key name holds an id,
-//! subject or provider in the clear.
+//! names only these two keys, so on a Redis Cluster it runs on the one node that holds them,
+//! and connections spread over every primary. These names are the ones the first version
+//! wrote: kept connections need no migration. Each step is one script: a swap compares `v` and
+//! writes the record; a removal deletes both. Values are sealed with the keyring under the
+//! state key's name, and no key name holds an id, subject or provider in the clear.
 //!
 //! Listing and `due` go through two index sets of H (`<prefix>conn:all`, and one per provider
 //! and subject), which live in other slots and are updated in separate commands: added to
@@ -16,17 +18,31 @@
 //! its index; readers skip such names (and check provider and subject inside the record), so
 //! that staleness costs a wasted look-up, not a connection the keep-alive never sees. Such a
 //! name is never removed by a reader: it cannot tell it from a creation in progress.
+//!
+//! A refresh intent is acted on only once it would survive a failover: before presenting a
+//! refresh token, the attempt reads its intent with `load_settled`, a harmless write to the
+//! record followed by WAIT, which vouches for every write before it (replication is in order).
+//! With fewer replicas than `OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED` the token is not presented
+//! (the attempt records `not_sent`): otherwise a failover could bring back the record without
+//! the intent, and another replica present the same one-time token again.
 
 use super::codec;
 use super::model::Connection;
 use super::store::{ConnectionStore, Snapshot, Swap, Versioned};
-use crate::store::redis::{RedisStore, NOW};
-use crate::store::{Store, StoreResult};
+use crate::kv::{Call, Script};
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreResult, Unavailable};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 /// KEYS: state, used. Reads the record and Redis's clock.
 const LOAD: &str = "
+return {tostring(now), redis.call('HGET', KEYS[1], 'v') or '0', redis.call('HGET', KEYS[1], 'rec') or '', redis.call('GET', KEYS[2]) or ''}";
+
+/// KEYS: state, used. LOAD, after a write that changes nothing a reader looks at, so that a
+/// WAIT after it covers everything written before (an intent, say).
+const LOAD_SETTLED: &str = "
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'settled', tostring(now)) end
 return {tostring(now), redis.call('HGET', KEYS[1], 'v') or '0', redis.call('HGET', KEYS[1], 'rec') or '', redis.call('GET', KEYS[2]) or ''}";
 
 /// KEYS: state. ARGV: expected revision (0: none yet), attention ms (or empty), sealed record.
@@ -58,11 +74,12 @@ if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[2], ARGV[1]) end
 return 1";
 
 struct Scripts {
-    load: redis::Script,
-    swap: redis::Script,
-    remove: redis::Script,
-    touch: redis::Script,
-    names: redis::Script,
+    load: Script,
+    load_settled: Script,
+    swap: Script,
+    remove: Script,
+    touch: Script,
+    names: Script,
 }
 
 pub struct RedisConnections {
@@ -71,22 +88,35 @@ pub struct RedisConnections {
     scripts: Scripts,
 }
 
+fn unavailable(e: crate::kv::KvError) -> Unavailable {
+    Unavailable(e.to_string())
+}
+
 impl RedisConnections {
-    /// Uses `store`'s pool, keyring and prefix. Holds at most `max` connections (counted by
-    /// the all-index, which may hold a few stale names: the cap errs towards refusing).
-    /// Connects lazily, like the store.
+    /// Uses `store`'s Redis layer, keyring, prefix and durability. Holds at most `max`
+    /// connections (counted by the all-index, which may hold a few stale names: the cap errs
+    /// towards refusing). Connects lazily, like the store.
     pub fn new(store: Arc<RedisStore>, max: usize) -> RedisConnections {
         RedisConnections {
             store,
             max,
             scripts: Scripts {
-                load: redis::Script::new(&format!("{NOW}{LOAD}")),
-                swap: redis::Script::new(SWAP),
-                remove: redis::Script::new(REMOVE),
-                touch: redis::Script::new(TOUCH),
-                names: redis::Script::new(NAMES),
+                // Reads only.
+                load: Script::with_now(LOAD).idempotent(),
+                // Its one write changes nothing but a time nobody reads: harmless twice.
+                load_settled: Script::with_now(LOAD_SETTLED).idempotent(),
+                swap: Script::new(SWAP),
+                remove: Script::new(REMOVE),
+                // The later time wins: running it twice changes nothing.
+                touch: Script::new(TOUCH).idempotent(),
+                // Records once, then only reads.
+                names: Script::new(NAMES).idempotent(),
             },
         }
+    }
+
+    fn run<T: redis::FromRedisValue>(&self, call: Call) -> StoreResult<T> {
+        self.store.kv().run_blocking(call).map_err(unavailable)
     }
 
     /// Checks that the connections in Redis were written under this keyring's names key
@@ -96,8 +126,7 @@ impl RedisConnections {
         let key = format!("{}conn:names", self.store.prefix);
         let probe = self.store.keys.name("conn-names", "v1");
         let found: String = self
-            .store
-            .with(|c| self.scripts.names.key(&key).arg(&probe).invoke(c))
+            .run(Call::script(&self.scripts.names).key(&key).arg(&probe))
             .map_err(|e| e.0)?;
         if found != probe {
             return Err("the connections in Redis were written under another names key: list the old one as names:<key> in OAUTH_RELAY_ENCRYPTION_KEY".into());
@@ -135,11 +164,18 @@ impl RedisConnections {
 
     /// The record under keyed name `name`, and Redis's clock.
     fn load_name(&self, name: &str) -> StoreResult<(SystemTime, Option<Versioned>)> {
-        let (state, used) = (self.state_key(name), self.used_key(name));
-        // Reads only: asking twice changes nothing.
-        let reply: Vec<Vec<u8>> = self
-            .store
-            .read(|c| self.scripts.load.key(&state).key(&used).invoke(c))?;
+        let call = Call::script(&self.scripts.load)
+            .key(self.state_key(name))
+            .key(self.used_key(name));
+        let reply: Vec<Vec<u8>> = self.run(call)?;
+        self.read_reply(name, reply)
+    }
+
+    fn read_reply(
+        &self,
+        name: &str,
+        reply: Vec<Vec<u8>>,
+    ) -> StoreResult<(SystemTime, Option<Versioned>)> {
         let text = |i: usize| {
             String::from_utf8_lossy(reply.get(i).map(Vec::as_slice).unwrap_or_default()).to_string()
         };
@@ -154,25 +190,26 @@ impl RedisConnections {
         Ok((now, Some(Versioned { revision, conn })))
     }
 
-    /// The names in an index set, a page at a time.
+    /// The names in an index set, a page at a time (SSCAN is a read: asked again if a reply
+    /// is lost).
     fn members(&self, set: &str) -> StoreResult<Vec<String>> {
-        self.store.read(|c| {
-            let mut names = Vec::new();
-            let mut cursor = 0u64;
-            loop {
-                let (next, page): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(set)
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = self.run(
+                Call::command("SSCAN")
+                    .key(set)
                     .arg(cursor)
                     .arg("COUNT")
                     .arg(500)
-                    .query(c)?;
-                names.extend(page);
-                if next == 0 {
-                    return Ok(names);
-                }
-                cursor = next;
+                    .idempotent(),
+            )?;
+            names.extend(page);
+            if next == 0 {
+                return Ok(names);
             }
-        })
+            cursor = next;
+        }
     }
 }
 
@@ -182,46 +219,61 @@ impl ConnectionStore for RedisConnections {
         Ok(Snapshot { now, found })
     }
 
+    fn load_settled(&self, id: &str) -> StoreResult<Option<Snapshot>> {
+        let durability = self.store.durability();
+        if durability.replicas == 0 {
+            return self.load(id).map(Some);
+        }
+        let name = self.name(id);
+        let call = Call::script(&self.scripts.load_settled)
+            .key(self.state_key(&name))
+            .key(self.used_key(&name));
+        let done = self
+            .store
+            .kv()
+            .run_durable_blocking::<Vec<Vec<u8>>>(call, durability.replicas, durability.wait)
+            .map_err(unavailable)?;
+        if done.replicas < durability.replicas {
+            crate::logging::warn(
+                "connection_intent_not_replicated",
+                serde_json::json!({ "connection": crate::secret::short_hash(id),
+                        "replicas": done.replicas, "needed": durability.replicas,
+                        "effect": "the refresh token is not presented: a failover could undo the intent" }),
+            );
+            return Ok(None);
+        }
+        let (now, found) = self.read_reply(&name, done.value)?;
+        Ok(Some(Snapshot { now, found }))
+    }
+
     fn swap(&self, expected: u64, conn: &Connection) -> StoreResult<Swap> {
         let name = self.name(&conn.id);
         let state = self.state_key(&name);
         if expected == 0 {
-            // The index first (see the module doc), and the cap.
+            // The index first (see the module doc), and the cap. Two commands: the two sets
+            // live in different slots. SADD twice changes nothing.
             let all = self.all_key();
-            let count: u64 = self
-                .store
-                .read(|c| redis::cmd("SCARD").arg(&all).query(c))?;
+            let count: u64 = self.run(Call::command("SCARD").key(&all).idempotent())?;
             if count >= self.max as u64 {
                 return Ok(Swap::Full);
             }
             let subject = self.subject_key(&conn.provider, &conn.subject);
-            self.store.with(|c| {
-                redis::pipe()
-                    .cmd("SADD")
-                    .arg(&all)
-                    .arg(&name)
-                    .ignore()
-                    .cmd("SADD")
-                    .arg(&subject)
-                    .arg(&name)
-                    .ignore()
-                    .query::<()>(c)
-            })?;
+            for set in [&all, &subject] {
+                self.run::<i64>(Call::command("SADD").key(set).arg(&name).idempotent())?;
+            }
         }
         let attention = conn
             .attention_at()
             .map(|t| codec::ms(t).to_string())
             .unwrap_or_default();
         let sealed = codec::seal(&self.store.keys, &self.context(&name), conn);
-        let revision: i64 = self.store.with(|c| {
-            self.scripts
-                .swap
+        let revision: i64 = self.run(
+            Call::script(&self.scripts.swap)
                 .key(&state)
                 .arg(expected)
                 .arg(attention)
-                .arg(sealed)
-                .invoke(c)
-        })?;
+                .arg(sealed),
+        )?;
         Ok(if revision < 0 {
             Swap::Moved
         } else {
@@ -235,43 +287,30 @@ impl ConnectionStore for RedisConnections {
         let Some(found) = found else {
             return Ok(false);
         };
-        let removed: i64 = self.store.with(|c| {
-            self.scripts
-                .remove
+        let removed: i64 = self.run(
+            Call::script(&self.scripts.remove)
                 .key(self.state_key(&name))
                 .key(self.used_key(&name))
-                .arg(expected)
-                .invoke(c)
-        })?;
+                .arg(expected),
+        )?;
         if removed == 1 {
             // The indexes after (see the module doc). If this fails, a stale name stays.
             let subject = self.subject_key(&found.conn.provider, &found.conn.subject);
-            let _ = self.store.with(|c| {
-                redis::pipe()
-                    .cmd("SREM")
-                    .arg(self.all_key())
-                    .arg(&name)
-                    .ignore()
-                    .cmd("SREM")
-                    .arg(&subject)
-                    .arg(&name)
-                    .ignore()
-                    .query::<()>(c)
-            });
+            for set in [self.all_key(), subject] {
+                let _ = self.run::<i64>(Call::command("SREM").key(set).arg(&name).idempotent());
+            }
         }
         Ok(removed == 1)
     }
 
     fn touch(&self, id: &str, at: SystemTime) -> StoreResult<()> {
         let name = self.name(id);
-        self.store.with(|c| {
-            self.scripts
-                .touch
+        self.run::<i64>(
+            Call::script(&self.scripts.touch)
                 .key(self.state_key(&name))
                 .key(self.used_key(&name))
-                .arg(codec::ms(at))
-                .invoke::<i64>(c)
-        })?;
+                .arg(codec::ms(at)),
+        )?;
         Ok(())
     }
 
@@ -299,19 +338,24 @@ impl ConnectionStore for RedisConnections {
         let names = self.members(&self.all_key())?;
         let mut out = Vec::new();
         for page in names.chunks(200) {
-            // The clear attention times first, a page per round trip; records only for those due.
-            let times: Vec<Option<String>> = self.store.read(|c| {
-                let mut pipe = redis::pipe();
-                for name in page {
-                    pipe.cmd("HGET").arg(self.state_key(name)).arg("attn");
-                }
-                pipe.query(c)
-            })?;
+            // The clear attention times first, a page at once (each in its own slot, so one
+            // call each, all in flight together); records only for those due.
+            let calls = page
+                .iter()
+                .map(|name| {
+                    Call::command("HGET")
+                        .key(self.state_key(name))
+                        .arg("attn")
+                        .idempotent()
+                })
+                .collect();
+            let times: Vec<Result<Option<String>, _>> = self.store.kv().run_all_blocking(calls);
             for (name, time) in page.iter().zip(times) {
                 if out.len() >= limit {
                     return Ok(out);
                 }
                 let due = time
+                    .map_err(unavailable)?
                     .and_then(|t| t.parse::<u64>().ok())
                     .is_some_and(|t| t <= now);
                 if due {
@@ -339,17 +383,15 @@ mod tests {
 
     #[test]
     fn one_connections_keys_share_a_hash_tag_and_name_no_id() {
-        let config = crate::config::RedisConfig {
-            url: crate::secret::Secret::new("redis://127.0.0.1:1/0"),
-            password: None,
-            ca_pem: None,
-            keys: Arc::new(
+        let config = crate::config::RedisConfig::new(
+            crate::kv::KvSettings::new(crate::kv::settings::Topology::Standalone {
+                url: crate::secret::Secret::new("redis://127.0.0.1:1/0"),
+            }),
+            Arc::new(
                 crate::keyring::Keyring::parse("k:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
                     .unwrap(),
             ),
-            prefix: "oauth-relay:".into(),
-            timeout: std::time::Duration::from_secs(1),
-        };
+        );
         let store =
             Arc::new(RedisStore::new(&config, std::time::Duration::from_secs(1), 1).unwrap());
         let c = RedisConnections::new(store, 1);

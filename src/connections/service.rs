@@ -537,14 +537,14 @@ impl Inner {
     }
 
     /// What attempt `attempt` may present: the refresh token of the generation its intent is
-    /// for, if (once the store answers) the intent is its own.
-    fn confirm(
-        &self,
-        id: &str,
-        attempt: &str,
-    ) -> Option<(Secret, Vec<String>, Arc<dyn Refresher>)> {
+    /// for, if (once the store answers) the intent is its own and the store vouches that a
+    /// failover would keep it (`ConnectionStore::load_settled`).
+    fn confirm(&self, id: &str, attempt: &str) -> Option<Confirmed> {
         self.patiently(|| {
-            let Some(v) = self.store.load(id)?.found else {
+            let Some(snap) = self.store.load_settled(id)? else {
+                return Ok(Some(Confirmed::Unsettled));
+            };
+            let Some(v) = snap.found else {
                 return Ok(None);
             };
             let c = v.conn;
@@ -555,7 +555,7 @@ impl Inner {
             else {
                 return Ok(None);
             };
-            Ok(Some((token, c.scopes, refresher)))
+            Ok(Some(Confirmed::Present(token, c.scopes, refresher)))
         })
     }
 
@@ -619,6 +619,15 @@ impl Inner {
     }
 }
 
+/// What `confirm` found an attempt may do.
+enum Confirmed {
+    /// Present this refresh token for these scopes.
+    Present(Secret, Vec<String>, Arc<dyn Refresher>),
+    /// The intent is the attempt's, but the store cannot vouch that a failover would keep it:
+    /// present nothing.
+    Unsettled,
+}
+
 /// `RefreshOutcome` holds a `Grant`, which has no `Clone`: a record that must be retried keeps
 /// a copy.
 fn copy_outcome(o: &RefreshOutcome) -> RefreshOutcome {
@@ -638,11 +647,23 @@ fn worker(weak: Weak<Inner>, id: &str, attempt: &str) {
         Some(inner) => inner.confirm(id, attempt),
         None => return,
     };
-    let Some((token, scopes, refresher)) = confirmed else {
-        if let Some(inner) = weak.upgrade() {
-            inner.finish(id, attempt);
+    let (token, scopes, refresher) = match confirmed {
+        Some(Confirmed::Present(token, scopes, refresher)) => (token, scopes, refresher),
+        Some(Confirmed::Unsettled) => {
+            // Nothing was sent: the intent is cleared and the refresh backs off.
+            if let Some(inner) = weak.upgrade() {
+                let outcome = RefreshOutcome::NotSent("intent_not_replicated".into());
+                inner.record(id, attempt, outcome);
+                inner.finish(id, attempt);
+            }
+            return;
         }
-        return;
+        None => {
+            if let Some(inner) = weak.upgrade() {
+                inner.finish(id, attempt);
+            }
+            return;
+        }
     };
     let (beat_every, budget) = match weak.upgrade() {
         Some(inner) => (inner.policy.heartbeat, inner.policy.refresh_timeout),

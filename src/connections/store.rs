@@ -38,6 +38,14 @@ pub trait ConnectionStore: Send + Sync {
     /// Reads a connection (with `last_used_at`) and the store's clock.
     fn load(&self, id: &str) -> StoreResult<Snapshot>;
 
+    /// `load`, but only once what it shows would survive a failover of the store: `None` when
+    /// it might not (a replicated Redis where fewer replicas than required have every write
+    /// before this read). An attempt reads its intent this way before presenting a refresh
+    /// token. A store that does not fail over reads as `load` does.
+    fn load_settled(&self, id: &str) -> StoreResult<Option<Snapshot>> {
+        self.load(id).map(Some)
+    }
+
     /// Writes `conn` (under `conn.id`) only if its stored revision is still `expected`; 0
     /// creates it if there is none. `provider` and `subject` never change after creation.
     fn swap(&self, expected: u64, conn: &Connection) -> StoreResult<Swap>;

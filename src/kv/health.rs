@@ -16,6 +16,8 @@ pub struct Persistence {
     pub aof: Option<bool>,
     /// The RDB `save` schedule (`""`: no snapshots); `None` where CONFIG is refused.
     pub rdb_schedule: Option<String>,
+    /// `appendfsync` (`always`, `everysec`, `no`); `None` where CONFIG is refused.
+    pub fsync: Option<String>,
     /// CONFIG was refused (managed services often rename or forbid it).
     pub config_refused: bool,
 }
@@ -104,9 +106,10 @@ pub(crate) async fn persistence(shared: &Shared) -> Result<Vec<Persistence>, KvE
                 Ok::<_, KvError>(config_value(&v, name))
             }
         };
-        let (aof, save) = (
+        let (aof, save, fsync) = (
             within(deadline, config("appendonly")).await,
             within(deadline, config("save")).await,
+            within(deadline, config("appendfsync")).await,
         );
         let refused =
             |r: &Result<Option<String>, KvError>| matches!(r, Err(KvError::Server { .. }));
@@ -130,6 +133,7 @@ pub(crate) async fn persistence(shared: &Shared) -> Result<Vec<Persistence>, KvE
             node: node.addr.to_string(),
             aof,
             rdb_schedule: save,
+            fsync: fsync.ok().flatten(),
             config_refused,
         });
     }
@@ -178,6 +182,7 @@ mod tests {
             node: "n".into(),
             aof,
             rdb_schedule: rdb.map(String::from),
+            fsync: None,
             config_refused: false,
         };
         assert_eq!(p(Some(true), Some("")).persists(), Some(true));

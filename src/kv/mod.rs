@@ -265,6 +265,46 @@ impl Kv {
         convert(answer.value)
     }
 
+    /// Runs every call at once from a blocking thread (a page of reads, say, whose keys live in
+    /// different slots and so cannot be one command); the answers in the order of `calls`.
+    pub fn run_all_blocking<T: FromRedisValue + Send + 'static>(
+        &self,
+        calls: Vec<Call>,
+    ) -> Vec<Result<T, KvError>> {
+        let n = calls.len();
+        let shared = &self.shared;
+        let checked: Vec<Result<Call, KvError>> = calls
+            .into_iter()
+            .map(|c| self.check(&c).map(|_| c))
+            .collect();
+        self.block_on(async move {
+            let mut set = tokio::task::JoinSet::new();
+            let mut out: Vec<Option<Result<T, KvError>>> = (0..n).map(|_| None).collect();
+            for (i, call) in checked.into_iter().enumerate() {
+                match call {
+                    Err(e) => out[i] = Some(Err(e)),
+                    Ok(call) => {
+                        let shared = shared.clone();
+                        set.spawn(async move {
+                            let answer = call::execute(&shared, &call, None).await;
+                            (i, answer.and_then(|a| convert::<T>(a.value)))
+                        });
+                    }
+                }
+            }
+            while let Some(done) = set.join_next().await {
+                if let Ok((i, answer)) = done {
+                    out[i] = Some(answer);
+                }
+            }
+            out.into_iter()
+                .map(|a| {
+                    a.unwrap_or_else(|| Err(KvError::Lost("the call's task ended early".into())))
+                })
+                .collect()
+        })
+    }
+
     /// [`Kv::run_durable`] for a blocking thread.
     pub fn run_durable_blocking<T: FromRedisValue>(
         &self,

@@ -10,6 +10,12 @@ use std::sync::Arc;
 /// agree on what has expired. Its one home: prefix it with [`Script::with_now`].
 pub const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
 
+/// Lua defining `replicas_online(need)`: whether at least `need` replicas of this server are
+/// online (INFO replication; nothing is asked when `need` is 0). A take checks it before it
+/// changes anything, so that where WAIT could not vouch for the take afterwards (the replica is
+/// gone, as right after a failover), it refuses to run instead of using the value up.
+pub const REPLICAS_ONLINE: &str = "local function replicas_online(need) if need <= 0 then return true end local n = 0 for _ in string.gmatch(redis.call('INFO', 'replication'), 'state=online') do n = n + 1 end return n >= need end ";
+
 /// A Lua script, sent by EVALSHA; when Redis does not have it (NOSCRIPT: after a restart, on a
 /// newly promoted primary, on another cluster node), by EVAL once, which also caches it there.
 /// NOSCRIPT means nothing ran, so that second send is always safe.

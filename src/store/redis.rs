@@ -1,12 +1,43 @@
-//! The Redis store, for several replicas sharing state. Every create-once and take-once step is
-//! one Lua script, so two replicas racing cannot both win, and no write is ever retried: if a
-//! reply is lost after Redis ran a take, the value is gone and the request fails closed.
+//! The Redis store, for several replicas sharing state, over the one Redis layer (`crate::kv`:
+//! one server, Sentinel or Cluster). Every create-once and take-once step is one Lua script, so
+//! two replicas racing cannot both win, and no write is ever sent twice: if a reply is lost
+//! after Redis ran a take, the value is gone and the request fails closed (`KvError::Lost`,
+//! 503). Reads are marked idempotent, so the layer asks them again when a reply is lost.
 //!
-//! Pooled connections die with the Redis they were opened to. So that no request is the one to
-//! find out, a pool epoch moves on every connection error (a request's, the count thread's,
-//! the subscriber's), and connections pooled before the move are dropped unused; one that sat
-//! idle is checked with PING first; and an idempotent read that still meets a dead pooled
-//! connection is asked once more on a new one.
+//! **Takes survive failovers.** Redis replicates asynchronously: a take the primary ran can be
+//! lost with it, and then the replica promoted in its place still holds the code, the OAuth
+//! state or the tokens, ready to be handed out a second time. So with a replicated Redis
+//! (`Durability::replicas` above 0) every take (a callback retrieval, an OAuth state, a token
+//! hand-off) first checks, inside its script and before it changes anything, that enough
+//! replicas are online (else it refuses: 503, log line `take_refused`, nothing used up, as
+//! right after a failover while the new primary has no replica yet); then WAIT follows it on
+//! the same connection (`Kv::run_durable`), and what it took is handed out only once enough
+//! replicas acknowledged it. Otherwise the request fails closed (503, `take_not_replicated`):
+//! the value is used up on the primary, or, if a failover undoes the take, still there to be
+//! taken once. Other writes (a callback stored, a session created) are not waited for: a
+//! failover may lose the last of them, which shows as a missing callback or session (README,
+//! "What a failover can lose").
+//!
+//! **Keys and Redis Cluster slots.** Every key of one script must be in one slot, and the caps
+//! are counted in the same script as the write they bound (the pending cap, each client's share,
+//! the session cap), so every key a cap covers shares one hash tag with the cap's set. The
+//! relay's keys (callbacks `c:`, registrations `r:`, owner links `w:`, client shares `q:`, the
+//! `pending` and `active` sets) are in `{<prefix>relay}` and the broker's (sessions `s:`, links
+//! `l:`, OAuth states `o:`, the `sessions` set) in `{<prefix>broker}`: two slots, so on a
+//! cluster they may live on two primaries, but neither family is spread further. One tag per
+//! state would spread load over every primary, but then no script could see the global sets
+//! and the caps would have to be split (a share of the cap per slot group, so one group could
+//! refuse while others have room, and a client's share enforced per group) or counted apart
+//! from the write (a race past the cap); the relay's load is people signing in, which one
+//! primary serves many times over (bench/redis_topologies.sh), so exact caps win and a cluster
+//! buys failover here, not spreading. The outbox has its own tag (`events/redis_outbox.rs`) and
+//! each kept connection its own (`connections/redis.rs`). Long-polls hear of other replicas'
+//! news on one classic pub/sub channel (`<prefix>notify`, not a key: no slot), which reaches
+//! every node of a cluster.
+//!
+//! These names replaced the untagged ones of versions before Sentinel and Cluster were served
+//! (`<prefix>c:...`); what those versions stored is not read (README, "Upgrading to tagged
+//! keys").
 //!
 //! At rest, codes, tokens, verifiers, sessions and handles are sealed with the keyring (the
 //! store key is the associated data), and key names are keyed hashes of states, handles and
@@ -17,24 +48,22 @@ use super::{
     TokenTake, Tokens, Unavailable,
 };
 use super::{Client, Proof};
+use crate::config::{Durability, RedisConfig};
 use crate::keyring::Keyring;
+use crate::kv::scripts::{tagged, REPLICAS_ONLINE};
+use crate::kv::{Call, Event, Kv, KvError, Script};
 use crate::seal::SealKey;
 use crate::secret::{BindingHash, RetrievalHash, Secret};
+use redis::FromRedisValue;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A pooled connection unused for longer than this is checked with PING before a command goes
-/// out on it. Under traffic connections come back within milliseconds and skip the round trip;
-/// a quiet one may have been closed by what the epoch cannot see (Redis's idle `timeout`,
-/// CLIENT KILL, a proxy or NAT). One second also matches the count thread, which takes a
-/// pooled connection every second and so moves the epoch within a second of most outages.
-const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// Sets `now` to Redis's clock in ms: every script that judges time uses the one clock all
-/// replicas share (also the connection store's, `connections::redis`).
-pub(crate) const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) ";
+/// The hash tag of the relay's keys (callbacks, registrations, shares, the pending cap).
+const RELAY: &str = "relay";
+/// The hash tag of the broker's keys (sessions and the session cap).
+const BROKER: &str = "broker";
 
 // Values under a callback key: `L` fingerprint sealed-callback (live), `T` fingerprint (taken),
 // `X` fingerprint (in conflict: two different callbacks, neither handed out); for a state
@@ -56,8 +85,10 @@ pub(crate) const NOW: &str = "local t = redis.call('TIME') local now = tonumber(
 // Per-client shares: a sorted set per client (`q:` the keyed hash of its address) of the
 // owner-link keys (`w:` per state) of the entries it holds, scored by when each stops counting;
 // the owner-link key holds the name of that set, so a retrieval (by another client) can free
-// the place. That set is named by a stored value, not declared in KEYS: fine on one Redis (and
-// Sentinel); a Redis Cluster would need every key of a state and its client in one slot.
+// the place. The take reads that name first and declares it in KEYS (every key a script touches
+// is declared, so a Redis Cluster checks them all before running it, and a slot migration can
+// never stop a script half-way); the script refuses to run (`share_moved`) if the owner link
+// no longer names the set declared.
 const REGISTRATION: &str = "
 local function registered_until(reg)
   local off = 2
@@ -130,6 +161,8 @@ end
 ";
 
 const TAKE: &str = "
+local share = redis.call('GET', KEYS[5])
+if share and share ~= KEYS[6] then return {'share_moved'} end
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   local reg = redis.call('GET', KEYS[4])
@@ -143,6 +176,7 @@ if not opens(cur) then return {'missing'} end
 local kind = string.sub(cur, 1, 1)
 if kind == 'T' or kind == 'U' then return {'taken'} end
 if kind == 'X' or kind == 'Y' then return {'conflict'} end
+if not replicas_online(tonumber(ARGV[#ARGV])) then return {'no_replicas'} end
 local ttl = tonumber(ARGV[3])
 local marker, sealed
 if kind == 'G' then
@@ -153,9 +187,8 @@ end
 redis.call('SET', KEYS[1], marker, 'PX', ttl)
 redis.call('ZREM', KEYS[2], KEYS[1])
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
-local share = redis.call('GET', KEYS[5])
 if share then
-  redis.call('ZREM', share, KEYS[5])
+  redis.call('ZREM', KEYS[6], KEYS[5])
   redis.call('DEL', KEYS[5])
 end
 return {'ok', sealed}";
@@ -241,6 +274,7 @@ if ARGV[1] ~= '' then
   end
 end
 if not opened then return {'other_browser'} end
+if not replicas_online(tonumber(ARGV[#ARGV])) then return {'no_replicas'} end
 redis.call('HSET', KEYS[1], 'taken', '1')
 local verifier = redis.call('HGET', KEYS[1], 'verifier')
 redis.call('HDEL', KEYS[1], 'verifier')
@@ -265,6 +299,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'notfound'} end
 if now >= tonumber(redis.call('HGET', KEYS[1], 'exp')) then return {'notfound'} end
 if st == 'ready' then
+  if not replicas_online(tonumber(ARGV[#ARGV])) then return {'no_replicas'} end
   local tokens = redis.call('HGET', KEYS[1], 'tokens') or ''
   local sealed = redis.call('HGET', KEYS[1], 'sealed') or ''
   redis.call('HDEL', KEYS[1], 'tokens', 'sealed')
@@ -274,48 +309,27 @@ end
 return {st}";
 
 struct Scripts {
-    put: redis::Script,
-    take: redis::Script,
-    has: redis::Script,
-    register: redis::Script,
-    active: redis::Script,
-    create_session: redis::Script,
-    bind_browser: redis::Script,
-    take_state: redis::Script,
-    finish: redis::Script,
-    take_tokens: redis::Script,
+    put: Script,
+    take: Script,
+    has: Script,
+    register: Script,
+    active: Script,
+    create_session: Script,
+    bind_browser: Script,
+    take_state: Script,
+    finish: Script,
+    take_tokens: Script,
 }
 
-fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{NOW}{body}"))
-}
-
-struct Pooled {
-    con: redis::Connection,
-    /// The pool epoch when it was last known to work.
-    epoch: u64,
-    since: Instant,
-}
-
-/// A connection taken for one command.
-struct Checkout {
-    con: redis::Connection,
-    epoch: u64,
-    pooled: bool,
-}
-
-fn unavailable(e: &redis::RedisError) -> Unavailable {
-    Unavailable(format!("redis: {e}"))
+fn unavailable(e: KvError) -> Unavailable {
+    Unavailable(e.to_string())
 }
 
 pub struct RedisStore {
-    client: redis::Client,
-    idle: Mutex<Vec<Pooled>>,
-    /// Moves on every connection error: whatever was pooled before may be dead too.
-    epoch: AtomicU64,
-    timeout: Duration,
+    kv: Kv,
     pub(crate) prefix: String,
     pub(crate) keys: Arc<Keyring>,
+    durability: Durability,
     ttl: Duration,
     max_pending: usize,
     max_per_client: usize,
@@ -326,68 +340,40 @@ pub struct RedisStore {
     unnamed_provider: String,
 }
 
-/// A client for the configured Redis (password, private CA), for the store and the event
-/// outbox. Connects lazily.
-pub fn client(o: &crate::config::RedisConfig) -> Result<redis::Client, String> {
-    crate::outbound::install_crypto_provider();
-    let mut info =
-        redis::IntoConnectionInfo::into_connection_info(o.url.expose()).map_err(|e| {
-            format!("OAUTH_RELAY_REDIS_URL is not a valid redis:// or rediss:// URL: {e}")
-        })?;
-    if let Some(password) = &o.password {
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_password(password.expose());
-        info = info.set_redis_settings(settings);
-    }
-    match &o.ca_pem {
-        None => redis::Client::open(info),
-        Some(pem) => redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            },
-        ),
-    }
-    .map_err(|e| format!("OAUTH_RELAY_REDIS_URL: {e}"))
-}
-
 impl RedisStore {
-    /// Connects lazily: an unreachable Redis makes calls fail (503), not start-up.
-    pub fn new(
-        o: &crate::config::RedisConfig,
-        ttl: Duration,
-        max_pending: usize,
-    ) -> Result<Self, String> {
-        let keys = o.keys.clone();
-        let client = client(o)?;
-        Ok(RedisStore {
-            client,
-            idle: Mutex::new(Vec::new()),
-            epoch: AtomicU64::new(0),
-            timeout: o.timeout,
-            prefix: o.prefix.clone(),
-            keys,
+    /// A store with a Redis layer of its own (tests, tools). Connects lazily: an unreachable
+    /// Redis makes calls fail (503), not this.
+    pub fn new(o: &RedisConfig, ttl: Duration, max_pending: usize) -> Result<Self, String> {
+        Ok(RedisStore::on(Kv::open(&o.kv)?, o, ttl, max_pending))
+    }
+
+    /// A store on `kv`, the layer the replica shares with its outbox.
+    pub fn on(kv: Kv, o: &RedisConfig, ttl: Duration, max_pending: usize) -> Self {
+        RedisStore {
+            kv,
+            prefix: o.kv.prefix.clone(),
+            keys: o.keys.clone(),
+            durability: o.durability,
             ttl,
             max_pending,
             max_per_client: max_pending,
             scripts: Scripts {
-                put: redis::Script::new(&format!("{NOW}{REGISTRATION}{PUT}")),
-                take: redis::Script::new(&format!("{NOW}{REGISTRATION}{OPENS}{TAKE}")),
-                has: redis::Script::new(&format!("{NOW}{REGISTRATION}{OPENS}{HAS}")),
-                register: script(REGISTER),
-                active: script(ACTIVE),
-                create_session: script(CREATE_SESSION),
-                bind_browser: script(BIND_BROWSER),
-                take_state: script(TAKE_STATE),
-                finish: script(FINISH),
-                take_tokens: script(TAKE_TOKENS),
+                put: Script::with_now(&format!("{REGISTRATION}{PUT}")),
+                take: Script::with_now(&format!("{REPLICAS_ONLINE}{REGISTRATION}{OPENS}{TAKE}")),
+                // Reads only.
+                has: Script::with_now(&format!("{REGISTRATION}{OPENS}{HAS}")).idempotent(),
+                register: Script::with_now(REGISTER),
+                // Only drops expired entries: running it twice changes nothing.
+                active: Script::with_now(ACTIVE).idempotent(),
+                create_session: Script::with_now(CREATE_SESSION),
+                bind_browser: Script::with_now(BIND_BROWSER),
+                take_state: Script::with_now(&format!("{REPLICAS_ONLINE}{TAKE_STATE}")),
+                finish: Script::with_now(FINISH),
+                take_tokens: Script::with_now(&format!("{REPLICAS_ONLINE}{TAKE_TOKENS}")),
             },
             active_cache: AtomicI64::new(-1),
             unnamed_provider: String::new(),
-        })
+        }
     }
 
     /// Caps each client's share of `max_pending`, across every replica on this Redis.
@@ -405,14 +391,29 @@ impl RedisStore {
         self
     }
 
+    /// The Redis layer (the connection store shares it).
+    pub fn kv(&self) -> &Kv {
+        &self.kv
+    }
+
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+
     fn channel(&self) -> String {
-        self.set("notify")
+        format!("{}notify", self.prefix)
     }
 
     /// Starts the two background threads a serving replica needs: one refreshes the count
     /// `/health` reports (so `/health` never waits on Redis), one listens for other replicas'
-    /// news and hands each waiter key to `on_notify`. Both reconnect by themselves.
-    pub fn start_background(self: &Arc<Self>, on_notify: impl Fn(&str) + Send + 'static) {
+    /// news and hands each waiter key to `on_notify`. The subscription follows Redis through
+    /// failovers (`Kv::subscribe`); whenever it is (again) in place, what was published
+    /// meanwhile was missed, so `on_gap` is called: every local long-poll should look again.
+    pub fn start_background(
+        self: &Arc<Self>,
+        on_notify: impl Fn(&str) + Send + 'static,
+        on_gap: impl Fn() + Send + 'static,
+    ) {
         let store = self.clone();
         std::thread::Builder::new()
             .name("redis-count".into())
@@ -422,158 +423,106 @@ impl RedisStore {
                 std::thread::sleep(Duration::from_secs(1));
             })
             .expect("spawn redis-count thread");
-        let store = self.clone();
+        let mut subscription = self.kv.subscribe(&[&self.channel()]);
         std::thread::Builder::new()
             .name("redis-subscriber".into())
-            .spawn(move || loop {
-                if let Err(e) = store.listen(&on_notify) {
-                    // Its connection was the first to see Redis go: an outage no request
-                    // witnessed still invalidates the pool.
-                    store.saw(&e);
-                    crate::logging::warn(
-                        "redis_subscriber",
-                        json!({ "error": e.to_string(), "action": "reconnecting in 1 s" }),
-                    );
+            .spawn(move || {
+                let mut first = true;
+                while let Some(event) = subscription.blocking_next() {
+                    match event {
+                        Event::Message { payload, .. } => {
+                            if let Ok(key) = std::str::from_utf8(&payload) {
+                                on_notify(key);
+                            }
+                        }
+                        Event::Gap => {
+                            if !first {
+                                crate::logging::info(
+                                    "redis_subscriber",
+                                    json!({ "action": "subscribed again (or news was missed): every long-poll looks again" }),
+                                );
+                            }
+                            first = false;
+                            on_gap();
+                        }
+                    }
                 }
-                std::thread::sleep(Duration::from_secs(1));
             })
             .expect("spawn redis-subscriber thread");
     }
 
-    fn listen(&self, on_notify: &impl Fn(&str)) -> redis::RedisResult<()> {
-        let mut con = self.client.get_connection_with_timeout(self.timeout)?;
-        // Blocking reads: a closed or restarted Redis ends them with an error, and we reconnect.
-        con.set_read_timeout(None)?;
-        let mut pubsub = con.as_pubsub();
-        pubsub.subscribe(self.channel())?;
-        loop {
-            let message = pubsub.get_message()?;
-            if let Ok(key) = message.get_payload::<String>() {
-                on_notify(&key);
-            }
-        }
+    /// Sends `call` once: every write. If the reply is lost, Redis may have run it, and running
+    /// it again would answer wrongly (a store "repeated", so no replica is told it landed), so
+    /// the request fails closed.
+    fn run<T: FromRedisValue>(&self, call: Call) -> StoreResult<T> {
+        self.kv.run_blocking(call).map_err(unavailable)
     }
 
-    /// Notes a failed command: an I/O error (reset, refused, closed, timed out) means the
-    /// connections pooled so far are suspect, so the epoch moves. A reply from Redis (a script
-    /// error, OOM) says nothing about the other connections.
-    fn saw(&self, e: &redis::RedisError) {
-        if e.is_io_error() {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
+    /// A read: asked again by the layer if its reply is lost.
+    fn read<T: FromRedisValue>(&self, call: Call) -> StoreResult<T> {
+        self.run(call.idempotent())
     }
 
-    fn connect(&self) -> StoreResult<redis::Connection> {
-        self.client
-            .get_connection_with_timeout(self.timeout)
-            .and_then(|c| {
-                c.set_read_timeout(Some(self.timeout))?;
-                c.set_write_timeout(Some(self.timeout))?;
-                Ok(c)
-            })
-            .map_err(|e| {
-                self.saw(&e);
-                unavailable(&e)
-            })
-    }
-
-    /// A pooled connection believed alive, or a new one.
-    fn checkout(&self) -> StoreResult<Checkout> {
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        let pooled = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.retain(|p| p.epoch >= epoch);
-            idle.pop()
+    /// A take (`what`, for the log), whose script's reply begins `ok` when it hands something
+    /// out. Sent once, with the replicas required as its last argument: a script that finds
+    /// fewer online refuses (`no_replicas`) before it changes anything. With a replicated
+    /// Redis it is followed by WAIT, and what it took is handed out only if enough replicas
+    /// acknowledged it: otherwise it fails closed, used up on this primary, and a failover
+    /// that undid it would leave it to be taken once more, never twice.
+    fn take(&self, call: Call, what: &'static str) -> StoreResult<Vec<Vec<u8>>> {
+        let Durability { replicas, wait } = self.durability;
+        let call = call.arg(replicas);
+        let (reply, acked) = if replicas == 0 {
+            (self.run::<Vec<Vec<u8>>>(call)?, 0)
+        } else {
+            let done = self
+                .kv
+                .run_durable_blocking::<Vec<Vec<u8>>>(call, replicas, wait)
+                .map_err(unavailable)?;
+            (done.value, done.replicas)
         };
-        if let Some(mut p) = pooled {
-            // PING changes nothing, so a dead connection may fail it and be replaced; the
-            // command itself goes out once.
-            let checked = if p.since.elapsed() < CHECK_AFTER_IDLE {
-                Ok(())
-            } else {
-                redis::cmd("PING").query::<String>(&mut p.con).map(drop)
-            };
-            match checked {
-                Ok(()) => {
-                    return Ok(Checkout {
-                        con: p.con,
-                        epoch,
-                        pooled: true,
-                    })
-                }
-                Err(e) => {
-                    // The epoch moves: the rest of the pool goes too.
-                    self.saw(&e);
-                    // Redis too slow to answer: a new connection would only wait as long again.
-                    if e.is_timeout() {
-                        return Err(unavailable(&e));
-                    }
-                }
-            }
+        let first = reply.first().map(Vec::as_slice);
+        if first == Some(b"no_replicas") {
+            crate::logging::warn(
+                "take_refused",
+                json!({ "take": what, "needed": replicas,
+                        "effect": "nothing taken (503): fewer replicas online than OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED" }),
+            );
+            return Err(Unavailable(format!(
+                "redis: fewer than {replicas} replicas online; the {what} was not taken"
+            )));
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        Ok(Checkout {
-            con: self.connect()?,
-            epoch,
-            pooled: false,
-        })
-    }
-
-    /// Pools a connection that answered, tagged with the epoch from before the command went
-    /// out (if the epoch moved since, the next checkout drops it); drops one that failed.
-    fn settle<T>(&self, c: Checkout, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
-        match &result {
-            Ok(_) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < 64 {
-                    idle.push(Pooled {
-                        con: c.con,
-                        epoch: c.epoch,
-                        since: Instant::now(),
-                    });
-                }
-            }
-            Err(e) => self.saw(e),
+        if first == Some(b"ok") && acked < replicas {
+            crate::logging::warn(
+                "take_not_replicated",
+                json!({ "take": what, "replicas": acked, "needed": replicas,
+                        "wait_ms": wait.as_millis() as u64,
+                        "effect": "not handed out (503): a failover could have undone the take" }),
+            );
+            return Err(Unavailable(format!(
+                "redis: the {what} take reached {acked} of {replicas} replicas within {} ms",
+                wait.as_millis()
+            )));
         }
-        result
-    }
-
-    /// Sends `f` once: for takes and every other write. If the reply is lost, Redis may have
-    /// run it, and running it again would answer wrongly (a take "already taken", with the
-    /// code handed to nobody; a store "repeated", so no replica is told it landed), so the
-    /// request fails closed.
-    pub(crate) fn with<T>(
-        &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> StoreResult<T> {
-        let mut c = self.checkout()?;
-        let result = f(&mut c.con);
-        self.settle(c, result).map_err(|e| unavailable(&e))
-    }
-
-    /// For idempotent reads only: a pooled connection found dead (closed, reset; not a
-    /// timeout, which says Redis is slow and would make a second try wait as long again) is
-    /// replaced and the read asked once more. The failure moved the epoch, so the second try
-    /// does not get another connection from before it.
-    pub(crate) fn read<T>(
-        &self,
-        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> StoreResult<T> {
-        let mut c = self.checkout()?;
-        let pooled = c.pooled;
-        let result = f(&mut c.con);
-        match self.settle(c, result) {
-            Err(e) if pooled && e.is_io_error() && !e.is_timeout() => self.with(f),
-            result => result.map_err(|e| unavailable(&e)),
-        }
+        Ok(reply)
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}{kind}:{}", self.prefix, self.keys.name(kind, id))
+        let tag = match kind {
+            "s" | "l" | "o" => BROKER,
+            _ => RELAY,
+        };
+        tagged(
+            &self.prefix,
+            tag,
+            &format!(":{kind}:{}", self.keys.name(kind, id)),
+        )
     }
 
+    /// A set of the relay's (`pending`, `active`) or, for `sessions`, of the broker's.
     fn set(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        let tag = if name == "sessions" { BROKER } else { RELAY };
+        tagged(&self.prefix, tag, &format!(":{name}"))
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -645,7 +594,7 @@ impl RedisStore {
     /// The handle a link id or OAuth state points to.
     fn handle_for(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {
         let key = self.key(kind, id);
-        let sealed: Option<Vec<u8>> = self.read(|c| redis::cmd("GET").arg(&key).query(c))?;
+        let sealed: Option<Vec<u8>> = self.read(Call::command("GET").key(&key))?;
         sealed.map(|s| self.open_text(&key, &s)).transpose()
     }
 
@@ -657,15 +606,14 @@ impl RedisStore {
             Option<u64>,
             Option<Vec<u8>>,
         );
-        let (data, status, exp, verifier): Fields = self.read(|c| {
-            redis::cmd("HMGET")
-                .arg(&key)
+        let (data, status, exp, verifier): Fields = self.read(
+            Call::command("HMGET")
+                .key(&key)
                 .arg("data")
                 .arg("status")
                 .arg("exp")
-                .arg("verifier")
-                .query(c)
-        })?;
+                .arg("verifier"),
+        )?;
         let (Some(data), Some(status), Some(exp)) = (data, status, exp) else {
             return Ok(None);
         };
@@ -815,9 +763,8 @@ impl Store for RedisStore {
         let mut value = b"L".to_vec();
         value.extend_from_slice(&fp);
         value.extend(self.seal_json(&key, &callback_to_json(&cb)));
-        let outcome: String = self.with(|c| {
-            self.scripts
-                .put
+        let outcome: String = self.run(
+            Call::script(&self.scripts.put)
                 .key(&key)
                 .key(self.key("r", &cb.state))
                 .key(self.set("pending"))
@@ -829,9 +776,8 @@ impl Store for RedisStore {
                 .arg(self.ttl_ms())
                 .arg(if require_registered { "1" } else { "0" })
                 .arg(self.max_pending)
-                .arg(self.max_per_client)
-                .invoke(c)
-        })?;
+                .arg(self.max_per_client),
+        )?;
         Ok(match outcome.as_str() {
             "stored" => Put::Stored,
             "stored_registered" => Put::StoredRegistered,
@@ -848,20 +794,40 @@ impl Store for RedisStore {
 
     fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
         let key = self.key("c", state);
+        let owner = self.key("w", state);
         let (guard, authorized) = self.proof_args(proof);
-        let reply: Vec<Vec<u8>> = self.with(|c| {
-            self.scripts
-                .take
-                .key(&key)
-                .key(self.set("pending"))
-                .key(self.set("active"))
-                .key(self.key("r", state))
-                .key(self.key("w", state))
-                .arg(&guard)
-                .arg(authorized)
-                .arg(self.ttl_ms())
-                .invoke(c)
-        })?;
+        // The share the entry counts against is named in its owner link: read it, so that the
+        // take declares every key it touches. It is written once, when the entry is made; the
+        // script checks it is still the one declared.
+        let mut tries = 0;
+        let reply: Vec<Vec<u8>> = loop {
+            let share: Option<String> = self.read(Call::command("GET").key(&owner))?;
+            let share = share.unwrap_or_else(|| self.set("q:none"));
+            let reply = self.take(
+                Call::script(&self.scripts.take)
+                    .key(&key)
+                    .key(self.set("pending"))
+                    .key(self.set("active"))
+                    .key(self.key("r", state))
+                    .key(&owner)
+                    .key(&share)
+                    .arg(&guard)
+                    .arg(authorized)
+                    .arg(self.ttl_ms()),
+                "callback",
+            )?;
+            tries += 1;
+            match reply.first().map(Vec::as_slice) {
+                // Made between the read and the take: nothing changed, look again.
+                Some(b"share_moved") if tries < 3 => continue,
+                Some(b"share_moved") => {
+                    return Err(Unavailable(
+                        "redis: a callback's owner link keeps changing".into(),
+                    ))
+                }
+                _ => break reply,
+            }
+        };
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
         match field(0) {
             b"ok" => {
@@ -885,16 +851,13 @@ impl Store for RedisStore {
 
     fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
         let (guard, authorized) = self.proof_args(proof);
-        // Reads only: asking twice changes nothing.
-        self.read(|c| {
-            self.scripts
-                .has
+        self.read(
+            Call::script(&self.scripts.has)
                 .key(self.key("c", state))
                 .key(self.key("r", state))
                 .arg(&guard)
-                .arg(authorized)
-                .invoke(c)
-        })
+                .arg(authorized),
+        )
     }
 
     fn register_by(
@@ -907,9 +870,8 @@ impl Store for RedisStore {
         let guard = guard.map(|h| self.guard(h).to_vec()).unwrap_or_default();
         // Declared either way; a trusted caller's registration leaves it untouched.
         let share = self.share_key(client.unwrap_or(Client::Unknown));
-        let outcome: String = self.with(|c| {
-            self.scripts
-                .register
+        let outcome: String = self.run(
+            Call::script(&self.scripts.register)
                 .key(self.key("c", state))
                 .key(self.key("r", state))
                 .key(self.set("pending"))
@@ -920,9 +882,8 @@ impl Store for RedisStore {
                 .arg(&guard)
                 .arg(self.ttl_ms())
                 .arg(self.max_per_client)
-                .arg(if client.is_some() { "1" } else { "0" })
-                .invoke(c)
-        })?;
+                .arg(if client.is_some() { "1" } else { "0" }),
+        )?;
         Ok(match outcome.as_str() {
             "ok" => Register::Registered {
                 expires_at: SystemTime::now() + ttl,
@@ -934,8 +895,7 @@ impl Store for RedisStore {
     }
 
     fn active_callbacks(&self) -> StoreResult<usize> {
-        // Only drops expired entries: running it twice changes nothing.
-        self.read(|c| self.scripts.active.key(self.set("active")).invoke(c))
+        self.read(Call::script(&self.scripts.active).key(self.set("active")))
     }
 
     fn active_callbacks_now(&self) -> Option<usize> {
@@ -947,8 +907,7 @@ impl Store for RedisStore {
     }
 
     fn ping(&self) -> StoreResult<()> {
-        self.read(|c| redis::cmd("PING").query::<String>(c))
-            .map(|_| ())
+        self.kv.ping_blocking().map_err(unavailable)
     }
 
     fn waiter_key(&self, kind: &str, id: &str) -> String {
@@ -956,24 +915,20 @@ impl Store for RedisStore {
     }
 
     fn publish(&self, waiter_key: &str) {
-        let channel = self.channel();
         // Best effort: a replica that misses this answers its long-poll at the deadline
-        // instead, and the client's next poll finds the value.
-        let _ = self.with(|c| {
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(waiter_key)
-                .query::<i64>(c)
-        });
+        // instead (or, if its subscription was down, looks again when it is back), and the
+        // client's next poll finds the value.
+        let _ = self
+            .kv
+            .publish_blocking(&self.channel(), waiter_key.as_bytes());
     }
 
     fn create_session(&self, s: Session) -> StoreResult<bool> {
         let key = self.session_key(&s.handle);
         let (link, state) = (self.key("l", &s.link_id), self.key("o", &s.oauth_state));
         let keep = self.ttl_ms() * 2;
-        let created: i64 = self.with(|c| {
-            self.scripts
-                .create_session
+        let created: i64 = self.run(
+            Call::script(&self.scripts.create_session)
                 .key(&key)
                 .key(&link)
                 .key(&state)
@@ -987,9 +942,8 @@ impl Store for RedisStore {
                 .arg(self.keys.seal(state.as_bytes(), s.handle.as_bytes()))
                 .arg(unix_ms(s.expires_at))
                 .arg(keep)
-                .arg(self.max_pending)
-                .invoke(c)
-        })?;
+                .arg(self.max_pending),
+        )?;
         Ok(created == 1)
     }
 
@@ -1003,14 +957,12 @@ impl Store for RedisStore {
     fn bind_browser(&self, handle: &str, browser: &BindingHash) -> StoreResult<()> {
         let key = self.session_key(handle);
         let mac = self.browser(browser);
-        self.with(|c| {
-            self.scripts
-                .bind_browser
+        self.run::<i64>(
+            Call::script(&self.scripts.bind_browser)
                 .key(&key)
                 .arg(&mac[..])
-                .arg(super::MAX_BROWSERS)
-                .invoke::<i64>(c)
-        })?;
+                .arg(super::MAX_BROWSERS),
+        )?;
         Ok(())
     }
 
@@ -1026,8 +978,10 @@ impl Store for RedisStore {
         let mac = browser
             .map(|b| self.browser(b).to_vec())
             .unwrap_or_default();
-        let reply: Vec<Vec<u8>> =
-            self.with(|c| self.scripts.take_state.key(&key).arg(&mac).invoke(c))?;
+        let reply = self.take(
+            Call::script(&self.scripts.take_state).key(&key).arg(&mac),
+            "oauth_state",
+        )?;
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
         match field(0) {
             b"ok" => {
@@ -1066,16 +1020,14 @@ impl Store for RedisStore {
             ),
             Err(reason) => (format!("failed:{reason}"), "tokens", Vec::new()),
         };
-        self.with(|c| {
-            self.scripts
-                .finish
+        self.run::<i64>(
+            Call::script(&self.scripts.finish)
                 .key(&key)
                 .arg(status)
                 .arg(value)
                 .arg(self.ttl_ms())
-                .arg(field)
-                .invoke::<i64>(c)
-        })?;
+                .arg(field),
+        )?;
         Ok(())
     }
 
@@ -1089,7 +1041,7 @@ impl Store for RedisStore {
 
     fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake> {
         let key = self.session_key(handle);
-        let reply: Vec<Vec<u8>> = self.with(|c| self.scripts.take_tokens.key(&key).invoke(c))?;
+        let reply = self.take(Call::script(&self.scripts.take_tokens).key(&key), "tokens")?;
         let first = String::from_utf8_lossy(reply.first().map(Vec::as_slice).unwrap_or_default())
             .to_string();
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
