@@ -13,75 +13,7 @@ use std::time::Duration;
 
 /// Every default of `serve`'s own settings and of the client subcommands (completion events',
 /// the broker's and each provider's are their own modules').
-pub mod defaults {
-    pub const HOST: &str = "0.0.0.0";
-    pub const PORT: u16 = 8000;
-    pub const TTL_SECS: u64 = 600;
-    pub const MAX_PENDING: usize = 100_000;
-    /// A client's share of OAUTH_RELAY_MAX_PENDING, unless OAUTH_RELAY_MAX_PENDING_PER_CLIENT
-    /// says otherwise: 1 % of it (1,000 of the default 100,000: far more sign-ins than a NAT full
-    /// of people has under way at once; one address needs 100 like it to fill the cap), and at
-    /// least 10.
-    pub fn max_pending_per_client(max_pending: usize) -> usize {
-        (max_pending / 100).max(10)
-    }
-    pub const MAX_URL_BYTES: usize = 8 * 1024;
-    pub const MAX_WAIT_SECS: u64 = 60;
-    pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
-    pub const MAX_SESSIONS: usize = 2_000;
-    pub const MAX_WAITERS: usize = 1_024;
-    pub const MAX_CONNECTIONS: usize = 1_024;
-    /// A quarter of the cap: far more than a browser (6) or a NAT's sign-ins hold at once, and a
-    /// single client still leaves three quarters to everyone else.
-    pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
-    /// An eighth of the cap each: the probes, `/metrics` and callers always get into the
-    /// internal listener whatever floods the public one, and browsers into the public one
-    /// whatever the callers hold.
-    pub const PUBLIC_RESERVED_CONNECTIONS: usize = 128;
-    pub const INTERNAL_RESERVED_CONNECTIONS: usize = 128;
-    /// An eighth of the waiter cap: a caller waiting on that many sign-ins at once is a big
-    /// one, and below its connection share, so it can still register and retrieve.
-    pub const MAX_WAITERS_PER_CLIENT: usize = 128;
-    /// Nobody's forwarding header is believed until proxies are named.
-    pub const TRUSTED_PROXIES: &str = "";
-    pub const CLIENT_IP_HEADER: &str = "x-forwarded-for";
-    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-    pub const MAX_HEADERS: usize = 64;
-    pub const MAX_BODY_BYTES: usize = 4 * 1024;
-    /// Room for every broker code exchange (96 at most) plus Redis calls.
-    pub const BLOCKING_THREADS: usize = 128;
-    /// One event loop per CPU (two when the count is unknown).
-    pub fn workers() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    }
-    pub const READ_TIMEOUT_SECS: u64 = 10;
-    pub const SHUTDOWN_GRACE_SECS: u64 = 5;
-    /// Not a setting: how long accepting may keep failing (descriptors exhausted) before the
-    /// process exits non-zero to be restarted.
-    pub const ACCEPT_GIVE_UP_SECS: u64 = 60;
-    pub const LOG_LEVEL: &str = "info";
-    pub const SERVER_URL: &str = "http://127.0.0.1:8000";
-    /// How long each of check-deployment's requests may take (the service's answer to
-    /// GET /deployment includes its own calls to the providers, at most 5 s).
-    pub const CHECK_TIMEOUT_SECS: u64 = 30;
-    pub const REDIS_PREFIX: &str = "oauth-relay:";
-    pub const REDIS_TIMEOUT_MS: u64 = 500;
-    /// Any origin, as the Python server answered.
-    pub const CORS_ORIGINS: &str = "*";
-    /// The port of a Redis node given without one (OAUTH_RELAY_REDIS_CLUSTER_NODES).
-    pub const REDIS_PORT: u16 = 6379;
-    /// The port of a sentinel given without one (OAUTH_RELAY_REDIS_SENTINELS).
-    pub const REDIS_SENTINEL_PORT: u16 = 26379;
-    /// Replicas that must have a take before it is handed out: one where Redis fails over
-    /// (Sentinel, Cluster), so a failover cannot undo a take that was handed out; none on one
-    /// server, which has nothing to fail over to.
-    pub fn redis_min_replicas_acked(replicated: bool) -> u32 {
-        u32::from(replicated)
-    }
-    /// How long a take waits for those replicas: a replica on the same network has it within a
-    /// millisecond; past this it is missing or far behind, and the take fails closed (503).
-    pub const REDIS_REPLICA_WAIT_MS: u64 = 500;
-}
+pub use crate::defaults;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -258,72 +190,14 @@ pub struct ServeArgs {
     /// debug, info (one line per request), warn, error or off.
     #[arg(long, env = "OAUTH_RELAY_LOG_LEVEL", default_value = defaults::LOG_LEVEL)]
     pub log_level: String,
-    /// Redis for state shared by several replicas (`redis://` or `rediss://`); unset: in memory.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// File holding the Redis password (a mounted Kubernetes Secret), instead of the URL.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_PASSWORD_FILE")]
-    pub redis_password_file: Option<std::path::PathBuf>,
-    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a private
-    /// CA); unset: the public web roots.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_CA_FILE")]
-    pub redis_ca_file: Option<std::path::PathBuf>,
-    /// AEAD keys for secrets at rest in Redis: `KID:BASE64` (32 bytes) entries, comma-separated;
-    /// the first encrypts, all decrypt. Required with Redis.
-    #[arg(long, env = "OAUTH_RELAY_ENCRYPTION_KEY", hide_env_values = true)]
-    pub encryption_key: Option<String>,
-    /// Prefix of every Redis key, so several deployments can share one Redis.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX)]
-    pub redis_prefix: String,
-    /// Milliseconds a Redis call may take (connect, read, write) before the request gets 503.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS)]
-    pub redis_timeout_ms: u64,
     /// Origins of web pages that may call the retrieval endpoints (/api/callback/{state},
     /// /api/states) from a browser: `*` (any), or a comma-separated list such as
     /// https://app.example.com,http://localhost:3000 (each answer then names the page's origin
     /// when listed); blank: none.
     #[arg(long, env = "OAUTH_RELAY_CORS_ORIGINS", default_value = defaults::CORS_ORIGINS)]
     pub cors_origins: String,
-    /// Redis Sentinels to ask for the primary, comma-separated host:port (port defaults to
-    /// 26379), with --redis-master-name; instead of OAUTH_RELAY_REDIS_URL.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINELS")]
-    pub redis_sentinels: Option<String>,
-    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
-    #[arg(long, env = "OAUTH_RELAY_REDIS_MASTER_NAME")]
-    pub redis_master_name: Option<String>,
-    /// File holding the sentinels' password (their `requirepass`), when they have one.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_PASSWORD_FILE")]
-    pub redis_sentinel_password_file: Option<std::path::PathBuf>,
-    /// ACL user for the sentinels (with --redis-sentinel-password-file); unset: `default`.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_USERNAME")]
-    pub redis_sentinel_username: Option<String>,
-    /// Talk TLS to the sentinels, trusting OAUTH_RELAY_REDIS_CA_FILE (or the public web roots).
-    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_TLS")]
-    pub redis_sentinel_tls: bool,
-    /// Redis Cluster nodes to learn the cluster from, comma-separated `redis://host:port`,
-    /// `rediss://host:port` or `host:port` (port defaults to 6379); instead of
-    /// OAUTH_RELAY_REDIS_URL.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_CLUSTER_NODES")]
-    pub redis_cluster_nodes: Option<String>,
-    /// ACL user for the Redis servers found through the sentinels or the cluster (with
-    /// OAUTH_RELAY_REDIS_PASSWORD_FILE); unset: `default`. With OAUTH_RELAY_REDIS_URL, put the
-    /// user in the URL.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_USERNAME")]
-    pub redis_username: Option<String>,
-    /// Talk TLS to the Redis servers found through the sentinels or the cluster, trusting
-    /// OAUTH_RELAY_REDIS_CA_FILE (or the public web roots). With OAUTH_RELAY_REDIS_URL, use
-    /// rediss:// instead.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_TLS")]
-    pub redis_tls: bool,
-    /// Replicas that must acknowledge (WAIT) a take (a callback retrieval, an OAuth state, a
-    /// token hand-off, a refresh intent) before it is used; fewer within
-    /// --redis-replica-wait-ms: 503, nothing handed out. Default: 1 with Sentinel or Cluster,
-    /// 0 with OAUTH_RELAY_REDIS_URL. 0: no WAIT (a failover may then undo a take).
-    #[arg(long, env = "OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED")]
-    pub redis_min_replicas_acked: Option<u32>,
-    /// Milliseconds a take waits for OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED replicas.
-    #[arg(long, env = "OAUTH_RELAY_REDIS_REPLICA_WAIT_MS", default_value_t = defaults::REDIS_REPLICA_WAIT_MS)]
-    pub redis_replica_wait_ms: u64,
+    #[command(flatten)]
+    pub redis: crate::kv::settings::RedisArgs,
     #[command(flatten)]
     pub broker: crate::broker_config::BrokerArgs,
     #[command(flatten)]
@@ -729,8 +603,9 @@ impl RedisConfig {
     }
 
     fn from_args(a: &ServeArgs) -> Result<Option<RedisConfig>, String> {
-        let Some(kv) = crate::kv::KvSettings::from_args(a).map_err(|e| e.to_string())? else {
-            if a.redis_min_replicas_acked.is_some() {
+        let Some(kv) = crate::kv::KvSettings::from_args(&a.redis).map_err(|e| e.to_string())?
+        else {
+            if a.redis.redis_min_replicas_acked.is_some() {
                 return Err("OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED is set, so OAUTH_RELAY_REDIS_URL, OAUTH_RELAY_REDIS_SENTINELS or OAUTH_RELAY_REDIS_CLUSTER_NODES must be set too".into());
             }
             return Ok(None);
@@ -742,19 +617,20 @@ impl RedisConfig {
             Topology::Cluster { .. } => CLUSTER_NODES,
         };
         let key = a
+            .redis
             .encryption_key
             .clone()
             .filter(|k| !k.trim().is_empty())
             .ok_or_else(|| format!("{} needs OAUTH_RELAY_ENCRYPTION_KEY: secrets are never stored in Redis in the clear", chosen.variable))?;
         let keys = std::sync::Arc::new(crate::keyring::Keyring::parse(&key)?);
         let mut config = RedisConfig::new(kv, keys);
-        if let Some(n) = a.redis_min_replicas_acked {
+        if let Some(n) = a.redis.redis_min_replicas_acked {
             config.durability.replicas = n;
         }
-        if a.redis_replica_wait_ms == 0 {
+        if a.redis.redis_replica_wait_ms == 0 {
             return Err("OAUTH_RELAY_REDIS_REPLICA_WAIT_MS must be at least 1".into());
         }
-        config.durability.wait = Duration::from_millis(a.redis_replica_wait_ms);
+        config.durability.wait = Duration::from_millis(a.redis.redis_replica_wait_ms);
         Ok(Some(config))
     }
 }
@@ -917,7 +793,11 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         // Standalone, Sentinel or Cluster (src/kv); a mistake stops start-up naming the setting.
         let redis = RedisConfig::from_args(&a).map_err(ConfigError::Redis)?;
-        let key = a.encryption_key.as_deref().filter(|k| !k.trim().is_empty());
+        let key = a
+            .redis
+            .encryption_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty());
         if let (None, Some(key)) = (&redis, key) {
             // Checked all the same: a typo should not wait for the day Redis is turned on.
             crate::keyring::Keyring::parse(key).map_err(ConfigError::EncryptionKey)?;

@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connections;
 pub mod cors;
+pub mod defaults;
 pub mod deployment;
 pub mod error;
 pub mod events;

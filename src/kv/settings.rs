@@ -2,10 +2,77 @@
 //! `KvSettings` (exactly one topology: one server, a primary found through Sentinel, or a
 //! Redis Cluster), with errors that name the flag and the variable to fix.
 
-use crate::config::{defaults, ServeArgs};
+use crate::defaults;
 use crate::secret::Secret;
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The `OAUTH_RELAY_REDIS_*` flags (and the encryption key Redis requires), flattened into the
+/// server's flags (`config::ServeArgs`): declared here, with the rest of what this module owns.
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis for state shared by several replicas (`redis://` or `rediss://`); unset: in memory.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// File holding the Redis password (a mounted Kubernetes Secret), instead of the URL.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a private
+    /// CA); unset: the public web roots.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// AEAD keys for secrets at rest in Redis: `KID:BASE64` (32 bytes) entries, comma-separated;
+    /// the first encrypts, all decrypt. Required with Redis.
+    #[arg(long, env = "OAUTH_RELAY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX)]
+    pub redis_prefix: String,
+    /// Milliseconds a Redis call may take (connect, read, write) before the request gets 503.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS)]
+    pub redis_timeout_ms: u64,
+    /// Redis Sentinels to ask for the primary, comma-separated host:port (port defaults to
+    /// 26379), with --redis-master-name; instead of OAUTH_RELAY_REDIS_URL.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    #[arg(long, env = "OAUTH_RELAY_REDIS_MASTER_NAME")]
+    pub redis_master_name: Option<String>,
+    /// File holding the sentinels' password (their `requirepass`), when they have one.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<std::path::PathBuf>,
+    /// ACL user for the sentinels (with --redis-sentinel-password-file); unset: `default`.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+    /// Talk TLS to the sentinels, trusting OAUTH_RELAY_REDIS_CA_FILE (or the public web roots).
+    #[arg(long, env = "OAUTH_RELAY_REDIS_SENTINEL_TLS")]
+    pub redis_sentinel_tls: bool,
+    /// Redis Cluster nodes to learn the cluster from, comma-separated `redis://host:port`,
+    /// `rediss://host:port` or `host:port` (port defaults to 6379); instead of
+    /// OAUTH_RELAY_REDIS_URL.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
+    /// ACL user for the Redis servers found through the sentinels or the cluster (with
+    /// OAUTH_RELAY_REDIS_PASSWORD_FILE); unset: `default`. With OAUTH_RELAY_REDIS_URL, put the
+    /// user in the URL.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Talk TLS to the Redis servers found through the sentinels or the cluster, trusting
+    /// OAUTH_RELAY_REDIS_CA_FILE (or the public web roots). With OAUTH_RELAY_REDIS_URL, use
+    /// rediss:// instead.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_TLS")]
+    pub redis_tls: bool,
+    /// Replicas that must acknowledge (WAIT) a take (a callback retrieval, an OAuth state, a
+    /// token hand-off, a refresh intent) before it is used; fewer within
+    /// --redis-replica-wait-ms: 503, nothing handed out. Default: 1 with Sentinel or Cluster,
+    /// 0 with OAUTH_RELAY_REDIS_URL. 0: no WAIT (a failover may then undo a take).
+    #[arg(long, env = "OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED")]
+    pub redis_min_replicas_acked: Option<u32>,
+    /// Milliseconds a take waits for OAUTH_RELAY_REDIS_MIN_REPLICAS_ACKED replicas.
+    #[arg(long, env = "OAUTH_RELAY_REDIS_REPLICA_WAIT_MS", default_value_t = defaults::REDIS_REPLICA_WAIT_MS)]
+    pub redis_replica_wait_ms: u64,
+}
 
 /// A setting, as a person sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +288,7 @@ impl KvSettings {
     }
 
     /// Checks the Redis settings; `Ok(None)` when none of the three topologies is configured.
-    pub fn from_args(a: &ServeArgs) -> Result<Option<KvSettings>, SettingsError> {
+    pub fn from_args(a: &RedisArgs) -> Result<Option<KvSettings>, SettingsError> {
         let given = |v: &Option<String>| {
             v.as_deref()
                 .map(str::trim)
@@ -443,7 +510,7 @@ mod tests {
         let mut argv = vec!["oauth-relay"];
         argv.extend_from_slice(args);
         let cli = crate::config::Cli::try_parse_from(argv).expect("clap accepts the flags");
-        KvSettings::from_args(&cli.serve)
+        KvSettings::from_args(&cli.serve.redis)
     }
 
     #[test]
