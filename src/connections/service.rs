@@ -62,6 +62,10 @@ pub struct TickReport {
     pub skipped: usize,
 }
 
+/// Told of each connection a replica's own write turned to `needs_reauth` (the refresh protocol
+/// found its grant dead), once per such write: where the completion event is emitted.
+pub type Observer = Box<dyn Fn(&Connection) + Send + Sync>;
+
 /// Wakes this replica's waiting callers when any connection's record changes.
 struct Notifier {
     seq: Mutex<u64>,
@@ -95,6 +99,7 @@ struct Inner {
     /// Attempts this replica's workers hold: alive, whatever their heartbeats say.
     own: Mutex<HashSet<String>>,
     workers: AtomicUsize,
+    observer: std::sync::OnceLock<Observer>,
 }
 
 pub struct Connections {
@@ -120,8 +125,15 @@ impl Connections {
                 },
                 own: Mutex::new(HashSet::new()),
                 workers: AtomicUsize::new(0),
+                observer: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets what is told of connections this replica's refreshes find dead (at most once; a
+    /// second observer is ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// Whether calls may block on I/O (run them on the blocking pool).
@@ -351,6 +363,15 @@ impl Inner {
             .ok_or_else(|| ConnError::NoRefresher(provider.to_string()))
     }
 
+    /// A write of this replica's landed: tells the observer when it ended a live grant.
+    fn committed(&self, old: &Connection, new: &Connection) {
+        if old.status == Status::Active && new.status == Status::NeedsReauth {
+            if let Some(observe) = self.observer.get() {
+                observe(new);
+            }
+        }
+    }
+
     fn owns(&self, attempt: &str) -> bool {
         self.own
             .lock()
@@ -418,6 +439,7 @@ impl Inner {
                     Step::Fail(e) => return Err(e),
                     Step::Write(n) => match this.store.swap(v.revision, &n) {
                         Ok(Swap::Done(_)) => {
+                            this.committed(c, &n);
                             this.changed(id);
                             continue;
                         }
@@ -603,6 +625,7 @@ impl Inner {
             };
             match self.store.swap(v.revision, &n) {
                 Ok(Swap::Done(_)) => {
+                    self.committed(&v.conn, &n);
                     crate::logging::info(
                         "connection_refreshed",
                         json!({ "connection": crate::secret::short_hash(id),
