@@ -59,6 +59,15 @@ pub enum Error {
     RequestTimeout,
     Unavailable,
     Internal,
+    /// A connection's route without a bearer credential.
+    ConnectionUnauthorized,
+    /// The broker token where only a connection's own credential will do
+    /// (`OAUTH_RELAY_CONNECTIONS_BROKER_TOKEN` off).
+    BrokerTokenNotAllowed,
+    /// Broker mode is on, but connections cannot be kept: the words name the setting.
+    ConnectionsOff(&'static str),
+    /// What a connection's token or re-authorization could not give (`connections::ConnError`).
+    Connection(crate::connections::ConnError),
 }
 
 /// Who reads the answer: a program (JSON) or a person in a browser (a page).
@@ -70,9 +79,16 @@ pub enum Face {
 
 impl Face {
     pub fn for_path(path: &str) -> Face {
-        let api_prefixes = ["/api/", "/status/", "/token/", "/m365/sessions"];
+        let api_prefixes = [
+            "/api/",
+            "/status/",
+            "/token/",
+            "/m365/sessions",
+            "/connections/",
+        ];
         if api_prefixes.iter().any(|p| path.starts_with(p))
             || path == "/sessions"
+            || path == "/connections"
             || path == "/health"
             || path == "/metrics"
             || path == "/ready"
@@ -114,6 +130,22 @@ impl Error {
             Error::BodyTooLarge => 413,
             Error::RequestTimeout => 408,
             Error::Internal => 500,
+            Error::ConnectionUnauthorized => 401,
+            Error::BrokerTokenNotAllowed => 403,
+            Error::ConnectionsOff(_) => 404,
+            Error::Connection(e) => {
+                use crate::connections::ConnError as C;
+                match e {
+                    C::NotFound => 404,
+                    C::NeedsReauth(_) | C::IdentityMismatch => 409,
+                    C::BackingOff { .. }
+                    | C::Pending
+                    | C::Busy
+                    | C::NoRefresher(_)
+                    | C::Full
+                    | C::Unavailable(_) => 503,
+                }
+            }
         }
     }
 
@@ -161,6 +193,31 @@ impl Error {
             Error::RequestTimeout => "The request did not arrive in time",
             Error::Unavailable => "State storage is unavailable; try again shortly",
             Error::Internal => "Internal server error",
+            Error::ConnectionUnauthorized => "Missing connection credential",
+            Error::BrokerTokenNotAllowed => {
+                "The broker token does not stand for a connection's credential here (OAUTH_RELAY_CONNECTIONS_BROKER_TOKEN is off)"
+            }
+            Error::ConnectionsOff(m) => m,
+            Error::Connection(e) => {
+                use crate::connections::ConnError as C;
+                match e {
+                    C::NotFound => "Not found",
+                    C::NeedsReauth(_) => {
+                        "The connection needs a new sign-in: POST /connections/{id}/reauthorize gives a login link for it"
+                    }
+                    C::BackingOff { .. } => {
+                        "The provider refused the last refreshes; retry after Retry-After"
+                    }
+                    C::Pending => "A refresh is in progress; retry shortly",
+                    C::Busy => "Too many refreshes in progress; retry shortly",
+                    C::IdentityMismatch => "Another account signed in",
+                    C::NoRefresher(_) => {
+                        "The connection's provider is not configured on this replica"
+                    }
+                    C::Full => "Too many kept connections (OAUTH_RELAY_MAX_KEPT_CONNECTIONS)",
+                    C::Unavailable(_) => "State storage is unavailable; try again shortly",
+                }
+            }
         }
     }
 
@@ -215,6 +272,22 @@ impl Error {
             (Face::Page, _) => {
                 Response::html(status, pages::problem(self.message(), self.advice()))
             }
+            (Face::Api, Error::Connection(e)) => {
+                use crate::connections::ConnError as C;
+                // `status` names the connection's state where the caller acts on it.
+                let (code, reason) = match e {
+                    C::NeedsReauth(r) => ("needs_reauth", r.clone()),
+                    C::BackingOff { reason, .. } => ("backing_off", reason.clone()),
+                    C::Pending => ("pending", None),
+                    C::Busy => ("busy", None),
+                    _ => ("error", None),
+                };
+                let mut body = json!({ "status": code, "message": self.message() });
+                if code != "error" {
+                    body["reason"] = json!(reason);
+                }
+                Response::json(status, &body)
+            }
             (Face::Api, _) => Response::json(
                 status,
                 &json!({ "status": "error", "message": self.words() }),
@@ -222,8 +295,26 @@ impl Error {
         };
         match self {
             Error::MethodNotAllowed(allow) => response = response.with_header("Allow", allow),
-            Error::Unauthorized | Error::BrokerUnauthorized => {
+            Error::Unauthorized | Error::BrokerUnauthorized | Error::ConnectionUnauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"oauth-relay\"")
+            }
+            Error::Connection(e) => {
+                use crate::connections::ConnError as C;
+                let after = match e {
+                    C::BackingOff { until, .. } => Some(
+                        until
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default()
+                            .as_secs()
+                            .max(1),
+                    ),
+                    C::Pending | C::Busy => Some(1),
+                    C::NoRefresher(_) | C::Full | C::Unavailable(_) => Some(5),
+                    C::NotFound | C::NeedsReauth(_) | C::IdentityMismatch => None,
+                };
+                if let Some(secs) = after {
+                    response = response.with_header("Retry-After", secs.to_string());
+                }
             }
             Error::StoreFull
             | Error::SessionsFull

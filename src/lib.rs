@@ -35,6 +35,7 @@ pub mod store;
 pub mod urls;
 pub mod waiters;
 
+use connections::config::KeptIn;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,87 @@ fn start_events(
     Ok(Arc::new(events::Events::start(webhook, outbox)))
 }
 
+/// REDIS MIGRATION (branch `redis`): the one place connections are put in Redis. Today they
+/// share the relay store's pool (`RedisStore`); once the store runs on `src/kv`, build
+/// `RedisConnections` on it here and nowhere else. Checks the names key (a changed one would
+/// silently lose every connection) and warns when Redis would not keep what it is given.
+fn redis_connections(
+    redis: &Arc<store::redis::RedisStore>,
+    max: usize,
+) -> Result<Arc<dyn connections::ConnectionStore>, String> {
+    let store = connections::redis::RedisConnections::new(redis.clone(), max);
+    if let Err(e) = store.check_key_names() {
+        if e.contains("another names key") {
+            return Err(e);
+        }
+        logging::warn(
+            "connections_names_unchecked",
+            json!({ "error": e, "effect": "checked again at the next start-up" }),
+        );
+    }
+    if let Some(warning) = connections::durability::redis_persistence(redis).warning() {
+        logging::warn(
+            "connections_persistence",
+            json!({ "warning": warning, "setting": "appendonly yes, appendfsync always (redis.conf)" }),
+        );
+    }
+    Ok(Arc::new(store))
+}
+
+/// Kept connections on the store the configuration names, refreshed through the broker's
+/// providers, with their keep-alive thread; `None` when they cannot be kept (then `keep` is
+/// refused with the words naming the setting).
+fn start_connections(
+    c: &connections::config::ConnectionsConfig,
+    broker: &broker::Broker,
+    redis: Option<Arc<store::redis::RedisStore>>,
+    events: &Option<Arc<events::Events>>,
+) -> Result<Option<Arc<connections::Connections>>, String> {
+    let store: Arc<dyn connections::ConnectionStore> = match (&c.kept_in, redis) {
+        (KeptIn::Redis, Some(redis)) => redis_connections(&redis, c.max)?,
+        (KeptIn::Redis, None) => return Err("connections in Redis without a Redis store".into()),
+        (KeptIn::File { path, keys, .. }, _) => Arc::new(
+            connections::embedded::EmbeddedConnections::open(path, keys.clone(), c.max)
+                .map_err(|e| {
+                    format!(
+                        "{e}. OAUTH_RELAY_CONNECTIONS_FILE must name a file in a writable directory that outlives the process (a volume in a container); set it blank to refuse kept connections instead"
+                    )
+                })?,
+        ),
+        (KeptIn::Nowhere(words), _) => {
+            logging::info(
+                "connections_off",
+                json!({ "effect": "sessions with keep are refused (400)", "why": words }),
+            );
+            return Ok(None);
+        }
+    };
+    let service = Arc::new(connections::Connections::new(
+        store,
+        provider::refreshers(broker.providers()),
+        c.policy.clone(),
+    ));
+    service.observe(broker::connections::needs_reauth_observer(events.clone()));
+    let (keep_alive, ticking) = (c.keep_alive, service.clone());
+    std::thread::Builder::new()
+        .name("connections-keep-alive".into())
+        .spawn(move || loop {
+            std::thread::sleep(keep_alive);
+            let report = ticking.keep_alive_tick(KEEP_ALIVE_BATCH, std::time::Instant::now() + keep_alive);
+            if report.started > 0 || report.skipped > 0 {
+                logging::info(
+                    "connections_keep_alive",
+                    json!({ "due": report.due, "started": report.started, "skipped": report.skipped }),
+                );
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Some(service))
+}
+
+/// Connections one keep-alive pass looks at, at most: the rest wait for the next pass.
+const KEEP_ALIVE_BATCH: usize = 1_000;
+
 /// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
 pub fn serve(config: config::Config) -> Result<(), String> {
     logging::init(config.log_level);
@@ -89,7 +171,7 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         logging::warn(
             "encryption_key_unused",
             json!({ "setting": "OAUTH_RELAY_ENCRYPTION_KEY",
-                    "effect": "it seals only what is stored in Redis, and OAUTH_RELAY_REDIS_URL is not set: pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
+                    "effect": "it seals only what is stored in Redis, and kept connections in their file in broker mode; OAUTH_RELAY_REDIS_URL is not set and broker mode is off (or OAUTH_RELAY_CONNECTIONS_FILE is blank): pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
         );
     }
     let public = server::bind(&config.host, config.port)
@@ -106,6 +188,9 @@ pub fn serve(config: config::Config) -> Result<(), String> {
         }
     };
     let waiters = waiters::Waiters::new(config.max_waiters, config.max_waiters_per_client);
+    // Kept connections, once built (after the providers): told of other replicas' news too.
+    let kept: Arc<std::sync::OnceLock<Arc<connections::Connections>>> = Arc::default();
+    let mut redis_store = None;
     let store: Arc<dyn store::Store> = match &config.redis {
         None => Arc::new(
             store::memory::MemoryStore::new(
@@ -123,8 +208,14 @@ pub fn serve(config: config::Config) -> Result<(), String> {
                     // Sessions stored before providers had names were all Microsoft 365's.
                     .with_unnamed_provider(providers_config::M365),
             );
-            let w = waiters.clone();
-            redis.start_background(move |key| w.notify(key));
+            let (w, k) = (waiters.clone(), kept.clone());
+            redis.start_background(move |key| {
+                w.notify(key);
+                if let Some(k) = k.get() {
+                    k.notified(key);
+                }
+            });
+            redis_store = Some(redis.clone());
             if let Err(e) = store::Store::ping(redis.as_ref()) {
                 logging::warn(
                     "redis_unreachable",
@@ -144,6 +235,11 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
     }
+    let events = config
+        .webhook
+        .clone()
+        .map(|w| start_events(w, config.redis.as_ref()))
+        .transpose()?;
     let broker = match config.broker.clone() {
         None => None,
         Some(b) => {
@@ -155,7 +251,21 @@ pub fn serve(config: config::Config) -> Result<(), String> {
                 .iter()
                 .map(|s| provider::build(s, http.clone(), b.exchange_timeout))
                 .collect::<Result<Vec<_>, String>>()?;
-            Some(broker::Broker::new(b, providers))
+            let broker = broker::Broker::new(b, providers);
+            match &config.connections {
+                None => Some(broker),
+                Some(c) => match start_connections(c, &broker, redis_store, &events)? {
+                    None => Some(broker),
+                    Some(service) => {
+                        let _ = kept.set(service.clone());
+                        Some(broker.with_connections(broker::connections::Kept::new(
+                            service,
+                            config.server.blocking_threads / 2,
+                            c.broker_token,
+                        )))
+                    }
+                },
+            }
         }
     };
     let broker_log = broker.as_ref().map(|b| {
@@ -165,11 +275,6 @@ pub fn serve(config: config::Config) -> Result<(), String> {
             "handle_only_access": b.config.handle_only,
         })
     });
-    let events = config
-        .webhook
-        .clone()
-        .map(|w| start_events(w, config.redis.as_ref()))
-        .transpose()?;
     let app = Arc::new(app::App {
         config: config.clone(),
         store,
@@ -199,6 +304,11 @@ pub fn serve(config: config::Config) -> Result<(), String> {
                 "max_queue": w.max_queue,
             })),
             "broker": broker_log,
+            "connections": config.connections.as_ref().map(|c| match &c.kept_in {
+                KeptIn::Redis => json!({ "kept_in": "redis", "max": c.max }),
+                KeptIn::File { path, .. } => json!({ "kept_in": "file", "file": path.display().to_string(), "max": c.max }),
+                KeptIn::Nowhere(_) => json!({ "kept_in": "nowhere" }),
+            }),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     );

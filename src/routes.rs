@@ -95,7 +95,8 @@ impl Route {
 use Exposure::{Both, Internal, Public};
 
 /// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
-/// before `/login/{link}` (a link id never contains `/`).
+/// before `/login/{link}` (a link id never contains `/`), and `/connections/{id}/token` and
+/// `/reauthorize` before `/connections/{id}` (nor does a connection id).
 pub const ROUTES: &[Route] = &[
     Route {
         name: "/health",
@@ -235,6 +236,42 @@ pub const ROUTES: &[Route] = &[
         cors: None,
         exposure: Internal,
         handle: |app, req, handle| broker::sessions::token(app, req, handle),
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/connections",
+        pattern: Pattern::Exact("/connections"),
+        methods: &["GET"],
+        cors: None,
+        exposure: Internal,
+        handle: |app, req, _| broker::connections::list(app, req),
+        subject: Subject::None,
+    },
+    Route {
+        name: "/connections/{id}/token",
+        pattern: Pattern::Around("/connections/", "/token"),
+        methods: &["POST"],
+        cors: None,
+        exposure: Internal,
+        handle: broker::connections::token,
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/connections/{id}/reauthorize",
+        pattern: Pattern::Around("/connections/", "/reauthorize"),
+        methods: &["POST"],
+        cors: None,
+        exposure: Internal,
+        handle: broker::connections::reauthorize,
+        subject: Subject::Tail,
+    },
+    Route {
+        name: "/connections/{id}",
+        pattern: Pattern::Prefix("/connections/"),
+        methods: &["GET", "DELETE"],
+        cors: None,
+        exposure: Internal,
+        handle: broker::connections::one,
         subject: Subject::Tail,
     },
     Route {
