@@ -219,15 +219,24 @@ fn serve_token(
 ) -> Result<Option<Response>, Error> {
     let broker = broker(app)?;
     let kept = kept(app)?;
-    caller(
-        broker,
-        kept,
-        bearer.map(|b| b.expose()),
-        id,
-        kept.broker_token,
-    )?;
+    // The broker token is checked here; a credential on the record the token is read from (one
+    // read of the store, not two).
+    let credential = match bearer.map(|b| b.expose()) {
+        None => return Err(Error::ConnectionUnauthorized),
+        Some(b) if broker.config.broker_token.matches(b) => {
+            if !kept.broker_token {
+                return Err(Error::BrokerTokenNotAllowed);
+            }
+            None
+        }
+        Some(b) => Some(b),
+    };
+    let token = |deadline| {
+        kept.service
+            .token_for(id, credential, ask.min_ttl, deadline)
+    };
     // First without waiting: a fresh token is answered at once.
-    let token = match kept.service.token(id, ask.min_ttl, Instant::now()) {
+    let token = match token(Instant::now()) {
         Err(ConnError::Pending | ConnError::Busy) if !ask.wait.is_zero() => {
             if !may_wait {
                 return Ok(None);
@@ -237,8 +246,7 @@ fn serve_token(
             if taken >= kept.max_waiting {
                 return Err(Error::Connection(ConnError::Busy));
             }
-            kept.service
-                .token(id, ask.min_ttl, Instant::now() + ask.wait)
+            token(Instant::now() + ask.wait)
         }
         other => other,
     };

@@ -228,7 +228,20 @@ impl Connections {
         min_ttl: Duration,
         deadline: Instant,
     ) -> Result<AccessToken, ConnError> {
-        let (conn, _) = Inner::obtain(&self.inner, id, Want::Token { min_ttl }, deadline)?;
+        self.token_for(id, None, min_ttl, deadline)
+    }
+
+    /// `token`, for the holder of `credential` only (`NotFound` otherwise, exactly as for an
+    /// unknown id), checked on the record the token is read from: one read, not two.
+    pub fn token_for(
+        &self,
+        id: &str,
+        credential: Option<&str>,
+        min_ttl: Duration,
+        deadline: Instant,
+    ) -> Result<AccessToken, ConnError> {
+        let want = Want::Token { min_ttl };
+        let (conn, _) = Inner::obtain(&self.inner, id, credential, want, deadline)?;
         let g = &conn.grant;
         Ok(AccessToken {
             access_token: g.access_token.clone(),
@@ -321,7 +334,7 @@ impl Connections {
                 report.skipped += 1;
                 continue;
             }
-            match Inner::obtain(&self.inner, &id, Want::KeepAlive, deadline) {
+            match Inner::obtain(&self.inner, &id, None, Want::KeepAlive, deadline) {
                 Ok((_, true)) => report.started += 1,
                 Ok(_) | Err(ConnError::NeedsReauth(_)) | Err(ConnError::NotFound) => {}
                 Err(_) => report.skipped += 1,
@@ -395,10 +408,12 @@ impl Inner {
     }
 
     /// The loop behind `token` and the keep-alive: read, decide, swap, wait, until the answer
-    /// or the deadline. Also says whether this call began a refresh.
+    /// or the deadline. Also says whether this call began a refresh. With `credential`, only
+    /// for its holder (`NotFound` otherwise).
     fn obtain(
         this: &Arc<Inner>,
         id: &str,
+        credential: Option<&str>,
         want: Want,
         deadline: Instant,
     ) -> Result<(Connection, bool), ConnError> {
@@ -417,6 +432,9 @@ impl Inner {
                 let Some(v) = found else {
                     return Err(ConnError::NotFound);
                 };
+                if credential.is_some_and(|presented| !v.conn.credential_matches(presented)) {
+                    return Err(ConnError::NotFound);
+                }
                 let c = &v.conn;
                 let refresher = this.refresher(&c.provider)?;
                 let own = |a: &str| this.owns(a);
