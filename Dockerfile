@@ -29,7 +29,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     set -eu; \
     scripts/build-static.sh > /tmp/build-static.out; \
     bin="$(tail -n 1 /tmp/build-static.out)"; \
-    mkdir -p /out; \
+    mkdir -p /out /out/state; \
     cp "$bin" /out/oauth-relay
 
 # ---- runtime ----------------------------------------------------------------------------------
@@ -46,6 +46,14 @@ COPY --from=build --chown=0:0 --chmod=0555 /out/oauth-relay /oauth-relay
 # enforcing runAsNonRoot cannot verify a user *name* (it refuses to start the container unless the
 # pod also sets runAsUser). Matches runAsUser/runAsGroup 65532 in deploy/base/deployment.yaml.
 USER 65532:65532
+
+# Kept connections (broker mode with OAUTH_RELAY_ENCRYPTION_KEY, without Redis) live in a redb
+# file in this directory, owned by the relay's user; a volume, so it outlives the container
+# (`docker run -v oauth-relay-state:/var/lib/oauth-relay ...`; in Kubernetes,
+# deploy/overlays/single mounts a PersistentVolumeClaim there, the root filesystem read-only).
+COPY --from=build --chown=65532:65532 /out/state /var/lib/oauth-relay
+ENV OAUTH_RELAY_CONNECTIONS_FILE=/var/lib/oauth-relay/connections.redb
+VOLUME /var/lib/oauth-relay
 
 # Listen on every interface inside the container (127.0.0.1 would be unreachable through a
 # published port) on the unprivileged port 8000, which a non-root user may bind.

@@ -2,6 +2,7 @@
 """A local fake GitHub OAuth app and REST API for broker sign-in benchmarks (127.0.0.1 only).
 
   fake_github.py PORT [--delay SECS] [--client-id ID] [--client-secret SECRET] [--email ADDR]
+                       [--app SECS]
 
   GET  /login/oauth/authorize?client_id&redirect_uri&state&code_challenge&code_challenge_method=S256
        -> 302 to redirect_uri?code=<fresh code>&state=<state> (the challenge is remembered)
@@ -11,6 +12,12 @@
        hash (S256) to the challenge, and errors are HTTP 200 {"error": ...} as GitHub's are
   GET  /user         (Bearer token) -> {"id","login","email":null}
   GET  /user/emails  (Bearer token) -> [{"email": ADDR, "primary": true, "verified": true}]
+
+With --app SECS it is a GitHub App with expiring user tokens: answers carry `expires_in` SECS and
+a `refresh_token`, which `grant_type=refresh_token` redeems once (GitHub's rule: a used one is
+`bad_refresh_token`) for new tokens; `GET /_stats` answers {"refresh_ms": [...]}, how long each
+successful refresh took inside the fake (its own handling, from the request's arrival to its
+answer), in order (for bench/connections.py, which subtracts it from what a caller waited).
 
 One asyncio loop, HTTP/1.1 with keep-alive and Content-Length bodies only (all the relay's ureq
 client and bench/signins.py send); --delay sleeps without holding anything, so any number of
@@ -26,6 +33,7 @@ import json
 import secrets
 import signal
 import sys
+import time
 import urllib.parse
 from collections import Counter, OrderedDict
 
@@ -49,6 +57,9 @@ class FakeGitHub:
         self.email = args.email
         self.codes = OrderedDict()  # code -> (challenge, redirect_uri, client_id)
         self.tokens = OrderedDict()  # access token -> user id
+        self.refresh = OrderedDict()  # refresh token -> user id (one-time)
+        self.app = args.app
+        self.refresh_ms = []
         self.next_user = 1000
 
     @staticmethod
@@ -72,10 +83,36 @@ class FakeGitHub:
         location = redirect_uri + sep + urllib.parse.urlencode({"code": code, "state": state})
         return 302, {"Location": location}, b""
 
+    def grant(self, user):
+        token = ("ghu_" if self.app else "gho_") + secrets.token_hex(16)
+        self.remember(self.tokens, token, user, MAX_TOKENS)
+        answer = {"access_token": token, "token_type": "bearer", "scope": "" if self.app else SCOPE}
+        if self.app:
+            refresh = "ghr_" + secrets.token_hex(32)
+            self.remember(self.refresh, refresh, user, MAX_TOKENS)
+            answer.update({"expires_in": self.app, "refresh_token": refresh,
+                           "refresh_token_expires_in": 15811200})
+        return answer
+
     async def access_token(self, headers, body):
+        started = time.perf_counter()
         if self.delay > 0:
             await asyncio.sleep(self.delay)
         form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode()).items()}
+        if self.app and form.get("grant_type") == "refresh_token":
+            user = self.refresh.pop(form.get("refresh_token", ""), None)
+            if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+                answer = {"error": "incorrect_client_credentials"}
+            elif user is None:
+                answer = {"error": "bad_refresh_token"}
+            else:
+                answer = self.grant(user)
+                COUNTS["refresh"] += 1
+            if "error" in answer:
+                COUNTS["errors"] += 1
+            else:
+                self.refresh_ms.append((time.perf_counter() - started) * 1000)
+            return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
         error = None
         entry = self.codes.pop(form.get("code", ""), None)  # one-time, even when refused
         if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
@@ -90,11 +127,9 @@ class FakeGitHub:
             COUNTS["errors"] += 1
             answer = {"error": error, "error_description": error.replace("_", " ")}
         else:
-            token = "gho_" + secrets.token_hex(16)
             self.next_user += 1
-            self.remember(self.tokens, token, self.next_user, MAX_TOKENS)
             COUNTS["token"] += 1
-            answer = {"access_token": token, "token_type": "bearer", "scope": SCOPE}
+            answer = self.grant(self.next_user)
         if "application/json" in headers.get("accept", ""):
             return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
         return 200, {"Content-Type": "application/x-www-form-urlencoded"}, \
@@ -122,6 +157,9 @@ class FakeGitHub:
             return await self.access_token(headers, body)
         if method == "GET" and path in ("/user", "/user/emails"):
             return self.api(path, headers)
+        if method == "GET" and path == "/_stats":
+            body = json.dumps({"refresh_ms": self.refresh_ms}).encode()
+            return 200, {"Content-Type": "application/json"}, body
         COUNTS["errors"] += 1
         return 404, {"Content-Type": "application/json"}, b'{"message":"Not Found"}'
 
@@ -170,7 +208,7 @@ async def main(args):
     async with server:
         await stop.wait()
     print(f"FAKE_GITHUB authorize={COUNTS['authorize']} token={COUNTS['token']} "
-          f"api={COUNTS['api']} errors={COUNTS['errors']}", flush=True)
+          f"refresh={COUNTS['refresh']} api={COUNTS['api']} errors={COUNTS['errors']}", flush=True)
 
 
 if __name__ == "__main__":
@@ -180,4 +218,6 @@ if __name__ == "__main__":
     p.add_argument("--client-id", default="bench-client")
     p.add_argument("--client-secret", default="bench-secret")
     p.add_argument("--email", default="ana@example.com")
+    p.add_argument("--app", type=int, default=0,
+                   help="a GitHub App: user tokens expire after this many seconds and refresh")
     sys.exit(asyncio.run(main(p.parse_args())))

@@ -35,6 +35,10 @@ pub const BLOCKING_THREAD: u64 = 64 * KIB;
 /// An undelivered completion event in the in-memory outbox: its id, JSON body and indexes
 /// (measured about 570 bytes: 924 with its callback, `bench/events.py`).
 pub const WEBHOOK_EVENT: u64 = 768;
+/// A refresh of a kept connection in progress: its worker thread and the thread presenting the
+/// refresh token (stack pages touched, a TLS connection's buffers), as a blocking thread each.
+/// At most `Policy::max_refreshing` (32) at once.
+pub const REFRESH: u64 = 2 * BLOCKING_THREAD;
 /// Allocator rounding and fragmentation on what strangers size (headers, bodies, states).
 const SLACK_PERCENT: u64 = 25;
 
@@ -72,6 +76,23 @@ pub fn worst_case(c: &Config) -> Budget {
     if c.log_level != crate::logging::Level::Off {
         // Lines waiting for stderr, and the batch being written (logging.rs).
         items.push(("log buffer", 2 * crate::logging::MAX_BUFFERED_BYTES as u64));
+    }
+    if let (Some(_), Some(kept)) = (&c.broker, &c.connections) {
+        use crate::connections::config::KeptIn;
+        if !matches!(kept.kept_in, KeptIn::Nowhere(_)) {
+            items.push((
+                "connection refreshes",
+                kept.policy.max_refreshing as u64 * REFRESH,
+            ));
+        }
+        // Connections are not held in memory: the file's pages redb caches, at most this
+        // (measured: `bench/connections.sh`, README "Kept connections").
+        if let KeptIn::File { .. } = kept.kept_in {
+            items.push((
+                "connections file cache",
+                crate::connections::embedded::CACHE_BYTES as u64,
+            ));
+        }
     }
     if c.redis.is_none() {
         items.push((
@@ -114,6 +135,38 @@ mod tests {
             "{budget:?} totals {} MiB",
             budget.total() / MIB
         );
+    }
+
+    #[test]
+    fn kept_connections_count_the_files_cache_and_the_refreshes_in_flight() {
+        use clap::Parser;
+        let key = format!("k1:{}", base64::prelude::BASE64_STANDARD.encode([7u8; 32]));
+        let budget = |extra: &[&str]| {
+            let mut argv = vec![
+                "oauth-relay",
+                "--public-url",
+                "https://relay.example",
+                "--broker-token",
+                "0123456789abcdef0123",
+                "--m365-client-id",
+                "client",
+            ];
+            argv.extend_from_slice(extra);
+            let cli = crate::config::Cli::try_parse_from(argv).unwrap();
+            worst_case(&Config::from_args(cli.serve, &Default::default()).unwrap())
+        };
+        let item = |b: &Budget, name: &str| b.items.iter().find(|(n, _)| *n == name).map(|i| i.1);
+        let file = budget(&["--encryption-key", &key]);
+        assert_eq!(
+            item(&file, "connections file cache"),
+            Some(crate::connections::embedded::CACHE_BYTES as u64)
+        );
+        assert_eq!(item(&file, "connection refreshes"), Some(32 * REFRESH));
+        // No store for them: nothing kept, nothing refreshed.
+        let none = budget(&[]);
+        assert_eq!(item(&none, "connections file cache"), None);
+        assert_eq!(item(&none, "connection refreshes"), None);
+        assert_eq!(file.total() - none.total(), 16 * MIB + 32 * REFRESH);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The client subcommands: `wait` (long-poll a relay for one state), `register` (register a
 //! state with the hash of a new retrieval secret), `login-link` (ask a broker for a login
-//! link, optionally wait for the tokens, optionally sealed to a key), `keygen` and `open` (a key
+//! link, optionally wait for the tokens, optionally sealed to a key, optionally kept as a
+//! connection), `token` (a kept connection's fresh access token), `keygen` and `open` (a key
 //! pair for sealed answers, and opening one) and `healthcheck`.
 
 use crate::config::{
-    server_url, HealthcheckArgs, KeygenArgs, LoginLinkArgs, OpenArgs, RegisterArgs, WaitArgs,
+    server_url, HealthcheckArgs, KeygenArgs, LoginLinkArgs, OpenArgs, RegisterArgs, TokenArgs,
+    WaitArgs,
 };
 use crate::http::RETRIEVAL_SECRET_HEADER;
 use crate::seal::{self, PrivateKey, SealKey};
@@ -312,6 +314,9 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
     if let Some((public, _)) = &sealing {
         body["seal_to"] = public.to_jwk();
     }
+    if args.keep {
+        body["keep"] = Value::Bool(true);
+    }
     let created = crate::outbound::agent(Duration::from_secs(30))
         .post(&format!("{base}{path}"))
         .header("Authorization", &auth)
@@ -334,6 +339,14 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
             let also = "; and broker mode must be on there";
             eprintln!("{LABEL}: {}", not_served_hint("WK_CALLBACK_SERVER", also));
         }
+        return ExitCode::from(1);
+    }
+    // A broker that predates kept connections ignores keep: it would hand the refresh token out.
+    if args.keep && session["keep"] != Value::Bool(true) {
+        eprintln!(
+            "{LABEL}: the broker did not take --keep (a version without kept connections?); \
+             not printing the link"
+        );
         return ExitCode::from(1);
     }
     // A broker that predates sealing ignores seal_to: it would hand the tokens out in the clear.
@@ -408,6 +421,144 @@ pub fn login_link(args: LoginLinkArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A secret read from the variable `env` names or the first line of stdin (`what` names it in
+/// messages, never its value).
+fn secret_from(env: Option<&str>, stdin: bool, what: &str) -> Result<Option<Secret>, String> {
+    let secret = if let Some(name) = env {
+        std::env::var(name).map_err(|_| {
+            format!("the environment variable {name} ({what}) is not set (or not UTF-8)")
+        })?
+    } else if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading {what} from stdin: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        return Ok(None);
+    };
+    if secret.trim().is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    Ok(Some(Secret::new(secret.trim())))
+}
+
+/// `oauth-relay token CONNECTION`: asks the broker for the connection's access token, waiting
+/// out refreshes the broker says are running (503 with Retry-After) until --timeout-secs.
+pub fn token(args: TokenArgs) -> ExitCode {
+    const LABEL: &str = "oauth-relay token";
+    let fail = |message: String| {
+        eprintln!("{LABEL}: {message}");
+        ExitCode::from(1)
+    };
+    let base = match server_url(&args.server, "--server", "WK_CALLBACK_SERVER") {
+        Ok(base) => base,
+        Err(message) => return fail(message),
+    };
+    let bearer = match (&args.broker_token_env, &args.credential_env) {
+        (Some(name), _) => secret_from(Some(name), false, "the broker token"),
+        (None, env) => secret_from(env.as_deref(), args.credential_stdin, "the credential"),
+    };
+    let bearer = match bearer {
+        Ok(Some(bearer)) => bearer,
+        Ok(None) => {
+            return fail(
+                "give the connection's credential with --credential-env NAME or --credential-stdin (or the broker token with --broker-token-env NAME)"
+                    .into(),
+            )
+        }
+        Err(message) => return fail(message),
+    };
+    let sealing = match args.seal_to.as_deref().map(seal_key_file).transpose() {
+        Ok(sealing) => sealing,
+        Err(message) => return fail(format!("--seal-to: {message}")),
+    };
+    let mut body = serde_json::json!({ "min_ttl": args.min_ttl });
+    if let Some((public, _)) = &sealing {
+        body["seal_to"] = public.to_jwk();
+    }
+    let id: String =
+        percent_encoding::utf8_percent_encode(&args.connection, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let url = format!("{base}/connections/{id}/token");
+    let auth = format!("Bearer {}", bearer.expose());
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut backoff = Backoff::new();
+    let (status, text, answer) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let sent =
+            crate::outbound::agent(left.max(Duration::from_secs(1)) + Duration::from_secs(5))
+                .post(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(body.to_string());
+        match sent {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let text = r.body_mut().read_to_string().unwrap_or_default();
+                let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                // A refresh still running, or the broker busy: retry within the deadline.
+                let retry =
+                    status == 503 && matches!(json["status"].as_str(), Some("pending" | "busy"));
+                if !retry || Instant::now() >= deadline {
+                    break (status, text, json);
+                }
+                match retry_after {
+                    Some(secs) => std::thread::sleep(
+                        Duration::from_secs(secs)
+                            .min(deadline.saturating_duration_since(Instant::now())),
+                    ),
+                    None => backoff.pause(deadline),
+                }
+            }
+            Err(e) => return fail(e.to_string()),
+        }
+    };
+    match status {
+        200 => {}
+        409 if answer["status"] == "needs_reauth" => {
+            eprintln!(
+                "{LABEL}: the connection needs a new sign-in ({}): POST {base}/connections/{id}/reauthorize gives a login link for it",
+                answer["reason"].as_str().unwrap_or("unknown")
+            );
+            return ExitCode::from(2);
+        }
+        404 if answer["message"] == crate::error::Error::NotFound.message() => {
+            return fail(
+                "no such connection, or the credential is not its own (404 Not found); \
+                 with split listeners, --server is the internal listener"
+                    .into(),
+            )
+        }
+        status => return fail(message_of(status, &answer)),
+    }
+    let claims = match &sealing {
+        None => answer,
+        Some(_) if !answer["sealed"].is_string() => {
+            return fail("the broker answered without sealing; refusing the answer".into())
+        }
+        Some((_, None)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Some((_, Some(private))) => match open_answer(private, &text, Some(&args.connection)) {
+            Ok(claims) => claims,
+            Err(message) => return fail(format!("the sealed answer: {message}")),
+        },
+    };
+    match claims["access_token"].as_str() {
+        Some(token) if !args.json => println!("{token}"),
+        Some(_) => println!("{claims}"),
+        None => return fail("the answer has no access_token".into()),
+    }
+    ExitCode::SUCCESS
 }
 
 /// A JWK file read whole; its content is never repeated in a message (it may hold a private key).

@@ -63,6 +63,15 @@ pub enum Command {
     /// Exit status: 0 when opened; 1 for an answer sealed to another key, altered, expired, for
     /// another session (with --audience), or anything else.
     Open(OpenArgs),
+    /// Print a fresh access token of a kept connection (for scripts), refreshed by the broker
+    /// if needed; the refresh token never leaves the broker.
+    ///
+    /// The connection's credential comes from the variable --credential-env names or the first
+    /// line of stdin (--credential-stdin), never from the command line; or the broker token
+    /// from the variable --broker-token-env names, where the broker allows it. Prints the
+    /// access token alone (--json: the whole answer). Exit status: 0 with a token; 2 when the
+    /// connection needs a new sign-in (reason on stderr); 1 otherwise.
+    Token(TokenArgs),
     /// Exit 0 when the local server answers /health, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
     /// Run a deployment's validation checklist against its public and internal URLs and print
@@ -202,6 +211,8 @@ pub struct ServeArgs {
     pub broker: crate::broker_config::BrokerArgs,
     #[command(flatten)]
     pub webhook: crate::events::config::WebhookArgs,
+    #[command(flatten)]
+    pub connections: crate::connections::config::ConnectionsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -270,11 +281,50 @@ pub struct LoginLinkArgs {
     /// are printed as without sealing; a public key prints the sealed answer as it came.
     #[arg(long, value_name = "FILE")]
     pub seal_to: Option<std::path::PathBuf>,
+    /// Ask the broker to keep the grant as a connection: with --wait, the answer names the
+    /// connection and its credential (printed once) instead of the refresh token.
+    #[arg(long)]
+    pub keep: bool,
     /// Wait for the sign-in and print the tokens.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = defaults::TTL_SECS)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The connection's id (`connection.id` in the answer of the sign-in that made it).
+    pub connection: String,
+    /// Base URL of the broker (its internal listener, when it has one).
+    #[arg(long, env = "WK_CALLBACK_SERVER", default_value = defaults::SERVER_URL)]
+    pub server: String,
+    /// Read the connection's credential from this environment variable. There is no option
+    /// taking the credential itself: command lines are visible to other users.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["credential_stdin", "broker_token_env"])]
+    pub credential_env: Option<String>,
+    /// Read the connection's credential from the first line of standard input.
+    #[arg(long, conflicts_with = "broker_token_env")]
+    pub credential_stdin: bool,
+    /// Present the broker token, read from this environment variable, instead of the
+    /// connection's credential (the broker must allow it: OAUTH_RELAY_CONNECTIONS_BROKER_TOKEN).
+    #[arg(long, value_name = "NAME")]
+    pub broker_token_env: Option<String>,
+    /// Seconds of life the token must have left (the broker refreshes it otherwise).
+    #[arg(long, default_value_t = 0)]
+    pub min_ttl: u64,
+    /// A JWK file: the broker seals the answer to its public key (only the public part is
+    /// sent). A private key (as `keygen` writes it) opens the answer and the token is printed
+    /// as without sealing; a public key prints the sealed answer as it came.
+    #[arg(long, value_name = "FILE")]
+    pub seal_to: Option<std::path::PathBuf>,
+    /// Print the whole answer as one JSON line (the token, its expiry and scope) instead of the
+    /// access token alone.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds while the broker says a refresh is still running.
+    #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
 }
 
@@ -483,9 +533,12 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Signed completion events, when an endpoint is configured.
     pub webhook: Option<crate::events::config::WebhookConfig>,
-    /// OAUTH_RELAY_ENCRYPTION_KEY is set (and valid) but nothing uses it: it seals only what is
-    /// stored in Redis. Start-up warns rather than refuses: the key is harmless, an operator may
-    /// set it ahead of moving to Redis, and a store in this process may use it later; but
+    /// Kept connections' settings, in broker mode (whether they can be kept at all is
+    /// `ConnectionsConfig::kept_in`).
+    pub connections: Option<crate::connections::config::ConnectionsConfig>,
+    /// OAUTH_RELAY_ENCRYPTION_KEY is set (and valid) but nothing uses it: it seals what is
+    /// stored in Redis, and kept connections in their file (broker mode). Start-up warns rather
+    /// than refuses: the key is harmless, an operator may set it ahead of moving to Redis; but
     /// nobody should believe it protects what is held in memory.
     pub unused_encryption_key: bool,
 }
@@ -659,6 +712,7 @@ impl Default for Config {
             broker: None,
             redis: None,
             webhook: None,
+            connections: None,
             unused_encryption_key: false,
         }
     }
@@ -734,6 +788,8 @@ pub enum ConfigError {
     Cors(String),
     /// The broker's and its providers' settings, in their own words.
     Broker(String),
+    /// Kept connections' settings, in their own words.
+    Connections(String),
 }
 
 impl ConfigError {
@@ -763,7 +819,8 @@ impl ConfigError {
             | ConfigError::EncryptionKey(words)
             | ConfigError::Webhook(words)
             | ConfigError::Cors(words)
-            | ConfigError::Broker(words) => words.clone(),
+            | ConfigError::Broker(words)
+            | ConfigError::Connections(words) => words.clone(),
         }
     }
 }
@@ -802,7 +859,7 @@ impl Config {
             // Checked all the same: a typo should not wait for the day Redis is turned on.
             crate::keyring::Keyring::parse(key).map_err(ConfigError::EncryptionKey)?;
         }
-        let unused_encryption_key = redis.is_none() && key.is_some();
+        let key = key.map(str::to_string);
         let webhook = crate::events::config::WebhookConfig::from_args(a.webhook.clone())
             .map_err(ConfigError::Webhook)?;
         let api_token = match a.api_token {
@@ -846,6 +903,22 @@ impl Config {
         let trusted_proxies =
             TrustedProxies::parse(&a.trusted_proxies, header).map_err(ConfigError::TrustedProxy)?;
         let log_level = Level::parse(&a.log_level).ok_or(ConfigError::LogLevel)?;
+        let broker = crate::broker_config::BrokerConfig::from_args(a.broker, env)
+            .map_err(ConfigError::Broker)?;
+        // Connections serve broker sign-ins: off with broker mode.
+        let connections = match broker {
+            None => None,
+            Some(_) => Some(
+                crate::connections::config::ConnectionsConfig::from_args(
+                    a.connections,
+                    redis.is_some(),
+                    key.as_deref(),
+                )
+                .map_err(ConfigError::Connections)?,
+            ),
+        };
+        let uses_file = connections.as_ref().is_some_and(|c| c.uses_file());
+        let unused_encryption_key = redis.is_none() && key.is_some() && !uses_file;
         Ok(Config {
             redis,
             host: a.host,
@@ -902,9 +975,9 @@ impl Config {
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
                 give_up_after: ServerOptions::default().give_up_after,
             },
-            broker: crate::broker_config::BrokerConfig::from_args(a.broker, env)
-                .map_err(ConfigError::Broker)?,
+            broker,
             webhook,
+            connections,
             unused_encryption_key,
         })
     }

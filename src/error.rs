@@ -63,6 +63,15 @@ pub enum Error {
     ClientConnectionsFull,
     Unavailable,
     Internal,
+    /// A connection's route without a bearer credential.
+    ConnectionUnauthorized,
+    /// The broker token where only a connection's own credential will do
+    /// (`OAUTH_RELAY_CONNECTIONS_BROKER_TOKEN` off).
+    BrokerTokenNotAllowed,
+    /// Broker mode is on, but connections cannot be kept: the words name the setting.
+    ConnectionsOff(&'static str),
+    /// What a connection's token or re-authorization could not give (`connections::ConnError`).
+    Connection(crate::connections::ConnError),
 }
 
 /// Who reads the answer: a program (JSON) or a person in a browser (a page). Each route says
@@ -103,6 +112,22 @@ impl Error {
             Error::BodyTooLarge => 413,
             Error::RequestTimeout => 408,
             Error::Internal => 500,
+            Error::ConnectionUnauthorized => 401,
+            Error::BrokerTokenNotAllowed => 403,
+            Error::ConnectionsOff(_) => 404,
+            Error::Connection(e) => {
+                use crate::connections::ConnError as C;
+                match e {
+                    C::NotFound => 404,
+                    C::NeedsReauth(_) | C::IdentityMismatch => 409,
+                    C::BackingOff { .. }
+                    | C::Pending
+                    | C::Busy
+                    | C::NoRefresher(_)
+                    | C::Full
+                    | C::Unavailable(_) => 503,
+                }
+            }
         }
     }
 
@@ -154,6 +179,31 @@ impl Error {
             }
             Error::Unavailable => "State storage is unavailable; try again shortly",
             Error::Internal => "Internal server error",
+            Error::ConnectionUnauthorized => "Missing connection credential",
+            Error::BrokerTokenNotAllowed => {
+                "The broker token does not stand for a connection's credential here (OAUTH_RELAY_CONNECTIONS_BROKER_TOKEN is off)"
+            }
+            Error::ConnectionsOff(m) => m,
+            Error::Connection(e) => {
+                use crate::connections::ConnError as C;
+                match e {
+                    C::NotFound => "Not found",
+                    C::NeedsReauth(_) => {
+                        "The connection needs a new sign-in: POST /connections/{id}/reauthorize gives a login link for it"
+                    }
+                    C::BackingOff { .. } => {
+                        "The provider refused the last refreshes; retry after Retry-After"
+                    }
+                    C::Pending => "A refresh is in progress; retry shortly",
+                    C::Busy => "Too many refreshes in progress; retry shortly",
+                    C::IdentityMismatch => "Another account signed in",
+                    C::NoRefresher(_) => {
+                        "The connection's provider is not configured on this replica"
+                    }
+                    C::Full => "Too many kept connections (OAUTH_RELAY_MAX_KEPT_CONNECTIONS)",
+                    C::Unavailable(_) => "State storage is unavailable; try again shortly",
+                }
+            }
         }
     }
 
@@ -205,11 +255,27 @@ impl Error {
 
     /// The header this error's answer carries whatever its face: what a client needs to act on
     /// it (which method to use, how to authenticate, when to retry).
-    pub fn header(&self) -> Option<(&'static str, &'static str)> {
+    pub fn header(&self) -> Option<(&'static str, std::borrow::Cow<'static, str>)> {
+        let retry_after = |secs: u64| Some(("Retry-After", secs.to_string().into()));
         match self {
-            Error::MethodNotAllowed(allow) => Some(("Allow", allow)),
-            Error::Unauthorized | Error::BrokerUnauthorized => {
-                Some(("WWW-Authenticate", "Bearer realm=\"oauth-relay\""))
+            Error::MethodNotAllowed(allow) => Some(("Allow", (*allow).into())),
+            Error::Unauthorized | Error::BrokerUnauthorized | Error::ConnectionUnauthorized => {
+                Some(("WWW-Authenticate", "Bearer realm=\"oauth-relay\"".into()))
+            }
+            Error::Connection(e) => {
+                use crate::connections::ConnError as C;
+                match e {
+                    C::BackingOff { until, .. } => retry_after(
+                        until
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default()
+                            .as_secs()
+                            .max(1),
+                    ),
+                    C::Pending | C::Busy => retry_after(1),
+                    C::NoRefresher(_) | C::Full | C::Unavailable(_) => retry_after(5),
+                    C::NotFound | C::NeedsReauth(_) | C::IdentityMismatch => None,
+                }
             }
             Error::StoreFull
             | Error::SessionsFull
@@ -217,10 +283,10 @@ impl Error {
             | Error::QuotaExceeded(_)
             | Error::ConnectionsFull
             | Error::ClientConnectionsFull
-            | Error::Unavailable => Some(("Retry-After", "5")),
+            | Error::Unavailable => retry_after(5),
             // A share frees as the client's entries are retrieved or expire: minutes, not
             // seconds, for one that filled it with junk.
-            Error::TooManyPending => Some(("Retry-After", "60")),
+            Error::TooManyPending => retry_after(60),
             _ => None,
         }
     }
@@ -231,6 +297,22 @@ impl Error {
             (Face::Page, Error::NotFound) => Response::html(status, pages::not_found()),
             (Face::Page, _) => {
                 Response::html(status, pages::problem(self.message(), self.advice()))
+            }
+            (Face::Api, Error::Connection(e)) => {
+                use crate::connections::ConnError as C;
+                // `status` names the connection's state where the caller acts on it.
+                let (code, reason) = match e {
+                    C::NeedsReauth(r) => ("needs_reauth", r.clone()),
+                    C::BackingOff { reason, .. } => ("backing_off", reason.clone()),
+                    C::Pending => ("pending", None),
+                    C::Busy => ("busy", None),
+                    _ => ("error", None),
+                };
+                let mut body = json!({ "status": code, "message": self.message() });
+                if code != "error" {
+                    body["reason"] = json!(reason);
+                }
+                Response::json(status, &body)
             }
             (Face::Api, _) => Response::json(
                 status,

@@ -8,6 +8,7 @@ use crate::budget;
 use crate::config;
 use crate::config::ConfigError;
 use crate::connections;
+use crate::connections::config::KeptIn;
 use crate::events;
 use crate::http;
 use crate::kv;
@@ -47,6 +48,9 @@ pub enum Fatal {
     Provider(String),
     /// The completion events' outbox could not be set up, in its words.
     Events(String),
+    /// Kept connections could not be set up (their file, or their names key in Redis), in its
+    /// words.
+    Connections(String),
     /// The store's sweeper thread could not be started.
     Sweeper(std::io::Error),
     /// The server's runtime or threads could not be started.
@@ -70,9 +74,10 @@ impl std::fmt::Display for Fatal {
                     "cannot listen on OAUTH_RELAY_INTERNAL_ADDR {addr}: {error}"
                 )
             }
-            Fatal::Store(words) | Fatal::Provider(words) | Fatal::Events(words) => {
-                f.write_str(words)
-            }
+            Fatal::Store(words)
+            | Fatal::Provider(words)
+            | Fatal::Events(words)
+            | Fatal::Connections(words) => f.write_str(words),
             Fatal::Sweeper(error) => error.fmt(f),
             Fatal::Server(error) => write!(f, "cannot start the server: {error}"),
             Fatal::Signals(error) => write!(f, "cannot install signal handlers: {error}"),
@@ -147,6 +152,84 @@ fn check_redis(store: &store::redis::RedisStore, kv: &kv::Kv) {
     }
 }
 
+/// Kept connections in Redis, on the store's connection. Checks the names key (a changed one
+/// would silently lose every connection); persistence is checked once for all (`check_redis`).
+fn redis_connections(
+    redis: &Arc<store::redis::RedisStore>,
+    max: usize,
+) -> Result<Arc<dyn connections::ConnectionStore>, Fatal> {
+    let store = connections::redis::RedisConnections::new(redis.clone(), max);
+    if let Err(e) = store.check_key_names() {
+        if e.contains("another names key") {
+            return Err(Fatal::Connections(e));
+        }
+        logging::warn(
+            "connections_names_unchecked",
+            json!({ "error": e, "effect": "checked again at the next start-up" }),
+        );
+    }
+    Ok(Arc::new(store))
+}
+
+/// Kept connections on the store the configuration names, refreshed through the broker's
+/// providers, with their keep-alive thread; `None` when they cannot be kept (then `keep` is
+/// refused with the words naming the setting).
+fn start_connections(
+    c: &connections::config::ConnectionsConfig,
+    broker: &broker::Broker,
+    redis: Option<Arc<store::redis::RedisStore>>,
+    events: &Option<Arc<events::Events>>,
+) -> Result<Option<Arc<connections::Connections>>, Fatal> {
+    let store: Arc<dyn connections::ConnectionStore> = match (&c.kept_in, redis) {
+        (KeptIn::Redis, Some(redis)) => redis_connections(&redis, c.max)?,
+        (KeptIn::Redis, None) => {
+            return Err(Fatal::Connections(
+                "connections in Redis without a Redis store".into(),
+            ))
+        }
+        (KeptIn::File { path, keys, .. }, _) => Arc::new(
+            connections::embedded::EmbeddedConnections::open(path, keys.clone(), c.max)
+                .map_err(|e| {
+                    Fatal::Connections(format!(
+                        "{e}. OAUTH_RELAY_CONNECTIONS_FILE must name a file in a writable directory that outlives the process (a volume in a container); set it blank to refuse kept connections instead"
+                    ))
+                })?,
+        ),
+        (KeptIn::Nowhere(words), _) => {
+            logging::info(
+                "connections_off",
+                json!({ "effect": "sessions with keep are refused (400)", "why": words }),
+            );
+            return Ok(None);
+        }
+    };
+    let service = Arc::new(connections::Connections::new(
+        store,
+        provider::refreshers(broker.providers()),
+        c.policy.clone(),
+    ));
+    service.observe(broker::connections::needs_reauth_observer(events.clone()));
+    let (keep_alive, ticking) = (c.keep_alive, service.clone());
+    std::thread::Builder::new()
+        .name("connections-keep-alive".into())
+        .spawn(move || loop {
+            std::thread::sleep(keep_alive);
+            let report = ticking
+                .keep_alive_tick(KEEP_ALIVE_BATCH, std::time::Instant::now() + keep_alive);
+            if report.started > 0 || report.skipped > 0 {
+                logging::info(
+                    "connections_keep_alive",
+                    json!({ "due": report.due, "started": report.started, "skipped": report.skipped }),
+                );
+            }
+        })
+        .map_err(|e| Fatal::Connections(e.to_string()))?;
+    Ok(Some(service))
+}
+
+/// Connections one keep-alive pass looks at, at most: the rest wait for the next pass.
+const KEEP_ALIVE_BATCH: usize = 1_000;
+
 /// Serves until SIGTERM or SIGINT (Ok) or until accepting connections is lost for good (Err).
 pub fn serve(config: config::Config) -> Result<(), Fatal> {
     logging::init(config.log_level);
@@ -155,7 +238,7 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
         logging::warn(
             "encryption_key_unused",
             json!({ "setting": "OAUTH_RELAY_ENCRYPTION_KEY",
-                    "effect": "it seals only what is stored in Redis, and no Redis is configured: pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
+                    "effect": "it seals only what is stored in Redis, and kept connections in their file in broker mode; no Redis is configured and broker mode is off (or OAUTH_RELAY_CONNECTIONS_FILE is blank): pending callbacks, sessions and tokens are held in this process's memory, not encrypted" }),
         );
     }
     let public = server::bind(&config.host, config.port).map_err(|error| Fatal::Listen {
@@ -175,6 +258,9 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
         }
     };
     let waiters = waiters::Waiters::new(config.max_waiters, config.max_waiters_per_client);
+    // Kept connections, once built (after the providers): told of other replicas' news too.
+    let kept: Arc<std::sync::OnceLock<Arc<connections::Connections>>> = Arc::default();
+    let mut redis_store = None;
     // One Redis layer for the store and the outbox: one connection per server, shared.
     let kv = config
         .redis
@@ -190,11 +276,20 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
                     // Sessions stored before providers had names were all Microsoft 365's.
                     .with_unnamed_provider(providers_config::M365),
             );
-            let (w, all) = (waiters.clone(), waiters.clone());
+            let (w, all, k) = (waiters.clone(), waiters.clone(), kept.clone());
             // After a failover (or any lost subscription) news may have been missed: every
             // local long-poll looks again.
-            redis.start_background(move |key| w.notify(key), move || all.notify_all());
+            redis.start_background(
+                move |key| {
+                    w.notify(key);
+                    if let Some(k) = k.get() {
+                        k.notified(key);
+                    }
+                },
+                move || all.notify_all(),
+            );
             check_redis(&redis, kv);
+            redis_store = Some(redis.clone());
             redis
         }
         _ => Arc::new(
@@ -217,6 +312,10 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
             })
             .map_err(Fatal::Sweeper)?;
     }
+    let events = config
+        .webhook
+        .clone()
+        .map(|w| start_events(w, kv.as_ref().zip(config.redis.as_ref())));
     let broker = match config.broker.clone() {
         None => None,
         Some(b) => {
@@ -229,7 +328,21 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
                 .map(|s| provider::build(s, http.clone(), b.exchange_timeout))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(Fatal::Provider)?;
-            Some(broker::Broker::new(b, providers))
+            let broker = broker::Broker::new(b, providers);
+            match &config.connections {
+                None => Some(broker),
+                Some(c) => match start_connections(c, &broker, redis_store, &events)? {
+                    None => Some(broker),
+                    Some(service) => {
+                        let _ = kept.set(service.clone());
+                        Some(broker.with_connections(broker::connections::Kept::new(
+                            service,
+                            config.server.blocking_threads / 2,
+                            c.broker_token,
+                        )))
+                    }
+                },
+            }
         }
     };
     let broker_log = broker.as_ref().map(|b| {
@@ -239,10 +352,6 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
             "handle_only_access": b.config.handle_only,
         })
     });
-    let events = config
-        .webhook
-        .clone()
-        .map(|w| start_events(w, kv.as_ref().zip(config.redis.as_ref())));
     let counters = Arc::new(server::Counters::default());
     let app = Arc::new(app::App {
         config: config.clone(),
@@ -281,6 +390,11 @@ pub fn serve(config: config::Config) -> Result<(), Fatal> {
                 "max_queue": w.max_queue,
             })),
             "broker": broker_log,
+            "connections": config.connections.as_ref().map(|c| match &c.kept_in {
+                KeptIn::Redis => json!({ "kept_in": "redis", "max": c.max }),
+                KeptIn::File { path, .. } => json!({ "kept_in": "file", "file": path.display().to_string(), "max": c.max }),
+                KeptIn::Nowhere(_) => json!({ "kept_in": "nowhere" }),
+            }),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     );

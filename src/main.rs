@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Some(Command::LoginLink(args)) => oauth_relay::cli::login_link(args),
         Some(Command::Keygen(args)) => oauth_relay::cli::keygen(args),
         Some(Command::Open(args)) => oauth_relay::cli::open(args),
+        Some(Command::Token(args)) => oauth_relay::cli::token(args),
         Some(Command::Healthcheck(args)) => oauth_relay::cli::healthcheck(args),
         Some(Command::CheckDeployment(args)) => oauth_relay::check::check_deployment(args),
         Some(Command::Serve(args)) => serve(*args),

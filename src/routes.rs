@@ -7,6 +7,7 @@
 //! that does not serve its exposure. A new route must say which it is; there is no default.
 
 use crate::app::App;
+use crate::broker::connections;
 use crate::broker::login;
 use crate::broker::sessions::{self, Endpoint};
 use crate::deployment;
@@ -20,15 +21,17 @@ use std::sync::Arc;
 use Exposure::{Both, Internal, Public};
 use Face::{Api, Page};
 use Subject::{Nothing, StateParam, Tail};
-use Work::{InPlace, MayBlock};
+use Work::{InPlace, MayBlock, OwnPool};
 
 const GET: &[&str] = &["GET"];
 const POST: &[&str] = &["POST"];
 /// HEAD too: some link-preview bots ask before they fetch (hyper drops the body).
 const GET_HEAD: &[&str] = &["GET", "HEAD"];
+const GET_DELETE: &[&str] = &["GET", "DELETE"];
 
 /// Every route. Order matters only where patterns overlap: `/login/{provider}/callback` comes
-/// before `/login/{link}` (a link id never contains `/`).
+/// before `/login/{link}` (a link id never contains `/`), and `/connections/{id}/token` and
+/// `/reauthorize` before `/connections/{id}` (nor does a connection id).
 #[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
     //         path                          methods   face  listener  work      access log
@@ -62,6 +65,14 @@ pub const ROUTES: &[Route] = &[
                |app, req, handle| now(sessions::status(app, req, handle))),
     Route::new("/token/{state}",             GET,      Api,  Internal, MayBlock, Tail,
                sessions::token),
+    Route::new("/connections",               GET,      Api,  Internal, OwnPool,  Nothing,
+               |app, req, _| connections::list(app, req)),
+    Route::new("/connections/{id}/token",    POST,     Api,  Internal, OwnPool,  Tail,
+               connections::token),
+    Route::new("/connections/{id}/reauthorize", POST,  Api,  Internal, OwnPool,  Tail,
+               |app, req, id| connections::reauthorize(app, req, id, SESSIONS)),
+    Route::new("/connections/{id}",          GET_DELETE, Api, Internal, OwnPool, Tail,
+               connections::one),
     Route::new("/deployment",                GET,      Api,  Internal, MayBlock, Nothing,
                |app, req, _| deployment::describe(app, req)),
     Route::new("/openapi.json",              GET,      Api,  Internal, InPlace,  Nothing,
@@ -121,6 +132,9 @@ impl Listener {
 pub enum Work {
     InPlace,
     MayBlock,
+    /// The handler puts its own blocking work on the pool: kept connections, whose store (a
+    /// file, or Redis) is not the relay store, and whose cached tokens are answered at once.
+    OwnPool,
 }
 
 /// A route's path as its name spells it: no `{...}`, the path itself; a `{...}` at the end, a
@@ -340,20 +354,27 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest, route: Option<&'static Route
         }
     };
     let reply = match (route.handle)(app, &req, tail) {
-        Ok(Reply::Now(r)) => Reply::Now(r.tagged(route.name, subject.as_deref())),
-        // A long-poll's answer, whenever it comes, is the route's too.
-        Ok(Reply::Wait(mut wait)) => {
-            let answer = wait.answer;
-            wait.answer = Box::new(move || answer().tagged(route.name, subject.as_deref()));
-            Reply::Wait(wait)
-        }
-        Ok(later) => later,
+        Ok(reply) => tagged(reply, route.name, subject),
         Err(e) => Reply::Now(
             e.into_response_for(face)
                 .tagged(route.name, subject.as_deref()),
         ),
     };
     readable_by(app, origin, cors, reply)
+}
+
+/// The access log's names for `reply`'s answer, whenever it comes: at once, after a long-poll,
+/// or from the blocking pool.
+fn tagged(reply: Reply, name: &'static str, subject: Option<String>) -> Reply {
+    match reply {
+        Reply::Now(r) => Reply::Now(r.tagged(name, subject.as_deref())),
+        Reply::Wait(mut wait) => {
+            let answer = wait.answer;
+            wait.answer = Box::new(move || answer().tagged(name, subject.as_deref()));
+            Reply::Wait(wait)
+        }
+        Reply::Later(job) => Reply::Later(Box::new(move || tagged(job(), name, subject))),
+    }
 }
 
 /// The reply of a route open to pages (`cors`) with what lets an allowed page read it,
@@ -479,10 +500,17 @@ mod tests {
     /// The rule `error.rs` had before routes said their faces (`Face::for_path`): every path
     /// must keep the face it had.
     fn face_before(path: &str) -> Face {
-        let api_prefixes = ["/api/", "/status/", "/token/", "/m365/sessions"];
+        let api_prefixes = [
+            "/api/",
+            "/status/",
+            "/token/",
+            "/m365/sessions",
+            "/connections/",
+        ];
         if api_prefixes.iter().any(|p| path.starts_with(p))
             || [
                 "/sessions",
+                "/connections",
                 "/health",
                 "/metrics",
                 "/ready",

@@ -21,12 +21,13 @@ use oauth_relay::provider::{Grant, Identity};
 use oauth_relay::secret::Secret;
 use oauth_relay::store::redis::RedisStore;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use support::DurableRedis;
 
 const KEY_1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY_2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
@@ -339,67 +340,6 @@ fn replicas_on(
             ))
         })
         .collect()
-}
-
-/// A real `redis-server` that persists every write before answering it (AOF, fsync always),
-/// in its own directory, so that it can be killed and started again with its data.
-struct DurableRedis {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl DurableRedis {
-    fn start() -> DurableRedis {
-        DurableRedis::start_on(support::free_port(), scratch("redis"))
-    }
-
-    fn start_on(port: u16, dir: PathBuf) -> DurableRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: run scripts/test.sh, which installs it");
-        let server = DurableRedis { child, port, dir };
-        support::eventually("redis-server to answer PING", || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"PING\r\n").ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
-        });
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Kills it as a crash would (SIGKILL) and starts it again on the same port and directory.
-    fn crash_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (port, dir) = (self.port, self.dir.clone());
-        *self = DurableRedis::start_on(port, dir);
-    }
-}
-
-impl Drop for DurableRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn create(c: &Connections, subject: &str) -> (String, Secret) {

@@ -158,13 +158,13 @@ fn json_bodies_must_be_objects_of_known_keys() {
             "/sessions",
             r#"{"provider":"m365","expected_email":"ana@contoso.example","scope":"User.Read"}"#,
             "scope",
-            "provider, expected_email, expected_subject, scopes, force_consent, return_url, seal_to",
+            "provider, expected_email, expected_subject, scopes, force_consent, return_url, seal_to, keep",
         ),
         (
             "/m365/sessions",
             r#"{"expected_email":"ana@contoso.example","forceConsent":true}"#,
             "forceConsent",
-            "provider, expected_email, expected_subject, scopes, force_consent, return_url, seal_to",
+            "provider, expected_email, expected_subject, scopes, force_consent, return_url, seal_to, keep",
         ),
     ];
     for (path, body, key, keys) in cases {

@@ -13,6 +13,7 @@ mod broker;
 mod browser_binding;
 mod check_deployment;
 mod cli;
+mod connections;
 mod connections_core;
 mod container;
 mod contract;

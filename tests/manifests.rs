@@ -710,3 +710,64 @@ fn the_sentinel_overlay_points_the_relay_at_its_own_sentinels() {
         "the quorum survives a drain"
     );
 }
+
+/// Kept connections outlive the pod: without Redis, OAUTH_RELAY_CONNECTIONS_FILE is on a
+/// writable volume backed by a PersistentVolumeClaim the overlay renders, and the key that seals
+/// it comes from the Secret; the in-cluster Redis persists every write on a claim of its own.
+#[test]
+fn kept_connections_live_on_storage_that_outlives_the_pods() {
+    for overlay in OVERLAYS {
+        let docs = render(overlay);
+        let env = env_of(&docs);
+        assert!(
+            env.iter()
+                .any(|(name, value)| name == "OAUTH_RELAY_ENCRYPTION_KEY" && value.is_none()),
+            "{overlay}: the encryption key, from the Secret"
+        );
+        if config_of(&env).redis.is_some() {
+            for redis in of_kind(&docs, "StatefulSet") {
+                // Its command line, whether as `args` or as a shell script (the Sentinel set's).
+                let container = &redis["spec"]["template"]["spec"]["containers"][0];
+                let words: Vec<&str> = ["command", "args"]
+                    .iter()
+                    .filter_map(|k| container[*k].as_array())
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .flat_map(|a| a.split_whitespace())
+                    .map(|w| w.trim_matches('"'))
+                    .collect();
+                let after =
+                    |flag: &str| words.iter().position(|a| *a == flag).map(|i| words[i + 1]);
+                assert_eq!(after("--appendonly"), Some("yes"), "{overlay}");
+                assert_eq!(after("--appendfsync"), Some("always"), "{overlay}");
+                assert!(
+                    redis["spec"]["volumeClaimTemplates"].is_array(),
+                    "{overlay}: Redis's data on a claim"
+                );
+            }
+            continue;
+        }
+        let file = value_of(&env, "OAUTH_RELAY_CONNECTIONS_FILE")
+            .unwrap_or_else(|| panic!("{overlay}: no OAUTH_RELAY_CONNECTIONS_FILE"));
+        let container = relay_container(&docs);
+        let mount = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+            .unwrap_or_else(|| panic!("{overlay}: {file} is on no volume"));
+        assert_ne!(mount["readOnly"], true, "{overlay}");
+        let pod = &relay_deployment(&docs)["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let claim = volume["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{overlay}: {file} is not on a PersistentVolumeClaim"));
+        let pvc = named(&docs, "PersistentVolumeClaim", claim);
+        assert_eq!(pvc["spec"]["accessModes"][0], "ReadWriteOnce");
+    }
+}

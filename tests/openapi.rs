@@ -21,6 +21,7 @@ use support::{eventually, free_port, get_url, http, path_of, read_response, Http
 const API_TOKEN: &str = "api-token-0123456789abcdef";
 const BROKER_TOKEN: &str = "broker-token-0123456789abcdef";
 const EMAIL: &str = "ana.silva@contoso.example";
+const CONNECTIONS_KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -250,6 +251,10 @@ fn broker_relay(webhook: &str) -> (FakeMicrosoft, Relay) {
     };
     let fake = FakeMicrosoft::start_with(cfg.clone());
     let base = fake.base_url();
+    let connections_file = support::scratch("openapi")
+        .join("connections.redb")
+        .display()
+        .to_string();
     let mut vars: Vec<(String, String)> = [
         ("WK_PUBLIC_BASE_URL", public.as_str()),
         ("WK_M365_CLIENT_ID", &cfg.client_id),
@@ -260,6 +265,9 @@ fn broker_relay(webhook: &str) -> (FakeMicrosoft, Relay) {
         ("OAUTH_RELAY_RETURN_URL_ORIGINS", "https://chat.example.com"),
         ("OAUTH_RELAY_WEBHOOK_URL", webhook),
         ("OAUTH_RELAY_WEBHOOK_SECRET", &test_secret()),
+        // Kept connections, in a file of their own.
+        ("OAUTH_RELAY_ENCRYPTION_KEY", CONNECTIONS_KEY),
+        ("OAUTH_RELAY_CONNECTIONS_FILE", &connections_file),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -598,6 +606,109 @@ fn sealed_flows(api: &Api) {
     assert_eq!(api.get_with(&format!("/token/{handle}"), &auth).status, 410);
 }
 
+/// Kept connections: a sign-in kept as a connection, its token on demand (clear and sealed),
+/// its status, the listing, a dead grant and a new link for it, and deletion.
+fn connection_flows(api: &Api, fake: &FakeMicrosoft) {
+    use oauth_relay::seal::{open, Curve, PrivateKey};
+    let bearer = format!("Bearer {BROKER_TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let create = [auth[0], ("Content-Type", "application/json")];
+    let body = json!({ "provider": "corp", "expected_email": EMAIL, "keep": true });
+    let session = api.post("/sessions", &create, &body).json();
+    assert_eq!(session["keep"], true);
+    let handle = session["state"].as_str().unwrap();
+    let start = path_of(session["login_url"].as_str().unwrap());
+    let authorize = get_url(api.get(&start).header("Location").unwrap());
+    assert_eq!(
+        api.get(&path_of(authorize.header("Location").unwrap()))
+            .status,
+        200
+    );
+    let handoff = api.get_with(&format!("/token/{handle}"), &auth).json();
+    let id = handoff["connection"]["id"].as_str().unwrap().to_string();
+    let credential = format!(
+        "Bearer {}",
+        handoff["connection"]["credential"].as_str().unwrap()
+    );
+    let owner = [("Authorization", credential.as_str())];
+    let owner_json = [owner[0], ("Content-Type", "application/json")];
+    let token = format!("/connections/{id}/token");
+    // The token: to its credential alone.
+    assert_eq!(api.call("POST", &token, &[], b"").status, 401);
+    let wrong = [("Authorization", "Bearer ckey_wrong")];
+    assert_eq!(api.call("POST", &token, &wrong, b"").status, 404);
+    assert_eq!(api.call("POST", &token, &auth, b"").status, 403);
+    assert_eq!(
+        api.post(&token, &owner_json, &json!({ "min_ttl": "x" }))
+            .status,
+        400
+    );
+    let res = api.call("POST", &token, &owner, b"");
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["access_token"], handoff["access_token"]);
+    let key = PrivateKey::generate(Curve::P256);
+    let res = api.post(
+        &token,
+        &owner_json,
+        &json!({ "seal_to": key.public().to_jwk() }),
+    );
+    assert_eq!(res.status, 200);
+    let claims = open(&key, res.json()["sealed"].as_str().unwrap()).unwrap();
+    assert_eq!(claims["aud"], id);
+    validate(
+        api.doc,
+        &json!({ "$ref": "#/components/schemas/AccessTokenClaims" }),
+        &claims,
+    )
+    .unwrap();
+    // Its status, and the listing.
+    let status = format!("/connections/{id}");
+    assert_eq!(api.get(&status).status, 401);
+    assert_eq!(api.get_with(&status, &wrong).status, 404);
+    assert_eq!(api.get_with(&status, &owner).json()["status"], "active");
+    assert_eq!(api.get_with(&status, &auth).status, 200);
+    assert_eq!(api.get("/connections").status, 401);
+    let listed = api.get_with("/connections?provider=corp", &auth).json();
+    assert_eq!(listed["connections"][0]["id"], id);
+    // A dead grant: 409, and a new link.
+    fake.revoke_grants();
+    let res = api.post(&token, &owner_json, &json!({ "min_ttl": 86400 }));
+    assert_eq!(res.status, 409, "{}", res.text());
+    assert_eq!(res.json()["status"], "needs_reauth");
+    let reauthorize = format!("/connections/{id}/reauthorize");
+    assert_eq!(
+        api.post(&reauthorize, &owner_json, &json!({ "nope": 1 }))
+            .status,
+        400
+    );
+    assert_eq!(api.call("POST", &reauthorize, &wrong, b"").status, 404);
+    assert_eq!(api.call("POST", &reauthorize, &[], b"").status, 401);
+    let link = api.call("POST", &reauthorize, &owner, b"");
+    assert_eq!(link.status, 200);
+    let session = link.json();
+    assert_eq!(session["connection"], id);
+    let start = path_of(session["login_url"].as_str().unwrap());
+    let authorize = get_url(api.get(&start).header("Location").unwrap());
+    assert_eq!(
+        api.get(&path_of(authorize.header("Location").unwrap()))
+            .status,
+        200
+    );
+    let revived = api.get_with(
+        &format!("/token/{}", session["state"].as_str().unwrap()),
+        &auth,
+    );
+    assert_eq!(revived.json()["connection"]["credential"], Value::Null);
+    assert_eq!(api.call("POST", &token, &owner, b"").status, 200);
+    // Deleted (Microsoft revokes nothing), then gone.
+    let res = api.call("DELETE", &status, &owner, b"");
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["revocation"], "not_supported");
+    assert_eq!(api.call("DELETE", &status, &owner, b"").status, 404);
+    assert_eq!(api.call("DELETE", &status, &[], b"").status, 401);
+    assert_eq!(api.call("POST", &token, &owner, b"").status, 404);
+}
+
 /// No API token, no broker: what is off answers as documented.
 fn disabled_flows(api: &Api) {
     // Without a token, registering needs a retrieval hash (and nothing else).
@@ -619,6 +730,13 @@ fn disabled_flows(api: &Api) {
     assert_eq!(api.get("/status/x").status, 404);
     assert_eq!(api.get("/token/x").status, 404);
     assert_eq!(api.get("/deployment").status, 404);
+    assert_eq!(api.get("/connections").status, 404);
+    assert_eq!(api.get("/connections/conn_x").status, 404);
+    assert_eq!(
+        api.call("POST", "/connections/conn_x/token", &[], b"")
+            .status,
+        404
+    );
     // Without a token, retrieval is open.
     assert_eq!(api.get("/callback?code=c&state=open").status, 200);
     assert_eq!(api.get("/api/callback/open").status, 200);
@@ -655,7 +773,7 @@ fn every_documented_operation_answers_as_documented() {
     let doc = document();
     let seen = Mutex::new(BTreeMap::new());
     let receiver = Receiver::start(&test_secret());
-    let (_fake, relay) = broker_relay(&receiver.url());
+    let (fake, relay) = broker_relay(&receiver.url());
     let api = Api {
         relay: &relay,
         doc: &doc,
@@ -665,6 +783,7 @@ fn every_documented_operation_answers_as_documented() {
     broker_flows(&api);
     provider_flows(&api);
     sealed_flows(&api);
+    connection_flows(&api, &fake);
     let plain = Relay::start(&[
         "--internal-addr",
         "127.0.0.1:0",
@@ -696,6 +815,10 @@ fn every_documented_operation_answers_as_documented() {
         "relay.callback_received",
         "broker.sign_in_succeeded",
         "broker.sign_in_failed",
+        "connection.created",
+        "connection.needs_reauth",
+        "connection.revived",
+        "connection.deleted",
     ];
     let events = eventually("an event of each type", || {
         let events = receiver.accepted();
@@ -705,7 +828,16 @@ fn every_documented_operation_answers_as_documented() {
             .then_some(events)
     });
     for event in &events {
-        check_webhook(&doc, "completionEvent", &event.headers, &event.body);
+        let webhook = if event.json()["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("connection.")
+        {
+            "connectionEvent"
+        } else {
+            "completionEvent"
+        };
+        check_webhook(&doc, webhook, &event.headers, &event.body);
     }
     let seen = seen.into_inner().unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {

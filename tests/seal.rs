@@ -793,3 +793,131 @@ fn keygen_open_and_login_link_seal_to_round_trip() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("RSA keys are not supported"));
 }
+
+/// Issue 16 for kept connections: the credential of a connection made by a sealed session
+/// travels inside the seal, and a connection's access token, asked for with a `seal_to`, comes
+/// sealed to it (`aud` the connection), opened by jose and jwcrypto on both curves; the
+/// `token` command opens it with a key file, or prints it sealed.
+#[test]
+fn kept_connections_hand_out_their_credential_and_access_tokens_sealed() {
+    let dir = TempDir::new("sealed-connections");
+    let file = dir.0.join("connections.redb");
+    let file = file.to_str().unwrap();
+    let s = setup(&[
+        ("OAUTH_RELAY_ENCRYPTION_KEY", REDIS_KEY),
+        ("OAUTH_RELAY_CONNECTIONS_FILE", file),
+    ]);
+    let (private, public) = Library::Jose.generate("P-256");
+    let res = s.broker.create(
+        "/m365/sessions",
+        &json!({ "expected_email": EMAIL, "seal_to": public, "keep": true }),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let session = res.json();
+    assert_eq!(session["keep"], true);
+    s.sign_in(&session);
+    let res = s.token(&session);
+    let jwe = sealed_of(&res);
+    let (claims, _) = Library::Jwcrypto
+        .open(&private, &jwe, s.issuer(), state_of(&session), &[], None)
+        .unwrap();
+    assert!(claims["refresh_token"].is_null(), "the broker keeps it");
+    let id = claims["connection"]["id"].as_str().unwrap().to_string();
+    let credential = claims["connection"]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(credential.starts_with("ckey_"));
+    assert!(!res.text().contains(&credential) && !res.text().contains(&id));
+
+    let relay = &s.broker.relay;
+    let auth = format!("Bearer {credential}");
+    let ask = |body: &Value| {
+        relay.request(
+            "POST",
+            &format!("/connections/{id}/token"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    };
+    let clear = ask(&json!({})).json();
+    let access = clear["access_token"].as_str().unwrap().to_string();
+    assert_eq!(access, claims["access_token"].as_str().unwrap());
+    for maker in LIBRARIES {
+        for crv in ["P-256", "X25519"] {
+            let (key, public) = maker.generate(crv);
+            let res = ask(&json!({ "seal_to": public, "min_ttl": 60 }));
+            let jwe = sealed_of(&res);
+            assert!(!res.text().contains(&access), "the token in the clear");
+            for opener in LIBRARIES {
+                let (claims, header) = opener
+                    .open(&key, &jwe, s.issuer(), &id, &[], None)
+                    .unwrap_or_else(|e| panic!("{opener:?} refused {maker:?}'s {crv}: {e}"));
+                assert_eq!(header["epk"]["crv"], crv);
+                assert_eq!(claims["access_token"], access.as_str());
+                assert_eq!(claims["connection"], id.as_str());
+                assert_eq!(claims["aud"], id.as_str());
+                assert_eq!(claims["token_type"], clear["token_type"]);
+                assert!(claims["expires_in"].as_u64().unwrap() > 60);
+                assert_eq!(
+                    claims["exp"].as_u64().unwrap(),
+                    claims["iat"].as_u64().unwrap() + 60
+                );
+                // Another connection's answer is refused by its audience.
+                assert!(opener
+                    .open(&key, &jwe, s.issuer(), "conn_another", &[], None)
+                    .is_err());
+            }
+        }
+    }
+    // A key the broker cannot seal to: 400, nothing sealed or handed out.
+    let rsa = ask(&json!({ "seal_to": { "kty": "RSA", "n": "AQAB", "e": "AQAB" } }));
+    assert_eq!(rsa.status, 400);
+    assert!(!rsa.text().contains(&access));
+
+    // oauth-relay token --seal-to: a private key opens it (checking aud), a public key prints
+    // the sealed answer.
+    std::fs::write(dir.0.join("private.jwk"), private.to_string()).unwrap();
+    std::fs::write(dir.0.join("public.jwk"), public.to_string()).unwrap();
+    let server = relay.url("");
+    for (file, opens) in [("private.jwk", true), ("public.jwk", false)] {
+        let key = dir.0.join(file);
+        let out = Command::new(support::BIN)
+            .args(["token", &id, "--server", &server, "--credential-stdin"])
+            .arg("--seal-to")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                std::io::Write::write_all(
+                    child.stdin.as_mut().unwrap(),
+                    format!("{credential}\n").as_bytes(),
+                )?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        if opens {
+            assert_eq!(printed.trim(), access);
+        } else {
+            let sealed: Value = serde_json::from_str(printed.trim()).unwrap();
+            let (claims, _) = Library::Jose
+                .open(
+                    &private,
+                    sealed["sealed"].as_str().unwrap(),
+                    s.issuer(),
+                    &id,
+                    &[],
+                    None,
+                )
+                .unwrap();
+            assert_eq!(claims["access_token"], access.as_str());
+        }
+    }
+}

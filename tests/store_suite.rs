@@ -539,6 +539,8 @@ fn session(n: usize, ttl: Duration) -> Session {
         expires_at: SystemTime::now() + ttl,
         return_url: None,
         seal_to: None,
+        keep: n % 2 == 1,
+        connection: (n % 2 == 1).then(|| format!("conn_{n}")),
     }
 }
 
@@ -655,6 +657,12 @@ fn tokens() -> Tokens {
         email: Some("ana@contoso.example".into()),
         email_verified: true,
         tenant: Some("11111111-2222-3333-4444-555555555555".into()),
+        // A kept sign-in's hand-off: the connection and its credential instead of the refresh
+        // token.
+        connection: Some(oauth_relay::store::Kept {
+            id: "conn_1".into(),
+            credential: Some(Secret::new("ckey_1")),
+        }),
     }
 }
 
@@ -702,6 +710,9 @@ fn sessions_state_and_tokens_are_taken_once(new: Factory) {
         ),
         ("corp", "nonce-1", Some("subject-1"))
     );
+    // So does whether to keep the grant, and the connection a re-authorization is for.
+    assert!(taken[0].keep);
+    assert_eq!(taken[0].connection.as_deref(), Some("conn_1"));
     assert_eq!(s.take_tokens("handle-1").unwrap(), TokenTake::Pending);
     s.finish_session("handle-1", Ok(tokens().into())).unwrap();
     assert_eq!(

@@ -249,10 +249,18 @@ fn redeem(
     }
     let identity = provider.identity(&grant, &session.nonce, left())?;
     expected_account(session, &identity)?;
+    // A kept sign-in: the broker keeps the grant, the caller gets the connection instead of
+    // the refresh token.
+    let (refresh_token, connection) = if session.keep || session.connection.is_some() {
+        let kept = super::connections::keep(app, provider, session, &identity, &grant)?;
+        (None, Some(kept))
+    } else {
+        (grant.refresh_token, None)
+    };
     Ok(Tokens {
         provider: provider.name().to_string(),
         access_token: grant.access_token,
-        refresh_token: grant.refresh_token,
+        refresh_token,
         id_token: grant.id_token,
         token_type: grant.token_type,
         scope: grant.scope,
@@ -261,6 +269,7 @@ fn redeem(
         email: identity.email,
         email_verified: identity.email_verified,
         tenant: identity.tenant,
+        connection,
     })
 }
 
@@ -333,6 +342,12 @@ fn finish(
     let email = session.expected_email.as_deref();
     let display = provider.display_name();
     let failed = outcome.as_ref().err().map(|f| f.reason.code());
+    // The connection the sign-in made (`true`) or revived.
+    let kept = outcome
+        .as_ref()
+        .ok()
+        .and_then(|t| t.connection.as_ref())
+        .map(|k| (k.id.clone(), k.credential.is_some()));
     // Checked again against this replica's allowed origins: an origin the operator has since
     // removed (or one only another replica allows during a rollout) is not linked.
     let back = session.return_url.as_deref().and_then(|url| {
@@ -345,7 +360,9 @@ fn finish(
                 "callback_succeeded",
                 Some(handle),
                 email,
-                json!({ "provider": provider.name(), "sealed": session.seal_to.is_some() }),
+                json!({ "provider": provider.name(), "sealed": session.seal_to.is_some(),
+                        "connection": kept.as_ref().map(|(id, _)| short_hash(id)),
+                        "revived": kept.as_ref().map(|(_, new)| !new) }),
             );
             (
                 // Sealed to the caller's key (when it gave one) before anything is stored.
@@ -373,6 +390,9 @@ fn finish(
     // The completion event for the operator's endpoint: queued here, delivered elsewhere.
     if let (Ok(()), Some(events)) = (&stored, &app.events) {
         events.sign_in_finished(handle, provider.name(), failed);
+    }
+    if let Some((id, new)) = &kept {
+        super::connections::kept_sign_in_finished(app, provider, handle, id, *new, stored.is_ok());
     }
     match stored {
         Ok(()) => page,
@@ -403,6 +423,8 @@ mod tests {
             expires_at: SystemTime::now(),
             return_url: None,
             seal_to: None,
+            keep: false,
+            connection: None,
         }
     }
 

@@ -5,10 +5,12 @@
 //!
 //! `sessions.rs` serves the caller (create, status, tokens), `login.rs` the person (the link and
 //! the provider's callback), `binding.rs` the cookie that ties a callback to the browser that
-//! opened the link, `pages.rs` what the person reads. Providers are reached only through
+//! opened the link, `pages.rs` what the person reads, `connections.rs` the caller's kept
+//! connections (the grants of sign-ins that asked to be kept). Providers are reached only through
 //! the `Provider` trait.
 
 pub mod binding;
+pub mod connections;
 pub mod login;
 pub mod pages;
 pub mod return_url;
@@ -30,6 +32,8 @@ pub struct Broker {
     providers: Vec<Arc<dyn Provider>>,
     /// Code exchanges running now (each on its own thread), bounded by `max_exchanges`.
     exchanges: Arc<AtomicUsize>,
+    /// Kept connections, when there is a durable store for them.
+    kept: Option<connections::Kept>,
 }
 
 impl Broker {
@@ -38,7 +42,14 @@ impl Broker {
             config,
             providers,
             exchanges: Arc::new(AtomicUsize::new(0)),
+            kept: None,
         }
+    }
+
+    /// Serves kept connections through `kept`.
+    pub fn with_connections(mut self, kept: connections::Kept) -> Self {
+        self.kept = Some(kept);
+        self
     }
 
     /// The provider of this name.

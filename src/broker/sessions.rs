@@ -37,6 +37,7 @@ fn plausible_subject(s: &str) -> bool {
 
 /// Where sessions are created: `POST /sessions` names its provider in the body; an endpoint of
 /// one provider (see `routes.rs`) fixes it and keeps its own link path.
+#[derive(Clone, Copy)]
 pub struct Endpoint<'a> {
     pub provider: Option<&'a str>,
     /// The login link is `{public}{link_path}{link_id}`.
@@ -55,7 +56,54 @@ const SESSION_KEYS: &[&str] = &[
     "force_consent",
     "return_url",
     "seal_to",
+    "keep",
 ];
+
+/// What a new session is for, checked: from a session request, or from a connection that needs
+/// a new sign-in (`connections::reauthorize`).
+pub(super) struct Spec {
+    pub email: Option<String>,
+    pub subject: Option<String>,
+    pub scopes: Vec<String>,
+    pub force_consent: bool,
+    pub return_url: Option<String>,
+    pub seal_to: Option<SealKey>,
+    pub keep: bool,
+    /// The connection a successful sign-in revives.
+    pub connection: Option<String>,
+}
+
+/// A session request's `return_url`, checked against the allowed origins.
+pub(super) fn return_url_of(broker: &super::Broker, v: &Value) -> Result<Option<String>, Error> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(url) => Ok(Some(
+            return_url::check(url, &broker.config.return_url_origins)
+                .map_err(Error::BadRequest)?
+                .url,
+        )),
+        _ => Err(Error::BadRequest("return_url must be a URL (a string)")),
+    }
+}
+
+/// A session request's `seal_to`, checked here, so a key the broker cannot seal to is refused
+/// before anyone signs in. The words name what is wrong and never repeat the key (nor the
+/// private part sent by mistake).
+pub(super) fn seal_to_of(v: &Value) -> Result<Option<SealKey>, Error> {
+    match v {
+        Value::Null => Ok(None),
+        jwk => Ok(Some(SealKey::from_jwk(jwk).map_err(Error::BadRequest)?)),
+    }
+}
+
+/// A request's `force_consent`.
+pub(super) fn force_consent_of(v: &Value) -> Result<bool, Error> {
+    match v {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(*b),
+        _ => Err(Error::BadRequest("force_consent must be true or false")),
+    }
+}
 
 /// `POST /sessions`, and the endpoints of one provider
 pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Response, Error> {
@@ -102,11 +150,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
             "expected_email or expected_subject must say who signs in",
         ));
     }
-    let force_consent = match &body["force_consent"] {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        _ => return Err(Error::BadRequest("force_consent must be true or false")),
-    };
+    let force_consent = force_consent_of(&body["force_consent"])?;
     let requested: Option<Vec<String>> = match &body["scopes"] {
         Value::Null => None,
         Value::String(s) => Some(s.split_whitespace().map(String::from).collect()),
@@ -127,22 +171,53 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
             ))
         }
     };
-    let return_url = match &body["return_url"] {
-        Value::Null => None,
-        Value::String(url) => Some(
-            return_url::check(url, &broker.config.return_url_origins)
-                .map_err(Error::BadRequest)?
-                .url,
-        ),
-        _ => return Err(Error::BadRequest("return_url must be a URL (a string)")),
+    let return_url = return_url_of(broker, &body["return_url"])?;
+    let seal_to = seal_to_of(&body["seal_to"])?;
+    let keep = match &body["keep"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(Error::BadRequest("keep must be true or false")),
     };
-    // Checked here, so a key the broker cannot seal to is refused before anyone signs in. The
-    // words name what is wrong and never repeat the key (nor the private part sent by mistake).
-    let seal_to = match &body["seal_to"] {
-        Value::Null => None,
-        jwk => Some(SealKey::from_jwk(jwk).map_err(Error::BadRequest)?),
-    };
+    // Refused before anyone signs in: a grant the broker could not keep would be lost.
+    if keep {
+        super::connections::kept(app).map_err(|e| match e {
+            Error::ConnectionsOff(words) => Error::BadRequest(words),
+            e => e,
+        })?;
+    }
     let scopes = provider.scopes(requested.as_deref())?;
+    let spec = Spec {
+        email,
+        subject,
+        scopes,
+        force_consent,
+        return_url,
+        seal_to,
+        keep,
+        connection: None,
+    };
+    open(app, &**provider, spec, endpoint)
+}
+
+/// Stores a new session of `provider` for `spec` and answers it: the handle, the link (at the
+/// endpoint's link path), where its status is.
+pub(super) fn open(
+    app: &App,
+    provider: &dyn crate::provider::Provider,
+    spec: Spec,
+    endpoint: Endpoint,
+) -> Result<Response, Error> {
+    let broker = app.broker()?;
+    let Spec {
+        email,
+        subject,
+        scopes,
+        force_consent,
+        return_url,
+        seal_to,
+        keep,
+        connection,
+    } = spec;
     let expires_at = SystemTime::now() + app.config.ttl;
     let session = Session {
         handle: random::id(16),
@@ -158,6 +233,8 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         expires_at,
         return_url: return_url.clone(),
         seal_to: seal_to.clone(),
+        keep,
+        connection: connection.clone(),
     };
     let (handle, link_id) = (session.handle.clone(), session.link_id.clone());
     if !app.store.create_session(session)? {
@@ -169,7 +246,8 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         email.as_deref(),
         json!({ "provider": provider.name(), "force_consent": force_consent,
                 "expected_subject": subject.is_some(), "return_url": return_url.is_some(),
-                "sealed": seal_to.is_some() }),
+                "sealed": seal_to.is_some(), "keep": keep,
+                "connection": connection.as_deref().map(crate::secret::short_hash) }),
     );
     let base = &broker.config.public_base_url;
     // /status is a program's route: on the internal listener when the listeners are split.
@@ -179,23 +257,26 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
         (None, Some(_)) => format!("{status}{handle}"),
         (None, None) => format!("{base}{status}{handle}"),
     };
-    Ok(Response::json(
-        200,
-        &json!({
-            "state": handle,
-            "provider": provider.name(),
-            "expected_email": email,
-            "expected_subject": subject,
-            "login_url": format!("{base}{}{link_id}", endpoint.link_path),
-            "status_url": status_url,
-            "expires_at": rfc3339(expires_at),
-            "return_url": return_url,
-            // The key as the broker will seal to it: a caller that asked for sealing and finds
-            // null here (a replica that predates it) knows before sending the link.
-            "seal_to": seal_to.as_ref().map(SealKey::to_jwk),
-        }),
-    )
-    .with_header("Cache-Control", "no-store"))
+    let mut answer = json!({
+        "state": handle,
+        "provider": provider.name(),
+        "expected_email": email,
+        "expected_subject": subject,
+        "login_url": format!("{base}{}{link_id}", endpoint.link_path),
+        "status_url": status_url,
+        "expires_at": rfc3339(expires_at),
+        "return_url": return_url,
+        // The key as the broker will seal to it: a caller that asked for sealing and finds
+        // null here (a replica that predates it) knows before sending the link.
+        "seal_to": seal_to.as_ref().map(SealKey::to_jwk),
+        // The same for keeping the grant: a caller finding no `true` here would get the
+        // refresh token instead.
+        "keep": keep,
+    });
+    if let Some(id) = connection {
+        answer["connection"] = json!(id);
+    }
+    Ok(Response::json(200, &answer).with_header("Cache-Control", "no-store"))
 }
 
 /// What a successful sign-in leaves for the caller. With `seal_to`, the tokens are sealed here,
@@ -240,6 +321,14 @@ fn answer(t: &Tokens) -> Map<String, Value> {
     // Only providers with tenants have the field.
     if let Some(tenant) = &t.tenant {
         body["tenant"] = json!(tenant);
+    }
+    // Only kept sign-ins: the connection instead of the refresh token, with its credential
+    // when it is new (inside the seal, for a sealed session).
+    if let Some(kept) = &t.connection {
+        body["connection"] = json!({
+            "id": kept.id,
+            "credential": kept.credential.as_ref().map(Secret::expose),
+        });
     }
     match body {
         Value::Object(map) => map,

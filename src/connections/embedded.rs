@@ -33,6 +33,12 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("connections_meta
 
 const HEADER: usize = 16;
 
+/// The most memory redb may keep of the file in its page cache (its own default is 1 GiB, which
+/// would grow with the file until it is all cached): enough for the records of thousands of
+/// connections; the rest is read from the file (the kernel's page cache) when a token is asked
+/// for. The memory budget counts it (`budget.rs`).
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A record as read: keyed name, raw value, last use.
 type Row = (String, Vec<u8>, Option<u64>);
 
@@ -62,7 +68,9 @@ impl EmbeddedConnections {
         keys: Arc<Keyring>,
         max: usize,
     ) -> Result<EmbeddedConnections, String> {
-        let db = Database::create(path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .map_err(|e| format!("cannot open the connections file {}: {e}", path.display()))?;
         let store = EmbeddedConnections { db, keys, max };
         let probe = store.keys.name("conn-names", "v1");

@@ -9,6 +9,8 @@
 //!   `RefreshOutcome`); `classify.rs`: a token endpoint's raw answer as an outcome.
 //! - `transitions.rs`: the protocol's decisions, pure; `service.rs`: `Connections`, which runs
 //!   them; `policy.rs`: its timings; `durability.rs`: whether Redis keeps what it is given.
+//! - `config.rs`: the settings (where connections are kept, the timings an operator may change).
+//!   The HTTP side is `broker/connections.rs`; sign-ins that keep their grant, `broker/login.rs`.
 //!
 //! # The refresh protocol, and why it presents a refresh token at most once
 //!
@@ -58,6 +60,7 @@
 
 pub mod classify;
 pub mod codec;
+pub mod config;
 pub mod durability;
 pub mod embedded;
 pub mod error;
@@ -74,5 +77,5 @@ pub use error::ConnError;
 pub use model::{Connection, Intent, IntentState, Status, StoredGrant};
 pub use policy::Policy;
 pub use refresher::{RefreshFn, RefreshOutcome, Refresher, Rotation};
-pub use service::{AccessToken, Connections, Forgotten, TickReport};
+pub use service::{AccessToken, Connections, Forgotten, Observer, TickReport};
 pub use store::ConnectionStore;

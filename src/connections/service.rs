@@ -62,6 +62,10 @@ pub struct TickReport {
     pub skipped: usize,
 }
 
+/// Told of each connection a replica's own write turned to `needs_reauth` (the refresh protocol
+/// found its grant dead), once per such write: where the completion event is emitted.
+pub type Observer = Box<dyn Fn(&Connection) + Send + Sync>;
+
 /// Wakes this replica's waiting callers when any connection's record changes.
 struct Notifier {
     seq: Mutex<u64>,
@@ -95,6 +99,7 @@ struct Inner {
     /// Attempts this replica's workers hold: alive, whatever their heartbeats say.
     own: Mutex<HashSet<String>>,
     workers: AtomicUsize,
+    observer: std::sync::OnceLock<Observer>,
 }
 
 pub struct Connections {
@@ -120,8 +125,15 @@ impl Connections {
                 },
                 own: Mutex::new(HashSet::new()),
                 workers: AtomicUsize::new(0),
+                observer: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets what is told of connections this replica's refreshes find dead (at most once; a
+    /// second observer is ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// Whether calls may block on I/O (run them on the blocking pool).
@@ -216,7 +228,20 @@ impl Connections {
         min_ttl: Duration,
         deadline: Instant,
     ) -> Result<AccessToken, ConnError> {
-        let (conn, _) = Inner::obtain(&self.inner, id, Want::Token { min_ttl }, deadline)?;
+        self.token_for(id, None, min_ttl, deadline)
+    }
+
+    /// `token`, for the holder of `credential` only (`NotFound` otherwise, exactly as for an
+    /// unknown id), checked on the record the token is read from: one read, not two.
+    pub fn token_for(
+        &self,
+        id: &str,
+        credential: Option<&str>,
+        min_ttl: Duration,
+        deadline: Instant,
+    ) -> Result<AccessToken, ConnError> {
+        let want = Want::Token { min_ttl };
+        let (conn, _) = Inner::obtain(&self.inner, id, credential, want, deadline)?;
         let g = &conn.grant;
         Ok(AccessToken {
             access_token: g.access_token.clone(),
@@ -309,7 +334,7 @@ impl Connections {
                 report.skipped += 1;
                 continue;
             }
-            match Inner::obtain(&self.inner, &id, Want::KeepAlive, deadline) {
+            match Inner::obtain(&self.inner, &id, None, Want::KeepAlive, deadline) {
                 Ok((_, true)) => report.started += 1,
                 Ok(_) | Err(ConnError::NeedsReauth(_)) | Err(ConnError::NotFound) => {}
                 Err(_) => report.skipped += 1,
@@ -351,6 +376,15 @@ impl Inner {
             .ok_or_else(|| ConnError::NoRefresher(provider.to_string()))
     }
 
+    /// A write of this replica's landed: tells the observer when it ended a live grant.
+    fn committed(&self, old: &Connection, new: &Connection) {
+        if old.status == Status::Active && new.status == Status::NeedsReauth {
+            if let Some(observe) = self.observer.get() {
+                observe(new);
+            }
+        }
+    }
+
     fn owns(&self, attempt: &str) -> bool {
         self.own
             .lock()
@@ -374,10 +408,12 @@ impl Inner {
     }
 
     /// The loop behind `token` and the keep-alive: read, decide, swap, wait, until the answer
-    /// or the deadline. Also says whether this call began a refresh.
+    /// or the deadline. Also says whether this call began a refresh. With `credential`, only
+    /// for its holder (`NotFound` otherwise).
     fn obtain(
         this: &Arc<Inner>,
         id: &str,
+        credential: Option<&str>,
         want: Want,
         deadline: Instant,
     ) -> Result<(Connection, bool), ConnError> {
@@ -396,6 +432,9 @@ impl Inner {
                 let Some(v) = found else {
                     return Err(ConnError::NotFound);
                 };
+                if credential.is_some_and(|presented| !v.conn.credential_matches(presented)) {
+                    return Err(ConnError::NotFound);
+                }
                 let c = &v.conn;
                 let refresher = this.refresher(&c.provider)?;
                 let own = |a: &str| this.owns(a);
@@ -418,6 +457,7 @@ impl Inner {
                     Step::Fail(e) => return Err(e),
                     Step::Write(n) => match this.store.swap(v.revision, &n) {
                         Ok(Swap::Done(_)) => {
+                            this.committed(c, &n);
                             this.changed(id);
                             continue;
                         }
@@ -603,6 +643,7 @@ impl Inner {
             };
             match self.store.swap(v.revision, &n) {
                 Ok(Swap::Done(_)) => {
+                    self.committed(&v.conn, &n);
                     crate::logging::info(
                         "connection_refreshed",
                         json!({ "connection": crate::secret::short_hash(id),

@@ -7,7 +7,8 @@
 //! state always; the handle with `OAUTH_RELAY_BROKER_HANDLE_ONLY`), and the event travels to,
 //! and is logged by, another system. The receiver started the flow, so it knows the value and
 //! hashes it to match; both are 128-bit random values (or should be), so the hash reveals
-//! nothing. Events never carry a code, token, e-mail or provider error text.
+//! nothing. Events never carry a code, token, e-mail or provider error text. Kept connections'
+//! events (`connection.*`) name the connection by its id instead.
 
 pub mod config;
 pub mod delivery;
@@ -26,6 +27,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const RELAY_CALLBACK_RECEIVED: &str = "relay.callback_received";
 pub const BROKER_SIGN_IN_SUCCEEDED: &str = "broker.sign_in_succeeded";
 pub const BROKER_SIGN_IN_FAILED: &str = "broker.sign_in_failed";
+pub const CONNECTION_CREATED: &str = "connection.created";
+pub const CONNECTION_NEEDS_REAUTH: &str = "connection.needs_reauth";
+pub const CONNECTION_REVIVED: &str = "connection.revived";
+pub const CONNECTION_DELETED: &str = "connection.deleted";
 
 /// What /metrics reports, for this replica.
 #[derive(Default)]
@@ -146,6 +151,14 @@ impl Events {
             json!({ "handle": handle_hash(handle), "provider": provider, "status": status, "reason": failure }),
             Class::Registered,
         );
+    }
+
+    /// A kept connection was made, found dead (it needs a new sign-in), revived or deleted:
+    /// `data` names it by its id (which fetches nothing without its credential), its provider,
+    /// `status` and `reason`; never a token, subject or e-mail address. Started by holders of the
+    /// broker token or a connection's credential, so of the class strangers cannot make.
+    pub fn connection_changed(&self, kind: &str, data: Value) {
+        self.emit(kind, data, Class::Registered);
     }
 
     /// Puts an event of `class` in the outbox. Never waits on the receiver; a failure to

@@ -217,6 +217,11 @@ pub struct Session {
     /// The caller's public key: the tokens are sealed to it the moment they arrive, and only
     /// the sealed answer is kept.
     pub seal_to: Option<SealKey>,
+    /// Keep the grant as a new connection instead of handing out the refresh token.
+    pub keep: bool,
+    /// Re-authorizes this connection (its id): a successful sign-in, by the connection's own
+    /// account, revives it.
+    pub connection: Option<String>,
 }
 
 /// What a successful sign-in yields, waiting to be handed to the caller once.
@@ -236,9 +241,23 @@ pub struct Tokens {
     pub email: Option<String>,
     pub email_verified: bool,
     pub tenant: Option<String>,
+    /// The connection the sign-in made or revived (then `refresh_token` is `None`: the broker
+    /// keeps it).
+    pub connection: Option<Kept>,
+}
+
+/// A connection as the hand-off of the sign-in that made or revived it names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub id: String,
+    /// The connection's credential, handed out once: with a new connection only (a revived one
+    /// keeps its own).
+    pub credential: Option<Secret>,
 }
 
 /// What a successful sign-in leaves for the caller, to be handed out once.
+// One per session, handed out once: boxing the clear tokens would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Handoff {
     Clear(Tokens),

@@ -44,8 +44,8 @@
 //! link ids, so reading Redis alone yields nothing usable.
 
 use super::{
-    Callback, Handoff, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult, Take,
-    TokenTake, Tokens, Unavailable,
+    Callback, Handoff, Kept, Put, Register, Session, SessionStatus, StateTake, Store, StoreResult,
+    Take, TokenTake, Tokens, Unavailable,
 };
 use super::{Client, Proof};
 use crate::config::{Durability, RedisConfig};
@@ -656,6 +656,7 @@ fn session_to_json(s: &Session) -> Value {
         "force_consent": s.force_consent, "scopes": s.scopes, "return_url": s.return_url,
         "expires_at": s.expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
         "seal_to": s.seal_to.as_ref().map(SealKey::to_jwk),
+        "keep": s.keep, "connection": s.connection,
     })
 }
 
@@ -694,6 +695,8 @@ fn session_from_json(v: &Value, verifier: Secret, unnamed: &str) -> StoreResult<
         expires_at: from_unix_secs(&v["expires_at"]),
         return_url: opt("return_url"),
         seal_to,
+        keep: v["keep"].as_bool().unwrap_or(false),
+        connection: opt("connection"),
     })
 }
 
@@ -728,6 +731,9 @@ fn tokens_to_json(t: &Tokens) -> Value {
         "scope": t.scope, "expiry": t.expiry.map(secs),
         "subject": t.subject, "email": t.email, "email_verified": t.email_verified,
         "tenant": t.tenant,
+        "connection": t.connection.as_ref().map(|k| json!({
+            "id": k.id, "credential": k.credential.as_ref().map(Secret::expose),
+        })),
     })
 }
 
@@ -748,6 +754,10 @@ fn tokens_from_json(v: &Value, unnamed: &str) -> Tokens {
         email: opt("email"),
         email_verified: v["email_verified"].as_bool().unwrap_or(false),
         tenant: opt("tenant"),
+        connection: v["connection"]["id"].as_str().map(|id| Kept {
+            id: id.to_string(),
+            credential: v["connection"]["credential"].as_str().map(Secret::new),
+        }),
     }
 }
 
@@ -1135,6 +1145,8 @@ mod tests {
             expires_at: UNIX_EPOCH + Duration::from_secs(1_900_000_000),
             return_url: Some("https://chat.example.com/c/1?x=\"<&>#/room".into()),
             seal_to: Some(crate::seal::PrivateKey::generate(crate::seal::Curve::X25519).public()),
+            keep: true,
+            connection: Some("conn_x".into()),
         };
         assert_eq!(
             session_from_json(&session_to_json(&s), Secret::new("v"), "m365").unwrap(),
@@ -1155,7 +1167,24 @@ mod tests {
             email: Some("ana@example.com".into()),
             email_verified: true,
             tenant: None,
+            connection: None,
         };
         assert_eq!(tokens_from_json(&tokens_to_json(&t), "m365"), t);
+        let kept = Tokens {
+            connection: Some(Kept {
+                id: "conn_x".into(),
+                credential: Some(Secret::new("ckey_x")),
+            }),
+            ..t.clone()
+        };
+        assert_eq!(tokens_from_json(&tokens_to_json(&kept), "m365"), kept);
+        let revived = Tokens {
+            connection: Some(Kept {
+                id: "conn_x".into(),
+                credential: None,
+            }),
+            ..t
+        };
+        assert_eq!(tokens_from_json(&tokens_to_json(&revived), "m365"), revived);
     }
 }

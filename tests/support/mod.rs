@@ -494,6 +494,90 @@ impl Drop for RedisServer {
     }
 }
 
+/// A fresh, empty directory under the target directory's scratch space (left there: a failed
+/// test's files help to see why).
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "scratch-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A real `redis-server` that persists every write before answering it (AOF, fsync always),
+/// in its own directory, so that it can be killed and started again with its data.
+pub struct DurableRedis {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl DurableRedis {
+    pub fn start() -> DurableRedis {
+        DurableRedis::start_on(free_port(), scratch("redis"))
+    }
+
+    fn start_on(port: u16, dir: std::path::PathBuf) -> DurableRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run scripts/test.sh, which installs it");
+        let server = DurableRedis { child, port, dir };
+        eventually("redis-server to answer PING", || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"PING\r\n").ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        });
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills it as a crash would (SIGKILL) and starts it again on the same port and directory.
+    pub fn crash_and_restart(&mut self) {
+        self.crash();
+        self.start_again();
+    }
+
+    /// Kills it as a crash would (SIGKILL); `start_again` brings it back on its data.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn start_again(&mut self) {
+        let (port, dir) = (self.port, self.dir.clone());
+        *self = DurableRedis::start_on(port, dir);
+    }
+}
+
+impl Drop for DurableRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The path (with query) of an absolute URL: what a load balancer forwards to any replica.
 pub fn path_of(url: &str) -> String {
     let rest = url.split_once("://").unwrap().1;
