@@ -48,6 +48,7 @@ mod robustness;
 mod seal;
 mod shares;
 mod store_suite;
+mod structure;
 
 /// Cargo does not look for test files on its own (`autotests = false` in Cargo.toml), so a file
 /// in tests/ that is not a module here would never run: this fails instead.
