@@ -1290,17 +1290,20 @@ fn the_token_command_prints_a_fresh_access_token_for_scripts() {
     assert!(handoff["refresh_token"].is_null());
 
     // token: the credential from a variable, then from stdin; never from argv.
-    let out = oauth_relay(&[
-        "token",
-        &id,
-        "--server",
-        &server,
-        "--credential-env",
-        "CONN_CRED",
-    ])
-    .env("CONN_CRED", &credential)
-    .output()
-    .unwrap();
+    let token_with = |credential: &str| {
+        oauth_relay(&[
+            "token",
+            &id,
+            "--server",
+            &server,
+            "--credential-env",
+            "CONN_CRED",
+        ])
+        .env("CONN_CRED", credential)
+        .output()
+        .unwrap()
+    };
+    let out = token_with(&credential);
     assert!(
         out.status.success(),
         "{}",
@@ -1340,33 +1343,13 @@ fn the_token_command_prints_a_fresh_access_token_for_scripts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--credential-env"));
-    let out = oauth_relay(&[
-        "token",
-        &id,
-        "--server",
-        &server,
-        "--credential-env",
-        "CONN_CRED",
-    ])
-    .env("CONN_CRED", "ckey_wrong")
-    .output()
-    .unwrap();
+    let out = token_with("ckey_wrong");
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     // A dead grant: exit 2, saying how to get a new sign-in.
     fake.revoke_grants();
     wait_until_expired(&answer["expires_at"]);
-    let out = oauth_relay(&[
-        "token",
-        &id,
-        "--server",
-        &server,
-        "--credential-env",
-        "CONN_CRED",
-    ])
-    .env("CONN_CRED", &credential)
-    .output()
-    .unwrap();
+    let out = token_with(&credential);
     assert_eq!(
         out.status.code(),
         Some(2),
