@@ -1,8 +1,8 @@
 //! The operator documentation stays true to the code: every setting (`OAUTH_RELAY_*`,
-//! `OAUTH_CALLBACK_*`, `WK_*`) named in `docs/`, `deploy/` or the README is one the relay reads
-//! (a flag's environment variable, or a provider setting a kind declares), every URL of
-//! the relay shown in `docs/` is a route of the routing table on the listener its host stands
-//! for, every relative link in `docs/` leads to a file, and each provider guide shows its redirect
+//! `OAUTH_CALLBACK_*`, `WK_*`) named in the README, `docs/` or `deploy/` is one the relay reads
+//! (a flag's environment variable, or a provider setting a kind declares), every URL of the
+//! relay shown in the README or `docs/` is a route of the routing table on the listener its host
+//! stands for, every relative link leads to a file, and each provider guide shows its redirect
 //! URI.
 
 use clap::CommandFactory;
@@ -24,12 +24,26 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every page under `docs/`, at any depth.
 fn docs() -> Vec<PathBuf> {
     let mut files = Vec::new();
     files_under(&root().join("docs"), &mut files);
     files.retain(|f| f.extension().is_some_and(|e| e == "md"));
     files.sort();
-    assert!(files.len() >= 6, "the guides: {files:?}");
+    for page in [
+        "docs/api.md",
+        "docs/configuration.md",
+        "docs/providers/README.md",
+    ] {
+        assert!(files.contains(&root().join(page)), "{page} in {files:?}");
+    }
+    files
+}
+
+/// The README and every page under `docs/`: what a reader of the documentation reads.
+fn pages() -> Vec<PathBuf> {
+    let mut files = vec![root().join("README.md")];
+    files.extend(docs());
     files
 }
 
@@ -68,7 +82,7 @@ fn provider_settings() -> Vec<String> {
 
 const PROVIDER_PREFIX: &str = "OAUTH_RELAY_PROVIDER_";
 
-/// Names the docs give to the caller's own variables, not the relay's: the README's example
+/// Names the docs give to the caller's own variables, not the relay's: docs/api.md's example
 /// keeps a retrieval secret in one (`wait --retrieval-secret-env NAME`).
 const CALLERS_OWN: &[&str] = &["OAUTH_RELAY_RETRIEVAL_SECRET"];
 
@@ -136,9 +150,8 @@ fn names_in(text: &str) -> Vec<(String, bool)> {
 #[test]
 fn every_setting_named_in_the_docs_exists() {
     let settings = Settings::load();
-    let mut files = docs();
+    let mut files = pages();
     files_under(&root().join("deploy"), &mut files);
-    files.push(root().join("README.md"));
     let mut wrong = Vec::new();
     let mut seen = 0;
     for file in &files {
@@ -270,7 +283,7 @@ fn relay_paths(text: &str) -> Vec<(String, Exposure)> {
 fn every_relay_url_in_the_docs_is_a_route() {
     let mut wrong = Vec::new();
     let mut seen = 0;
-    for file in docs() {
+    for file in pages() {
         for (path, exposure) in relay_paths(&read(&file)) {
             seen += 1;
             if !is_route(&path, exposure) {
@@ -346,7 +359,7 @@ fn each_guide_shows_its_redirect_uri_and_every_link_leads_somewhere() {
         readme.contains("(docs/providers/README.md)"),
         "the README links the guides"
     );
-    for file in docs() {
+    for file in pages() {
         let text = read(&file);
         for (at, _) in text.match_indices("](") {
             let target = &text[at + 2..];
