@@ -341,7 +341,7 @@ def main():
         before, after = queued_memory(bin_path, 10000)
         row("relay RSS with 10,000 undelivered events (receiver down)",
             f"{after / 1024:.1f} MiB (+{(after - before) * 1024 / 10000:,.0f} B per event and its callback)",
-            f"before: {before / 1024:.1f} MiB; the callbacks themselves cost about 360 B each (README, memory budget)")
+            f"before: {before / 1024:.1f} MiB; the callbacks themselves cost about 360 B each (docs/front-door.md, memory budget)")
         if subprocess.run(["which", "redis-server"], capture_output=True).returncode == 0:
             rt, rlat, per_event, per_all = redis_runs(bin_path, receiver, n)
             row("events delivered per second (Redis outbox, 2 replicas)", f"**{rt['rate']:,.0f}/s**",

@@ -16,7 +16,7 @@ need redis-sentinel redis-sentinel  # Sentinel failovers (tests/kv.rs)
 need openssl openssl       # a private CA for the rediss:// test (tests/replicas.rs)
 need python3 python3        # Python tools the tests run (the virtual environment below)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # target/test-venv below
-need curl curl             # the README's examples, run as written (tests/retrieval_secret.rs)
+need curl curl             # docs/api.md's example, run as written (tests/retrieval_secret.rs)
 need gcore gdb             # a core dump of the broker, searched for sealed tokens (tests/seal.rs)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -37,7 +37,7 @@ pub struct BrokerArgs {
     #[arg(long, env = "WK_M365_BROKER_TOKEN", hide_env_values = true)]
     pub m365_broker_token: Option<String>,
     /// Identity providers by name (comma-separated), each configured by
-    /// OAUTH_RELAY_PROVIDER_<NAME>_* variables (see the README, "Identity providers").
+    /// OAUTH_RELAY_PROVIDER_<NAME>_* variables (see docs/providers/README.md).
     #[arg(long, env = "OAUTH_RELAY_PROVIDERS")]
     pub providers: Option<String>,
     #[command(flatten)]

@@ -1,15 +1,15 @@
 //! The memory budget: what each thing a client can make the process hold costs (measured with
-//! `bench/front.sh memory`, see the README), and the most a configuration can need when every cap
-//! is reached at once. `serve` logs it, and warns when the container's memory limit is lower,
-//! naming the caps to lower; a test checks the Kubernetes manifests against their limits.
+//! `bench/front.sh memory`, see docs/front-door.md), and the most a configuration can need when
+//! every cap is reached at once. `serve` logs it, and warns when the container's memory limit is
+//! lower, naming the caps to lower; a test checks the Kubernetes manifests against their limits.
 
 use crate::config::Config;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
-// Each figure is rounded up from `bench/front.sh memory` (README, "Memory budget"): per item,
-// (RSS with N items - RSS before) / N, N in the thousands.
+// Each figure is rounded up from `bench/front.sh memory` (docs/front-door.md, "Memory budget"):
+// per item, (RSS with N items - RSS before) / N, N in the thousands.
 
 /// Resident memory of an idle relay, runtime threads included (measured 5.3 MiB, the static
 /// binary 3.9 MiB).
@@ -86,7 +86,7 @@ pub fn worst_case(c: &Config) -> Budget {
             ));
         }
         // Connections are not held in memory: the file's pages redb caches, at most this
-        // (measured: `bench/connections.sh`, README "Kept connections").
+        // (measured: `bench/connections.sh`, docs/connections.md).
         if let KeptIn::File { .. } = kept.kept_in {
             items.push((
                 "connections file cache",

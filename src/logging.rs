@@ -5,7 +5,7 @@
 //! Off the request's path: once `init` has run (serving), a line is formatted on the thread
 //! that logs it and appended to one buffer in memory; a writer thread takes the buffer every few
 //! milliseconds and writes it to stderr in one call. One `write` per request cost a quarter of
-//! the `/health` throughput (README, "Benchmarks"); the buffer's append is a copy under a lock
+//! the `/health` throughput (docs/benchmarks.md); the buffer's append is a copy under a lock
 //! held for nothing else. One buffer, not one per thread, so lines keep the order they were
 //! logged in.
 //!

@@ -1,7 +1,7 @@
 //! The Python-compatible relay: `/callback` stores what the provider sent, `/api/callback/{state}`
 //! hands it out once (optionally long-polling), `/api/states` registers states ahead of time
 //! (optionally with the hash of a retrieval secret only the registering client holds).
-//! Every answer here is the Python server's shape unless the README's
+//! Every answer here is the Python server's shape unless docs/api.md's
 //! "Differences" says otherwise: a state with two different callbacks hands out neither, an
 //! expired registration stays a tombstone for the TTL, and the owner of a registered state is
 //! told "not yet" (202) and "expired" (410) in words of their own.
@@ -273,7 +273,7 @@ const REGISTRATION_KEYS: &[&str] = &["state", "ttl_secs", "retrieval_hash"];
 /// against no client's share. Without one, anyone may register a state with the hash of their
 /// own retrieval secret: on such a server whoever knows a state can already take its code, so a
 /// stranger gains no code it could not take anyway (though it can take one quietly from a
-/// client that does not register: README, "Who may register"), and the client gets a code
+/// client that does not register: docs/api.md, "Who may register"), and the client gets a code
 /// nobody else can take. Those
 /// self-registrations count against the client's share of `OAUTH_RELAY_MAX_PENDING`. A
 /// registration without a hash and without a token would open the callback to everyone, as no

@@ -1,9 +1,10 @@
 //! The operator documentation stays true to the code: every setting (`OAUTH_RELAY_*`,
-//! `OAUTH_CALLBACK_*`, `WK_*`) named in `docs/`, `deploy/` or the README is one the relay reads
-//! (a flag's environment variable, or a provider setting a kind declares), every URL of
-//! the relay shown in `docs/` is a route of the routing table on the listener its host stands
-//! for, every relative link in `docs/` leads to a file, and each provider guide shows its redirect
-//! URI.
+//! `OAUTH_CALLBACK_*`, `WK_*`) named in the README, `docs/` or `deploy/` is one the relay reads
+//! (a flag's environment variable, or a provider setting a kind declares), every URL of the
+//! relay shown in the README or `docs/` is a route of the routing table on the listener its host
+//! stands for, every relative link leads to a file (and to a heading of it, where it names one),
+//! every page under `docs/` is linked from the README, and each provider guide shows its
+//! redirect URI.
 
 use clap::CommandFactory;
 use oauth_relay::routes::{Exposure, Pattern, ROUTES};
@@ -24,12 +25,26 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every page under `docs/`, at any depth.
 fn docs() -> Vec<PathBuf> {
     let mut files = Vec::new();
     files_under(&root().join("docs"), &mut files);
     files.retain(|f| f.extension().is_some_and(|e| e == "md"));
     files.sort();
-    assert!(files.len() >= 6, "the guides: {files:?}");
+    for page in [
+        "docs/api.md",
+        "docs/configuration.md",
+        "docs/providers/README.md",
+    ] {
+        assert!(files.contains(&root().join(page)), "{page} in {files:?}");
+    }
+    files
+}
+
+/// The README and every page under `docs/`: what a reader of the documentation reads.
+fn pages() -> Vec<PathBuf> {
+    let mut files = vec![root().join("README.md")];
+    files.extend(docs());
     files
 }
 
@@ -68,7 +83,7 @@ fn provider_settings() -> Vec<String> {
 
 const PROVIDER_PREFIX: &str = "OAUTH_RELAY_PROVIDER_";
 
-/// Names the docs give to the caller's own variables, not the relay's: the README's example
+/// Names the docs give to the caller's own variables, not the relay's: docs/api.md's example
 /// keeps a retrieval secret in one (`wait --retrieval-secret-env NAME`).
 const CALLERS_OWN: &[&str] = &["OAUTH_RELAY_RETRIEVAL_SECRET"];
 
@@ -136,9 +151,8 @@ fn names_in(text: &str) -> Vec<(String, bool)> {
 #[test]
 fn every_setting_named_in_the_docs_exists() {
     let settings = Settings::load();
-    let mut files = docs();
+    let mut files = pages();
     files_under(&root().join("deploy"), &mut files);
-    files.push(root().join("README.md"));
     let mut wrong = Vec::new();
     let mut seen = 0;
     for file in &files {
@@ -270,7 +284,7 @@ fn relay_paths(text: &str) -> Vec<(String, Exposure)> {
 fn every_relay_url_in_the_docs_is_a_route() {
     let mut wrong = Vec::new();
     let mut seen = 0;
-    for file in docs() {
+    for file in pages() {
         for (path, exposure) in relay_paths(&read(&file)) {
             seen += 1;
             if !is_route(&path, exposure) {
@@ -313,7 +327,7 @@ fn the_route_check_refuses_what_the_router_would() {
 }
 
 #[test]
-fn each_guide_shows_its_redirect_uri_and_every_link_leads_somewhere() {
+fn each_guide_shows_its_redirect_uri() {
     for (guide, redirect) in [
         ("microsoft.md", "https://relay.example.com/m365/callback"),
         (
@@ -341,26 +355,201 @@ fn each_guide_shows_its_redirect_uri_and_every_link_leads_somewhere() {
         let text = read(&root().join("docs/providers").join(guide));
         assert!(text.contains(redirect), "{guide}: {redirect}");
     }
-    let readme = read(&root().join("README.md"));
-    assert!(
-        readme.contains("(docs/providers/README.md)"),
-        "the README links the guides"
-    );
-    for file in docs() {
-        let text = read(&file);
-        for (at, _) in text.match_indices("](") {
-            let target = &text[at + 2..];
-            let target = &target[..target.find(')').unwrap()];
-            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
-                continue;
-            }
-            let path = target.split('#').next().unwrap();
-            let resolved = file.parent().unwrap().join(path);
-            assert!(
-                resolved.exists(),
-                "{}: the link {target} leads nowhere",
-                file.display()
-            );
+}
+
+/// The text of `markdown` outside fenced code blocks and inline code spans, where a `[..](..)`
+/// or a `#` is markdown rather than an example.
+fn prose(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Every other piece between backticks is code.
+        let text: String = line
+            .split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, piece)| piece)
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push(text);
+    }
+    out
+}
+
+/// A heading's anchor, by GitHub's rule: lowercase, punctuation other than `-` and `_` dropped,
+/// each space a `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a page's headings; a repeated one gets `-1`, `-2`, ... as on GitHub.
+fn anchors(markdown: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let level = line.chars().take_while(|&c| c == '#').count();
+        if fenced || !(1..=6).contains(&level) || !line[level..].starts_with(' ') {
+            continue;
+        }
+        let base = anchor(&line[level..].replace('`', ""));
+        let repeats = out
+            .iter()
+            .filter(|a| {
+                **a == base
+                    || a.strip_prefix(&format!("{base}-"))
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .count();
+        out.push(if repeats == 0 {
+            base
+        } else {
+            format!("{base}-{repeats}")
+        });
+    }
+    out
+}
+
+/// The targets of the inline links (`[text](target)`, images too) in `markdown`'s prose.
+fn links(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in prose(markdown) {
+        for (at, _) in line.match_indices("](") {
+            let rest = &line[at + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            out.push(rest[..end].trim().to_string());
         }
     }
+    out
+}
+
+/// A relative link's file, from the page it is on, and its fragment; `None` for an absolute URL.
+fn resolve(page: &Path, target: &str) -> Option<(PathBuf, Option<String>)> {
+    if target.contains("://") || target.starts_with("mailto:") {
+        return None;
+    }
+    let (path, fragment) = match target.split_once('#') {
+        Some((path, fragment)) => (path, Some(fragment.to_string())),
+        None => (target, None),
+    };
+    let file = if path.is_empty() {
+        page.to_path_buf()
+    } else {
+        page.parent().unwrap().join(path)
+    };
+    Some((file, fragment))
+}
+
+#[test]
+fn every_link_leads_to_a_file_and_its_heading() {
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    let mut with_fragment = 0;
+    for page in pages() {
+        for target in links(&read(&page)) {
+            let Some((file, fragment)) = resolve(&page, &target) else {
+                continue;
+            };
+            seen += 1;
+            let Ok(file) = file.canonicalize() else {
+                wrong.push(format!("{}: {target} leads to no file", page.display()));
+                continue;
+            };
+            if !file.starts_with(root()) {
+                wrong.push(format!(
+                    "{}: {target} leads out of the repository",
+                    page.display()
+                ));
+            }
+            let Some(fragment) = fragment else { continue };
+            with_fragment += 1;
+            let is_markdown = file.extension().is_some_and(|e| e == "md");
+            if !is_markdown || !anchors(&read(&file)).contains(&fragment) {
+                wrong.push(format!(
+                    "{}: {target}: no heading #{fragment} in {}",
+                    page.display(),
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        seen > 100,
+        "only {seen} relative links found: is the scan broken?"
+    );
+    assert!(
+        with_fragment > 50,
+        "only {with_fragment} links to headings found"
+    );
+    assert!(
+        wrong.is_empty(),
+        "links that lead nowhere:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn every_docs_page_is_linked_from_the_readme() {
+    let readme = root().join("README.md");
+    let linked: Vec<PathBuf> = links(&read(&readme))
+        .iter()
+        .filter_map(|target| resolve(&readme, target))
+        .filter_map(|(file, _)| file.canonicalize().ok())
+        .collect();
+    let unlinked: Vec<String> = docs()
+        .into_iter()
+        .filter(|page| !linked.contains(&page.canonicalize().unwrap()))
+        .map(|page| page.display().to_string())
+        .collect();
+    assert!(
+        unlinked.is_empty(),
+        "pages the README does not link to:\n{}",
+        unlinked.join("\n")
+    );
+}
+
+#[test]
+fn the_link_check_reads_markdown_as_github_does() {
+    assert_eq!(
+        anchor("A retrieval secret: the state alone is not enough"),
+        "a-retrieval-secret-the-state-alone-is-not-enough"
+    );
+    assert_eq!(
+        anchor("Web pages on other origins (CORS)"),
+        "web-pages-on-other-origins-cors"
+    );
+    assert_eq!(
+        anchor("Keys, hash tags and the upgrade to this version"),
+        "keys-hash-tags-and-the-upgrade-to-this-version"
+    );
+    assert_eq!(
+        anchor("Registrar o relay_x no Entra ID: é"),
+        "registrar-o-relay_x-no-entra-id-é"
+    );
+    let page = "# Title\n\n## Logs\n\n```sh\n# not a heading\necho [x](nowhere.md)\n```\n\n\
+                ## Logs\n\n#nope\n\nSee [the logs](#logs-1), `[code](not-a-link.md)` and ![a](b.png).\n";
+    assert_eq!(anchors(page), ["title", "logs", "logs-1"]);
+    assert_eq!(links(page), ["#logs-1", "b.png"]);
+    let readme = root().join("README.md");
+    assert_eq!(
+        resolve(&readme, "docs/api.md#command-line"),
+        Some((root().join("docs/api.md"), Some("command-line".to_string())))
+    );
+    assert_eq!(resolve(&readme, "https://example.com/x#y"), None);
 }

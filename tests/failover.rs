@@ -292,9 +292,9 @@ impl Stream {
 /// answers 410 or 404, never the code), and no silent loss. A take whose reply was lost, or
 /// that no replica acknowledged in time, answered 503; a 410 first (taken, by nobody we told)
 /// would be a silent loss. A callback stored just before the primary died may be lost with it
-/// (replication is asynchronous, and storing a callback does not wait for replicas: README):
-/// then the retrieval says 404. `lossy_until`: callbacks stored before it may be lost so;
-/// `None`: none may (nothing was lost in the fault).
+/// (replication is asynchronous, and storing a callback does not wait for replicas:
+/// docs/scaling.md): then the retrieval says 404. `lossy_until`: callbacks stored before it may
+/// be lost so; `None`: none may (nothing was lost in the fault).
 fn no_code_twice_and_no_silent_loss(
     replicas: &[Relay],
     pairs: &[Pair],

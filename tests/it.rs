@@ -1,7 +1,7 @@
 //! Every integration test, in one binary: one module per feature, each in its own file
 //! (`tests/broker.rs` is the module `broker`), and the support code (`tests/support/`: starting
 //! the real binary, the fakes of upstream services, the harnesses) compiled once for all of them.
-//! One feature's tests: `cargo nextest run -E 'test(/^broker::/)'` (README, "Development").
+//! One feature's tests: `cargo nextest run -E 'test(/^broker::/)'` (docs/development.md).
 //!
 //! A new feature is a file `tests/<feature>.rs` and a `mod <feature>;` line below; in the file,
 //! `use crate::support;` makes `support::...` what it is everywhere else.

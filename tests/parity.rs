@@ -57,7 +57,7 @@ fn every_recorded_step_matches_the_python_server() {
                 actual["timestamp"] = Value::Null;
                 expected["timestamp"] = Value::Null;
             }
-            // Every recorded field, exactly; besides them only the fields added since (README,
+            // Every recorded field, exactly; besides them only the fields added since (docs/api.md,
             // "Differences"), which a client written for the Python server never reads.
             if let Some(fields) = actual.as_object_mut() {
                 for added in ADDED_FIELDS {

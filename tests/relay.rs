@@ -1,5 +1,5 @@
-//! The relay's behaviour beyond parity: the Python server's holes closed (README "Differences"),
-//! bounds, the optional API token, registered states, and what reaches the log.
+//! The relay's behaviour beyond parity: the Python server's holes closed (docs/api.md,
+//! "Differences"), bounds, the optional API token, registered states, and what reaches the log.
 
 use crate::support;
 

@@ -2,7 +2,7 @@
 //! base64url(SHA-256(secret)) and only a retrieval presenting the secret in `X-Retrieval-Secret`
 //! gets the code. Anyone else gets exactly the unknown state's answer and takes nothing; long-polls
 //! behave the same; registration with a hash needs no operator token on a server without one
-//! (the README's example works on a server started with no settings), and with a token
+//! (docs/api.md's example works on a server started with no settings), and with a token
 //! everything needs it; across replicas on Redis; and the `register` and `wait` commands.
 
 use crate::support;
@@ -15,7 +15,7 @@ use support::{eventually, HttpResponse, RedisServer, Relay, BIN};
 const API_TOKEN: &str = "api-token-0123456789abcdef";
 const HEADER: &str = "X-Retrieval-Secret";
 
-/// base64url(SHA-256(secret)) without padding, computed the way the README tells clients to:
+/// base64url(SHA-256(secret)) without padding, computed the way docs/api.md tells clients to:
 /// with openssl, not with the relay's code.
 fn hash_of(secret: &str) -> String {
     let mut child = Command::new("sh")
@@ -538,18 +538,18 @@ fn register_and_wait_commands() {
     assert_eq!(v["auth_code"], "cli-code-2");
 }
 
-/// The README's example ("A retrieval secret: the state alone is not enough"), run as written
-/// (sh, curl, openssl, the CLI) against a server started with no settings: the registration is
-/// 201, and the retrieval with the secret gets the code. The person's redirect (step 2) is a
-/// curl to /callback where the example says to send the person.
+/// The API page's example (docs/api.md, "A retrieval secret: the state alone is not enough"),
+/// run as written (sh, curl, openssl, the CLI) against a server started with no settings: the
+/// registration is 201, and the retrieval with the secret gets the code. The person's redirect
+/// (step 2) is a curl to /callback where the example says to send the person.
 #[test]
-fn the_readme_example_works_on_a_server_with_no_settings() {
+fn the_documented_example_works_on_a_server_with_no_settings() {
     let relay = Relay::start(&[]);
-    let readme = include_str!("../README.md");
-    let section = readme
-        .split("### A retrieval secret")
+    let page = include_str!("../docs/api.md");
+    let section = page
+        .split("\n## A retrieval secret")
         .nth(1)
-        .expect("the README's retrieval secret section");
+        .expect("docs/api.md's retrieval secret section");
     let block = section
         .split("```sh\n")
         .nth(1)
@@ -562,7 +562,7 @@ fn the_readme_example_works_on_a_server_with_no_settings() {
         .expect("the CLI part");
     let person = |line: &str| {
         if line.starts_with("# 2.") {
-            format!("curl -s -o /dev/null \"$RELAY/callback?code=readme-code-$STATE&state=$STATE\"\n{line}")
+            format!("curl -s -o /dev/null \"$RELAY/callback?code=doc-code-$STATE&state=$STATE\"\n{line}")
         } else {
             line.to_string()
         }
@@ -573,7 +573,7 @@ fn the_readme_example_works_on_a_server_with_no_settings() {
         .iter()
         .map(|l| {
             if l.starts_with("oauth-relay wait") {
-                format!("curl -s -o /dev/null \"$RELAY/callback?code=readme-code-$STATE&state=$STATE\"\n{l}")
+                format!("curl -s -o /dev/null \"$RELAY/callback?code=doc-code-$STATE&state=$STATE\"\n{l}")
             } else {
                 l.to_string()
             }
@@ -582,13 +582,13 @@ fn the_readme_example_works_on_a_server_with_no_settings() {
     assert!(by_hand.iter().any(|l| l.contains("/api/states")));
     assert!(with_cli.iter().any(|l| l.contains("\noauth-relay wait")));
     // `oauth-relay` on the PATH, as the example assumes.
-    let bin = std::env::temp_dir().join(format!("readme-bin-{}", std::process::id()));
+    let bin = std::env::temp_dir().join(format!("doc-example-bin-{}", std::process::id()));
     std::fs::create_dir_all(&bin).unwrap();
     let link = bin.join("oauth-relay");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(BIN, &link).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    for (state, script) in [("readme-1", by_hand), ("readme-2", with_cli)] {
+    for (state, script) in [("doc-1", by_hand), ("doc-2", with_cli)] {
         let out = Command::new("sh")
             .args(["-ec", &script.join("\n")])
             .env("RELAY", relay.url(""))
@@ -606,10 +606,10 @@ fn the_readme_example_works_on_a_server_with_no_settings() {
         );
         // What the example prints: the code, once, to the holder of the secret.
         assert!(
-            stdout.contains(&format!("\"auth_code\":\"readme-code-{state}\"")),
+            stdout.contains(&format!("\"auth_code\":\"doc-code-{state}\"")),
             "{state}: {stdout}"
         );
-        if state == "readme-1" {
+        if state == "doc-1" {
             assert!(stdout.contains("\"status\":\"registered\""), "{stdout}");
         }
         assert_eq!(relay.get(&format!("/api/callback/{state}")).status, 404);

@@ -485,7 +485,7 @@ fn occurrences(path: &Path, needle: &str) -> usize {
 /// process frees (`perturb`; its per-thread cache, which skips that, off), so the dump shows
 /// what the process holds rather than what it dropped and has not reused yet (without it, freed
 /// heap keeps such residues: the buffer of the Graph call that carried the access token, the
-/// parsed token response; README, "Sealed hand-off").
+/// parsed token response; docs/broker.md, "Sealed hand-off").
 #[test]
 fn the_in_memory_broker_process_holds_no_sealed_token() {
     let s = setup(&[(

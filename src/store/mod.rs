@@ -78,7 +78,7 @@ impl Proof {
 }
 
 /// What the provider sent to `/callback` for one state: every authorization-response
-/// parameter a client needs to finish the flow (README, "What comes back").
+/// parameter a client needs to finish the flow (docs/api.md, "What comes back").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Callback {
     pub state: String,

@@ -15,8 +15,8 @@
 //! replicas acknowledged it. Otherwise the request fails closed (503, `take_not_replicated`):
 //! the value is used up on the primary, or, if a failover undoes the take, still there to be
 //! taken once. Other writes (a callback stored, a session created) are not waited for: a
-//! failover may lose the last of them, which shows as a missing callback or session (README,
-//! "What a failover can lose").
+//! failover may lose the last of them, which shows as a missing callback or session
+//! (docs/scaling.md, "What a failover can lose").
 //!
 //! **Keys and Redis Cluster slots.** Every key of one script must be in one slot, and the caps
 //! are counted in the same script as the write they bound (the pending cap, each client's share,
@@ -36,8 +36,8 @@
 //! every node of a cluster.
 //!
 //! These names replaced the untagged ones of versions before Sentinel and Cluster were served
-//! (`<prefix>c:...`); what those versions stored is not read (README, "Upgrading to tagged
-//! keys").
+//! (`<prefix>c:...`); what those versions stored is not read (docs/scaling.md, "Upgrading from
+//! a version before Sentinel and Cluster were served").
 //!
 //! At rest, codes, tokens, verifiers, sessions and handles are sealed with the keyring (the
 //! store key is the associated data), and key names are keyed hashes of states, handles and
@@ -74,7 +74,7 @@ const BROKER: &str = "broker";
 // out, and the same for `X` and `Y` in a replica that predates conflicts. But such a replica
 // would store a callback for an `H` registration unguarded (and one that predates tombstones
 // would accept a late callback for an expired registration), which is why every replica must
-// run this version before clients register (README). The guard is the keyed MAC of the
+// run this version before clients register (docs/scaling.md). The guard is the keyed MAC of the
 // retrieval hash (`RedisStore::guard`).
 //
 // A registration key holds `1`, or `H` guard; then `;` the end of the registration in Unix
