@@ -553,3 +553,28 @@ fn the_link_check_reads_markdown_as_github_does() {
     );
     assert_eq!(resolve(&readme, "https://example.com/x#y"), None);
 }
+
+/// Where the docs say which Rust builds the project, they say what `Cargo.toml` declares.
+#[test]
+fn the_rust_version_named_in_the_docs_is_cargo_tomls() {
+    let manifest = read(&root().join("Cargo.toml"));
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml declares rust-version");
+    let mut named = 0;
+    for page in pages() {
+        let text = read(&page).replace('\n', " ");
+        for (i, _) in text.match_indices(" or newer") {
+            let Some(version) = text[..i].rsplit(' ').next() else {
+                continue;
+            };
+            if text[..i].ends_with(&format!("Rust {version}")) {
+                assert_eq!(version, declared, "{}", page.display());
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 2, "the README and docs/development.md name it");
+}
