@@ -83,9 +83,10 @@ fn provider_settings() -> Vec<String> {
 
 const PROVIDER_PREFIX: &str = "OAUTH_RELAY_PROVIDER_";
 
-/// Names the docs give to the caller's own variables, not the relay's: docs/api.md's example
-/// keeps a retrieval secret in one (`wait --retrieval-secret-env NAME`).
-const CALLERS_OWN: &[&str] = &["OAUTH_RELAY_RETRIEVAL_SECRET"];
+/// Names the docs give to variables that are not the relay's: docs/api.md's example keeps a
+/// retrieval secret in one (`wait --retrieval-secret-env NAME`), and the bench scripts are told
+/// the binary to measure by another (`bench/front.sh`).
+const CALLERS_OWN: &[&str] = &["OAUTH_RELAY_RETRIEVAL_SECRET", "OAUTH_RELAY_BIN"];
 
 struct Settings {
     declared: Vec<String>,
