@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 use support::broker::{providers_env, short_hash, Planned};
+use support::redis_topology::Standalone;
 use support::relay_api::{hash_of, metric, As};
 use support::{eventually, http, RedisServer, Relay};
 
@@ -178,18 +179,6 @@ fn relay_steps_on_redis_are_served_while_the_only_blocking_thread_is_held() {
     assert_eq!(support::parse_response(&raw).status, 200);
 }
 
-/// The `field` of `INFO <section>` of the server on `port`.
-fn info(port: u16, section: &str, field: &str) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", section])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.trim().to_string())
-}
-
 /// Sends `signal` to the process `pid` (read before it is stopped: a stopped server answers
 /// nothing).
 fn signal(pid: &str, signal: &str) {
@@ -203,21 +192,14 @@ fn signal(pid: &str, signal: &str) {
 
 #[test]
 fn a_take_whose_client_hung_up_runs_to_its_end_and_is_logged() {
-    let primary = RedisServer::start();
-    let replica = RedisServer::start();
-    let out = Command::new("redis-cli")
-        .args([
-            "-p",
-            &replica.port.to_string(),
-            "REPLICAOF",
-            "127.0.0.1",
-            &primary.port.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    // Each in a directory of its own (the replica's full sync writes a snapshot).
+    let primary = Standalone::start();
+    let port = primary.node.port.to_string();
+    let replica = Standalone::start_with(false, &["--replicaof", "127.0.0.1", &port]);
     eventually("the replica to be online", || {
-        info(primary.port, "replication", "slave0")
+        primary
+            .node
+            .info("replication", "slave0")
             .filter(|s| s.contains("state=online"))
             .map(|_| ())
     });
@@ -238,11 +220,11 @@ fn a_take_whose_client_hung_up_runs_to_its_end_and_is_logged() {
     assert_eq!(relay.get("/callback?code=kept&state=hung-up").status, 200);
 
     // The replica stops acknowledging: the take runs on the primary, then waits (WAIT) for it.
-    let pid = info(replica.port, "server", "process_id").unwrap();
+    let pid = replica.node.info("server", "process_id").unwrap();
     signal(&pid, "STOP");
     let client = send(&relay, "/api/callback/hung-up");
     eventually("the take to wait for the replica", || {
-        (info(primary.port, "clients", "blocked_clients").as_deref() == Some("1")).then_some(())
+        (primary.node.info("clients", "blocked_clients").as_deref() == Some("1")).then_some(())
     });
     // The client hangs up, and the relay sees it go.
     let open = metric(&relay, "oauth_relay_open_connections").unwrap();
