@@ -34,11 +34,10 @@ impl App {
         self.store.publish(&key);
     }
 
-    /// `notify`, awaiting the store's publication instead of blocking on it.
-    pub async fn notify_async(&self, kind: &str, id: &str) {
-        let key = self.store.waiter_key(kind, id);
-        self.waiters.notify(&key);
-        self.store.clone().publish_async(key).await;
+    /// Wakes long-polls waiting for `id` of `kind` on this replica only: for news the store
+    /// told the other replicas of itself (`Store::put_callback_async`).
+    pub fn notify_here(&self, kind: &str, id: &str) {
+        self.waiters.notify(&self.store.waiter_key(kind, id));
     }
 
     /// The broker, in broker mode; otherwise its routes are paths nobody serves (404).

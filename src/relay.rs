@@ -98,7 +98,7 @@ async fn store_callback(
                     json!({ "state": short_hash(&state), "outcome": outcome }),
                 );
             }
-            app.notify_async("relay", &state).await;
+            app.notify_here("relay", &state);
             Some(stored == Put::StoredRegistered)
         }
         // A person reloading the page: same page, nothing changes.
@@ -110,7 +110,7 @@ async fn store_callback(
                 json!({ "state": short_hash(&state), "effect": "neither callback is handed out" }),
             );
             // A long-poll waiting for this state is answered with the conflict now.
-            app.notify_async("relay", &state).await;
+            app.notify_here("relay", &state);
             let refused = Error::SignInConflict.into_response_for(Face::Page);
             return Ok(with_event(
                 app,

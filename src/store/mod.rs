@@ -443,23 +443,25 @@ pub trait Store: Send + Sync {
         false
     }
 
-    // The relay's steps (a callback stored, taken, looked for; a state registered; news
-    // published) as futures owning what they need, for the server to await on its event loop
+    // The relay's steps (a callback stored, taken, looked for; a state registered) as futures owning what they need, for the server to await on its event loop
     // instead of a hop to the blocking pool per request. A store that blocks implements them
     // without blocking; the defaults make the call above at once (in memory, a map look-up).
 
-    /// `put_callback_from`, awaited.
+    /// `put_callback_from`, awaited; and when it stored the callback or put its state in
+    /// conflict, the other replicas are told (`publish` of the state's `waiter_key`), in the
+    /// same step (Redis: in the same script, so it costs no round trip of its own).
     fn put_callback_async(
         self: Arc<Self>,
         cb: Callback,
         require_registered: bool,
         client: Client,
     ) -> Later<StoreResult<Put>> {
-        Box::pin(std::future::ready(self.put_callback_from(
-            cb,
-            require_registered,
-            client,
-        )))
+        let key = self.waiter_key("relay", &cb.state);
+        let put = self.put_callback_from(cb, require_registered, client);
+        if let Ok(Put::Stored | Put::StoredRegistered | Put::Conflicted) = put {
+            self.publish(&key);
+        }
+        Box::pin(std::future::ready(put))
     }
 
     /// `take_callback_by`, awaited.
@@ -494,12 +496,6 @@ pub trait Store: Send + Sync {
             guard.as_ref(),
             client,
         )))
-    }
-
-    /// `publish`, awaited.
-    fn publish_async(self: Arc<Self>, waiter_key: String) -> Later<()> {
-        self.publish(&waiter_key);
-        Box::pin(std::future::ready(()))
     }
 
     /// Whether the backend answers (`/ready`).

@@ -104,7 +104,12 @@ local function registered_until(reg)
 end
 ";
 
+// With ARGV[7] (a channel) and ARGV[8] (a waiter key), a callback stored or a state put in
+// conflict is published there too, so that telling the other replicas costs no round trip.
 const PUT: &str = "
+local function tell()
+  if ARGV[7] then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local kind = string.sub(cur, 1, 1)
@@ -114,6 +119,7 @@ if cur then
   local marker = 'X' .. string.sub(cur, 2, 33)
   if kind == 'G' then marker = 'Y' .. string.sub(cur, 2, 65) end
   redis.call('SET', KEYS[1], marker, 'KEEPTTL')
+  tell()
   return 'conflicted'
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -142,6 +148,7 @@ redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + ttl, KEYS[1])
+tell()
 if reg then return 'stored_registered' end
 return 'stored'";
 
@@ -786,34 +793,38 @@ fn tokens_from_json(v: &Value, unnamed: &str) -> Tokens {
 /// The relay's steps, written once: awaited on the event loop (`Store::*_async`) and run
 /// from blocking threads (`Store`'s own calls, through `RedisStore::blocking`).
 impl RedisStore {
+    /// With `tell`, the news is published by the script itself (`Store::put_callback_async`).
     async fn callback_put(
         &self,
         cb: Callback,
         require_registered: bool,
         client: Client,
+        tell: bool,
     ) -> StoreResult<Put> {
         let key = self.key("c", &cb.state);
         let fp = self.keys.mac(&cb.fingerprint());
         let mut value = b"L".to_vec();
         value.extend_from_slice(&fp);
         value.extend(self.seal_json(&key, &callback_to_json(&cb)));
-        let outcome: String = self
-            .run_async(
-                Call::script(&self.scripts.put)
-                    .key(&key)
-                    .key(self.key("r", &cb.state))
-                    .key(self.set("pending"))
-                    .key(self.set("active"))
-                    .key(self.key("w", &cb.state))
-                    .key(self.share_key(client))
-                    .arg(value)
-                    .arg(&fp[..])
-                    .arg(self.ttl_ms())
-                    .arg(if require_registered { "1" } else { "0" })
-                    .arg(self.max_pending)
-                    .arg(self.max_per_client),
-            )
-            .await?;
+        let mut call = Call::script(&self.scripts.put)
+            .key(&key)
+            .key(self.key("r", &cb.state))
+            .key(self.set("pending"))
+            .key(self.set("active"))
+            .key(self.key("w", &cb.state))
+            .key(self.share_key(client))
+            .arg(value)
+            .arg(&fp[..])
+            .arg(self.ttl_ms())
+            .arg(if require_registered { "1" } else { "0" })
+            .arg(self.max_pending)
+            .arg(self.max_per_client);
+        if tell {
+            call = call
+                .arg(self.channel())
+                .arg(self.waiter_key("relay", &cb.state));
+        }
+        let outcome: String = self.run_async(call).await?;
         Ok(match outcome.as_str() {
             "stored" => Put::Stored,
             "stored_registered" => Put::StoredRegistered,
@@ -943,7 +954,7 @@ impl Store for RedisStore {
         require_registered: bool,
         client: Client,
     ) -> StoreResult<Put> {
-        self.blocking(self.callback_put(cb, require_registered, client))
+        self.blocking(self.callback_put(cb, require_registered, client, false))
     }
 
     fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
@@ -970,7 +981,10 @@ impl Store for RedisStore {
         require_registered: bool,
         client: Client,
     ) -> Later<StoreResult<Put>> {
-        Box::pin(async move { self.callback_put(cb, require_registered, client).await })
+        Box::pin(async move {
+            self.callback_put(cb, require_registered, client, true)
+                .await
+        })
     }
 
     fn take_callback_async(
@@ -1029,16 +1043,6 @@ impl Store for RedisStore {
         let _ = self
             .kv
             .publish_blocking(&self.channel(), waiter_key.as_bytes());
-    }
-
-    fn publish_async(self: Arc<Self>, waiter_key: String) -> Later<()> {
-        // Best effort, as `publish`.
-        Box::pin(async move {
-            let _ = self
-                .kv
-                .publish(&self.channel(), waiter_key.as_bytes())
-                .await;
-        })
     }
 
     fn create_session(&self, s: Session) -> StoreResult<bool> {
