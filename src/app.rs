@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::http::{HttpRequest, Reply, Response, Wait};
 use crate::store::Store;
 use crate::waiters::Waiters;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,12 @@ impl App {
         let key = self.store.waiter_key(kind, id);
         self.waiters.notify(&key);
         self.store.publish(&key);
+    }
+
+    /// Wakes long-polls waiting for `id` of `kind` on this replica only: for news the store
+    /// told the other replicas of itself (`Store::put_callback_async`).
+    pub fn notify_here(&self, kind: &str, id: &str) {
+        self.waiters.notify(&self.store.waiter_key(kind, id));
     }
 
     /// The broker, in broker mode; otherwise its routes are paths nobody serves (404).
@@ -91,7 +98,8 @@ impl App {
 
 /// A long-poll: park the request under `key` for `wait`; `ready` tells whether a value this
 /// request may have has landed (checked once parked and on every wake-up), `answer` builds the
-/// reply when it has or at the deadline.
+/// reply when it has or at the deadline. Both are blocking calls on a store that blocks (run on
+/// the pool).
 pub fn long_poll(
     app: &Arc<App>,
     key: String,
@@ -104,7 +112,33 @@ pub fn long_poll(
         key,
         deadline: Instant::now() + wait,
         blocking: app.store.blocks(),
-        ready: Arc::new(move || ready(&ready_app)),
-        answer: Box::new(move || answer(&answer_app)),
+        ready: Arc::new(move || Box::pin(std::future::ready(ready(&ready_app)))),
+        answer: Box::new(move || Reply::Now(answer(&answer_app))),
+    })
+}
+
+/// `long_poll` whose `ready` and `answer` await the store instead of blocking: called in place,
+/// their work awaited on the event loop (`Reply::awaiting`).
+pub fn long_poll_async<R, A>(
+    app: &Arc<App>,
+    key: String,
+    wait: Duration,
+    ready: impl Fn(&Arc<App>) -> R + Send + Sync + 'static,
+    answer: impl FnOnce(&Arc<App>) -> A + Send + 'static,
+) -> Reply
+where
+    R: Future<Output = bool> + Send + 'static,
+    A: Future<Output = Response> + Send + 'static,
+{
+    let (ready_app, answer_app) = (app.clone(), app.clone());
+    Reply::Wait(Wait {
+        key,
+        deadline: Instant::now() + wait,
+        blocking: false,
+        ready: Arc::new(move || Box::pin(ready(&ready_app))),
+        answer: Box::new(move || {
+            let answer = answer(&answer_app);
+            Reply::awaiting(async move { Reply::Now(answer.await) })
+        }),
     })
 }

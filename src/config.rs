@@ -185,7 +185,8 @@ pub struct ServeArgs {
     /// Event-loop threads, each serving the connections handed to it (default: one per CPU).
     #[arg(long, env = "OAUTH_RELAY_WORKERS")]
     pub workers: Option<usize>,
-    /// Most threads doing blocking work at once (Redis calls, calls to identity providers).
+    /// Most threads doing blocking work at once (the broker's Redis calls, calls to identity
+    /// providers; the relay's routes await Redis on the event loop).
     #[arg(long, env = "OAUTH_RELAY_BLOCKING_THREADS", default_value_t = defaults::BLOCKING_THREADS)]
     pub blocking_threads: usize,
     /// Seconds a request (headers and body) may take to arrive, counted from when the

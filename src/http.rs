@@ -4,7 +4,11 @@
 
 use bytes::Bytes;
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 pub struct HttpRequest {
@@ -219,20 +223,42 @@ impl Response {
     }
 }
 
+/// Work whose result comes later, owning all it needs (so the server can spawn it).
+pub type Later<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// What a handler wants done: answer now, or park the request until `key` is notified or the
-/// deadline passes, then answer with `answer()`, or run blocking work off the event loop.
+/// deadline passes, then answer with `answer()`, or run blocking work off the event loop, or
+/// await work on it.
 pub enum Reply {
     Now(Response),
     Wait(Wait),
-    /// Blocking work (a shared store, an identity provider): run on the bounded blocking pool,
-    /// never on the event loop; what it returns is handled like any reply.
+    /// Blocking work (an identity provider, the broker's steps on a shared store): run on the
+    /// bounded blocking pool, never on the event loop; what it returns is handled like any
+    /// reply.
     Later(Box<dyn FnOnce() -> Reply + Send>),
+    /// Work that waits without blocking (the relay's steps on Redis): awaited on the event
+    /// loop, as a task of its own so it runs to its end even if the client hangs up (a take
+    /// must not be cut in half); what it returns is handled like any reply.
+    Async(Later<Reply>),
 }
 
 impl Reply {
     /// Blocking work whose result is a response.
     pub fn later(job: impl FnOnce() -> Response + Send + 'static) -> Reply {
         Reply::Later(Box::new(move || Reply::Now(job())))
+    }
+
+    /// Work to await, as a reply: answered now when it is done at its first look (every step
+    /// of a store in memory is), else awaited by the server.
+    pub fn awaiting(work: impl Future<Output = Reply> + Send + 'static) -> Reply {
+        let mut work: Later<Reply> = Box::pin(work);
+        match work
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(reply) => reply,
+            Poll::Pending => Reply::Async(work),
+        }
     }
 }
 
@@ -241,13 +267,16 @@ pub struct Wait {
     pub deadline: Instant,
     /// Checked once the request is parked, so a value that landed between the handler's first
     /// look and the parking is not missed, and again on each wake-up: news this request cannot
-    /// use (a callback only another's retrieval secret opens) does not end its wait. May block
-    /// (a shared store): run off the event loop.
-    pub ready: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
-    /// Builds the answer when woken or at the deadline. May block, like `ready`.
-    pub answer: Box<dyn FnOnce() -> Response + Send>,
-    /// Whether `ready` and `answer` block (a shared store), so the server runs them on the
-    /// blocking pool; in memory they are a map look-up and run in place.
+    /// use (a callback only another's retrieval secret opens) does not end its wait. Its
+    /// future is awaited on the event loop; with `blocking`, the call itself blocks (a shared
+    /// store) and is run off the event loop.
+    pub ready: Arc<dyn Fn() -> Later<bool> + Send + Sync>,
+    /// Builds the reply when woken or at the deadline: an answer, or work to run as any
+    /// reply's (blocking work runs on the pool anyway; with `blocking`, so does this call).
+    pub answer: Box<dyn FnOnce() -> Reply + Send>,
+    /// Whether calling `ready` and `answer` blocks (a shared store), so the server calls them
+    /// on the blocking pool; in memory they are a map look-up, and the relay's steps on Redis
+    /// return futures at once: both are called in place.
     pub blocking: bool,
 }
 

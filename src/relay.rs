@@ -7,7 +7,8 @@
 //! told "not yet" (202) and "expired" (410) in words of their own.
 
 use crate::app::App;
-use crate::error::Error;
+use crate::error::{Error, Face};
+use crate::events::Events;
 use crate::http::{decode_segment, HttpRequest, Reply, Response, RETRIEVAL_SECRET_HEADER};
 use crate::logging;
 use crate::pages;
@@ -36,7 +37,7 @@ impl From<Unavailable> for Error {
     }
 }
 
-pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
+pub fn callback(app: &Arc<App>, req: &HttpRequest) -> Result<Reply, Error> {
     let state = req.query_param("state").ok_or(Error::MissingState)?;
     if state.len() > MAX_STATE_BYTES {
         return Err(Error::StateTooLong);
@@ -57,6 +58,22 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     if too_long || callback.payload_bytes() > MAX_CALLBACK_BYTES {
         return Err(Error::CallbackTooLarge);
     }
+    let client = Client::of(req.client_ip());
+    let app = app.clone();
+    Ok(Reply::awaiting(async move {
+        store_callback(&app, state, callback, client)
+            .await
+            .unwrap_or_else(|e| Reply::Now(e.into_response_for(Face::Page)))
+    }))
+}
+
+/// Stores what `/callback` brought and says so: the page, or the refusal.
+async fn store_callback(
+    app: &Arc<App>,
+    state: String,
+    callback: Callback,
+    client: Client,
+) -> Result<Reply, Error> {
     let outcome = if callback.error.is_some() {
         "provider_error"
     } else {
@@ -66,11 +83,12 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
     // same page); the callback itself moves into the store.
     let (error, description) = (callback.error.clone(), callback.error_description.clone());
     let has_code = callback.code.is_some();
-    let client = Client::of(req.client_ip());
-    match app
-        .store
-        .put_callback_from(callback, app.config.require_registered_state, client)?
-    {
+    let put =
+        app.store
+            .clone()
+            .put_callback_async(callback, app.config.require_registered_state, client);
+    // Whether it was stored, and then whether for a registered state (its completion event).
+    let stored = match put.await? {
         stored @ (Put::Stored | Put::StoredRegistered) => {
             // The fields (a hash among them) are built only when the line is written.
             if logging::enabled(logging::Level::Info) {
@@ -80,14 +98,11 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                     json!({ "state": short_hash(&state), "outcome": outcome }),
                 );
             }
-            app.notify("relay", &state);
-            let registered = stored == Put::StoredRegistered;
-            if let Some(events) = &app.events {
-                events.callback_received(&state, has_code, error.as_deref(), registered);
-            }
+            app.notify_here("relay", &state);
+            Some(stored == Put::StoredRegistered)
         }
         // A person reloading the page: same page, nothing changes.
-        Put::Repeated => {}
+        Put::Repeated => None,
         Put::Conflicted => {
             logging::from_anyone(
                 logging::Level::Warn,
@@ -95,11 +110,13 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
                 json!({ "state": short_hash(&state), "effect": "neither callback is handed out" }),
             );
             // A long-poll waiting for this state is answered with the conflict now.
-            app.notify("relay", &state);
-            if let Some(events) = &app.events {
-                events.callback_conflict(&state);
-            }
-            return Err(Error::SignInConflict);
+            app.notify_here("relay", &state);
+            let refused = Error::SignInConflict.into_response_for(Face::Page);
+            return Ok(with_event(
+                app,
+                move |events: &Events| events.callback_conflict(&state),
+                refused,
+            ));
         }
         Put::InConflict => return Err(Error::SignInConflict),
         Put::Conflict => {
@@ -135,12 +152,43 @@ pub fn callback(app: &App, req: &HttpRequest) -> Result<Response, Error> {
             return Err(Error::StoreFull);
         }
         Put::Quota => return Err(share_used_up(app)),
-    }
-    let page = match error {
-        None => pages::relay_success(),
-        Some(e) => pages::relay_failure(Some(&e), description.as_deref()).into(),
     };
-    Ok(Response::html(200, page))
+    let page = match &error {
+        None => pages::relay_success(),
+        Some(e) => pages::relay_failure(Some(e), description.as_deref()).into(),
+    };
+    let page = Response::html(200, page);
+    Ok(match stored {
+        Some(registered) => with_event(
+            app,
+            move |events: &Events| {
+                events.callback_received(&state, has_code, error.as_deref(), registered)
+            },
+            page,
+        ),
+        None => Reply::Now(page),
+    })
+}
+
+/// `response`, once the completion event `emit` makes is in the outbox (when events are on).
+/// An outbox in Redis is written by blocking calls (the store then blocks too, as the outbox
+/// is in Redis exactly when the store is): those go to the blocking pool.
+fn with_event(
+    app: &Arc<App>,
+    emit: impl FnOnce(&Events) + Send + 'static,
+    response: Response,
+) -> Reply {
+    let Some(events) = app.events.clone() else {
+        return Reply::Now(response);
+    };
+    if !app.store.blocks() {
+        emit(&events);
+        return Reply::Now(response);
+    }
+    Reply::later(move || {
+        emit(&events);
+        response
+    })
 }
 
 /// A client's share of pending entries is used up: counted, and refused (429).
@@ -162,31 +210,47 @@ pub fn retrieve(app: &Arc<App>, req: &HttpRequest, raw_state: &str) -> Result<Re
         .ok_or(Error::CallbackNotFound)?;
     let asked_to_wait = req.query_param("wait").is_some();
     let wait = app.wait_param(req)?;
-    let found = app.store.take_callback_by(&state, &proof)?;
-    let wait = match &found {
-        Take::Missing if !wait.is_zero() => wait,
-        // The owner is answered when the registration ends, not at its own deadline.
-        Take::Pending { expires_in } if !wait.is_zero() => wait.min(*expires_in + EXPIRY_MARGIN),
-        _ => return Ok(Reply::Now(answer(&state, found, asked_to_wait))),
-    };
-    let key = app.store.waiter_key("relay", &state);
-    let (ready_state, ready_proof) = (state.clone(), proof.clone());
-    Ok(crate::app::long_poll(
-        app,
-        key,
-        wait,
-        move |app| {
-            app.store
-                .has_callback_for(&ready_state, &ready_proof)
-                .unwrap_or(true)
-        },
-        move |app| {
-            app.store
-                .take_callback_by(&state, &proof)
-                .map(|found| answer(&state, found, true))
-                .unwrap_or_else(|e| Error::from(e).into_response())
-        },
-    ))
+    let app = app.clone();
+    Ok(Reply::awaiting(async move {
+        let first = app
+            .store
+            .clone()
+            .take_callback_async(state.clone(), proof.clone());
+        let found = match first.await {
+            Ok(found) => found,
+            Err(e) => return Reply::Now(Error::from(e).into_response()),
+        };
+        let wait = match &found {
+            Take::Missing if !wait.is_zero() => wait,
+            // The owner is answered when the registration ends, not at its own deadline.
+            Take::Pending { expires_in } if !wait.is_zero() => {
+                wait.min(*expires_in + EXPIRY_MARGIN)
+            }
+            _ => return Reply::Now(answer(&state, found, asked_to_wait)),
+        };
+        let key = app.store.waiter_key("relay", &state);
+        let (ready_state, ready_proof) = (state.clone(), proof.clone());
+        crate::app::long_poll_async(
+            &app,
+            key,
+            wait,
+            move |app| {
+                let has = app
+                    .store
+                    .clone()
+                    .has_callback_async(ready_state.clone(), ready_proof.clone());
+                async move { has.await.unwrap_or(true) }
+            },
+            move |app| {
+                let take = app.store.clone().take_callback_async(state.clone(), proof);
+                async move {
+                    take.await
+                        .map(|found| answer(&state, found, true))
+                        .unwrap_or_else(|e| Error::from(e).into_response())
+                }
+            },
+        )
+    }))
 }
 
 /// How long past a registration's end a long-poll parked on it waits before asking again: the
@@ -278,7 +342,7 @@ const REGISTRATION_KEYS: &[&str] = &["state", "ttl_secs", "retrieval_hash"];
 /// self-registrations count against the client's share of `OAUTH_RELAY_MAX_PENDING`. A
 /// registration without a hash and without a token would open the callback to everyone, as no
 /// registration does, so it is refused, naming the setting that allows it.
-pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
+pub fn register(app: &Arc<App>, req: &HttpRequest) -> Result<Reply, Error> {
     app.authorize(req)?;
     let trusted = app.config.api_token.is_some();
     let body = crate::json_body::object(&req.body, REGISTRATION_KEYS)?;
@@ -310,27 +374,37 @@ pub fn register(app: &App, req: &HttpRequest) -> Result<Response, Error> {
         ));
     }
     let client = (!trusted).then(|| Client::of(req.client_ip()));
-    match app.store.register_by(state, ttl, guard.as_ref(), client)? {
-        Register::Registered { expires_at } => {
-            logging::from_anyone(
-                logging::Level::Info,
-                "state_registered",
-                json!({ "state": short_hash(state), "ttl_secs": ttl.as_secs(),
-                        "retrieval_secret": guard.is_some() }),
-            );
-            Ok(Response::json(
-                201,
-                &json!({
-                    "status": "registered",
-                    "state": state,
-                    "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
-                }),
-            ))
-        }
-        Register::Exists => Err(Error::StateExists),
-        Register::Full => Err(Error::StoreFull),
-        Register::Quota => Err(share_used_up(app)),
-    }
+    let (app, state) = (app.clone(), state.to_owned());
+    Ok(Reply::awaiting(async move {
+        let guarded = guard.is_some();
+        let registered = app
+            .store
+            .clone()
+            .register_async(state.clone(), ttl, guard, client);
+        let answer = match registered.await {
+            Ok(Register::Registered { expires_at }) => {
+                logging::from_anyone(
+                    logging::Level::Info,
+                    "state_registered",
+                    json!({ "state": short_hash(&state), "ttl_secs": ttl.as_secs(),
+                            "retrieval_secret": guarded }),
+                );
+                Ok(Response::json(
+                    201,
+                    &json!({
+                        "status": "registered",
+                        "state": state,
+                        "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
+                    }),
+                ))
+            }
+            Ok(Register::Exists) => Err(Error::StateExists),
+            Ok(Register::Full) => Err(Error::StoreFull),
+            Ok(Register::Quota) => Err(share_used_up(&app)),
+            Err(e) => Err(Error::from(e)),
+        };
+        Reply::Now(answer.unwrap_or_else(Error::into_response))
+    }))
 }
 
 #[cfg(test)]

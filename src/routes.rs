@@ -21,7 +21,7 @@ use std::sync::Arc;
 use Exposure::{Both, Internal, Public};
 use Face::{Api, Page};
 use Subject::{Nothing, StateParam, Tail};
-use Work::{InPlace, MayBlock, OwnPool};
+use Work::{Awaits, InPlace, MayBlock, OwnPool};
 
 const GET: &[&str] = &["GET"];
 const POST: &[&str] = &["POST"];
@@ -41,13 +41,13 @@ pub const ROUTES: &[Route] = &[
                |app, _, _| now(health::ready(app))),
     Route::new("/metrics",                   GET,      Api,  Internal, InPlace,  Nothing,
                |app, _, _| now(health::metrics(app))),
-    Route::new("/callback",                  GET,      Page, Public,   MayBlock, StateParam,
-               |app, req, _| now(relay::callback(app, req))),
-    Route::new("/api/callback/{state}",      GET,      Api,  Internal, MayBlock, Tail,
+    Route::new("/callback",                  GET,      Page, Public,   Awaits,   StateParam,
+               |app, req, _| relay::callback(app, req)),
+    Route::new("/api/callback/{state}",      GET,      Api,  Internal, Awaits,   Tail,
                relay::retrieve)
         .for_pages(&["Authorization", RETRIEVAL_SECRET_HEADER]),
-    Route::new("/api/states",                POST,     Api,  Internal, MayBlock, Nothing,
-               |app, req, _| now(relay::register(app, req)))
+    Route::new("/api/states",                POST,     Api,  Internal, Awaits,   Nothing,
+               |app, req, _| relay::register(app, req))
         .for_pages(&["Authorization", "Content-Type"]),
     Route::new("/sessions",                  POST,     Api,  Internal, MayBlock, Nothing,
                |app, req, _| now(sessions::create(app, req, SESSIONS))),
@@ -132,6 +132,10 @@ impl Listener {
 pub enum Work {
     InPlace,
     MayBlock,
+    /// Runs in place, and what it waits for on the store (Redis) is a future the server awaits
+    /// on the event loop (`Reply::Async`): no hop to the blocking pool per request. The relay's
+    /// routes, the busiest.
+    Awaits,
     /// The handler puts its own blocking work on the pool: kept connections, whose store (a
     /// file, or Redis) is not the relay store, and whose cached tokens are answered at once.
     OwnPool,
@@ -305,7 +309,7 @@ impl crate::server::Service for Router {
 }
 
 /// Routes a request: its route is looked up once, and a route that may block runs on the
-/// blocking pool when the store blocks.
+/// blocking pool when the store blocks (a route that `Awaits` runs here, whatever the store).
 pub fn route(app: &Arc<App>, req: HttpRequest) -> Reply {
     let route = find(&req.path).map(|(route, _)| route);
     if route.is_some_and(|r| r.work == MayBlock) && app.store.blocks() {
@@ -364,21 +368,24 @@ fn route_in_place(app: &Arc<App>, req: HttpRequest, route: Option<&'static Route
 }
 
 /// The access log's names for `reply`'s answer, whenever it comes: at once, after a long-poll,
-/// or from the blocking pool.
+/// from the blocking pool or awaited.
 fn tagged(reply: Reply, name: &'static str, subject: Option<String>) -> Reply {
     match reply {
         Reply::Now(r) => Reply::Now(r.tagged(name, subject.as_deref())),
         Reply::Wait(mut wait) => {
             let answer = wait.answer;
-            wait.answer = Box::new(move || answer().tagged(name, subject.as_deref()));
+            wait.answer = Box::new(move || tagged(answer(), name, subject));
             Reply::Wait(wait)
         }
         Reply::Later(job) => Reply::Later(Box::new(move || tagged(job(), name, subject))),
+        Reply::Async(work) => {
+            Reply::Async(Box::pin(async move { tagged(work.await, name, subject) }))
+        }
     }
 }
 
 /// The reply of a route open to pages (`cors`) with what lets an allowed page read it,
-/// whenever it is answered (a long-poll later, blocking work off the event loop).
+/// whenever it is answered (a long-poll later, blocking work off the event loop, work awaited).
 fn readable_by(app: &Arc<App>, origin: Option<String>, cors: bool, reply: Reply) -> Reply {
     if !cors {
         return reply;
@@ -387,12 +394,18 @@ fn readable_by(app: &Arc<App>, origin: Option<String>, cors: bool, reply: Reply)
         Reply::Now(r) => Reply::Now(app.config.cors.answer(origin.as_deref(), r)),
         Reply::Wait(mut wait) => {
             let (app, answer) = (app.clone(), wait.answer);
-            wait.answer = Box::new(move || app.config.cors.answer(origin.as_deref(), answer()));
+            wait.answer = Box::new(move || readable_by(&app, origin, true, answer()));
             Reply::Wait(wait)
         }
         Reply::Later(job) => {
             let app = app.clone();
             Reply::Later(Box::new(move || readable_by(&app, origin, true, job())))
+        }
+        Reply::Async(work) => {
+            let app = app.clone();
+            Reply::Async(Box::pin(async move {
+                readable_by(&app, origin, true, work.await)
+            }))
         }
     }
 }
@@ -419,22 +432,22 @@ mod tests {
             ("/ready", "/ready", Api, Both, MayBlock),
             ("/metrics", "/metrics", Api, Internal, InPlace),
             ("/openapi.json", "/openapi.json", Api, Internal, InPlace),
-            ("/callback", "/callback", Page, Public, MayBlock),
+            ("/callback", "/callback", Page, Public, Awaits),
             (
                 "/api/callback/s",
                 "/api/callback/{state}",
                 Api,
                 Internal,
-                MayBlock,
+                Awaits,
             ),
             (
                 "/api/callback/",
                 "/api/callback/{state}",
                 Api,
                 Internal,
-                MayBlock,
+                Awaits,
             ),
-            ("/api/states", "/api/states", Api, Internal, MayBlock),
+            ("/api/states", "/api/states", Api, Internal, Awaits),
             ("/sessions", "/sessions", Api, Internal, MayBlock),
             (
                 "/login/corp/callback",
@@ -620,7 +633,9 @@ mod tests {
         let Reply::Wait(wait) = route(&app(), req) else {
             panic!("not parked")
         };
-        let r = (wait.answer)();
+        let Reply::Now(r) = (wait.answer)() else {
+            panic!("not answered at once (in memory)")
+        };
         assert_eq!((r.status, r.route), (404, "/api/callback/{state}"));
         // Refusals before the request was whole are worded for the path's reader.
         use crate::server::Service;

@@ -19,6 +19,7 @@ mod container;
 mod contract;
 mod cors;
 mod docs;
+mod event_loop;
 mod events;
 mod failover;
 mod fairness;

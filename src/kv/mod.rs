@@ -428,7 +428,9 @@ impl Kv {
     /// Runs `work` on this (blocking) thread; the connections it uses are driven by the
     /// layer's thread, which never stops running its runtime. Measured: about 1.5 times the
     /// calls per second of spawning the call onto the layer's thread and waiting on a channel.
-    fn block_on<R>(&self, work: impl Future<Output = R>) -> R {
+    /// Public so a caller can write a step of several calls once, as a future awaiting
+    /// [`Kv::run`], and also run it from a blocking thread (the store's relay steps).
+    pub fn block_on<R>(&self, work: impl Future<Output = R>) -> R {
         assert_ne!(
             std::thread::current().id(),
             self.runtime.thread,

@@ -1,14 +1,14 @@
 //! One connection served start to end: hyper's requests turned into ours within every bound
 //! hyper leaves to us (the URL, the framing, the body and its deadline), the service's reply run
-//! (blocking work on the pool, a long-poll parked, a panic turned into a 500) and turned back
-//! into hyper's response, each request counted and written to the access log.
+//! (blocking work on the pool, work awaited, a long-poll parked, a panic turned into a 500) and
+//! turned back into hyper's response, each request counted and written to the access log.
 
 use super::conns::Slot;
 use super::guarded::Guarded;
 use super::Shared;
 use crate::client_ip::share_key;
 use crate::error::Error;
-use crate::http::{HttpRequest, Listener, Reply, Response, Wait};
+use crate::http::{HttpRequest, Later, Listener, Reply, Response, Wait};
 use crate::logging;
 use crate::waiters::Refused;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -241,20 +242,30 @@ async fn read_request(
     }
 }
 
-/// Runs the service and whatever it asks for: blocking work on the pool, a long-poll parked.
+/// Runs the service and whatever it asks for: blocking work on the pool, work awaited, a
+/// long-poll parked.
 async fn answer(shared: &Shared, req: HttpRequest) -> Response {
     // A long-poll's place counts against its client's share.
     let client = req.client_ip().map(share_key);
     let service = &shared.service;
-    let mut reply = catch_unwind(AssertUnwindSafe(|| service.serve(req)))
+    let reply = catch_unwind(AssertUnwindSafe(|| service.serve(req)))
         .unwrap_or_else(|_| Reply::Now(Error::Internal.into_response()));
+    match settle(shared, reply).await {
+        Ok(response) => response,
+        Err(wait) => long_poll(shared, wait, client).await,
+    }
+}
+
+/// Runs `reply` until it is an answer, or a long-poll to park (`Err`).
+async fn settle(shared: &Shared, mut reply: Reply) -> Result<Response, Wait> {
     loop {
         reply = match reply {
-            Reply::Now(response) => return response,
+            Reply::Now(response) => return Ok(response),
             Reply::Later(job) => off_the_loop(&shared.pool, job)
                 .await
                 .unwrap_or_else(internal_reply),
-            Reply::Wait(wait) => return long_poll(shared, wait, client).await,
+            Reply::Async(work) => awaited(work).await.unwrap_or_else(internal_reply),
+            Reply::Wait(wait) => return Err(wait),
         }
     }
 }
@@ -275,7 +286,23 @@ async fn off_the_loop<T: Send + 'static>(
         .and_then(|r| r)
 }
 
-/// Runs `job` in place, or off the loop when it may block.
+/// Awaits `work` on this event loop; `Err` when it panicked. Done at its first look (in
+/// memory), it is answered in place; otherwise it becomes a task of its own, before anything
+/// else is awaited, so if the client leaves meanwhile the work still completes (a take must
+/// not be cut in half, as on the blocking pool).
+async fn awaited<T: Send + 'static>(mut work: Later<T>) -> Result<T, ()> {
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))))
+    })
+    .await;
+    match first {
+        Err(_) => Err(()),
+        Ok(Poll::Ready(done)) => Ok(done),
+        Ok(Poll::Pending) => tokio::spawn(work).await.map_err(|_| ()),
+    }
+}
+
+/// Calls `job` in place, or off the loop when it blocks.
 async fn run<T: Send + 'static>(
     pool: &tokio::runtime::Handle,
     blocking: bool,
@@ -289,9 +316,9 @@ async fn run<T: Send + 'static>(
 }
 
 /// Parks a long-poll until its news or its deadline. Its place is held from parking to the
-/// answer: news it may not have (a callback guarded by another's retrieval secret) wakes it, it
-/// looks, and it waits on in the same place, so whatever happens meanwhile it answers at its own
-/// deadline, never early for want of a place.
+/// answer: news it may not have (a callback guarded by another's
+/// retrieval secret) wakes it, it looks, and it waits on in the same place, so whatever happens
+/// meanwhile it answers at its own deadline, never early for want of a place.
 async fn long_poll(shared: &Shared, wait: Wait, client: Option<IpAddr>) -> Response {
     let (waiters, pool) = (&shared.waiters, &shared.pool);
     let Wait {
@@ -319,7 +346,11 @@ async fn long_poll(shared: &Shared, wait: Wait, client: Option<IpAddr>) -> Respo
         // A value that landed while the handler was parking us, or while we last looked, must
         // not be missed (a wake-up meanwhile is kept for the next `woken`).
         let check = ready.clone();
-        if run(pool, blocking, move || check()).await.unwrap_or(true) {
+        let landed = match run(pool, blocking, move || check()).await {
+            Ok(look) => awaited(look).await.unwrap_or(true),
+            Err(()) => true,
+        };
+        if landed {
             break;
         }
         tokio::select! {
@@ -331,7 +362,11 @@ async fn long_poll(shared: &Shared, wait: Wait, client: Option<IpAddr>) -> Respo
             break;
         }
     }
-    let response = run(pool, blocking, answer)
+    let reply = run(pool, blocking, answer)
+        .await
+        .unwrap_or_else(internal_reply);
+    // An answer never parks again.
+    let response = settle(shared, reply)
         .await
         .unwrap_or_else(|_| Error::Internal.into_response());
     drop(parked);

@@ -5,9 +5,11 @@
 pub mod memory;
 pub mod redis;
 
+use crate::http::Later;
 use crate::seal::SealKey;
 use crate::secret::{BindingHash, RetrievalHash, Secret};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// A client as per-client shares count it: an IPv4 address, or an IPv6 /64 (what one
@@ -435,9 +437,65 @@ pub trait Store: Send + Sync {
     fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake>;
 
     /// Whether calls may block on I/O (a shared store across the network): the server then runs
-    /// them on its blocking pool, never on the event loop. In memory they are map look-ups.
+    /// them on its blocking pool, never on the event loop, except the relay's steps below,
+    /// which it awaits there. In memory they are map look-ups.
     fn blocks(&self) -> bool {
         false
+    }
+
+    // The relay's steps (a callback stored, taken, looked for; a state registered) as futures owning what they need, for the server to await on its event loop
+    // instead of a hop to the blocking pool per request. A store that blocks implements them
+    // without blocking; the defaults make the call above at once (in memory, a map look-up).
+
+    /// `put_callback_from`, awaited; and when it stored the callback or put its state in
+    /// conflict, the other replicas are told (`publish` of the state's `waiter_key`), in the
+    /// same step (Redis: in the same script, so it costs no round trip of its own).
+    fn put_callback_async(
+        self: Arc<Self>,
+        cb: Callback,
+        require_registered: bool,
+        client: Client,
+    ) -> Later<StoreResult<Put>> {
+        let key = self.waiter_key("relay", &cb.state);
+        let put = self.put_callback_from(cb, require_registered, client);
+        if let Ok(Put::Stored | Put::StoredRegistered | Put::Conflicted) = put {
+            self.publish(&key);
+        }
+        Box::pin(std::future::ready(put))
+    }
+
+    /// `take_callback_by`, awaited.
+    fn take_callback_async(
+        self: Arc<Self>,
+        state: String,
+        proof: Proof,
+    ) -> Later<StoreResult<Take>> {
+        Box::pin(std::future::ready(self.take_callback_by(&state, &proof)))
+    }
+
+    /// `has_callback_for`, awaited.
+    fn has_callback_async(
+        self: Arc<Self>,
+        state: String,
+        proof: Proof,
+    ) -> Later<StoreResult<bool>> {
+        Box::pin(std::future::ready(self.has_callback_for(&state, &proof)))
+    }
+
+    /// `register_by`, awaited.
+    fn register_async(
+        self: Arc<Self>,
+        state: String,
+        ttl: Duration,
+        guard: Option<RetrievalHash>,
+        client: Option<Client>,
+    ) -> Later<StoreResult<Register>> {
+        Box::pin(std::future::ready(self.register_by(
+            &state,
+            ttl,
+            guard.as_ref(),
+            client,
+        )))
     }
 
     /// Whether the backend answers (`/ready`).

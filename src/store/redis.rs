@@ -39,6 +39,11 @@
 //! (`<prefix>c:...`); what those versions stored is not read (docs/scaling.md, "Upgrading from
 //! a version before Sentinel and Cluster were served").
 //!
+//! **Where the calls run.** The relay's steps (a callback stored, taken, looked for; a state
+//! registered) are written once, as futures on `Kv::run`: the server awaits them on its event
+//! loop (`Store::*_async`), and the `Store` calls run the same futures from a blocking thread
+//! (`Kv::block_on`). The broker's steps are blocking calls, run on the blocking pool.
+//!
 //! At rest, codes, tokens, verifiers, sessions and handles are sealed with the keyring (the
 //! store key is the associated data), and key names are keyed hashes of states, handles and
 //! link ids, so reading Redis alone yields nothing usable.
@@ -49,6 +54,7 @@ use super::{
 };
 use super::{Client, Proof};
 use crate::config::{Durability, RedisConfig};
+use crate::http::Later;
 use crate::keyring::Keyring;
 use crate::kv::scripts::{tagged, REPLICAS_ONLINE};
 use crate::kv::{Call, Event, Kv, KvError, Script};
@@ -98,7 +104,12 @@ local function registered_until(reg)
 end
 ";
 
+// With ARGV[7] (a channel) and ARGV[8] (a waiter key), a callback stored or a state put in
+// conflict is published there too, so that telling the other replicas costs no round trip.
 const PUT: &str = "
+local function tell()
+  if ARGV[7] then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local kind = string.sub(cur, 1, 1)
@@ -108,6 +119,7 @@ if cur then
   local marker = 'X' .. string.sub(cur, 2, 33)
   if kind == 'G' then marker = 'Y' .. string.sub(cur, 2, 65) end
   redis.call('SET', KEYS[1], marker, 'KEEPTTL')
+  tell()
   return 'conflicted'
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -136,6 +148,7 @@ redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + ttl, KEYS[1])
+tell()
 if reg then return 'stored_registered' end
 return 'stored'";
 
@@ -463,21 +476,37 @@ impl RedisStore {
         self.run(call.idempotent())
     }
 
+    /// `run`, awaited (on the event loop, or in `block_on` on a blocking thread).
+    async fn run_async<T: FromRedisValue>(&self, call: Call) -> StoreResult<T> {
+        self.kv.run(call).await.map_err(unavailable)
+    }
+
+    /// `read`, awaited.
+    async fn read_async<T: FromRedisValue>(&self, call: Call) -> StoreResult<T> {
+        self.run_async(call.idempotent()).await
+    }
+
+    /// Runs one of the steps below, written once as futures, from a blocking thread.
+    fn blocking<R>(&self, step: impl std::future::Future<Output = R>) -> R {
+        self.kv.block_on(step)
+    }
+
     /// A take (`what`, for the log), whose script's reply begins `ok` when it hands something
     /// out. Sent once, with the replicas required as its last argument: a script that finds
     /// fewer online refuses (`no_replicas`) before it changes anything. With a replicated
     /// Redis it is followed by WAIT, and what it took is handed out only if enough replicas
     /// acknowledged it: otherwise it fails closed, used up on this primary, and a failover
     /// that undid it would leave it to be taken once more, never twice.
-    fn take(&self, call: Call, what: &'static str) -> StoreResult<Vec<Vec<u8>>> {
+    async fn take(&self, call: Call, what: &'static str) -> StoreResult<Vec<Vec<u8>>> {
         let Durability { replicas, wait } = self.durability;
         let call = call.arg(replicas);
         let (reply, acked) = if replicas == 0 {
-            (self.run::<Vec<Vec<u8>>>(call)?, 0)
+            (self.run_async::<Vec<Vec<u8>>>(call).await?, 0)
         } else {
             let done = self
                 .kv
-                .run_durable_blocking::<Vec<Vec<u8>>>(call, replicas, wait)
+                .run_durable::<Vec<Vec<u8>>>(call, replicas, wait)
+                .await
                 .map_err(unavailable)?;
             (done.value, done.replicas)
         };
@@ -761,33 +790,41 @@ fn tokens_from_json(v: &Value, unnamed: &str) -> Tokens {
     }
 }
 
-impl Store for RedisStore {
-    fn put_callback_from(
+/// The relay's steps, written once: awaited on the event loop (`Store::*_async`) and run
+/// from blocking threads (`Store`'s own calls, through `RedisStore::blocking`).
+impl RedisStore {
+    /// With `tell`, the news is published by the script itself (`Store::put_callback_async`).
+    async fn callback_put(
         &self,
         cb: Callback,
         require_registered: bool,
         client: Client,
+        tell: bool,
     ) -> StoreResult<Put> {
         let key = self.key("c", &cb.state);
         let fp = self.keys.mac(&cb.fingerprint());
         let mut value = b"L".to_vec();
         value.extend_from_slice(&fp);
         value.extend(self.seal_json(&key, &callback_to_json(&cb)));
-        let outcome: String = self.run(
-            Call::script(&self.scripts.put)
-                .key(&key)
-                .key(self.key("r", &cb.state))
-                .key(self.set("pending"))
-                .key(self.set("active"))
-                .key(self.key("w", &cb.state))
-                .key(self.share_key(client))
-                .arg(value)
-                .arg(&fp[..])
-                .arg(self.ttl_ms())
-                .arg(if require_registered { "1" } else { "0" })
-                .arg(self.max_pending)
-                .arg(self.max_per_client),
-        )?;
+        let mut call = Call::script(&self.scripts.put)
+            .key(&key)
+            .key(self.key("r", &cb.state))
+            .key(self.set("pending"))
+            .key(self.set("active"))
+            .key(self.key("w", &cb.state))
+            .key(self.share_key(client))
+            .arg(value)
+            .arg(&fp[..])
+            .arg(self.ttl_ms())
+            .arg(if require_registered { "1" } else { "0" })
+            .arg(self.max_pending)
+            .arg(self.max_per_client);
+        if tell {
+            call = call
+                .arg(self.channel())
+                .arg(self.waiter_key("relay", &cb.state));
+        }
+        let outcome: String = self.run_async(call).await?;
         Ok(match outcome.as_str() {
             "stored" => Put::Stored,
             "stored_registered" => Put::StoredRegistered,
@@ -802,7 +839,7 @@ impl Store for RedisStore {
         })
     }
 
-    fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
+    async fn callback_take(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
         let key = self.key("c", state);
         let owner = self.key("w", state);
         let (guard, authorized) = self.proof_args(proof);
@@ -811,21 +848,23 @@ impl Store for RedisStore {
         // script checks it is still the one declared.
         let mut tries = 0;
         let reply: Vec<Vec<u8>> = loop {
-            let share: Option<String> = self.read(Call::command("GET").key(&owner))?;
+            let share: Option<String> = self.read_async(Call::command("GET").key(&owner)).await?;
             let share = share.unwrap_or_else(|| self.set("q:none"));
-            let reply = self.take(
-                Call::script(&self.scripts.take)
-                    .key(&key)
-                    .key(self.set("pending"))
-                    .key(self.set("active"))
-                    .key(self.key("r", state))
-                    .key(&owner)
-                    .key(&share)
-                    .arg(&guard)
-                    .arg(authorized)
-                    .arg(self.ttl_ms()),
-                "callback",
-            )?;
+            let reply = self
+                .take(
+                    Call::script(&self.scripts.take)
+                        .key(&key)
+                        .key(self.set("pending"))
+                        .key(self.set("active"))
+                        .key(self.key("r", state))
+                        .key(&owner)
+                        .key(&share)
+                        .arg(&guard)
+                        .arg(authorized)
+                        .arg(self.ttl_ms()),
+                    "callback",
+                )
+                .await?;
             tries += 1;
             match reply.first().map(Vec::as_slice) {
                 // Made between the read and the take: nothing changed, look again.
@@ -859,18 +898,19 @@ impl Store for RedisStore {
         }
     }
 
-    fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
+    async fn callback_has(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
         let (guard, authorized) = self.proof_args(proof);
-        self.read(
+        self.read_async(
             Call::script(&self.scripts.has)
                 .key(self.key("c", state))
                 .key(self.key("r", state))
                 .arg(&guard)
                 .arg(authorized),
         )
+        .await
     }
 
-    fn register_by(
+    async fn state_register(
         &self,
         state: &str,
         ttl: Duration,
@@ -880,20 +920,22 @@ impl Store for RedisStore {
         let guard = guard.map(|h| self.guard(h).to_vec()).unwrap_or_default();
         // Declared either way; a trusted caller's registration leaves it untouched.
         let share = self.share_key(client.unwrap_or(Client::Unknown));
-        let outcome: String = self.run(
-            Call::script(&self.scripts.register)
-                .key(self.key("c", state))
-                .key(self.key("r", state))
-                .key(self.set("pending"))
-                .key(self.key("w", state))
-                .key(&share)
-                .arg(ttl.as_millis() as u64)
-                .arg(self.max_pending)
-                .arg(&guard)
-                .arg(self.ttl_ms())
-                .arg(self.max_per_client)
-                .arg(if client.is_some() { "1" } else { "0" }),
-        )?;
+        let outcome: String = self
+            .run_async(
+                Call::script(&self.scripts.register)
+                    .key(self.key("c", state))
+                    .key(self.key("r", state))
+                    .key(self.set("pending"))
+                    .key(self.key("w", state))
+                    .key(&share)
+                    .arg(ttl.as_millis() as u64)
+                    .arg(self.max_pending)
+                    .arg(&guard)
+                    .arg(self.ttl_ms())
+                    .arg(self.max_per_client)
+                    .arg(if client.is_some() { "1" } else { "0" }),
+            )
+            .await?;
         Ok(match outcome.as_str() {
             "ok" => Register::Registered {
                 expires_at: SystemTime::now() + ttl,
@@ -901,6 +943,76 @@ impl Store for RedisStore {
             "exists" => Register::Exists,
             "quota" => Register::Quota,
             _ => Register::Full,
+        })
+    }
+}
+
+impl Store for RedisStore {
+    fn put_callback_from(
+        &self,
+        cb: Callback,
+        require_registered: bool,
+        client: Client,
+    ) -> StoreResult<Put> {
+        self.blocking(self.callback_put(cb, require_registered, client, false))
+    }
+
+    fn take_callback_by(&self, state: &str, proof: &Proof) -> StoreResult<Take> {
+        self.blocking(self.callback_take(state, proof))
+    }
+
+    fn has_callback_for(&self, state: &str, proof: &Proof) -> StoreResult<bool> {
+        self.blocking(self.callback_has(state, proof))
+    }
+
+    fn register_by(
+        &self,
+        state: &str,
+        ttl: Duration,
+        guard: Option<&RetrievalHash>,
+        client: Option<Client>,
+    ) -> StoreResult<Register> {
+        self.blocking(self.state_register(state, ttl, guard, client))
+    }
+
+    fn put_callback_async(
+        self: Arc<Self>,
+        cb: Callback,
+        require_registered: bool,
+        client: Client,
+    ) -> Later<StoreResult<Put>> {
+        Box::pin(async move {
+            self.callback_put(cb, require_registered, client, true)
+                .await
+        })
+    }
+
+    fn take_callback_async(
+        self: Arc<Self>,
+        state: String,
+        proof: Proof,
+    ) -> Later<StoreResult<Take>> {
+        Box::pin(async move { self.callback_take(&state, &proof).await })
+    }
+
+    fn has_callback_async(
+        self: Arc<Self>,
+        state: String,
+        proof: Proof,
+    ) -> Later<StoreResult<bool>> {
+        Box::pin(async move { self.callback_has(&state, &proof).await })
+    }
+
+    fn register_async(
+        self: Arc<Self>,
+        state: String,
+        ttl: Duration,
+        guard: Option<RetrievalHash>,
+        client: Option<Client>,
+    ) -> Later<StoreResult<Register>> {
+        Box::pin(async move {
+            self.state_register(&state, ttl, guard.as_ref(), client)
+                .await
         })
     }
 
@@ -988,10 +1100,10 @@ impl Store for RedisStore {
         let mac = browser
             .map(|b| self.browser(b).to_vec())
             .unwrap_or_default();
-        let reply = self.take(
+        let reply = self.blocking(self.take(
             Call::script(&self.scripts.take_state).key(&key).arg(&mac),
             "oauth_state",
-        )?;
+        ))?;
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
         match field(0) {
             b"ok" => {
@@ -1051,7 +1163,8 @@ impl Store for RedisStore {
 
     fn take_tokens(&self, handle: &str) -> StoreResult<TokenTake> {
         let key = self.session_key(handle);
-        let reply = self.take(Call::script(&self.scripts.take_tokens).key(&key), "tokens")?;
+        let reply =
+            self.blocking(self.take(Call::script(&self.scripts.take_tokens).key(&key), "tokens"))?;
         let first = String::from_utf8_lossy(reply.first().map(Vec::as_slice).unwrap_or_default())
             .to_string();
         let field = |i: usize| reply.get(i).map(Vec::as_slice).unwrap_or_default();
