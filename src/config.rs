@@ -218,7 +218,8 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct WaitArgs {
-    /// The state the OAuth flow was started with.
+    /// The state the OAuth flow was started with (it may begin with `-`).
+    #[arg(allow_hyphen_values = true)]
     pub state: String,
     /// Base URL of the relay.
     #[arg(long, env = "OAUTH_RELAY_SERVER", default_value = defaults::SERVER_URL)]
@@ -240,7 +241,8 @@ pub struct WaitArgs {
 
 #[derive(Args, Debug)]
 pub struct RegisterArgs {
-    /// The state the OAuth flow will be started with.
+    /// The state the OAuth flow will be started with (it may begin with `-`).
+    #[arg(allow_hyphen_values = true)]
     pub state: String,
     /// Base URL of the relay (its internal listener, when it has one).
     #[arg(long, env = "OAUTH_RELAY_SERVER", default_value = defaults::SERVER_URL)]
@@ -345,7 +347,8 @@ pub struct OpenArgs {
     #[arg(long, value_name = "FILE")]
     pub key: std::path::PathBuf,
     /// The `state` of the session the answer must be for (its `aud`); not checked when absent.
-    #[arg(long, value_name = "STATE")]
+    /// It may begin with `-` (a random state can).
+    #[arg(long, value_name = "STATE", allow_hyphen_values = true)]
     pub audience: Option<String>,
 }
 
@@ -1089,6 +1092,45 @@ mod tests {
         let err = Cli::try_parse_from(&argv).unwrap_err();
         let argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
         explain_parse_error(&err, &argv)
+    }
+
+    /// Random states and handles are base64url: one in 64 begins with `-`, and must still be
+    /// read as the value it is, wherever it stands, without swallowing the flags around it.
+    #[test]
+    fn states_beginning_with_a_hyphen_are_values() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["oauth-relay"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|c| c.command)
+        };
+        for args in [
+            &["wait", "-Ab_c", "--server", "http://r:8001"][..],
+            &["wait", "--server", "http://r:8001", "-Ab_c"],
+            &["register", "-Ab_c", "--server", "http://r:8001"],
+        ] {
+            match parse(args) {
+                Ok(Some(Command::Wait(w))) => {
+                    assert_eq!(
+                        (w.state.as_str(), w.server.as_str()),
+                        ("-Ab_c", "http://r:8001")
+                    )
+                }
+                Ok(Some(Command::Register(r))) => {
+                    assert_eq!(
+                        (r.state.as_str(), r.server.as_str()),
+                        ("-Ab_c", "http://r:8001")
+                    )
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        match parse(&["open", "--audience", "-Ab_c", "--key", "k.jwk"]) {
+            Ok(Some(Command::Open(o))) => {
+                assert_eq!(o.audience.as_deref(), Some("-Ab_c"));
+                assert_eq!(o.key, std::path::PathBuf::from("k.jwk"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
