@@ -579,3 +579,30 @@ fn the_rust_version_named_in_the_docs_is_cargo_tomls() {
     }
     assert!(named >= 2, "the README and docs/development.md name it");
 }
+
+/// docs/development.md's source tree names every module at the top of `src/` (a file or a
+/// directory), so a newcomer finds each one's job there.
+#[test]
+fn the_source_tree_names_every_module() {
+    let tree = read(&root().join("docs/development.md"));
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root().join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "lib.rs" || name == "main.rs" {
+            continue;
+        }
+        let named = if path.is_dir() {
+            tree.contains(&format!("src/{name}/"))
+        } else {
+            tree.contains(&format!("src/{name}")) || tree.contains(&format!(" {name} "))
+        };
+        if !named {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in docs/development.md: {missing:?}"
+    );
+}
