@@ -334,6 +334,20 @@ struct Scripts {
     take_tokens: Script,
 }
 
+/// The relay's sets and the news channel: every callback, retrieval and registration names
+/// them, so they are built once rather than formatted per call.
+struct Fixed {
+    pending: String,
+    active: String,
+    channel: String,
+}
+
+/// The key of a set of the relay's (`pending`, `active`) or, for `sessions`, of the broker's.
+fn set_key(prefix: &str, name: &str) -> String {
+    let tag = if name == "sessions" { BROKER } else { RELAY };
+    tagged(prefix, tag, &format!(":{name}"))
+}
+
 fn unavailable(e: KvError) -> Unavailable {
     Unavailable(e.to_string())
 }
@@ -347,6 +361,7 @@ pub struct RedisStore {
     max_pending: usize,
     max_per_client: usize,
     scripts: Scripts,
+    fixed: Fixed,
     /// `active_callbacks` as last counted by the background thread; -1: Redis unreachable.
     active_cache: AtomicI64,
     /// The provider of records written before sessions named theirs (`with_unnamed_provider`).
@@ -384,6 +399,11 @@ impl RedisStore {
                 finish: Script::with_now(FINISH),
                 take_tokens: Script::with_now(&format!("{REPLICAS_ONLINE}{TAKE_TOKENS}")),
             },
+            fixed: Fixed {
+                pending: set_key(&o.kv.prefix, "pending"),
+                active: set_key(&o.kv.prefix, "active"),
+                channel: format!("{}notify", o.kv.prefix),
+            },
             active_cache: AtomicI64::new(-1),
             unnamed_provider: String::new(),
         }
@@ -413,8 +433,8 @@ impl RedisStore {
         self.durability
     }
 
-    fn channel(&self) -> String {
-        format!("{}notify", self.prefix)
+    fn channel(&self) -> &str {
+        &self.fixed.channel
     }
 
     /// Starts the two background threads a serving replica needs: one refreshes the count
@@ -436,7 +456,7 @@ impl RedisStore {
                 std::thread::sleep(Duration::from_secs(1));
             })
             .expect("spawn redis-count thread");
-        let mut subscription = self.kv.subscribe(&[&self.channel()]);
+        let mut subscription = self.kv.subscribe(&[self.channel()]);
         std::thread::Builder::new()
             .name("redis-subscriber".into())
             .spawn(move || {
@@ -541,17 +561,17 @@ impl RedisStore {
             "s" | "l" | "o" => BROKER,
             _ => RELAY,
         };
+        // `concat`, not `format!`: several keys per request, each one exact allocation.
         tagged(
             &self.prefix,
             tag,
-            &format!(":{kind}:{}", self.keys.name(kind, id)),
+            &[":", kind, ":", &self.keys.name(kind, id)].concat(),
         )
     }
 
     /// A set of the relay's (`pending`, `active`) or, for `sessions`, of the broker's.
     fn set(&self, name: &str) -> String {
-        let tag = if name == "sessions" { BROKER } else { RELAY };
-        tagged(&self.prefix, tag, &format!(":{name}"))
+        set_key(&self.prefix, name)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -809,8 +829,8 @@ impl RedisStore {
         let mut call = Call::script(&self.scripts.put)
             .key(&key)
             .key(self.key("r", &cb.state))
-            .key(self.set("pending"))
-            .key(self.set("active"))
+            .key(&self.fixed.pending)
+            .key(&self.fixed.active)
             .key(self.key("w", &cb.state))
             .key(self.share_key(client))
             .arg(value)
@@ -854,8 +874,8 @@ impl RedisStore {
                 .take(
                     Call::script(&self.scripts.take)
                         .key(&key)
-                        .key(self.set("pending"))
-                        .key(self.set("active"))
+                        .key(&self.fixed.pending)
+                        .key(&self.fixed.active)
                         .key(self.key("r", state))
                         .key(&owner)
                         .key(&share)
@@ -925,7 +945,7 @@ impl RedisStore {
                 Call::script(&self.scripts.register)
                     .key(self.key("c", state))
                     .key(self.key("r", state))
-                    .key(self.set("pending"))
+                    .key(&self.fixed.pending)
                     .key(self.key("w", state))
                     .key(&share)
                     .arg(ttl.as_millis() as u64)
@@ -1017,7 +1037,7 @@ impl Store for RedisStore {
     }
 
     fn active_callbacks(&self) -> StoreResult<usize> {
-        self.read(Call::script(&self.scripts.active).key(self.set("active")))
+        self.read(Call::script(&self.scripts.active).key(&self.fixed.active))
     }
 
     fn active_callbacks_now(&self) -> Option<usize> {
@@ -1033,7 +1053,7 @@ impl Store for RedisStore {
     }
 
     fn waiter_key(&self, kind: &str, id: &str) -> String {
-        format!("{kind}:{}", self.keys.name(kind, id))
+        [kind, ":", &self.keys.name(kind, id)].concat()
     }
 
     fn publish(&self, waiter_key: &str) {
@@ -1042,7 +1062,7 @@ impl Store for RedisStore {
         // client's next poll finds the value.
         let _ = self
             .kv
-            .publish_blocking(&self.channel(), waiter_key.as_bytes());
+            .publish_blocking(self.channel(), waiter_key.as_bytes());
     }
 
     fn create_session(&self, s: Session) -> StoreResult<bool> {
