@@ -10,7 +10,7 @@
 # (the broker's login.microsoftonline.com) still resolve: glibc >= 2.34 has the `files` and
 # `dns` NSS modules built in, so a static binary reads /etc/hosts and /etc/resolv.conf without
 # shared NSS libraries (checked in a chroot holding only /etc/hosts).
-# The release profile in Cargo.toml already sets opt-level z, lto, codegen-units 1 and strip.
+# The release profile in Cargo.toml already sets opt-level 3, lto, codegen-units 1 and strip.
 set -eu
 
 TARGET=x86_64-unknown-linux-gnu

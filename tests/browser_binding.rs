@@ -121,7 +121,10 @@ fn a_strangers_callback_takes_nothing_and_the_person_still_signs_in_in_a_real_br
     assert_eq!(provider.requests("token"), 0);
     assert_eq!(status_of(&broker.relay, &session)["status"], "pending");
     assert_eq!(broker.token(&session).status, 202);
-    let logs = broker.relay.logs();
+    // The log is written asynchronously: wait for the four lines, then check there are no more.
+    let logs = broker
+        .relay
+        .wait_for_logs("\"event\":\"callback_refused\"", 4);
     let refused: Vec<&String> = logs
         .iter()
         .filter(|l| l.contains("\"event\":\"callback_refused\""))

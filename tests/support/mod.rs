@@ -141,6 +141,14 @@ impl Relay {
         })
     }
 
+    /// Waits until `n` log lines contain `needle`, and returns every log line then.
+    pub fn wait_for_logs(&self, needle: &str, n: usize) -> Vec<String> {
+        eventually(&format!("{n} log lines containing {needle:?}"), || {
+            let logs = self.logs();
+            (logs.iter().filter(|l| l.contains(needle)).count() >= n).then_some(logs)
+        })
+    }
+
     pub fn active_callbacks(&self) -> u64 {
         self.get("/health").json()["active_callbacks"]
             .as_u64()
