@@ -175,8 +175,14 @@ fn keep_sign_in(
     }
 }
 
-/// `POST /connections/{id}/token` with `bearer` and `body` (none when `Null`).
-fn ask(addr: SocketAddr, id: &str, bearer: Option<&str>, body: &Value) -> HttpResponse {
+/// `POST /connections/{id}/{action}` with `bearer` and `body` (none when `Null`).
+fn post(
+    addr: SocketAddr,
+    id: &str,
+    action: &str,
+    bearer: Option<&str>,
+    body: &Value,
+) -> HttpResponse {
     let auth = bearer.map(|b| format!("Bearer {b}"));
     let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
     if let Some(auth) = &auth {
@@ -190,10 +196,15 @@ fn ask(addr: SocketAddr, id: &str, bearer: Option<&str>, body: &Value) -> HttpRe
     http(
         addr,
         "POST",
-        &format!("/connections/{id}/token"),
+        &format!("/connections/{id}/{action}"),
         &headers,
         &body,
     )
+}
+
+/// `POST /connections/{id}/token` with `bearer` and `body` (none when `Null`).
+fn ask(addr: SocketAddr, id: &str, bearer: Option<&str>, body: &Value) -> HttpResponse {
+    post(addr, id, "token", bearer, body)
 }
 
 /// The connection's access token (200 expected).
@@ -920,22 +931,7 @@ fn a_redis_that_persists_nothing_is_warned_about_at_start_up() {
 
 /// `POST /connections/{id}/reauthorize` with `bearer` and `body` (none when `Null`).
 fn reauthorize(addr: SocketAddr, id: &str, bearer: &str, body: &Value) -> HttpResponse {
-    let auth = format!("Bearer {bearer}");
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    http(
-        addr,
-        "POST",
-        &format!("/connections/{id}/reauthorize"),
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &body,
-    )
+    post(addr, id, "reauthorize", Some(bearer), body)
 }
 
 #[test]

@@ -59,48 +59,16 @@ fn relay_slot() -> u16 {
     oauth_relay::kv::scripts::slot(b"oauth-relay:relay")
 }
 
-/// Ten rounds of one callback and twelve concurrent retrievals spread over the replicas:
-/// exactly one 200 each time.
-fn one_winner(replicas: &[Relay]) {
-    for round in 0..10 {
-        let state = format!("race-{round}-{}", std::process::id());
-        assert_eq!(
-            replicas[round % 3]
-                .get(&format!("/callback?code=c{round}&state={state}"))
-                .status,
-            200
-        );
-        let statuses: Vec<u16> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..12)
-                .map(|i| {
-                    let (r, state) = (&replicas[i % 3], &state);
-                    s.spawn(move || r.get(&format!("/api/callback/{state}")).status)
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 200).count(),
-            1,
-            "{statuses:?}"
-        );
-        assert!(
-            statuses.iter().all(|s| *s == 200 || *s == 410),
-            "{statuses:?}"
-        );
-    }
-}
-
 #[test]
 fn on_sentinel_one_callback_taken_from_three_replicas_goes_to_one() {
     let set = SentinelSet::start();
-    one_winner(&replicas(&sentinel_env(&set)));
+    support::one_take_wins(&replicas(&sentinel_env(&set)));
 }
 
 #[test]
 fn on_a_cluster_one_callback_taken_from_three_replicas_goes_to_one() {
     let set = ClusterSet::start();
-    one_winner(&replicas(&cluster_env(&set)));
+    support::one_take_wins(&replicas(&cluster_env(&set)));
 }
 
 /// What one replica answered, and when.

@@ -92,28 +92,7 @@ fn a_long_poll_on_one_replica_is_answered_by_a_callback_on_another() {
 fn concurrent_retrievals_across_replicas_hand_out_one_code() {
     let redis = RedisServer::start();
     let replicas = three(&redis);
-    for round in 0..10 {
-        let state = format!("race-{round}");
-        replicas[round % 3].get(&format!("/callback?code=c{round}&state={state}"));
-        let statuses: Vec<u16> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..12)
-                .map(|i| {
-                    let (r, state) = (&replicas[i % 3], &state);
-                    s.spawn(move || r.get(&format!("/api/callback/{state}")).status)
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 200).count(),
-            1,
-            "{statuses:?}"
-        );
-        assert!(
-            statuses.iter().all(|s| *s == 200 || *s == 410),
-            "{statuses:?}"
-        );
-    }
+    support::one_take_wins(&replicas);
 }
 
 struct BrokerSetup {
@@ -382,72 +361,10 @@ fn the_redis_password_can_come_from_a_file() {
 
 #[test]
 fn rediss_with_a_private_ca() {
-    let dir = std::env::temp_dir().join(format!("oauth-relay-tls-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]);
+    let dir = support::redis_topology::TempDir::new("tls");
+    let support::redis_topology::TestCa { cert, key, ca } =
+        support::redis_topology::TestCa::new(&dir);
     let port = free_port().to_string();
-    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
-    let (cert, key, ca) = (path("srv.pem"), path("srv.key"), path("ca.pem"));
     let _redis = custom_redis(&[
         "--port",
         "0",
@@ -473,7 +390,6 @@ fn rediss_with_a_private_ca() {
     let untrusted = relay_on(&url, &[]);
     assert_eq!(untrusted.get("/ready").status, 503);
     untrusted.wait_for_log("UnknownIssuer");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {

@@ -443,13 +443,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is not installed: run scripts/test.sh, which installs it");
         let server = RedisServer { child, port };
-        eventually("redis-server to answer PING", || {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"PING\r\n").ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
-        });
+        wait_for_pong(port);
         server
     }
 
@@ -547,13 +541,7 @@ impl DurableRedis {
             .spawn()
             .expect("redis-server is not installed: run scripts/test.sh, which installs it");
         let server = DurableRedis { child, port, dir };
-        eventually("redis-server to answer PING", || {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"PING\r\n").ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
-        });
+        wait_for_pong(port);
         server
     }
 
@@ -657,4 +645,47 @@ pub fn raise_fd_limit(needed: u64) {
         status.success(),
         "prlimit could not raise the open-file limit"
     );
+}
+
+/// Ten rounds of one callback and twelve concurrent retrievals spread over the replicas:
+/// exactly one 200 each time.
+pub fn one_take_wins(replicas: &[Relay]) {
+    for round in 0..10 {
+        let state = format!("race-{round}-{}", std::process::id());
+        assert_eq!(
+            replicas[round % 3]
+                .get(&format!("/callback?code=c{round}&state={state}"))
+                .status,
+            200
+        );
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..12)
+                .map(|i| {
+                    let (r, state) = (&replicas[i % 3], &state);
+                    s.spawn(move || r.get(&format!("/api/callback/{state}")).status)
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 410),
+            "{statuses:?}"
+        );
+    }
+}
+
+/// Waits until the redis-server on `port` answers PING.
+fn wait_for_pong(port: u16) {
+    eventually("redis-server to answer PING", || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"PING\r\n").ok()?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).ok()?;
+        (&buf == b"+PONG\r\n").then_some(())
+    });
 }
