@@ -46,18 +46,7 @@ fn github_app(planned: &Planned, secs: u64) -> FakeGitHub {
 
 /// The provider `gh` on `fake`.
 fn github_env(fake: &FakeGitHub) -> Vec<(String, String)> {
-    let cfg = fake.config();
-    providers_env(&[(
-        "gh",
-        vec![
-            ("KIND", "github".into()),
-            ("CLIENT_ID", cfg.client_id.clone()),
-            ("CLIENT_SECRET", cfg.client_secret.clone()),
-            ("AUTHORIZE_URL", fake.authorize_url()),
-            ("TOKEN_URL", fake.token_url()),
-            ("API_URL", fake.api_url()),
-        ],
-    )])
+    providers_env(&[("gh", fake.provider_settings())])
 }
 
 /// A Microsoft provider `corp` on a fake Microsoft (Entra's rule: a new refresh token on every
@@ -520,15 +509,7 @@ fn each_fake_providers_rotation_rule_is_followed() {
         ..FakeGoogleConfig::default()
     });
     let cfg = fake.config();
-    let env = providers_env(&[(
-        "google",
-        vec![
-            ("KIND", "google".into()),
-            ("CLIENT_ID", cfg.client_id.clone()),
-            ("CLIENT_SECRET", cfg.client_secret.clone()),
-            ("ISSUER", fake.issuer()),
-        ],
-    )]);
+    let env = providers_env(&[("google", fake.provider_settings())]);
     let broker = planned.start(&[env, in_a_file(&dir.join("google.redb"))].concat());
     let c = keep_sign_in(
         &broker,

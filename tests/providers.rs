@@ -30,28 +30,9 @@ fn setup() -> Setup {
         redirect_uris: vec![planned.callback("google")],
         ..FakeGoogleConfig::default()
     });
-    let (gh, go) = (github.config(), google.config());
     let env = providers_env(&[
-        (
-            "github",
-            vec![
-                ("KIND", "github".into()),
-                ("CLIENT_ID", gh.client_id),
-                ("CLIENT_SECRET", gh.client_secret),
-                ("AUTHORIZE_URL", github.authorize_url()),
-                ("TOKEN_URL", github.token_url()),
-                ("API_URL", github.api_url()),
-            ],
-        ),
-        (
-            "google",
-            vec![
-                ("KIND", "google".into()),
-                ("CLIENT_ID", go.client_id),
-                ("CLIENT_SECRET", go.client_secret),
-                ("ISSUER", google.issuer()),
-            ],
-        ),
+        ("github", github.provider_settings()),
+        ("google", google.provider_settings()),
     ]);
     let broker = planned.start(&env);
     Setup {

@@ -275,6 +275,20 @@ impl FakeGitHub {
         format!("{}{}", self.base, self.lock().cfg.api_prefix)
     }
 
+    /// The relay's provider settings (`OAUTH_RELAY_PROVIDER_<NAME>_*`) for a GitHub provider on
+    /// this fake.
+    pub fn provider_settings(&self) -> Vec<(&'static str, String)> {
+        let cfg = self.config();
+        vec![
+            ("KIND", "github".into()),
+            ("CLIENT_ID", cfg.client_id),
+            ("CLIENT_SECRET", cfg.client_secret),
+            ("AUTHORIZE_URL", self.authorize_url()),
+            ("TOKEN_URL", self.token_url()),
+            ("API_URL", self.api_url()),
+        ]
+    }
+
     /// `{api}/user`.
     pub fn user_url(&self) -> String {
         format!("{}/user", self.api_url())

@@ -387,6 +387,18 @@ impl FakeGoogle {
         self.issuer_of(&cfg)
     }
 
+    /// The relay's provider settings (`OAUTH_RELAY_PROVIDER_<NAME>_*`) for a Google provider on
+    /// this fake (its issuer is its loopback URL; Google's own is the default).
+    pub fn provider_settings(&self) -> Vec<(&'static str, String)> {
+        let cfg = self.config();
+        vec![
+            ("KIND", "google".into()),
+            ("CLIENT_ID", cfg.client_id.clone()),
+            ("CLIENT_SECRET", cfg.client_secret.clone()),
+            ("ISSUER", self.issuer()),
+        ]
+    }
+
     /// `{base}/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
         format!("{}{DISCOVERY_PATH}", self.base)
