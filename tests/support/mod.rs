@@ -405,14 +405,51 @@ pub mod redis_topology;
 pub mod relay_api;
 pub mod webhook_receiver;
 
-/// A port that was free a moment ago, for a service whose own URL must be known before it
-/// starts (the broker's public base URL).
+/// A loopback port for a service whose own URL must be known before it starts (the broker's
+/// public base URL, a Redis node, a sentinel), that no other test of this run is given while
+/// this test process lives.
+///
+/// A port taken from `bind(127.0.0.1:0)` and let go is back in the kernel's ephemeral range,
+/// where the next test's `bind(0)` may be handed it: a sentinel of one test then reconnects to
+/// the port its killed primary had and finds another test's Redis there (and tells it to
+/// become a replica). So ports come from below the ephemeral range (where the kernel hands
+/// out none by itself), each reserved by a lock on a file named after it, held until the
+/// process ends (nextest runs each test in a process of its own), and checked free by binding.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    const LOW: u32 = 20_000;
+    let high = ephemeral_floor().max(LOW + 1_000);
+    let dir = std::env::temp_dir().join("oauth-relay-test-ports");
+    std::fs::create_dir_all(&dir).expect("the ports' lock directory");
+    for _ in 0..10_000 {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).expect("random bytes");
+        let port = (LOW + u32::from_le_bytes(b) % (high - LOW)) as u16;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap().push(file);
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 where it cannot be read).
+fn ephemeral_floor() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A real `redis-server` on a free port, with no persistence, stopped on Drop.

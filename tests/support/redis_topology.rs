@@ -411,7 +411,9 @@ impl SentinelSet {
 
     pub fn start_with(o: SentinelOptions) -> SentinelSet {
         let dir = TempDir::new("sentinel");
-        let name = "kvprimary".to_string();
+        // A name of this process's own: sentinels only listen to hellos for the names they
+        // watch, so no other test's sentinels can ever join this set.
+        let name = format!("kvprimary-{}", std::process::id());
         let data_access = Access {
             tls_ca: o.tls.map(|c| c.ca.clone()),
             password: o.password.map(String::from),
@@ -494,7 +496,7 @@ impl SentinelSet {
     /// a failover needs.
     pub fn wait_until_watched(&self) {
         let primary = self.primary_by_sentinels().expect("a primary");
-        wait_for(
+        wait_or_tell(
             "the sentinels to know each other and the replica",
             90,
             || {
@@ -512,6 +514,7 @@ impl SentinelSet {
                     })
                     .then_some(())
             },
+            || log_tails(&self.dir, 20),
         );
     }
 
