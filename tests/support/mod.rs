@@ -425,13 +425,17 @@ pub fn free_port() -> u16 {
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).expect("random bytes");
         let port = (LOW + u32::from_le_bytes(b) % (high - LOW)) as u16;
-        let Ok(file) = std::fs::OpenOptions::new()
+        let file = match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join(port.to_string()))
-        else {
-            continue;
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                panic!("cannot reserve test ports in {}: {e}", dir.display())
+            }
+            Err(_) => continue,
         };
         if file.try_lock().is_err() {
             continue;
