@@ -137,7 +137,8 @@ pub enum Work {
     /// routes, the busiest.
     Awaits,
     /// The handler puts its own blocking work on the pool: kept connections, whose store (a
-    /// file, or Redis) is not the relay store, and whose cached tokens are answered at once.
+    /// file, or Redis) is not the relay store, and whose fresh tokens are answered at once (in
+    /// place, or awaited on the event loop on Redis).
     OwnPool,
 }
 

@@ -421,6 +421,80 @@ fn fifty_callers_on_three_replicas_one_presentation_redis() {
 /// The provider takes 4 s: 20 times the refresh budget, 4 times `stale_after` and more than
 /// the settle window. The intent stays its owner's while the owner beats, so nobody presents
 /// again.
+/// The first look (`token_at_once`, awaited on the server's event loop on Redis) answers only
+/// what `token` would answer at once: nothing for a token that needs a refresh (and presents
+/// nothing), the unknown id's refusal for a wrong credential, and the token once it lasts.
+fn the_first_look_answers_only_a_lasting_token(c: &Connections, idp: &Arc<FakeIdp>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first_look = |id: &str, credential: &str, min_ttl: u64| {
+        rt.block_on(c.token_at_once(id, Some(credential), Duration::from_secs(min_ttl)))
+    };
+    let (id, credential) = create(c, "first-look");
+    let credential = credential.expose().to_string();
+    // Expired: a refresh is needed, which the first look leaves to `token`.
+    assert!(matches!(first_look(&id, &credential, 60), Ok(None)));
+    assert_eq!(idp.total_presentations(), 0);
+    assert!(matches!(
+        first_look(&id, "ckey_wrong", 60),
+        Err(ConnError::NotFound)
+    ));
+    assert!(matches!(
+        first_look("conn_nobody", &credential, 60),
+        Err(ConnError::NotFound)
+    ));
+    let fresh = c
+        .token_for(
+            &id,
+            Some(&credential),
+            Duration::from_secs(60),
+            in_a_while(),
+        )
+        .unwrap();
+    assert_eq!(fresh.access_token.expose(), at(1));
+    // Fresh now (an hour left): answered at the first look, and nothing more presented.
+    let token = first_look(&id, &credential, 60)
+        .unwrap()
+        .expect("a fresh token");
+    assert_eq!(
+        (token.access_token.expose(), token.generation),
+        (at(1).as_str(), 1)
+    );
+    // Asked for more life than it has, just after a refresh (another would only bring the
+    // provider's lifetime again): answered as it is, at the first look as by `token`.
+    let longer = first_look(&id, &credential, 7200)
+        .unwrap()
+        .expect("a token");
+    let by_token = c
+        .token_for(
+            &id,
+            Some(&credential),
+            Duration::from_secs(7200),
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!(longer.access_token.expose(), at(1));
+    assert_eq!(by_token.access_token.expose(), at(1));
+    assert_eq!(idp.total_presentations(), 1);
+}
+
+#[test]
+fn the_first_look_answers_only_a_lasting_token_in_every_store() {
+    let idp = FakeIdp::new(Rotation::OneTime);
+    let memory = Arc::new(MemoryConnections::new(1000));
+    the_first_look_answers_only_a_lasting_token(&replicas_on(memory, 1, &idp, fast())[0], &idp);
+    let idp = FakeIdp::new(Rotation::OneTime);
+    let path = scratch("first-look").join("connections.redb");
+    let redb = Arc::new(EmbeddedConnections::open(&path, keys(), 1000).unwrap());
+    the_first_look_answers_only_a_lasting_token(&replicas_on(redb, 1, &idp, fast())[0], &idp);
+    let server = support::RedisServer::start();
+    let idp = FakeIdp::new(Rotation::OneTime);
+    let on_redis = redis_replica(&server.url(), "first-look:", &idp, fast());
+    the_first_look_answers_only_a_lasting_token(&on_redis, &idp);
+}
+
 #[test]
 fn a_provider_slower_than_every_internal_timeout_still_sees_one_presentation_memory() {
     let idp = FakeIdp::slow(Rotation::OneTime, Duration::from_secs(4));

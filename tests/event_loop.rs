@@ -1,22 +1,24 @@
 //! The relay's steps on Redis (a callback stored, a code taken, a state registered, a
-//! long-poll's looks and answer) are awaited on the event loop, not run on the blocking pool:
-//! with that pool one thread big and the thread held by a sign-in whose token endpoint never
-//! answers, the relay still serves all of them on Redis, while a route that does run on the pool
-//! waits for it. And a take the client hung up on mid-way still runs to its end, as it did on
-//! the pool: the code is used up and the log says it was handed out, never taken silently.
+//! long-poll's looks and answer) and a kept connection's fresh token are awaited on the event
+//! loop, not run on the blocking pool: with that pool one thread big and the thread held by a
+//! sign-in whose token endpoint never answers, the relay still serves all of them on Redis,
+//! while a route that does run on the pool waits for it. And a take the client hung up on
+//! mid-way still runs to its end, as it did on the pool: the code is used up and the log says
+//! it was handed out, never taken silently.
 
 use crate::support;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
-use support::broker::{providers_env, short_hash, Planned};
+use support::broker::{providers_env, short_hash, Broker, Planned};
+use support::fake_github::{FakeGitHub, FakeGitHubConfig, GitHubUser};
 use support::redis_topology::Standalone;
 use support::relay_api::{hash_of, metric, As};
-use support::{eventually, http, RedisServer, Relay};
+use support::{eventually, get_url, http, RedisServer, Relay};
 
 const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -65,23 +67,27 @@ fn answered(s: &TcpStream) -> bool {
     got
 }
 
-#[test]
-fn relay_steps_on_redis_are_served_while_the_only_blocking_thread_is_held() {
-    let redis = RedisServer::start();
-    let hanging = Hanging::start();
-    let planned = Planned::new();
-    let mut env = providers_env(&[(
-        "github",
-        vec![
-            ("KIND", "github".into()),
-            ("CLIENT_ID", "client-id".into()),
-            ("CLIENT_SECRET", "client-secret".into()),
-            // Never visited: the test brings the provider's redirect back itself.
-            ("AUTHORIZE_URL", "http://127.0.0.1:9/authorize".into()),
-            ("TOKEN_URL", hanging.url.clone()),
-            ("API_URL", "http://127.0.0.1:9/api".into()),
-        ],
-    )]);
+/// A GitHub provider whose token endpoint is `hanging`'s: a sign-in there holds a blocking
+/// thread until the test releases it.
+fn stuck_at(hanging: &Hanging) -> Vec<(&'static str, String)> {
+    vec![
+        ("KIND", "github".into()),
+        ("CLIENT_ID", "client-id".into()),
+        ("CLIENT_SECRET", "client-secret".into()),
+        // Never visited: the test brings the provider's redirect back itself.
+        ("AUTHORIZE_URL", "http://127.0.0.1:9/authorize".into()),
+        ("TOKEN_URL", hanging.url.clone()),
+        ("API_URL", "http://127.0.0.1:9/api".into()),
+    ]
+}
+
+/// A broker on `redis` with `providers`, its blocking pool one thread big; ready.
+fn one_blocking_thread(
+    planned: Planned,
+    redis: &RedisServer,
+    providers: &[(&str, Vec<(&'static str, String)>)],
+) -> Broker {
+    let mut env = providers_env(providers);
     for (k, v) in [
         ("OAUTH_RELAY_REDIS_URL", redis.url()),
         ("OAUTH_RELAY_ENCRYPTION_KEY", KEY.into()),
@@ -92,39 +98,79 @@ fn relay_steps_on_redis_are_served_while_the_only_blocking_thread_is_held() {
         env.push((k.into(), v));
     }
     let broker = planned.start(&env);
-    let relay = &broker.relay;
     eventually("the relay to be ready", || {
-        (relay.get("/ready").status == 200).then_some(())
+        (broker.relay.get("/ready").status == 200).then_some(())
     });
+    broker
+}
 
-    // A person signs in: the callback's code exchange takes the only blocking thread and keeps
-    // it, since the token endpoint never answers.
-    let session = broker.session("github", json!({ "expected_subject": "1" }));
+/// A person signs in at `provider` (`stuck_at(hanging)`): the callback's code exchange takes
+/// the only blocking thread and keeps it, since the token endpoint never answers. The sign-in's
+/// page status, once `hanging` is released, and the session.
+fn hold_the_blocking_thread(
+    broker: &Broker,
+    hanging: &Hanging,
+    provider: &str,
+) -> (std::thread::JoinHandle<u16>, Value) {
+    let session = broker.session(provider, json!({ "expected_subject": "1" }));
     let authorize = broker.open(&session);
     let oauth_state = authorize
         .split(['?', '&'])
         .find_map(|p| p.strip_prefix("state="))
         .unwrap()
         .to_string();
-    let arrival = format!("/login/github/callback?code=provider-code&state={oauth_state}");
-    let addr = relay.addr;
+    let arrival = format!("/login/{provider}/callback?code=provider-code&state={oauth_state}");
+    let addr = broker.relay.addr;
     let sign_in = std::thread::spawn(move || http(addr, "GET", &arrival, &[], b"").status);
     hanging
         .held
         .recv_timeout(Duration::from_secs(120))
         .expect("the code exchange never reached the token endpoint");
-    // A route that runs on the pool waits for the thread (what the relay's steps did before).
-    let status = format!("/status/{}", session["state"].as_str().unwrap());
+    (sign_in, session)
+}
+
+/// `GET path` with `bearer`, sent on a socket of its own and not read yet: a route that runs on
+/// the blocking pool, which waits for the thread.
+fn queue_on_the_pool(relay: &Relay, path: &str, bearer: &str) -> TcpStream {
+    let addr = relay.addr;
     let mut queued = TcpStream::connect(addr).unwrap();
-    let auth = format!("Bearer {}", support::broker::BROKER_TOKEN);
     queued
         .write_all(
             format!(
-                "GET {status} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
             )
             .as_bytes(),
         )
         .unwrap();
+    queued
+}
+
+/// Releases the held thread: the sign-in fails (its page says so) and the queued route is
+/// answered.
+fn release(hanging: &Hanging, sign_in: std::thread::JoinHandle<u16>, mut queued: TcpStream) {
+    hanging.release.send(()).unwrap();
+    let status = sign_in.join().unwrap();
+    assert!(
+        status >= 400,
+        "the exchange failed, and the page says so: {status}"
+    );
+    let mut raw = Vec::new();
+    queued.read_to_end(&mut raw).unwrap();
+    assert_eq!(support::parse_response(&raw).status, 200);
+}
+
+#[test]
+fn relay_steps_on_redis_are_served_while_the_only_blocking_thread_is_held() {
+    let redis = RedisServer::start();
+    let hanging = Hanging::start();
+    let planned = Planned::new();
+    let broker = one_blocking_thread(planned, &redis, &[("github", stuck_at(&hanging))]);
+    let relay = &broker.relay;
+    let addr = relay.addr;
+    let (sign_in, session) = hold_the_blocking_thread(&broker, &hanging, "github");
+    // A route that runs on the pool waits for the thread (what the relay's steps did before).
+    let status = format!("/status/{}", session["state"].as_str().unwrap());
+    let queued = queue_on_the_pool(relay, &status, support::broker::BROKER_TOKEN);
 
     // Meanwhile every step of the relay on Redis is served.
     let page = relay.get("/callback?code=code-1&state=state-1");
@@ -168,15 +214,83 @@ fn relay_steps_on_redis_are_served_while_the_only_blocking_thread_is_held() {
     // All that while the thread was held: the sign-in and the route on the pool still wait.
     assert!(!sign_in.is_finished(), "the sign-in was answered early");
     assert!(!answered(&queued), "a route on the pool was answered early");
-    hanging.release.send(()).unwrap();
-    let status = sign_in.join().unwrap();
-    assert!(
-        status >= 400,
-        "the exchange failed, and the page says so: {status}"
+    release(&hanging, sign_in, queued);
+}
+
+#[test]
+fn a_kept_connections_fresh_token_on_redis_is_served_while_the_only_blocking_thread_is_held() {
+    let redis = RedisServer::start();
+    let hanging = Hanging::start();
+    let planned = Planned::new();
+    let fake = FakeGitHub::start_with(FakeGitHubConfig {
+        redirect_uri: planned.callback("gh"),
+        github_app: true,
+        access_token_lifetime_secs: 3600,
+        user: GitHubUser::new(7, "ana-silva", "ana.silva@example.com"),
+        ..FakeGitHubConfig::default()
+    });
+    let broker = one_blocking_thread(
+        planned,
+        &redis,
+        &[
+            ("gh", fake.provider_settings()),
+            ("stuck", stuck_at(&hanging)),
+        ],
     );
-    let mut raw = Vec::new();
-    queued.read_to_end(&mut raw).unwrap();
-    assert_eq!(support::parse_response(&raw).status, 200);
+    let relay = &broker.relay;
+    // A kept sign-in, while the pool is free.
+    let session = broker.session(
+        "gh",
+        json!({ "expected_email": "ana.silva@example.com", "keep": true }),
+    );
+    let page = broker.sign_in(&session, |authorize| {
+        get_url(authorize).header("Location").unwrap().to_string()
+    });
+    assert_eq!(page.status, 200, "{}", page.text());
+    let handoff = broker.token(&session).json();
+    let id = handoff["connection"]["id"].as_str().unwrap().to_string();
+    let credential = handoff["connection"]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (sign_in, _) = hold_the_blocking_thread(&broker, &hanging, "stuck");
+    // The connection's status runs on the pool: it waits for the thread.
+    let queued = queue_on_the_pool(relay, &format!("/connections/{id}"), &credential);
+    // Its fresh token does not: read from Redis on the event loop, answered at once.
+    let token = |bearer: &str, body: &str| {
+        let auth = format!("Bearer {bearer}");
+        relay.request(
+            "POST",
+            &format!("/connections/{id}/token"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    };
+    for body in ["", r#"{"min_ttl": 60, "wait": 5}"#] {
+        let res = token(&credential, body);
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json()["access_token"], handoff["access_token"]);
+        assert_eq!(res.header("Cache-Control"), Some("no-store"));
+    }
+    // Nor does a wrong credential's answer, the unknown id's byte for byte.
+    let wrong = token("ckey_not-the-credential", "");
+    let unknown = relay.request(
+        "POST",
+        "/connections/conn_nobody/token",
+        &[("Authorization", &format!("Bearer {credential}"))],
+        b"",
+    );
+    assert_eq!((wrong.status, unknown.status), (404, 404));
+    assert_eq!(wrong.body, unknown.body);
+    assert_eq!(fake.counters().refresh_presentations, 0);
+
+    assert!(!sign_in.is_finished(), "the sign-in was answered early");
+    assert!(!answered(&queued), "a route on the pool was answered early");
+    release(&hanging, sign_in, queued);
 }
 
 /// Sends `signal` to the process `pid` (read before it is stopped: a stopped server answers

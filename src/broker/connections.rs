@@ -186,21 +186,86 @@ pub fn token(app: &Arc<App>, req: &HttpRequest, raw: &str) -> Result<Reply, Erro
     let id = id_of(raw)?;
     let ask = token_ask(app, &req.body)?;
     let bearer = bearer_of(req);
-    // A store that does not block: a fresh token (the usual case) is answered in place, and
-    // only a request that must wait for a refresh goes to the blocking pool.
+    // A fresh token (the usual case) is answered at the first look: in place on a store that
+    // does not block, awaited on the event loop on one that does (Redis). Only a request that
+    // needs more (a refresh, a wait for one) goes to the blocking pool.
     if !kept.service.blocks() {
         if let Some(answer) = serve_token(app, bearer.as_ref(), &id, &ask, false)? {
             return Ok(Reply::Now(answer));
         }
+        return Ok(token_on_the_pool(app.clone(), bearer, id, ask));
     }
     let app = app.clone();
-    Ok(Reply::later(move || {
+    Ok(Reply::awaiting(async move {
+        match token_at_once(&app, bearer.as_ref(), &id, &ask).await {
+            Ok(Some(answer)) => Reply::Now(answer),
+            Ok(None) => token_on_the_pool(app, bearer, id, ask),
+            Err(e) => Reply::Now(e.into_response()),
+        }
+    }))
+}
+
+/// The token answer, worked out on the blocking pool, where it may wait for a refresh.
+fn token_on_the_pool(
+    app: Arc<App>,
+    bearer: Option<crate::secret::Secret>,
+    id: String,
+    ask: TokenAsk,
+) -> Reply {
+    Reply::later(move || {
         result(
             serve_token(&app, bearer.as_ref(), &id, &ask, true).map(|answer| {
                 answer.unwrap_or_else(|| Error::Connection(ConnError::Pending).into_response())
             }),
         )
-    }))
+    })
+}
+
+/// The token answer when the record as read allows one at once (`Connections::token_at_once`),
+/// awaited; `None` when it needs the blocking pool.
+async fn token_at_once(
+    app: &App,
+    bearer: Option<&crate::secret::Secret>,
+    id: &str,
+    ask: &TokenAsk,
+) -> Result<Option<Response>, Error> {
+    let broker = app.broker()?;
+    let kept = kept(app)?;
+    let credential = presented(app, bearer)?;
+    let token = kept
+        .service
+        .token_at_once(id, credential, ask.min_ttl)
+        .await
+        .map_err(token_error)?;
+    Ok(token.map(|t| token_answer(broker, id, &t, ask.seal_to.as_ref())))
+}
+
+/// The credential a token request presents: `None` for the broker token (where the operator
+/// allows it to stand for every credential).
+fn presented<'a>(
+    app: &App,
+    bearer: Option<&'a crate::secret::Secret>,
+) -> Result<Option<&'a str>, Error> {
+    let broker = app.broker()?;
+    let kept = kept(app)?;
+    match bearer.map(|b| b.expose()) {
+        None => Err(Error::ConnectionUnauthorized),
+        Some(b) if broker.config.broker_token.matches(b) => {
+            if !kept.broker_token {
+                return Err(Error::BrokerTokenNotAllowed);
+            }
+            Ok(None)
+        }
+        Some(b) => Ok(Some(b)),
+    }
+}
+
+/// A refused token request as the API answers it: an unknown id and a wrong credential alike.
+fn token_error(e: ConnError) -> Error {
+    match e {
+        ConnError::NotFound => Error::NotFound,
+        e => Error::Connection(e),
+    }
 }
 
 /// The request's bearer credential, kept for a job that runs later.
@@ -221,16 +286,7 @@ fn serve_token(
     let kept = kept(app)?;
     // The broker token is checked here; a credential on the record the token is read from (one
     // read of the store, not two).
-    let credential = match bearer.map(|b| b.expose()) {
-        None => return Err(Error::ConnectionUnauthorized),
-        Some(b) if broker.config.broker_token.matches(b) => {
-            if !kept.broker_token {
-                return Err(Error::BrokerTokenNotAllowed);
-            }
-            None
-        }
-        Some(b) => Some(b),
-    };
+    let credential = presented(app, bearer)?;
     let token = |deadline| {
         kept.service
             .token_for(id, credential, ask.min_ttl, deadline)
@@ -250,10 +306,7 @@ fn serve_token(
         }
         other => other,
     };
-    let token = token.map_err(|e| match e {
-        ConnError::NotFound => Error::NotFound,
-        e => Error::Connection(e),
-    })?;
+    let token = token.map_err(token_error)?;
     Ok(Some(token_answer(broker, id, &token, ask.seal_to.as_ref())))
 }
 

@@ -29,6 +29,7 @@
 use super::codec;
 use super::model::Connection;
 use super::store::{ConnectionStore, Snapshot, Swap, Versioned};
+use crate::http::Later;
 use crate::kv::{Call, Script};
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreResult, Unavailable};
@@ -164,11 +165,23 @@ impl RedisConnections {
 
     /// The record under keyed name `name`, and Redis's clock.
     fn load_name(&self, name: &str) -> StoreResult<(SystemTime, Option<Versioned>)> {
-        let call = Call::script(&self.scripts.load)
-            .key(self.state_key(name))
-            .key(self.used_key(name));
-        let reply: Vec<Vec<u8>> = self.run(call)?;
+        let reply: Vec<Vec<u8>> = self.run(self.load_call(name))?;
         self.read_reply(name, reply)
+    }
+
+    /// The script that reads the record under keyed name `name` and Redis's clock.
+    fn load_call(&self, name: &str) -> Call {
+        Call::script(&self.scripts.load)
+            .key(self.state_key(name))
+            .key(self.used_key(name))
+    }
+
+    /// The script that records a use at `at` of the connection under keyed name `name`.
+    fn touch_call(&self, name: &str, at: SystemTime) -> Call {
+        Call::script(&self.scripts.touch)
+            .key(self.state_key(name))
+            .key(self.used_key(name))
+            .arg(codec::ms(at))
     }
 
     fn read_reply(
@@ -217,6 +230,16 @@ impl ConnectionStore for RedisConnections {
     fn load(&self, id: &str) -> StoreResult<Snapshot> {
         let (now, found) = self.load_name(&self.name(id))?;
         Ok(Snapshot { now, found })
+    }
+
+    fn load_async(self: Arc<Self>, id: String) -> Later<StoreResult<Snapshot>> {
+        Box::pin(async move {
+            let name = self.name(&id);
+            let call = self.load_call(&name);
+            let reply: Vec<Vec<u8>> = self.store.kv().run(call).await.map_err(unavailable)?;
+            let (now, found) = self.read_reply(&name, reply)?;
+            Ok(Snapshot { now, found })
+        })
     }
 
     fn load_settled(&self, id: &str) -> StoreResult<Option<Snapshot>> {
@@ -304,14 +327,20 @@ impl ConnectionStore for RedisConnections {
     }
 
     fn touch(&self, id: &str, at: SystemTime) -> StoreResult<()> {
-        let name = self.name(id);
-        self.run::<i64>(
-            Call::script(&self.scripts.touch)
-                .key(self.state_key(&name))
-                .key(self.used_key(&name))
-                .arg(codec::ms(at)),
-        )?;
+        self.run::<i64>(self.touch_call(&self.name(id), at))?;
         Ok(())
+    }
+
+    fn touch_async(self: Arc<Self>, id: String, at: SystemTime) -> Later<StoreResult<()>> {
+        Box::pin(async move {
+            let call = self.touch_call(&self.name(&id), at);
+            self.store
+                .kv()
+                .run::<i64>(call)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
     }
 
     fn list(&self, provider: Option<&str>, subject: Option<&str>) -> StoreResult<Vec<Connection>> {

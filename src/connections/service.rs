@@ -242,14 +242,52 @@ impl Connections {
     ) -> Result<AccessToken, ConnError> {
         let want = Want::Token { min_ttl };
         let (conn, _) = Inner::obtain(&self.inner, id, credential, want, deadline)?;
-        let g = &conn.grant;
-        Ok(AccessToken {
-            access_token: g.access_token.clone(),
-            token_type: g.token_type.clone(),
-            expires_at: g.expires_at,
-            scope: g.scope.clone(),
-            generation: g.generation,
-        })
+        Ok(access_token_of(&conn))
+    }
+
+    /// `token_for` at its first look, awaited (a store that blocks is read without blocking):
+    /// the token when the record as read holds one that may be answered as it is; `Ok(None)`
+    /// when anything more is needed (a refresh, a wait, another look after a failed read), for
+    /// `token_for` to do where blocking is allowed. Decided as `token_for` decides.
+    pub async fn token_at_once(
+        &self,
+        id: &str,
+        credential: Option<&str>,
+        min_ttl: Duration,
+    ) -> Result<Option<AccessToken>, ConnError> {
+        let store = self.inner.store.clone();
+        let Ok(Snapshot { now, found }) = store.clone().load_async(id.to_string()).await else {
+            return Ok(None);
+        };
+        let Some(v) = found else {
+            return Err(ConnError::NotFound);
+        };
+        let c = &v.conn;
+        if credential.is_some_and(|presented| !c.credential_matches(presented)) {
+            return Err(ConnError::NotFound);
+        }
+        let refresher = self.inner.refresher(&c.provider)?;
+        let own = |a: &str| self.inner.owns(a);
+        let want = Want::Token { min_ttl };
+        let step = transitions::decide(
+            c,
+            now,
+            want,
+            refresher.rotation(),
+            &self.inner.policy,
+            &own,
+            None,
+        );
+        match step {
+            Step::Answer => {
+                if touch_due(c, now) {
+                    let _ = store.touch_async(c.id.clone(), now).await;
+                }
+                Ok(Some(access_token_of(c)))
+            }
+            Step::Fail(e) => Err(e),
+            _ => Ok(None),
+        }
     }
 
     /// Re-authorizes a connection with a new sign-in's grant: same id, a new generation,
@@ -511,10 +549,7 @@ impl Inner {
     }
 
     fn touch(&self, c: &Connection, now: SystemTime) {
-        let stale = c
-            .last_used_at
-            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= TOUCH_EVERY);
-        if stale {
+        if touch_due(c, now) {
             let _ = self.store.touch(&c.id, now);
         }
     }
@@ -736,5 +771,24 @@ fn worker(weak: Weak<Inner>, id: &str, attempt: &str) {
     if let Some(inner) = weak.upgrade() {
         inner.record(id, attempt, outcome);
         inner.finish(id, attempt);
+    }
+}
+
+/// Whether a token served at `now` should be recorded as a use (at most once per
+/// `TOUCH_EVERY`, so serving rarely writes).
+fn touch_due(c: &Connection, now: SystemTime) -> bool {
+    c.last_used_at
+        .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= TOUCH_EVERY)
+}
+
+/// What a token request is answered with, from the connection's grant.
+fn access_token_of(c: &Connection) -> AccessToken {
+    let g = &c.grant;
+    AccessToken {
+        access_token: g.access_token.clone(),
+        token_type: g.token_type.clone(),
+        expires_at: g.expires_at,
+        scope: g.scope.clone(),
+        generation: g.generation,
     }
 }

@@ -5,7 +5,9 @@
 //! to get right, and the protocol is written, and tested, once.
 
 use super::model::Connection;
+use crate::http::Later;
 use crate::store::StoreResult;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A record as read, with the revision a swap must name.
@@ -38,6 +40,12 @@ pub trait ConnectionStore: Send + Sync {
     /// Reads a connection (with `last_used_at`) and the store's clock.
     fn load(&self, id: &str) -> StoreResult<Snapshot>;
 
+    /// `load`, as a future owning what it needs, for the server to await on its event loop: a
+    /// store that blocks (Redis) reads without blocking; the default reads at once.
+    fn load_async(self: Arc<Self>, id: String) -> Later<StoreResult<Snapshot>> {
+        Box::pin(std::future::ready(self.load(&id)))
+    }
+
     /// `load`, but only once what it shows would survive a failover of the store: `None` when
     /// it might not (a replicated Redis where fewer replicas than required have every write
     /// before this read). An attempt reads its intent this way before presenting a refresh
@@ -56,6 +64,11 @@ pub trait ConnectionStore: Send + Sync {
     /// Records that a token was served at `at`: not revision-checked (the later time wins), so
     /// serving does not contend with refreshes. Never creates a record.
     fn touch(&self, id: &str, at: SystemTime) -> StoreResult<()>;
+
+    /// `touch`, as `load_async` is `load`.
+    fn touch_async(self: Arc<Self>, id: String, at: SystemTime) -> Later<StoreResult<()>> {
+        Box::pin(std::future::ready(self.touch(&id, at)))
+    }
 
     /// The connections of `provider` (and `subject`), or all.
     fn list(&self, provider: Option<&str>, subject: Option<&str>) -> StoreResult<Vec<Connection>>;
