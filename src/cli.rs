@@ -105,25 +105,11 @@ fn not_served_hint(variable: &str, also: &str) -> String {
 /// The retrieval secret `wait` presents: from the variable `--retrieval-secret-env` names, or
 /// the first line of standard input; none without either.
 fn retrieval_secret(args: &WaitArgs) -> Result<Option<Secret>, String> {
-    let secret = if let Some(name) = &args.retrieval_secret_env {
-        std::env::var(name).map_err(|_| {
-            format!(
-                "--retrieval-secret-env: the environment variable {name} is not set (or not UTF-8)"
-            )
-        })?
-    } else if args.retrieval_secret_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| format!("--retrieval-secret-stdin: {e}"))?;
-        line.trim_end_matches(['\r', '\n']).to_string()
-    } else {
-        return Ok(None);
-    };
-    if secret.is_empty() {
-        return Err("the retrieval secret is empty".into());
-    }
-    Ok(Some(Secret::new(secret)))
+    secret_from(
+        args.retrieval_secret_env.as_deref(),
+        args.retrieval_secret_stdin,
+        "the retrieval secret",
+    )
 }
 
 /// 256 random bits, base64url without padding (43 characters): fits a header and a shell

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 /// Tokens from the token endpoint, before any identity check. `Debug` shows no token: they are
 /// `Secret`s.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,

@@ -159,14 +159,15 @@ fn redis_connections(
     max: usize,
 ) -> Result<Arc<dyn connections::ConnectionStore>, Fatal> {
     let store = connections::redis::RedisConnections::new(redis.clone(), max);
-    if let Err(e) = store.check_key_names() {
-        if e.contains("another names key") {
-            return Err(Fatal::Connections(e));
+    match store.check_key_names() {
+        Ok(()) => {}
+        Err(e @ connections::redis::NamesCheck::AnotherKey) => {
+            return Err(Fatal::Connections(e.to_string()))
         }
-        logging::warn(
+        Err(connections::redis::NamesCheck::Unchecked(e)) => logging::warn(
             "connections_names_unchecked",
             json!({ "error": e, "effect": "checked again at the next start-up" }),
-        );
+        ),
     }
     Ok(Arc::new(store))
 }

@@ -1361,7 +1361,8 @@ fn redis_refuses_a_changed_names_key() {
         .unwrap();
     let err = RedisConnections::new(store(&format!("k2:{KEY_2}")), 10)
         .check_key_names()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("names"), "{err}");
 }
 

@@ -81,6 +81,34 @@ enum Caller {
     Broker,
 }
 
+/// The credential `bearer` presents for a connection's route: `None` for the broker token
+/// where `broker_ok` (403 where not). Compared with the broker token in constant time; a
+/// credential is checked against the record it opens, by the caller.
+fn presented<'a>(
+    broker: &Broker,
+    bearer: Option<&'a str>,
+    broker_ok: bool,
+) -> Result<Option<&'a str>, Error> {
+    let bearer = bearer.ok_or(Error::ConnectionUnauthorized)?;
+    if !broker.config.broker_token.matches(bearer) {
+        return Ok(Some(bearer));
+    }
+    if broker_ok {
+        Ok(None)
+    } else {
+        Err(Error::BrokerTokenNotAllowed)
+    }
+}
+
+/// A refusal of the connection core as the API answers it: an unknown id and a wrong
+/// credential alike (`Not found`, byte for byte).
+fn conn_error(e: ConnError) -> Error {
+    match e {
+        ConnError::NotFound => Error::NotFound,
+        e => Error::Connection(e),
+    }
+}
+
 /// The caller of `id`'s route: its credential, or the broker token where `broker_ok`. Anyone
 /// else, whether or not `id` exists, is told `Not found`.
 fn caller(
@@ -90,18 +118,13 @@ fn caller(
     id: &str,
     broker_ok: bool,
 ) -> Result<Caller, Error> {
-    let bearer = bearer.ok_or(Error::ConnectionUnauthorized)?;
-    if broker.config.broker_token.matches(bearer) {
-        return if broker_ok {
-            Ok(Caller::Broker)
-        } else {
-            Err(Error::BrokerTokenNotAllowed)
-        };
-    }
-    match kept.service.authorize(id, bearer) {
-        Ok(conn) => Ok(Caller::Owner(Box::new(conn))),
-        Err(ConnError::NotFound) => Err(Error::NotFound),
-        Err(e) => Err(Error::Connection(e)),
+    match presented(broker, bearer, broker_ok)? {
+        None => Ok(Caller::Broker),
+        Some(credential) => kept
+            .service
+            .authorize(id, credential)
+            .map(|conn| Caller::Owner(Box::new(conn)))
+            .map_err(conn_error),
     }
 }
 
@@ -109,10 +132,7 @@ fn caller(
 fn connection_of(kept: &Kept, caller: Caller, id: &str) -> Result<Connection, Error> {
     match caller {
         Caller::Owner(conn) => Ok(*conn),
-        Caller::Broker => kept.service.get(id).map_err(|e| match e {
-            ConnError::NotFound => Error::NotFound,
-            e => Error::Connection(e),
-        }),
+        Caller::Broker => kept.service.get(id).map_err(conn_error),
     }
 }
 
@@ -231,41 +251,13 @@ async fn token_at_once(
 ) -> Result<Option<Response>, Error> {
     let broker = app.broker()?;
     let kept = kept(app)?;
-    let credential = presented(app, bearer)?;
+    let credential = presented(broker, bearer.map(|b| b.expose()), kept.broker_token)?;
     let token = kept
         .service
         .token_at_once(id, credential, ask.min_ttl)
         .await
-        .map_err(token_error)?;
+        .map_err(conn_error)?;
     Ok(token.map(|t| token_answer(broker, id, &t, ask.seal_to.as_ref())))
-}
-
-/// The credential a token request presents: `None` for the broker token (where the operator
-/// allows it to stand for every credential).
-fn presented<'a>(
-    app: &App,
-    bearer: Option<&'a crate::secret::Secret>,
-) -> Result<Option<&'a str>, Error> {
-    let broker = app.broker()?;
-    let kept = kept(app)?;
-    match bearer.map(|b| b.expose()) {
-        None => Err(Error::ConnectionUnauthorized),
-        Some(b) if broker.config.broker_token.matches(b) => {
-            if !kept.broker_token {
-                return Err(Error::BrokerTokenNotAllowed);
-            }
-            Ok(None)
-        }
-        Some(b) => Ok(Some(b)),
-    }
-}
-
-/// A refused token request as the API answers it: an unknown id and a wrong credential alike.
-fn token_error(e: ConnError) -> Error {
-    match e {
-        ConnError::NotFound => Error::NotFound,
-        e => Error::Connection(e),
-    }
 }
 
 /// The request's bearer credential, kept for a job that runs later.
@@ -286,7 +278,7 @@ fn serve_token(
     let kept = kept(app)?;
     // The broker token is checked here; a credential on the record the token is read from (one
     // read of the store, not two).
-    let credential = presented(app, bearer)?;
+    let credential = presented(broker, bearer.map(|b| b.expose()), kept.broker_token)?;
     let token = |deadline| {
         kept.service
             .token_for(id, credential, ask.min_ttl, deadline)
@@ -306,7 +298,7 @@ fn serve_token(
         }
         other => other,
     };
-    let token = token.map_err(token_error)?;
+    let token = token.map_err(conn_error)?;
     Ok(Some(token_answer(broker, id, &token, ask.seal_to.as_ref())))
 }
 
@@ -395,10 +387,7 @@ fn delete(app: &App, bearer: Option<&str>, id: &str) -> Result<Response, Error> 
     let forgotten = kept
         .service
         .forget(id, Instant::now() + DELETE_WAIT)
-        .map_err(|e| match e {
-            ConnError::NotFound => Error::NotFound,
-            e => Error::Connection(e),
-        })?;
+        .map_err(conn_error)?;
     // The record is gone: whatever happens upstream, the broker keeps nothing of the grant.
     let (revoked, revocation) = match broker.provider(&forgotten.provider) {
         None => (false, "provider_not_configured"),
@@ -542,14 +531,7 @@ pub(super) fn keep(
         ))
     };
     let kept = kept(app).map_err(off)?;
-    let copy = Grant {
-        access_token: grant.access_token.clone(),
-        refresh_token: grant.refresh_token.clone(),
-        id_token: grant.id_token.clone(),
-        token_type: grant.token_type.clone(),
-        scope: grant.scope.clone(),
-        expiry: grant.expiry,
-    };
+    let copy = grant.clone();
     let unavailable = |e: ConnError| SignInFailure::new(Reason::Unavailable, e.to_string());
     let Some(id) = &session.connection else {
         return match kept
@@ -577,11 +559,13 @@ pub(super) fn keep(
         )),
         Err(ConnError::NotFound) => {
             // Nobody will hold this grant: end it where the provider can.
-            let _ = provider.revoke(
-                Some(&grant.access_token),
-                grant.refresh_token.as_ref(),
-                Duration::from_secs(5),
-            );
+            if let Ok(broker) = app.broker() {
+                let _ = provider.revoke(
+                    Some(&grant.access_token),
+                    grant.refresh_token.as_ref(),
+                    broker.config.exchange_timeout,
+                );
+            }
             Err(SignInFailure::new(
                 Reason::LinkUnknown,
                 "the connection this sign-in was to revive was deleted meanwhile",

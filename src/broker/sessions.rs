@@ -98,10 +98,15 @@ pub(super) fn seal_to_of(v: &Value) -> Result<Option<SealKey>, Error> {
 
 /// A request's `force_consent`.
 pub(super) fn force_consent_of(v: &Value) -> Result<bool, Error> {
+    flag(v, "force_consent must be true or false")
+}
+
+/// A true-or-false field, false when absent; `refused` otherwise.
+fn flag(v: &Value, refused: &'static str) -> Result<bool, Error> {
     match v {
         Value::Null => Ok(false),
         Value::Bool(b) => Ok(*b),
-        _ => Err(Error::BadRequest("force_consent must be true or false")),
+        _ => Err(Error::BadRequest(refused)),
     }
 }
 
@@ -173,11 +178,7 @@ pub fn create(app: &App, req: &HttpRequest, endpoint: Endpoint) -> Result<Respon
     };
     let return_url = return_url_of(broker, &body["return_url"])?;
     let seal_to = seal_to_of(&body["seal_to"])?;
-    let keep = match &body["keep"] {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        _ => return Err(Error::BadRequest("keep must be true or false")),
-    };
+    let keep = flag(&body["keep"], "keep must be true or false")?;
     // Refused before anyone signs in: a grant the broker could not keep would be lost.
     if keep {
         super::connections::kept(app).map_err(|e| match e {

@@ -36,6 +36,24 @@ use crate::store::{Store, StoreResult, Unavailable};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Why `RedisConnections::check_key_names` did not vouch for the names key.
+#[derive(Debug)]
+pub enum NamesCheck {
+    /// The connections were written under another names key: every one would be lost.
+    AnotherKey,
+    /// Redis could not be asked (in its words): checked again at the next start-up.
+    Unchecked(String),
+}
+
+impl std::fmt::Display for NamesCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NamesCheck::AnotherKey => f.write_str("the connections in Redis were written under another names key: list the old one as names:<key> in OAUTH_RELAY_ENCRYPTION_KEY"),
+            NamesCheck::Unchecked(words) => f.write_str(words),
+        }
+    }
+}
+
 /// KEYS: state, used. Reads the record and Redis's clock.
 const LOAD: &str = "
 return {tostring(now), redis.call('HGET', KEYS[1], 'v') or '0', redis.call('HGET', KEYS[1], 'rec') or '', redis.call('GET', KEYS[2]) or ''}";
@@ -123,14 +141,14 @@ impl RedisConnections {
     /// Checks that the connections in Redis were written under this keyring's names key
     /// (recording it on first use): records are found by keyed names, so a changed names key
     /// would silently lose every connection. Call at start-up.
-    pub fn check_key_names(&self) -> Result<(), String> {
+    pub fn check_key_names(&self) -> Result<(), NamesCheck> {
         let key = format!("{}conn:names", self.store.prefix);
         let probe = self.store.keys.name("conn-names", "v1");
         let found: String = self
             .run(Call::script(&self.scripts.names).key(&key).arg(&probe))
-            .map_err(|e| e.0)?;
+            .map_err(|e| NamesCheck::Unchecked(e.0))?;
         if found != probe {
-            return Err("the connections in Redis were written under another names key: list the old one as names:<key> in OAUTH_RELAY_ENCRYPTION_KEY".into());
+            return Err(NamesCheck::AnotherKey);
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ impl Rotation {
 }
 
 /// The outcome of one presentation of a refresh token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum RefreshOutcome {
     /// New tokens. A `refresh_token` of `None` keeps the current one (RFC 6749 6).
     Granted(Grant),

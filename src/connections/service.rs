@@ -304,7 +304,7 @@ impl Connections {
                 return Err(ConnError::NotFound);
             };
             let idle = self.inner.refresher(&v.conn.provider)?.idle_limit();
-            let n = transitions::revive(&v.conn, copy_grant(&grant), identity, snap.now, idle)?;
+            let n = transitions::revive(&v.conn, grant.clone(), identity, snap.now, idle)?;
             // Moved: read and decide again.
             if let Swap::Done(_) = self.inner.store.swap(v.revision, &n)? {
                 self.inner.changed(id);
@@ -391,18 +391,6 @@ impl Connections {
     /// Refreshes this replica is running now.
     pub fn refreshing(&self) -> usize {
         self.inner.workers.load(Ordering::SeqCst)
-    }
-}
-
-/// A `Grant` has no `Clone` (nothing else needs one): a revive that must retry keeps a copy.
-fn copy_grant(g: &Grant) -> Grant {
-    Grant {
-        access_token: g.access_token.clone(),
-        refresh_token: g.refresh_token.clone(),
-        id_token: g.id_token.clone(),
-        token_type: g.token_type.clone(),
-        scope: g.scope.clone(),
-        expiry: g.expiry,
     }
 }
 
@@ -664,7 +652,7 @@ impl Inner {
             let Some(n) = transitions::apply(
                 &v.conn,
                 attempt,
-                copy_outcome(&outcome),
+                outcome.clone(),
                 snap.now,
                 refresher.rotation(),
                 &self.policy,
@@ -702,18 +690,6 @@ enum Confirmed {
     /// The intent is the attempt's, but the store cannot vouch that a failover would keep it:
     /// present nothing.
     Unsettled,
-}
-
-/// `RefreshOutcome` holds a `Grant`, which has no `Clone`: a record that must be retried keeps
-/// a copy.
-fn copy_outcome(o: &RefreshOutcome) -> RefreshOutcome {
-    match o {
-        RefreshOutcome::Granted(g) => RefreshOutcome::Granted(copy_grant(g)),
-        RefreshOutcome::InvalidGrant => RefreshOutcome::InvalidGrant,
-        RefreshOutcome::Refused(c) => RefreshOutcome::Refused(c.clone()),
-        RefreshOutcome::NotSent(c) => RefreshOutcome::NotSent(c.clone()),
-        RefreshOutcome::Ambiguous(c) => RefreshOutcome::Ambiguous(c.clone()),
-    }
 }
 
 /// One refresh attempt: confirm the intent is its own, present on a thread of its own while
