@@ -10,6 +10,24 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_oauth-relay");
 
+/// Removes from `command` every `OAUTH_*`/`WK_*` variable of the caller's environment, so that
+/// only the settings a test gives count.
+pub fn without_callers_settings(command: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// The binary with `args` and none of the caller's settings.
+pub fn oauth_relay(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    without_callers_settings(&mut command).args(args);
+    command
+}
+
 /// A running `oauth-relay` with its stderr (JSON log lines) captured.
 pub struct Relay {
     pub child: Child,
@@ -32,12 +50,7 @@ impl Relay {
     /// Starts `command` (the binary, or a wrapper such as `prlimit ... BIN`) on 127.0.0.1 and a
     /// free port, and waits for its `listening` log line.
     pub fn start_with(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Relay {
-        for (key, _) in std::env::vars() {
-            if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-                command.env_remove(key);
-            }
-        }
-        command.args(["--host", "127.0.0.1"]);
+        without_callers_settings(&mut command).args(["--host", "127.0.0.1"]);
         if !args.contains(&"--port") {
             command.args(["--port", "0"]);
         }
