@@ -19,14 +19,7 @@ use support::{eventually, free_port, BIN};
 /// `/health`. Returns the process, its address and how many `/health` requests that took.
 fn start_unread(args: &[&str]) -> (Child, SocketAddr, usize) {
     let port = free_port();
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-            command.env_remove(key);
-        }
-    }
-    let child = command
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+    let child = support::oauth_relay(&["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -12,11 +12,10 @@ use support::fake_google;
 use fake_github::{FakeGitHub, FakeGitHubConfig};
 use fake_google::{FakeGoogle, FakeGoogleConfig};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use support::broker::{providers_env, Broker, Planned, BROKER_TOKEN};
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
 use support::webhook_receiver::{test_secret, Receiver};
-use support::BIN;
 
 /// A broker as deployed: split listeners, `m365` (the WK_M365_* settings), `github` and
 /// `google`, each on its fake, and completion events to a receiver.
@@ -98,17 +97,11 @@ impl Deployment {
         args: &[&str],
         stdin: &str,
     ) -> Checked {
-        let mut command = Command::new(BIN);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = support::oauth_relay(&["check-deployment", "--public-url", public]);
         if let Some(token) = token {
             command.env("OAUTH_RELAY_BROKER_TOKEN", token);
         }
         let mut child = command
-            .args(["check-deployment", "--public-url", public])
             .args(["--internal-url", &self.internal()])
             .args(args)
             .stdin(Stdio::piped())

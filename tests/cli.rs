@@ -6,21 +6,9 @@ use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
-use support::{Relay, BIN};
-
-/// The binary with none of the caller's `OAUTH_*`/`WK_*` variables.
-fn oauth_relay(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args);
-    cmd
-}
+use support::{oauth_relay, Relay};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

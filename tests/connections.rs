@@ -19,7 +19,9 @@ use support::fake_as::{RefreshPolicy, Rotation as FakeRotation};
 use support::fake_github::{FakeGitHub, FakeGitHubConfig, GitHubUser};
 use support::fake_microsoft::{FakeConfig, FakeMicrosoft, DEFAULT_TENANT_ID};
 use support::webhook_receiver::{test_secret, Receiver};
-use support::{eventually, get_url, http, DurableRedis, HttpResponse, RedisServer, Relay};
+use support::{
+    eventually, get_url, http, oauth_relay, DurableRedis, HttpResponse, RedisServer, Relay,
+};
 
 const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const GH_ID: u64 = 5_830_144;
@@ -1202,17 +1204,6 @@ fn no_token_or_credential_in_logs_events_metrics_or_redis() {
 
 // ------------------------------------------------------------------------------------------
 // The command line
-
-fn oauth_relay(args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(support::BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args);
-    cmd
-}
 
 #[test]
 fn the_token_command_prints_a_fresh_access_token_for_scripts() {

@@ -619,15 +619,8 @@ fn an_event_outlives_the_replica_that_produced_it() {
 #[test]
 fn webhook_settings_are_checked_at_start_up() {
     let run = |env: &[(&str, &str)]| {
-        let mut command = std::process::Command::new(support::BIN);
         // Only the settings under test, whatever the caller's environment holds.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-                command.env_remove(key);
-            }
-        }
-        let out = command
-            .args(["--host", "127.0.0.1", "--port", "0"])
+        let out = support::oauth_relay(&["--host", "127.0.0.1", "--port", "0"])
             .envs(env.iter().copied())
             .output()
             .unwrap();

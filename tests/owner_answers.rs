@@ -10,10 +10,10 @@ use crate::support;
 
 use serde_json::json;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 use support::relay_api::{assert_same_answer, hash_of, replica, waiting_clients, As};
-use support::{eventually, RedisServer, Relay, BIN};
+use support::{eventually, oauth_relay, RedisServer, Relay};
 
 const SECRET: &str = "the-owners-secret-0123456789abcdef";
 const TOKEN: &str = "api-token-0123456789abcdef";
@@ -184,17 +184,6 @@ fn the_same_across_replicas_on_redis() {
     expires(&a, &b, "ex-r");
 }
 
-fn cli(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args);
-    cmd
-}
-
 /// `oauth-relay wait` takes "not yet" for what it is, keeps waiting, and prints the callback;
 /// an expired registration ends it at once with the relay's words.
 #[test]
@@ -202,12 +191,12 @@ fn the_wait_command_keeps_waiting_through_not_yet_and_stops_at_expired() {
     // Long-polls of 1 s: the owner is told "not yet" every second.
     let relay = Relay::start(&["--max-wait-secs", "1"]);
     let server = relay.url("");
-    let out = cli(&["register", "cw", "--server", &server, "--ttl-secs", "300"])
+    let out = oauth_relay(&["register", "cw", "--server", &server, "--ttl-secs", "300"])
         .output()
         .unwrap();
     assert!(out.status.success());
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let waiter = cli(&[
+    let waiter = oauth_relay(&[
         "wait",
         "cw",
         "--server",
@@ -234,14 +223,14 @@ fn the_wait_command_keeps_waiting_through_not_yet_and_stops_at_expired() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["auth_code"], "cw-code");
 
-    let out = cli(&["register", "cx", "--server", &server, "--ttl-secs", "1"])
+    let out = oauth_relay(&["register", "cx", "--server", &server, "--ttl-secs", "1"])
         .output()
         .unwrap();
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
     eventually("the registration to expire", || {
         (As::holder(&secret).get(&relay, "/api/callback/cx").status == 410).then_some(())
     });
-    let out = cli(&[
+    let out = oauth_relay(&[
         "wait",
         "cx",
         "--server",

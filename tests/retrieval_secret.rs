@@ -10,7 +10,7 @@ use crate::support;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use support::{eventually, HttpResponse, RedisServer, Relay, BIN};
+use support::{eventually, oauth_relay, HttpResponse, RedisServer, Relay, BIN};
 
 const API_TOKEN: &str = "api-token-0123456789abcdef";
 const HEADER: &str = "X-Retrieval-Secret";
@@ -428,22 +428,11 @@ fn across_replicas_on_redis() {
     }
 }
 
-fn cli(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args);
-    cmd
-}
-
 #[test]
 fn register_and_wait_commands() {
     let relay = Relay::start(&["--require-registered-state"]);
     let server = relay.url("");
-    let out = cli(&["register", "cli-1", "--server", &server])
+    let out = oauth_relay(&["register", "cli-1", "--server", &server])
         .output()
         .unwrap();
     assert!(
@@ -454,14 +443,14 @@ fn register_and_wait_commands() {
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(secret.len(), 43, "{secret:?}");
     // Twice: 409, exit 1.
-    let again = cli(&["register", "cli-1", "--server", &server])
+    let again = oauth_relay(&["register", "cli-1", "--server", &server])
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already registered"));
     assert_eq!(relay.get("/callback?code=cli-code&state=cli-1").status, 200);
     // A wrong secret waits in vain (its own --timeout-secs) and uses nothing up.
-    let wrong = cli(&[
+    let wrong = oauth_relay(&[
         "wait",
         "cli-1",
         "--server",
@@ -477,7 +466,7 @@ fn register_and_wait_commands() {
     assert_eq!(wrong.status.code(), Some(1));
     assert!(wrong.stdout.is_empty());
     // An unset variable is named.
-    let unset = cli(&[
+    let unset = oauth_relay(&[
         "wait",
         "cli-1",
         "--server",
@@ -490,7 +479,7 @@ fn register_and_wait_commands() {
     assert_eq!(unset.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unset.stderr).contains("NOT_SET_ANYWHERE"));
     // The right one, from standard input.
-    let mut waiter = cli(&[
+    let mut waiter = oauth_relay(&[
         "wait",
         "cli-1",
         "--server",
@@ -513,12 +502,12 @@ fn register_and_wait_commands() {
     assert_eq!(v["auth_code"], "cli-code");
 
     // From a variable, on a second state.
-    let out = cli(&["register", "cli-2", "--server", &server])
+    let out = oauth_relay(&["register", "cli-2", "--server", &server])
         .output()
         .unwrap();
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
     relay.get("/callback?code=cli-code-2&state=cli-2");
-    let got = cli(&[
+    let got = oauth_relay(&[
         "wait",
         "cli-2",
         "--server",

@@ -333,14 +333,7 @@ pub fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
 /// Runs `oauth-relay` with `env` only and expects it to refuse to start (exit 1): its stderr.
 /// A relay that starts after all is killed and fails the test.
 pub fn start_up_fails(env: &[(String, String)]) -> String {
-    let mut cmd = std::process::Command::new(super::BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .args(["--host", "127.0.0.1", "--port", "0"])
+    let mut child = super::oauth_relay(&["--host", "127.0.0.1", "--port", "0"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

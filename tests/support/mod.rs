@@ -10,6 +10,24 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_oauth-relay");
 
+/// Removes from `command` every `OAUTH_*`/`WK_*` variable of the caller's environment, so that
+/// only the settings a test gives count.
+pub fn without_callers_settings(command: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OAUTH_") || key.starts_with("WK_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// The binary with `args` and none of the caller's settings.
+pub fn oauth_relay(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    without_callers_settings(&mut command).args(args);
+    command
+}
+
 /// A running `oauth-relay` with its stderr (JSON log lines) captured.
 pub struct Relay {
     pub child: Child,
@@ -32,12 +50,7 @@ impl Relay {
     /// Starts `command` (the binary, or a wrapper such as `prlimit ... BIN`) on 127.0.0.1 and a
     /// free port, and waits for its `listening` log line.
     pub fn start_with(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Relay {
-        for (key, _) in std::env::vars() {
-            if key.starts_with("OAUTH_") || key.starts_with("WK_") {
-                command.env_remove(key);
-            }
-        }
-        command.args(["--host", "127.0.0.1"]);
+        without_callers_settings(&mut command).args(["--host", "127.0.0.1"]);
         if !args.contains(&"--port") {
             command.args(["--port", "0"]);
         }
@@ -553,41 +566,17 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 
 /// A real `redis-server` that persists every write before answering it (AOF, fsync always),
 /// in its own directory, so that it can be killed and started again with its data.
-pub struct DurableRedis {
-    child: Child,
-    pub port: u16,
-    dir: std::path::PathBuf,
-}
+pub struct DurableRedis(redis_topology::Standalone);
 
 impl DurableRedis {
     pub fn start() -> DurableRedis {
-        DurableRedis::start_on(free_port(), scratch("redis"))
-    }
-
-    fn start_on(port: u16, dir: std::path::PathBuf) -> DurableRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: run scripts/test.sh, which installs it");
-        let server = DurableRedis { child, port, dir };
-        wait_for_pong(port);
-        server
+        let server = redis_topology::Standalone::start_with(true, &["--appendfsync", "always"]);
+        wait_for_pong(server.node.port);
+        DurableRedis(server)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.0.url()
     }
 
     /// Kills it as a crash would (SIGKILL) and starts it again on the same port and directory.
@@ -598,20 +587,14 @@ impl DurableRedis {
 
     /// Kills it as a crash would (SIGKILL); `start_again` brings it back on its data.
     pub fn crash(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.node.kill();
     }
 
+    /// Starts it again on its port and files, and waits until it answers PONG (its data
+    /// loaded: `RedisNode::restart` takes a `LOADING` error for an answer).
     pub fn start_again(&mut self) {
-        let (port, dir) = (self.port, self.dir.clone());
-        *self = DurableRedis::start_on(port, dir);
-    }
-}
-
-impl Drop for DurableRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.node.restart();
+        wait_for_pong(self.0.node.port);
     }
 }
 
