@@ -503,10 +503,7 @@ fn broker_flows(api: &Api) {
     // Someone else signs in: 403, and the caller learns why.
     let other = json!({ "expected_email": "someone.else@contoso.example" });
     let session = api.post("/m365/sessions", &create, &other).json();
-    let start = path_of(session["login_url"].as_str().unwrap());
-    let authorize = get_url(api.get(&start).header("Location").unwrap());
-    let callback = path_of(authorize.header("Location").unwrap());
-    assert_eq!(api.get(&callback).status, 403);
+    assert_eq!(person_signs_in(api, &session), 403);
     let failed = api.get_with(
         &format!("/token/{}", session["state"].as_str().unwrap()),
         &auth,
@@ -567,6 +564,15 @@ fn provider_flows(api: &Api) {
     assert_eq!(api.get("/login/nope/callback?state=x&code=y").status, 404);
 }
 
+/// The person opens `session`'s login link, signs in at the fake provider and comes back: the
+/// status of the page the callback answers.
+fn person_signs_in(api: &Api, session: &Value) -> u16 {
+    let start = path_of(session["login_url"].as_str().unwrap());
+    let authorize = get_url(api.get(&start).header("Location").unwrap());
+    api.get(&path_of(authorize.header("Location").unwrap()))
+        .status
+}
+
 /// A sealed hand-off: a session created with `seal_to`, the key echoed, a key the broker cannot
 /// use refused, and the tokens answered only as `{"sealed": JWE}`, whose plaintext is the
 /// document's SealedClaims.
@@ -586,13 +592,7 @@ fn sealed_flows(api: &Api) {
     let session = res.json();
     assert_eq!(session["seal_to"], key.public().to_jwk());
     let handle = session["state"].as_str().unwrap();
-    let start = path_of(session["login_url"].as_str().unwrap());
-    let authorize = get_url(api.get(&start).header("Location").unwrap());
-    assert_eq!(
-        api.get(&path_of(authorize.header("Location").unwrap()))
-            .status,
-        200
-    );
+    assert_eq!(person_signs_in(api, &session), 200);
     let sealed = api.get_with(&format!("/token/{handle}"), &auth);
     assert_eq!(sealed.status, 200);
     let claims = open(&key, sealed.json()["sealed"].as_str().unwrap()).unwrap();
@@ -617,13 +617,7 @@ fn connection_flows(api: &Api, fake: &FakeMicrosoft) {
     let session = api.post("/sessions", &create, &body).json();
     assert_eq!(session["keep"], true);
     let handle = session["state"].as_str().unwrap();
-    let start = path_of(session["login_url"].as_str().unwrap());
-    let authorize = get_url(api.get(&start).header("Location").unwrap());
-    assert_eq!(
-        api.get(&path_of(authorize.header("Location").unwrap()))
-            .status,
-        200
-    );
+    assert_eq!(person_signs_in(api, &session), 200);
     let handoff = api.get_with(&format!("/token/{handle}"), &auth).json();
     let id = handoff["connection"]["id"].as_str().unwrap().to_string();
     let credential = format!(
@@ -687,13 +681,7 @@ fn connection_flows(api: &Api, fake: &FakeMicrosoft) {
     assert_eq!(link.status, 200);
     let session = link.json();
     assert_eq!(session["connection"], id);
-    let start = path_of(session["login_url"].as_str().unwrap());
-    let authorize = get_url(api.get(&start).header("Location").unwrap());
-    assert_eq!(
-        api.get(&path_of(authorize.header("Location").unwrap()))
-            .status,
-        200
-    );
+    assert_eq!(person_signs_in(api, &session), 200);
     let revived = api.get_with(
         &format!("/token/{}", session["state"].as_str().unwrap()),
         &auth,
